@@ -1,0 +1,215 @@
+//! Neutron resources as kuryr stores them. Field names are Neutron's API names, so
+//! that serializing a resource gives (most of) its API representation.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ipam::IpRange;
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub admin_state_up: bool,
+    pub shared: bool,
+    pub mtu: u32,
+    #[serde(rename = "router:external")]
+    pub router_external: bool,
+    #[serde(rename = "provider:network_type")]
+    pub network_type: String,
+    #[serde(rename = "provider:physical_network")]
+    pub physical_network: Option<String>,
+    #[serde(rename = "provider:segmentation_id")]
+    pub segmentation_id: Option<u32>,
+    pub port_security_enabled: bool,
+    pub is_default: bool,
+    pub status: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    pub destination: String,
+    pub nexthop: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Subnet {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub network_id: String,
+    pub ip_version: u8,
+    pub cidr: String,
+    pub gateway_ip: Option<IpAddr>,
+    pub allocation_pools: Vec<IpRange>,
+    pub dns_nameservers: Vec<String>,
+    pub host_routes: Vec<HostRoute>,
+    pub enable_dhcp: bool,
+    pub ipv6_address_mode: Option<String>,
+    pub ipv6_ra_mode: Option<String>,
+    pub subnetpool_id: Option<String>,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+impl Subnet {
+    /// Addresses of SLAAC / DHCPv6-stateless subnets come from the MAC, not the pool.
+    pub fn is_auto_address(&self) -> bool {
+        matches!(self.ipv6_address_mode.as_deref(), Some("slaac") | Some("dhcpv6-stateless"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubnetPool {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub ip_version: u8,
+    pub prefixes: Vec<String>,
+    pub default_prefixlen: u8,
+    pub min_prefixlen: u8,
+    pub max_prefixlen: u8,
+    pub shared: bool,
+    pub is_default: bool,
+    pub default_quota: Option<i64>,
+    pub address_scope_id: Option<String>,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FixedIp {
+    pub subnet_id: String,
+    pub ip_address: IpAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressPair {
+    pub ip_address: String,
+    pub mac_address: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Port {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    pub project_id: String,
+    pub mac_address: String,
+    pub admin_state_up: bool,
+    pub status: String,
+    pub device_id: String,
+    pub device_owner: String,
+    pub fixed_ips: Vec<FixedIp>,
+    pub security_groups: Vec<String>,
+    pub port_security_enabled: bool,
+    pub allowed_address_pairs: Vec<AddressPair>,
+    #[serde(rename = "binding:host_id")]
+    pub host_id: String,
+    #[serde(rename = "binding:profile", default = "empty_object")]
+    pub profile: Value,
+    #[serde(rename = "binding:vif_type")]
+    pub vif_type: String,
+    #[serde(rename = "binding:vif_details", default = "empty_object")]
+    pub vif_details: Value,
+    #[serde(rename = "binding:vnic_type")]
+    pub vnic_type: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub stateful: bool,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecurityGroupRule {
+    pub id: String,
+    pub project_id: String,
+    pub security_group_id: String,
+    pub direction: String,
+    pub ethertype: String,
+    pub protocol: Option<String>,
+    pub port_range_min: Option<u32>,
+    pub port_range_max: Option<u32>,
+    pub remote_ip_prefix: Option<String>,
+    pub remote_group_id: Option<String>,
+    pub description: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+impl SecurityGroupRule {
+    /// What makes two rules the same rule for duplicate detection.
+    pub fn identity(&self) -> (String, String, Option<String>, Option<u32>, Option<u32>, Option<String>, Option<String>) {
+        (
+            self.direction.clone(),
+            self.ethertype.clone(),
+            self.protocol.clone(),
+            self.port_range_min,
+            self.port_range_max,
+            self.remote_ip_prefix.clone(),
+            self.remote_group_id.clone(),
+        )
+    }
+}
+
+/// Per-project limits; -1 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub network: i64,
+    pub subnet: i64,
+    pub subnetpool: i64,
+    pub port: i64,
+    pub security_group: i64,
+    pub security_group_rule: i64,
+    pub router: i64,
+    pub floatingip: i64,
+}
+
+impl Default for Quota {
+    /// Neutron's defaults.
+    fn default() -> Self {
+        Quota {
+            network: 100,
+            subnet: 100,
+            subnetpool: -1,
+            port: 500,
+            security_group: 10,
+            security_group_rule: 100,
+            router: 10,
+            floatingip: 50,
+        }
+    }
+}
