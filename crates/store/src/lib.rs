@@ -40,6 +40,9 @@ pub enum Compare {
     Absent(String),
     /// The key exists and was last written at exactly this revision.
     ModRevision(String, Revision),
+    /// No key exists under this prefix (etcd: a range compare on version 0). This is
+    /// how a parent refuses to be deleted while children hold guard keys under it.
+    PrefixEmpty(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
