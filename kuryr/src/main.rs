@@ -1,1 +1,227 @@
-fn main() {}
+//! `kuryr`: container networking on the OpenStack Neutron model, in one binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
+use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "kuryr",
+    version,
+    about = "Container networking on the OpenStack Neutron model",
+    long_about = "Container networking on the OpenStack Neutron model: networks, subnets, subnet pools, \
+                  ports and security groups, served by a Neutron-compatible API that the `openstack` CLI \
+                  and openstacksdk use unmodified."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server: Keystone v3 subset under /identity, Neutron v2.0 under /networking.
+    Server(ServerArgs),
+    /// Run an all-in-one node (the server on the embedded store) and print how to use it.
+    Up(ServerArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:9696", env = "KURYR_LISTEN")]
+    listen: SocketAddr,
+
+    /// Directory of the embedded store (one redb file, fsync on every commit).
+    #[arg(long, default_value = "/var/lib/kuryr", env = "KURYR_DATA_DIR")]
+    data_dir: PathBuf,
+
+    /// Password of the `admin` user created on first start (default: generated and printed once).
+    #[arg(long, env = "KURYR_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+
+    /// `keystone`: built-in identity with tokens; `noauth`: development mode, project from X-Project-Id.
+    #[arg(long, default_value = "keystone", value_parser = ["keystone", "noauth"])]
+    auth: String,
+
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_ttl: u64,
+
+    /// URL clients reach this server at (goes into the service catalog and links).
+    /// Default: http://<listen address>.
+    #[arg(long, env = "KURYR_PUBLIC_URL")]
+    public_url: Option<String>,
+
+    /// Region name in the service catalog.
+    #[arg(long, default_value = "RegionOne")]
+    region: String,
+
+    /// MTU of the underlay network; vxlan networks get 50 bytes less.
+    #[arg(long, default_value_t = 1500)]
+    underlay_mtu: u32,
+
+    /// VNI range for vxlan networks, as MIN:MAX.
+    #[arg(long, default_value = "1:65535", value_parser = parse_range)]
+    vni_range: (u32, u32),
+
+    /// Revisions of change history kept so that watchers can resume.
+    #[arg(long, default_value_t = 100_000)]
+    history: u64,
+}
+
+fn parse_range(s: &str) -> Result<(u32, u32), String> {
+    let (a, b) = s.split_once(':').ok_or("expected MIN:MAX")?;
+    let (a, b) = (a.parse::<u32>().map_err(|e| e.to_string())?, b.parse::<u32>().map_err(|e| e.to_string())?);
+    if a == 0 || a > b || b > 16_777_215 {
+        return Err("need 1 <= MIN <= MAX <= 16777215".into());
+    }
+    Ok((a, b))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => server(args, false).await,
+            Command::Up(args) => server(args, true).await,
+        }
+    })
+}
+
+/// The admin password `kuryr up` uses: given, or the one it generated before, or new.
+fn up_password(args: &ServerArgs) -> anyhow::Result<String> {
+    if let Some(p) = &args.admin_password {
+        return Ok(p.clone());
+    }
+    let file = args.data_dir.join("admin-password");
+    if let Ok(p) = std::fs::read_to_string(&file) {
+        return Ok(p.trim().to_string());
+    }
+    use rand::Rng;
+    let p: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(20).map(char::from).collect();
+    write_private(&file, &p)?;
+    Ok(p)
+}
+
+fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(content.as_bytes())?;
+    Ok(())
+}
+
+async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    if up {
+        args.admin_password = Some(up_password(&args)?);
+    }
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen))
+        .trim_end_matches('/')
+        .to_string();
+    let auth_mode = match args.auth.as_str() {
+        "noauth" => AuthMode::NoAuth,
+        "keystone" => AuthMode::Keystone,
+        other => bail!("unknown auth mode {other}"),
+    };
+    let mut options = EmbeddedOptions::new(args.data_dir.join("kuryr.redb"));
+    options.history_retention = args.history;
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(options).with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    let config = ServerConfig {
+        identity: IdentityConfig {
+            admin_password: args.admin_password.clone(),
+            token_ttl: Duration::from_secs(args.token_ttl),
+            public_url: public_url.clone(),
+            region: args.region.clone(),
+        },
+        networking: NetworkingConfig {
+            public_url: public_url.clone(),
+            underlay_mtu: args.underlay_mtu,
+            vni_range: args.vni_range,
+            auth_mode,
+        },
+    };
+    let app = kuryr_api::app(store, config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "kuryr server ready");
+    if up {
+        print_usage(&args, &public_url)?;
+    }
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("kuryr server stopped");
+    Ok(())
+}
+
+fn print_usage(args: &ServerArgs, public_url: &str) -> anyhow::Result<()> {
+    let password = args.admin_password.clone().unwrap_or_default();
+    let openrc = format!(
+        "export OS_AUTH_URL={public_url}/identity/v3\n\
+         export OS_USERNAME=admin\n\
+         export OS_PASSWORD={password}\n\
+         export OS_PROJECT_NAME=admin\n\
+         export OS_USER_DOMAIN_NAME=Default\n\
+         export OS_PROJECT_DOMAIN_NAME=Default\n\
+         export OS_IDENTITY_API_VERSION=3\n\
+         export OS_REGION_NAME={}\n",
+        args.region
+    );
+    let rc_path = args.data_dir.join("admin-openrc.sh");
+    write_private(&rc_path, &openrc)?;
+    println!("kuryr is up.");
+    println!("  Identity (Keystone v3): {public_url}/identity/v3");
+    println!("  Networking (Neutron):   {public_url}/networking/v2.0");
+    println!("  Store:                  {}", args.data_dir.join("kuryr.redb").display());
+    println!();
+    println!("Use it from another shell:");
+    println!("  source {}", rc_path.display());
+    println!("  openstack network list");
+    println!();
+    println!("Press Ctrl-C to stop.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

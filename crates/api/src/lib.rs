@@ -2,3 +2,39 @@
 //! under `/networking`, on one listener, backed by a [`kuryr_store::Store`].
 
 pub mod identity;
+pub mod networking;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderValue;
+use kuryr_store::Store;
+
+pub use identity::{AuthMode, Identity, IdentityConfig};
+pub use networking::{Networking, NetworkingConfig};
+
+/// Everything `kuryr server` needs to answer requests.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub identity: IdentityConfig,
+    pub networking: NetworkingConfig,
+}
+
+/// Starts the services over `store` and returns the HTTP application.
+pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<Router> {
+    let identity = Identity::start(store.clone(), config.identity.clone()).await?;
+    let networking = Networking::start(store, identity.clone(), config.networking.clone()).await?;
+    let request_ids = axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| async move {
+        let mut resp = next.run(req).await;
+        let id = format!("req-{}", uuid::Uuid::new_v4());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-openstack-request-id", v);
+        }
+        resp
+    });
+    Ok(Router::new()
+        .nest("/identity", identity.router())
+        .nest("/networking", networking.router())
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .layer(request_ids))
+}

@@ -1,0 +1,244 @@
+//! The in-memory view of everything under `/neutron/` in the store: rebuilt with one
+//! `range` at start and kept current by a watch, so that reads never touch the store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use kuryr_model::{Network, Port, Quota, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool};
+use kuryr_store::{Event, EventKind, KeyValue, Revision};
+use serde::de::DeserializeOwned;
+
+pub const PREFIX: &str = "/neutron/";
+
+/// A resource as last written, with the store revision it was written at (the
+/// compare target for the next update).
+#[derive(Debug)]
+pub struct Entry<T> {
+    pub rev: Revision,
+    pub value: Arc<T>,
+}
+
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Entry { rev: self.rev, value: self.value.clone() }
+    }
+}
+
+pub type Table<T> = BTreeMap<String, Entry<T>>;
+
+#[derive(Default)]
+pub struct Db {
+    pub networks: Table<Network>,
+    pub subnets: Table<Subnet>,
+    pub subnetpools: Table<SubnetPool>,
+    pub ports: Table<Port>,
+    pub security_groups: Table<SecurityGroup>,
+    pub security_group_rules: Table<SecurityGroupRule>,
+    pub quotas: HashMap<String, Quota>,
+    /// project id → its `default` security group.
+    pub default_sg: HashMap<String, String>,
+
+    // Secondary indexes, derived from the tables above.
+    pub subnets_by_network: HashMap<String, BTreeSet<String>>,
+    pub ports_by_network: HashMap<String, BTreeSet<String>>,
+    pub rules_by_group: HashMap<String, BTreeSet<String>>,
+    pub ips_by_subnet: HashMap<String, HashSet<IpAddr>>,
+    pub macs_by_network: HashMap<String, HashSet<String>>,
+    pub segmentation_ids: HashSet<u32>,
+    pub ports_per_project: HashMap<String, usize>,
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
+    match serde_json::from_slice(&kv.value) {
+        Ok(v) => Some(Arc::new(v)),
+        Err(e) => {
+            tracing::error!(key = %kv.key, error = %e, "undecodable record in store; ignored");
+            None
+        }
+    }
+}
+
+impl Db {
+    pub fn apply(&mut self, ev: &Event) {
+        let put = ev.kind == EventKind::Put;
+        let Some(rest) = ev.kv.key.strip_prefix(PREFIX) else { return };
+        let Some((table, id)) = rest.split_once('/') else { return };
+        let id = id.to_string();
+        let kv = &ev.kv;
+        match table {
+            "networks" => {
+                let old = self.networks.remove(&id);
+                if let Some(o) = &old {
+                    if let Some(s) = o.value.segmentation_id {
+                        self.segmentation_ids.remove(&s);
+                    }
+                }
+                if put {
+                    if let Some(v) = decode::<Network>(kv) {
+                        if let Some(s) = v.segmentation_id {
+                            self.segmentation_ids.insert(s);
+                        }
+                        self.networks.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "subnets" => {
+                if let Some(o) = self.subnets.remove(&id) {
+                    remove_from(&mut self.subnets_by_network, &o.value.network_id, &id);
+                }
+                if put {
+                    if let Some(v) = decode::<Subnet>(kv) {
+                        self.subnets_by_network.entry(v.network_id.clone()).or_default().insert(id.clone());
+                        self.subnets.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "subnetpools" => {
+                self.subnetpools.remove(&id);
+                if put {
+                    if let Some(v) = decode::<SubnetPool>(kv) {
+                        self.subnetpools.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "ports" => {
+                if let Some(o) = self.ports.remove(&id) {
+                    self.unindex_port(&o.value);
+                }
+                if put {
+                    if let Some(v) = decode::<Port>(kv) {
+                        self.index_port(&v);
+                        self.ports.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "security-groups" => {
+                self.security_groups.remove(&id);
+                if put {
+                    if let Some(v) = decode::<SecurityGroup>(kv) {
+                        self.security_groups.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "security-group-rules" => {
+                if let Some(o) = self.security_group_rules.remove(&id) {
+                    remove_from(&mut self.rules_by_group, &o.value.security_group_id, &id);
+                }
+                if put {
+                    if let Some(v) = decode::<SecurityGroupRule>(kv) {
+                        self.rules_by_group.entry(v.security_group_id.clone()).or_default().insert(id.clone());
+                        self.security_group_rules.insert(id, Entry { rev: kv.mod_revision, value: v });
+                    }
+                }
+            }
+            "quotas" => {
+                self.quotas.remove(&id);
+                if put {
+                    if let Some(q) = decode::<Quota>(kv) {
+                        self.quotas.insert(id, *q);
+                    }
+                }
+            }
+            "default-sg" => {
+                if put {
+                    match String::from_utf8(kv.value.clone()) {
+                        Ok(sg) => {
+                            self.default_sg.insert(id, sg);
+                        }
+                        Err(_) => tracing::error!(key = %kv.key, "undecodable default-sg record"),
+                    }
+                } else {
+                    self.default_sg.remove(&id);
+                }
+            }
+            // Uniqueness guards (ipam, macs, vni) are derived from the resources.
+            _ => {}
+        }
+    }
+
+    fn index_port(&mut self, p: &Port) {
+        *self.ports_per_project.entry(p.project_id.clone()).or_default() += 1;
+        self.ports_by_network.entry(p.network_id.clone()).or_default().insert(p.id.clone());
+        self.macs_by_network.entry(p.network_id.clone()).or_default().insert(p.mac_address.clone());
+        for ip in &p.fixed_ips {
+            self.ips_by_subnet.entry(ip.subnet_id.clone()).or_default().insert(ip.ip_address);
+        }
+    }
+
+    fn unindex_port(&mut self, p: &Port) {
+        if let Some(n) = self.ports_per_project.get_mut(&p.project_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.ports_per_project.remove(&p.project_id);
+            }
+        }
+        remove_from(&mut self.ports_by_network, &p.network_id, &p.id);
+        if let Some(set) = self.macs_by_network.get_mut(&p.network_id) {
+            set.remove(&p.mac_address);
+            if set.is_empty() {
+                self.macs_by_network.remove(&p.network_id);
+            }
+        }
+        for ip in &p.fixed_ips {
+            if let Some(set) = self.ips_by_subnet.get_mut(&ip.subnet_id) {
+                set.remove(&ip.ip_address);
+                if set.is_empty() {
+                    self.ips_by_subnet.remove(&ip.subnet_id);
+                }
+            }
+        }
+    }
+
+    pub fn quota(&self, project: &str) -> Quota {
+        self.quotas.get(project).copied().unwrap_or_default()
+    }
+
+    pub fn subnets_of(&self, network_id: &str) -> Vec<Arc<Subnet>> {
+        self.subnets_by_network
+            .get(network_id)
+            .map(|ids| ids.iter().filter_map(|i| self.subnets.get(i)).map(|e| e.value.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn ip_in_use(&self, subnet_id: &str, ip: &IpAddr) -> bool {
+        self.ips_by_subnet.get(subnet_id).is_some_and(|s| s.contains(ip))
+    }
+}
+
+fn remove_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Store keys.
+pub mod keys {
+    pub fn resource(table: &str, id: &str) -> String {
+        format!("/neutron/{table}/{id}")
+    }
+    pub fn ip(subnet_id: &str, ip: &std::net::IpAddr) -> String {
+        format!("/neutron/ipam/{subnet_id}/{ip}")
+    }
+    pub fn ip_prefix(subnet_id: &str) -> String {
+        format!("/neutron/ipam/{subnet_id}/")
+    }
+    pub fn mac(network_id: &str, mac: &str) -> String {
+        format!("/neutron/macs/{network_id}/{mac}")
+    }
+    pub fn mac_prefix(network_id: &str) -> String {
+        format!("/neutron/macs/{network_id}/")
+    }
+    pub fn vni(vni: u32) -> String {
+        format!("/neutron/vni/{vni}")
+    }
+    pub fn default_sg(project: &str) -> String {
+        format!("/neutron/default-sg/{project}")
+    }
+    pub fn quota(project: &str) -> String {
+        format!("/neutron/quotas/{project}")
+    }
+}

@@ -1,0 +1,425 @@
+//! Neutron v2.0 core under `/networking`: networks, subnets, subnet pools, ports,
+//! security groups and rules, tags, quotas and extensions.
+
+mod db;
+mod networks;
+mod ports;
+mod query;
+mod quotas;
+mod resource;
+mod security_groups;
+mod subnetpools;
+mod subnets;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::StreamExt;
+use kuryr_model::NeutronError;
+use kuryr_store::{Revision, Store, StoreError, Txn, TxnOutcome};
+use serde_json::{Value, json};
+
+use crate::identity::{AuthContext, AuthMode, Identity};
+pub use db::Db;
+
+/// Networking settings that are the operator's choice.
+#[derive(Debug, Clone)]
+pub struct NetworkingConfig {
+    pub public_url: String,
+    /// MTU of the underlay; vxlan networks get 50 bytes less.
+    pub underlay_mtu: u32,
+    /// Inclusive VNI range for `provider:segmentation_id` of vxlan networks.
+    pub vni_range: (u32, u32),
+    pub auth_mode: AuthMode,
+}
+
+pub struct Networking {
+    store: Arc<dyn Store>,
+    db: RwLock<Db>,
+    applied: tokio::sync::watch::Sender<Revision>,
+    /// Guard keys (addresses, MACs, VNIs) picked by requests in flight and not yet
+    /// visible in `db`, so that concurrent requests here pick different ones.
+    reserved: Mutex<HashSet<String>>,
+    /// Per subnet, where the last automatic address allocation ended.
+    hints: Mutex<HashMap<String, IpAddr>>,
+    identity: Arc<Identity>,
+    pub config: NetworkingConfig,
+}
+
+pub type Shared = Arc<Networking>;
+
+impl Networking {
+    pub async fn start(
+        store: Arc<dyn Store>,
+        identity: Arc<Identity>,
+        config: NetworkingConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (kvs, rev) = store.range(db::PREFIX).await?;
+        let mut db = Db::default();
+        for kv in kvs {
+            db.apply(&kuryr_store::Event { kind: kuryr_store::EventKind::Put, kv });
+        }
+        let (applied, _) = tokio::sync::watch::channel(rev);
+        let this = Arc::new(Networking {
+            store,
+            db: RwLock::new(db),
+            applied,
+            reserved: Mutex::new(HashSet::new()),
+            hints: Mutex::new(HashMap::new()),
+            identity,
+            config,
+        });
+        tokio::spawn(Self::follow(Arc::downgrade(&this), rev + 1));
+        Ok(this)
+    }
+
+    /// Keeps `db` current from the store's watch; re-lists when the watch cannot resume.
+    async fn follow(this: std::sync::Weak<Self>, mut from: Revision) {
+        loop {
+            let Some(me) = this.upgrade() else { return };
+            let stream = me.store.watch(db::PREFIX, from).await;
+            drop(me);
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "networking watch failed; retrying");
+                    if let Some(me) = this.upgrade() {
+                        if matches!(e, StoreError::Compacted { .. }) {
+                            from = me.relist().await.unwrap_or(from);
+                            continue;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            while let Some(item) = stream.next().await {
+                let Some(me) = this.upgrade() else { return };
+                match item {
+                    Ok(ev) => {
+                        let mut batch = vec![ev];
+                        // Apply whatever else is already queued under one lock.
+                        let mut ended = false;
+                        loop {
+                            match stream.now_or_never_ext() {
+                                Some(Some(Ok(more))) => batch.push(more),
+                                Some(Some(Err(_))) | Some(None) => {
+                                    ended = true;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        let last = batch.iter().map(|e| e.revision()).max().unwrap_or(from);
+                        {
+                            let mut db = me.db.write().unwrap_or_else(|p| p.into_inner());
+                            for ev in &batch {
+                                db.apply(ev);
+                            }
+                        }
+                        from = last + 1;
+                        me.applied.send_replace(last);
+                        if ended {
+                            // Re-watch from the next revision; nothing was skipped.
+                            break;
+                        }
+                    }
+                    Err(StoreError::Lagged { resume_from }) => {
+                        from = resume_from;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "networking watch ended; re-listing");
+                        from = me.relist().await.unwrap_or(from);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn relist(&self) -> Option<Revision> {
+        let (kvs, rev) = self.store.range(db::PREFIX).await.ok()?;
+        let mut fresh = Db::default();
+        for kv in kvs {
+            fresh.apply(&kuryr_store::Event { kind: kuryr_store::EventKind::Put, kv });
+        }
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.applied.send_replace(rev);
+        Some(rev + 1)
+    }
+
+    pub fn db(&self) -> RwLockReadGuard<'_, Db> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `db` reflects revision `rev` (read-your-writes).
+    pub async fn caught_up(&self, rev: Revision) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|applied| *applied >= rev).await;
+    }
+
+    /// Commits a transaction and waits until `db` shows it. `Ok(false)`: a compare failed.
+    pub async fn commit(&self, txn: Txn) -> Result<bool, NeutronError> {
+        match self.store.txn(txn).await {
+            Ok(TxnOutcome::Committed(rev)) => {
+                self.caught_up(rev).await;
+                Ok(true)
+            }
+            Ok(TxnOutcome::CompareFailed(_)) => {
+                // Let the db catch up with whatever beat us before the caller retries.
+                if let Ok(rev) = self.store.current_revision().await {
+                    self.caught_up(rev).await;
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store transaction failed");
+                Err(NeutronError::new(503, "ServiceUnavailable", "The store is unavailable; try again."))
+            }
+        }
+    }
+
+    /// Reserves guard keys for a request in flight; false if one is already taken.
+    pub fn reserve(&self, keys: &[String]) -> bool {
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.iter().any(|k| r.contains(k)) {
+            return false;
+        }
+        for k in keys {
+            r.insert(k.clone());
+        }
+        true
+    }
+
+    pub fn is_reserved(&self, key: &str) -> bool {
+        self.reserved.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+    }
+
+    pub fn release(&self, keys: &[String]) {
+        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            r.remove(k);
+        }
+    }
+
+    pub fn hint(&self, subnet: &str) -> Option<IpAddr> {
+        self.hints.lock().unwrap_or_else(|p| p.into_inner()).get(subnet).copied()
+    }
+
+    pub fn set_hint(&self, subnet: &str, ip: IpAddr) {
+        self.hints.lock().unwrap_or_else(|p| p.into_inner()).insert(subnet.to_string(), ip);
+    }
+
+    pub async fn store_has(&self, key: &str) -> bool {
+        matches!(self.store.get(key).await, Ok(Some(_)))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        let v2 = Router::new()
+            .route("/", get(resources_doc))
+            .route("/extensions", get(extensions))
+            .route("/extensions/{alias}", get(extension))
+            .merge(resource::routes::<kuryr_model::Network>())
+            .merge(resource::routes::<kuryr_model::Subnet>())
+            .merge(resource::routes::<kuryr_model::SubnetPool>())
+            .merge(resource::routes::<kuryr_model::Port>())
+            .merge(resource::routes::<kuryr_model::SecurityGroup>())
+            .merge(resource::routes::<kuryr_model::SecurityGroupRule>())
+            .merge(quotas::routes())
+            .layer(axum::middleware::from_fn_with_state(self.clone(), authenticate));
+        Router::new()
+            .route("/", get(versions))
+            .route("/v2.0", get(resources_doc).layer(axum::middleware::from_fn_with_state(self.clone(), authenticate)))
+            .nest("/v2.0", v2)
+            .with_state(self.clone())
+    }
+}
+
+/// A small extension to poll a stream once without waiting.
+trait NowOrNever: futures::Stream + Unpin {
+    fn now_or_never_ext(&mut self) -> Option<Option<Self::Item>> {
+        futures::FutureExt::now_or_never(self.next())
+    }
+}
+impl<S: futures::Stream + Unpin> NowOrNever for S {}
+
+/// The caller of a Neutron request.
+#[derive(Debug, Clone)]
+pub struct Ctx(pub AuthContext);
+
+impl Ctx {
+    pub fn is_admin(&self) -> bool {
+        self.0.is_admin()
+    }
+    pub fn project(&self) -> &str {
+        &self.0.project_id
+    }
+    /// Readers may look but not change anything.
+    pub fn can_write(&self) -> bool {
+        self.0.roles.iter().any(|r| r == "admin" || r == "member")
+    }
+    pub fn check_write(&self) -> Result<(), NeutronError> {
+        if self.can_write() {
+            Ok(())
+        } else {
+            Err(NeutronError::forbidden("rule:create is disallowed by policy: readers cannot change resources"))
+        }
+    }
+    pub fn owns(&self, project_id: &str) -> bool {
+        self.is_admin() || self.project() == project_id
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Ctx>()
+            .cloned()
+            .ok_or_else(|| ApiError(NeutronError::new(401, "HTTPUnauthorized", "Authentication required")))
+    }
+}
+
+async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -> Response {
+    let ctx = match net.config.auth_mode {
+        AuthMode::NoAuth => noauth_context(req.headers()),
+        AuthMode::Keystone => {
+            let token = req.headers().get("x-auth-token").and_then(|v| v.to_str().ok());
+            match token.and_then(|t| net.identity.validate(t)) {
+                Some(ctx) => ctx,
+                None => {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [("www-authenticate", format!("Keystone uri=\"{}/identity\"", net.config.public_url))],
+                        Json(json!({"error": {"code": 401, "title": "Unauthorized",
+                            "message": "The request you have made requires authentication."}})),
+                    )
+                        .into_response();
+                }
+            }
+        }
+    };
+    req.extensions_mut().insert(Ctx(ctx));
+    next.run(req).await
+}
+
+/// Development mode: the project comes from `X-Project-Id`; everyone is admin unless
+/// `X-Roles` says otherwise (as Neutron's noauth does).
+fn noauth_context(h: &HeaderMap) -> AuthContext {
+    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let project = header("x-project-id").or_else(|| header("x-tenant-id")).unwrap_or_else(|| "admin".into());
+    let roles = header("x-roles")
+        .map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_else(|| vec!["admin".to_string()]);
+    AuthContext {
+        user_id: header("x-user-id").unwrap_or_else(|| "admin".into()),
+        user_name: "noauth".into(),
+        project_name: project.clone(),
+        project_id: project,
+        roles,
+    }
+}
+
+/// A Neutron error as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub NeutronError);
+
+impl From<NeutronError> for ApiError {
+    fn from(e: NeutronError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"NeutronError": {"type": self.0.kind, "message": self.0.message, "detail": ""}});
+        (status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+async fn versions(State(net): State<Shared>) -> Json<Value> {
+    Json(json!({"versions": [{"id": "v2.0", "status": "CURRENT",
+        "links": [{"rel": "self", "href": format!("{}/networking/v2.0/", net.config.public_url)}]}]}))
+}
+
+async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
+    let base = format!("{}/networking/v2.0", net.config.public_url);
+    let res: Vec<Value> = [
+        ("network", "networks"),
+        ("subnet", "subnets"),
+        ("subnetpool", "subnetpools"),
+        ("port", "ports"),
+        ("security_group", "security-groups"),
+        ("security_group_rule", "security-group-rules"),
+        ("quota", "quotas"),
+    ]
+    .iter()
+    .map(|(n, c)| json!({"name": n, "collection": c, "links": [{"rel": "self", "href": format!("{base}/{c}")}]}))
+    .collect();
+    Json(json!({"resources": res}))
+}
+
+/// Exactly the extensions implemented here; clients decide what to send from this list.
+const EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
+    ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("default-subnetpools", "Default Subnetpools", "Provides ability to mark and use a subnetpool as the default."),
+    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
+    ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
+    ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
+    ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
+    ("port-security", "Port Security", "Provides port security"),
+    ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
+    ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
+    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
+    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
+    ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
+    ("security-group", "security-group", "The security groups extension."),
+    ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
+    ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
+    ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
+    ("standard-attr-tag", "Tag support for resources with standard attribute", "Enables to set tag on resources with standard attribute."),
+    ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
+    ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
+    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
+];
+
+fn extension_doc(alias: &str, name: &str, description: &str) -> Value {
+    json!({"alias": alias, "name": name, "description": description, "updated": "2026-01-01T00:00:00-00:00", "links": []})
+}
+
+async fn extensions() -> Json<Value> {
+    let list: Vec<Value> = EXTENSIONS.iter().map(|(a, n, d)| extension_doc(a, n, d)).collect();
+    Json(json!({"extensions": list}))
+}
+
+async fn extension(axum::extract::Path(alias): axum::extract::Path<String>) -> ApiResult<Json<Value>> {
+    EXTENSIONS
+        .iter()
+        .find(|(a, _, _)| *a == alias)
+        .map(|(a, n, d)| Json(json!({"extension": extension_doc(a, n, d)})))
+        .ok_or_else(|| ApiError(NeutronError::new(404, "HTTPNotFound", format!("Extension with alias {alias} does not exist"))))
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

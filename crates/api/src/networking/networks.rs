@@ -1,0 +1,362 @@
+//! Networks: provider attributes, VNI allocation, MTU, sharing.
+
+use kuryr_model::input::Input;
+use kuryr_model::{Network, NeutronError};
+use kuryr_store::{Compare, Op, Txn};
+use serde_json::{Map, Value};
+
+use super::db::{Db, Table, keys};
+use super::resource::{self, Resource, check_quota, clean_tags, encode, view_of};
+use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
+
+const NETWORK_TYPES: &[&str] = &["vxlan", "flat", "local"];
+const VXLAN_OVERHEAD: u32 = 50;
+
+fn flat_key(physnet: &str) -> String {
+    format!("/neutron/flat/{physnet}")
+}
+
+fn admin_only(ctx: &Ctx, attr: &str) -> ApiResult<()> {
+    if ctx.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError(NeutronError::forbidden(format!(
+            "(rule:create_network and rule:create_network:{attr}) is disallowed by policy"
+        ))))
+    }
+}
+
+/// The project a new resource belongs to: the caller's, or any project for an admin.
+pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
+    let p = input.string("project_id", 255)?;
+    let t = input.string("tenant_id", 255)?;
+    if let (Some(p), Some(t)) = (&p, &t) {
+        if p != t {
+            return Err(ApiError(NeutronError::bad_request("'project_id' and 'tenant_id' do not match")));
+        }
+    }
+    match p.or(t) {
+        Some(p) if p != ctx.project() && !ctx.is_admin() => Err(ApiError(NeutronError::forbidden(
+            "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin privileges",
+        ))),
+        Some(p) => Ok(p),
+        None => Ok(ctx.project().to_string()),
+    }
+}
+
+impl Resource for Network {
+    const SINGULAR: &'static str = "network";
+    const PLURAL: &'static str = "networks";
+    const PATH: &'static str = "networks";
+    const DISPLAY: &'static str = "Network";
+    const NOT_FOUND: &'static str = "NetworkNotFound";
+
+    fn table(db: &Db) -> &Table<Self> {
+        &db.networks
+    }
+    fn project_id(&self) -> &str {
+        &self.project_id
+    }
+    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
+        Some(&mut self.tags)
+    }
+    fn revision_number(&self) -> u64 {
+        self.revision_number
+    }
+    fn touch(&mut self, now: &str) {
+        self.revision_number += 1;
+        self.updated_at = now.to_string();
+    }
+    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
+        ctx.owns(&self.project_id) || self.shared || self.router_external
+    }
+    fn view(&self, db: &Db) -> Map<String, Value> {
+        let mut m = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        m.insert("tenant_id".into(), Value::String(self.project_id.clone()));
+        let subnets = db.subnets_by_network.get(&self.id).map(|s| s.iter().cloned().map(Value::String).collect()).unwrap_or_default();
+        m.insert("subnets".into(), Value::Array(subnets));
+        m.insert("availability_zone_hints".into(), Value::Array(vec![]));
+        m.insert("availability_zones".into(), Value::Array(vec![]));
+        m
+    }
+
+    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+        let mut out = Vec::new();
+        for item in items {
+            out.push(create_one(net, ctx, item).await?);
+        }
+        Ok(out)
+    }
+
+    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
+        input.reject(&["provider:network_type", "provider:physical_network", "provider:segmentation_id"], "update")?;
+        input.reject(&["tags", "status", "subnets"], "update")?;
+        let name = input.string("name", 255)?;
+        let description = input.string("description", 255)?;
+        let admin_state_up = input.boolean("admin_state_up")?;
+        let shared = input.boolean("shared")?;
+        let external = input.boolean("router:external")?;
+        let mtu = input.int("mtu", 68, 65535)?;
+        let port_security = input.boolean("port_security_enabled")?;
+        input.ignore(&["availability_zone_hints", "is_default"]);
+        input.finish()?;
+        if shared.is_some() || external.is_some() {
+            if !ctx.is_admin() {
+                return Err(ApiError(NeutronError::forbidden("rule:update_network:shared is disallowed by policy")));
+            }
+        }
+        let max_mtu = net.config.underlay_mtu;
+        resource::update_with::<Network, _>(net, ctx, id, if_match, |db, n| {
+            if let Some(v) = &name {
+                n.name = v.clone();
+            }
+            if let Some(v) = &description {
+                n.description = v.clone();
+            }
+            if let Some(v) = admin_state_up {
+                n.admin_state_up = v;
+            }
+            if let Some(false) = shared {
+                // Un-sharing is refused while other projects have ports on it.
+                let foreign = db
+                    .ports_by_network
+                    .get(&n.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| db.ports.get(p))
+                    .any(|p| p.value.project_id != n.project_id);
+                if foreign {
+                    return Err(ApiError(NeutronError::conflict(
+                        "InvalidSharedSetting",
+                        format!("Unable to reconfigure sharing settings for network {}. Multiple tenants are using it.", n.id),
+                    )));
+                }
+            }
+            if let Some(v) = shared {
+                n.shared = v;
+            }
+            if let Some(v) = external {
+                n.router_external = v;
+            }
+            if let Some(v) = mtu {
+                let limit = max_for(&n.network_type, max_mtu);
+                if v as u32 > limit {
+                    return Err(ApiError(NeutronError::invalid_input(format!("Requested MTU is too big, maximum is {limit}"))));
+                }
+                n.mtu = v as u32;
+            }
+            if let Some(v) = port_security {
+                n.port_security_enabled = v;
+            }
+            Ok((vec![], vec![]))
+        })
+        .await
+    }
+
+    async fn delete(net: &Shared, ctx: &Ctx, id: &str) -> ApiResult<()> {
+        resource::delete_with::<Network, _>(net, ctx, id, |db, n| {
+            if let Some(ports) = db.ports_by_network.get(&n.id).filter(|p| !p.is_empty()) {
+                let ids: Vec<&str> = ports.iter().map(String::as_str).collect();
+                return Err(ApiError(NeutronError::conflict(
+                    "NetworkInUse",
+                    format!(
+                        "Unable to complete operation on network {}. There are one or more ports still in use on the network, id for these ports is: {}.",
+                        n.id,
+                        ids.join(",")
+                    ),
+                )));
+            }
+            // No port may appear while we delete: every port holds a MAC guard key.
+            let mut compares = vec![Compare::PrefixEmpty(keys::mac_prefix(&n.id))];
+            let mut ops = Vec::new();
+            for s in db.subnets_by_network.get(&n.id).into_iter().flatten() {
+                if let Some(e) = db.subnets.get(s) {
+                    compares.push(Compare::ModRevision(keys::resource("subnets", s), e.rev));
+                    ops.push(Op::Delete(keys::resource("subnets", s)));
+                }
+            }
+            if let Some(vni) = n.segmentation_id.filter(|_| n.network_type == "vxlan") {
+                ops.push(Op::Delete(keys::vni(vni)));
+            }
+            if let (Some(p), "flat") = (&n.physical_network, n.network_type.as_str()) {
+                ops.push(Op::Delete(flat_key(p)));
+            }
+            Ok((compares, ops))
+        })
+        .await
+    }
+}
+
+fn max_for(network_type: &str, underlay: u32) -> u32 {
+    if network_type == "vxlan" { underlay - VXLAN_OVERHEAD } else { underlay }
+}
+
+async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiResult<Value> {
+    let mut input = Input::new(item);
+    let project_id = owner_project(ctx, &mut input)?;
+    let name = input.string("name", 255)?.unwrap_or_default();
+    let description = input.string("description", 255)?.unwrap_or_default();
+    let admin_state_up = input.boolean("admin_state_up")?.unwrap_or(true);
+    let shared = input.boolean("shared")?.unwrap_or(false);
+    let external = input.boolean("router:external")?.unwrap_or(false);
+    let mtu = input.int("mtu", 68, 65535)?;
+    let port_security_enabled = input.boolean("port_security_enabled")?.unwrap_or(true);
+    let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
+    let network_type = input.string("provider:network_type", 255)?;
+    let physical_network = input.nullable_string("provider:physical_network", 64)?.flatten();
+    let segmentation_id = input.nullable_int("provider:segmentation_id", 0, i64::from(u32::MAX))?.flatten();
+    let is_default = input.boolean("is_default")?.unwrap_or(false);
+    // Accepted for compatibility; kuryr has one availability zone.
+    input.ignore(&["availability_zone_hints"]);
+    input.finish()?;
+
+    if shared {
+        admin_only(ctx, "shared")?;
+    }
+    if external {
+        admin_only(ctx, "router:external")?;
+    }
+    if network_type.is_some() || physical_network.is_some() || segmentation_id.is_some() {
+        admin_only(ctx, "provider:network_type")?;
+    }
+    let network_type = network_type.unwrap_or_else(|| "vxlan".into());
+    if !NETWORK_TYPES.contains(&network_type.as_str()) {
+        return Err(ApiError(NeutronError::invalid_input(format!(
+            "network_type value '{network_type}' not supported"
+        ))));
+    }
+    match network_type.as_str() {
+        "flat" if physical_network.is_none() => {
+            return Err(ApiError(NeutronError::invalid_input("physical_network required for flat provider network")));
+        }
+        "flat" | "local" if segmentation_id.is_some() => {
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "segmentation_id specified for {network_type} network"
+            ))));
+        }
+        "vxlan" | "local" if physical_network.is_some() => {
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "provider:physical_network specified for {network_type} network"
+            ))));
+        }
+        _ => {}
+    }
+    let limit = max_for(&network_type, net.config.underlay_mtu);
+    let mtu = match mtu {
+        Some(m) if m as u32 > limit => {
+            return Err(ApiError(NeutronError::invalid_input(format!("Requested MTU is too big, maximum is {limit}"))));
+        }
+        Some(m) => m as u32,
+        None => limit,
+    };
+    let (lo, hi) = net.config.vni_range;
+    if let Some(s) = segmentation_id {
+        if network_type == "vxlan" && !(1..=16_777_215).contains(&s) {
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "{s} is not a valid VXLAN VNI, valid range is 1-16777215"
+            ))));
+        }
+    }
+
+    for _ in 0..16 {
+        let ts = now();
+        let id = new_id();
+        let (txn, reserved) = {
+            let db = net.db();
+            let used = db.networks.values().filter(|n| n.value.project_id == project_id).count();
+            check_quota(&db, &project_id, "network", db.quota(&project_id).network, used, 1)?;
+            let mut txn = Txn::new();
+            let mut reserved = Vec::new();
+            let vni = match (network_type.as_str(), segmentation_id) {
+                ("vxlan", Some(s)) => {
+                    let s = s as u32;
+                    if db.segmentation_ids.contains(&s) || net.is_reserved(&keys::vni(s)) {
+                        return Err(ApiError(NeutronError::conflict(
+                            "TunnelIdInUse",
+                            format!("Unable to create the network. The tunnel ID {s} is in use."),
+                        )));
+                    }
+                    Some(s)
+                }
+                ("vxlan", None) => {
+                    let free = (lo..=hi).find(|v| !db.segmentation_ids.contains(v) && !net.is_reserved(&keys::vni(*v)));
+                    match free {
+                        Some(v) => Some(v),
+                        None => {
+                            return Err(ApiError(NeutronError::conflict(
+                                "NoNetworkAvailable",
+                                "Unable to create the network. No tenant network is available for allocation.",
+                            )));
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if let Some(v) = vni {
+                let k = keys::vni(v);
+                if !net.reserve(std::slice::from_ref(&k)) {
+                    continue;
+                }
+                reserved.push(k.clone());
+                txn = txn.when(Compare::Absent(k.clone())).put(k, id.clone());
+            }
+            if let (Some(p), "flat") = (&physical_network, network_type.as_str()) {
+                let k = flat_key(p);
+                txn = txn.when(Compare::Absent(k.clone())).put(k, id.clone());
+            }
+            let n = Network {
+                id: id.clone(),
+                name: name.clone(),
+                project_id: project_id.clone(),
+                admin_state_up,
+                shared,
+                mtu,
+                router_external: external,
+                network_type: network_type.clone(),
+                physical_network: physical_network.clone(),
+                segmentation_id: vni,
+                port_security_enabled,
+                is_default,
+                status: "ACTIVE".into(),
+                description: description.clone(),
+                tags: tags.clone(),
+                created_at: ts.clone(),
+                updated_at: ts,
+                revision_number: 1,
+            };
+            (txn.put(keys::resource("networks", &id), encode(&n)?), reserved)
+        };
+        let flat_guard = txn.compares.iter().any(|c| matches!(c, Compare::Absent(k) if k.starts_with("/neutron/flat/")));
+        let ok = net.commit(txn).await;
+        net.release(&reserved);
+        if ok? {
+            return Ok(view_of::<Network>(net, &id));
+        }
+        if flat_guard {
+            if let Some(p) = &physical_network {
+                if net.store_has(&flat_key(p)).await {
+                    return Err(ApiError(NeutronError::conflict(
+                        "FlatNetworkInUse",
+                        format!("Unable to create the flat network. Physical network {p} is in use."),
+                    )));
+                }
+            }
+        }
+        if segmentation_id.is_some() {
+            return Err(ApiError(NeutronError::conflict(
+                "TunnelIdInUse",
+                format!("Unable to create the network. The tunnel ID {} is in use.", segmentation_id.unwrap_or_default()),
+            )));
+        }
+    }
+    Err(ApiError(NeutronError::conflict("Conflict", "Could not allocate the network; try again")))
+}
+
+/// Used by other resources: the network a child is created on, as the caller sees it.
+pub fn find_network(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<Network>> {
+    resource::find::<Network>(db, ctx, id)
+}
+

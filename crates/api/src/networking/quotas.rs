@@ -1,0 +1,131 @@
+//! Per-project quotas (`/v2.0/quotas`), enforced at create time.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use kuryr_model::input::Input;
+use kuryr_model::{NeutronError, Quota};
+use kuryr_store::Txn;
+use serde_json::{Value, json};
+
+use super::db::{Db, keys};
+use super::resource::{encode, parse_body};
+use super::{ApiError, ApiResult, Ctx, Shared};
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/quotas", get(list))
+        .route("/quotas/{project}", get(show).put(update).delete(reset))
+        .route("/quotas/{project}/default", get(defaults))
+        .route("/quotas/{project}/details", get(details))
+        .route("/quotas/{project}/details.json", get(details))
+}
+
+fn to_json(q: &Quota) -> Value {
+    json!({
+        "network": q.network, "subnet": q.subnet, "subnetpool": q.subnetpool, "port": q.port,
+        "security_group": q.security_group, "security_group_rule": q.security_group_rule,
+        "router": q.router, "floatingip": q.floatingip,
+    })
+}
+
+fn check_access(ctx: &Ctx, project: &str) -> ApiResult<()> {
+    if ctx.is_admin() || ctx.project() == project {
+        Ok(())
+    } else {
+        Err(ApiError(NeutronError::forbidden("rule:get_quota is disallowed by policy")))
+    }
+}
+
+async fn list(State(net): State<Shared>, ctx: Ctx) -> ApiResult<Json<Value>> {
+    let db = net.db();
+    let quotas: Vec<Value> = db
+        .quotas
+        .iter()
+        .filter(|(p, _)| ctx.is_admin() || *p == ctx.project())
+        .map(|(p, q)| {
+            let mut v = to_json(q);
+            v["project_id"] = json!(p);
+            v["tenant_id"] = json!(p);
+            v
+        })
+        .collect();
+    Ok(Json(json!({"quotas": quotas})))
+}
+
+async fn show(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    check_access(&ctx, &project)?;
+    Ok(Json(json!({"quota": to_json(&net.db().quota(&project))})))
+}
+
+async fn defaults(ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    check_access(&ctx, &project)?;
+    Ok(Json(json!({"quota": to_json(&Quota::default())})))
+}
+
+fn usage(db: &Db, project: &str) -> Quota {
+    let count = |n: usize| n as i64;
+    Quota {
+        network: count(db.networks.values().filter(|e| e.value.project_id == project).count()),
+        subnet: count(db.subnets.values().filter(|e| e.value.project_id == project).count()),
+        subnetpool: count(db.subnetpools.values().filter(|e| e.value.project_id == project).count()),
+        port: count(db.ports_per_project.get(project).copied().unwrap_or(0)),
+        security_group: count(db.security_groups.values().filter(|e| e.value.project_id == project).count()),
+        security_group_rule: count(db.security_group_rules.values().filter(|e| e.value.project_id == project).count()),
+        router: 0,
+        floatingip: 0,
+    }
+}
+
+async fn details(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+    check_access(&ctx, &project)?;
+    let db = net.db();
+    let (limit, used) = (to_json(&db.quota(&project)), to_json(&usage(&db, &project)));
+    let mut out = serde_json::Map::new();
+    if let (Value::Object(l), Value::Object(u)) = (limit, used) {
+        for (k, v) in l {
+            out.insert(k.clone(), json!({"limit": v, "used": u.get(&k).cloned().unwrap_or(json!(0)), "reserved": 0}));
+        }
+    }
+    Ok(Json(json!({"quota": out})))
+}
+
+async fn update(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    if !ctx.is_admin() {
+        return Err(ApiError(NeutronError::forbidden("rule:update_quota is disallowed by policy")));
+    }
+    let body = parse_body(&body)?;
+    let Some(Value::Object(attrs)) = body.get("quota").cloned() else {
+        return Err(ApiError(NeutronError::bad_request("Unable to find 'quota' in request body")));
+    };
+    let mut input = Input::new(attrs);
+    let mut q = net.db().quota(&project);
+    for (name, slot) in [
+        ("network", &mut q.network),
+        ("subnet", &mut q.subnet),
+        ("subnetpool", &mut q.subnetpool),
+        ("port", &mut q.port),
+        ("security_group", &mut q.security_group),
+        ("security_group_rule", &mut q.security_group_rule),
+        ("router", &mut q.router),
+        ("floatingip", &mut q.floatingip),
+    ] {
+        if let Some(v) = input.int(name, -1, i64::from(i32::MAX))? {
+            *slot = v;
+        }
+    }
+    input.ignore(&["check_limit", "force"]);
+    input.finish()?;
+    net.commit(Txn::new().put(keys::quota(&project), encode(&q)?)).await?;
+    Ok(Json(json!({"quota": to_json(&q)})))
+}
+
+async fn reset(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<StatusCode> {
+    if !ctx.is_admin() {
+        return Err(ApiError(NeutronError::forbidden("rule:delete_quota is disallowed by policy")));
+    }
+    net.commit(Txn::new().delete(keys::quota(&project))).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

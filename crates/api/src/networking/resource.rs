@@ -1,0 +1,387 @@
+//! What every Neutron resource shares: show, list, delete, tags and the update loop,
+//! written once over the [`Resource`] trait.
+
+use std::future::Future;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use kuryr_model::NeutronError;
+use kuryr_model::input::{Input, unwrap_body};
+use kuryr_store::{Compare, Txn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::db::{Db, Table, keys};
+use super::query::{self, ListQuery};
+use super::{ApiError, ApiResult, Ctx, Shared};
+
+pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    /// JSON key of one resource, e.g. `network`.
+    const SINGULAR: &'static str;
+    /// JSON key of a collection, e.g. `networks`.
+    const PLURAL: &'static str;
+    /// URL path segment and store table, e.g. `security-groups`.
+    const PATH: &'static str;
+    /// Name in messages, e.g. `Security group`.
+    const DISPLAY: &'static str;
+    const NOT_FOUND: &'static str;
+
+    fn table(db: &Db) -> &Table<Self>;
+    fn project_id(&self) -> &str;
+    fn tags_mut(&mut self) -> Option<&mut Vec<String>>;
+    fn revision_number(&self) -> u64;
+    /// Bumps `revision_number` and `updated_at` for a write.
+    fn touch(&mut self, now: &str);
+
+    /// Whether the caller may see this resource at all (else it does not exist for them).
+    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
+        ctx.owns(self.project_id())
+    }
+
+    /// The API representation.
+    fn view(&self, _db: &Db) -> Map<String, Value> {
+        let mut m = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        if let Some(p) = m.get("project_id").cloned() {
+            m.insert("tenant_id".into(), p);
+        }
+        m
+    }
+
+    /// Ids worth looking at for a filtered list, when an index can narrow it down.
+    fn candidates(_db: &Db, _q: &ListQuery) -> Option<Vec<String>> {
+        None
+    }
+
+    fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> impl Future<Output = ApiResult<Vec<Value>>> + Send;
+    fn update(net: &Shared, ctx: &Ctx, id: &str, input: Input, if_match: Option<u64>) -> impl Future<Output = ApiResult<Value>> + Send;
+    fn delete(net: &Shared, ctx: &Ctx, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
+}
+
+pub fn key<R: Resource>(id: &str) -> String {
+    keys::resource(R::PATH, id)
+}
+
+pub fn not_found<R: Resource>(id: &str) -> ApiError {
+    ApiError(NeutronError::not_found(R::DISPLAY, R::NOT_FOUND, id))
+}
+
+/// Looks a resource up as the caller may see it.
+pub fn find<R: Resource>(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<R>> {
+    match R::table(db).get(id) {
+        Some(e) if e.value.visible(ctx, db) => Ok(e.clone()),
+        _ => Err(not_found::<R>(id)),
+    }
+}
+
+/// Like [`find`], for a change: the caller must own it (admins own everything).
+pub fn find_owned<R: Resource>(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<R>> {
+    let e = find::<R>(db, ctx, id)?;
+    if !ctx.owns(e.value.project_id()) {
+        return Err(ApiError(NeutronError::forbidden(format!(
+            "rule:update_{} is disallowed by policy",
+            R::SINGULAR
+        ))));
+    }
+    ctx.check_write()?;
+    Ok(e)
+}
+
+pub fn routes<R: Resource>() -> Router<Shared> {
+    let coll = format!("/{}", R::PATH);
+    let item = format!("/{}/{{id}}", R::PATH);
+    let tags = format!("/{}/{{id}}/tags", R::PATH);
+    let tag = format!("/{}/{{id}}/tags/{{tag}}", R::PATH);
+    Router::new()
+        .route(&coll, get(list::<R>).post(create::<R>))
+        .route(&item, get(show::<R>).put(update::<R>).delete(delete::<R>))
+        .route(&tags, get(get_tags::<R>).put(put_tags::<R>).delete(delete_tags::<R>))
+        .route(&tag, get(has_tag::<R>).put(add_tag::<R>).delete(remove_tag::<R>))
+}
+
+/// Parses a JSON body, answering Neutron's 400 for anything that is not JSON.
+pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
+    serde_json::from_slice(body).map_err(|_| ApiError(NeutronError::bad_request("Body contains invalid data")))
+}
+
+async fn list<R: Resource>(State(net): State<Shared>, ctx: Ctx, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
+    let db = net.db();
+    let body = query::list::<R>(&db, &ctx, &q, &net.config.public_url)?;
+    Ok(Json(body))
+}
+
+async fn show<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
+    let db = net.db();
+    let e = find::<R>(&db, &ctx, &id)?;
+    let view = query::project(e.value.view(&db), &q.fields);
+    Ok(Json(json!({ R::SINGULAR: view })))
+}
+
+async fn create<R: Resource>(State(net): State<Shared>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
+    ctx.check_write()?;
+    let (items, bulk) = unwrap_body(parse_body(&body)?, R::SINGULAR, R::PLURAL)?;
+    let mut created = R::create(&net, &ctx, items).await?;
+    let body = if bulk {
+        json!({ R::PLURAL: created })
+    } else {
+        json!({ R::SINGULAR: created.pop().unwrap_or(Value::Null) })
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `If-Match: revision_number=N` (several may be given; all must hold).
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(v) = headers.get("if-match") else { return Ok(None) };
+    let s = v.to_str().map_err(|_| ApiError(NeutronError::bad_request("Invalid If-Match header")))?;
+    for part in s.split(',') {
+        if let Some(n) = part.trim().strip_prefix("revision_number=") {
+            return n
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError(NeutronError::bad_request(format!("Invalid revision number in If-Match: {n}"))));
+        }
+    }
+    Err(ApiError(NeutronError::bad_request("If-Match header must be of the form revision_number=N")))
+}
+
+pub fn check_revision(current: u64, expected: Option<u64>) -> ApiResult<()> {
+    match expected {
+        Some(e) if e != current => Err(ApiError(NeutronError::new(
+            412,
+            "RevisionNumberConstraintFailed",
+            format!("Constrained to {e}, but current revision is {current}"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn update<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let expected = if_match(&headers)?;
+    let Value::Object(mut outer) = parse_body(&body)? else {
+        return Err(ApiError(NeutronError::bad_request("Body contains invalid data")));
+    };
+    let attrs = match outer.remove(R::SINGULAR) {
+        Some(Value::Object(m)) if outer.is_empty() => m,
+        _ => {
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Unable to find '{}' in request body",
+                R::SINGULAR
+            ))));
+        }
+    };
+    let input = Input::new(attrs);
+    // Clients often send back what they read; these can never change.
+    input.reject(&["id", "project_id", "tenant_id", "created_at", "updated_at", "revision_number"], "update")?;
+    let view = R::update(&net, &ctx, &id, input, expected).await?;
+    Ok(Json(json!({ R::SINGULAR: view })))
+}
+
+async fn delete<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    R::delete(&net, &ctx, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The update loop: read, change, compare-and-put on the revision read, retry when
+/// someone else wrote in between (unless the client pinned a revision with If-Match).
+/// `change` returns extra compares/ops that must commit with the update.
+pub async fn update_with<R, F>(net: &Shared, ctx: &Ctx, id: &str, expected: Option<u64>, mut change: F) -> ApiResult<Value>
+where
+    R: Resource,
+    F: FnMut(&Db, &mut R) -> ApiResult<(Vec<Compare>, Vec<kuryr_store::Op>)> + Send,
+{
+    for _ in 0..16 {
+        let txn = {
+            let db = net.db();
+            let e = find_owned::<R>(&db, ctx, id)?;
+            check_revision(e.value.revision_number(), expected)?;
+            let mut v = (*e.value).clone();
+            let (compares, ops) = change(&db, &mut v)?;
+            v.touch(&super::now());
+            let value = serde_json::to_vec(&v).map_err(|e| ApiError(NeutronError::internal(e.to_string())))?;
+            let mut txn = Txn::new().when(Compare::ModRevision(key::<R>(id), e.rev));
+            txn.compares.extend(compares);
+            txn.ops.extend(ops);
+            txn.put(key::<R>(id), value)
+        };
+        if net.commit(txn).await? {
+            let db = net.db();
+            let e = find::<R>(&db, ctx, id)?;
+            return Ok(Value::Object(e.value.view(&db)));
+        }
+    }
+    Err(ApiError(NeutronError::conflict("Conflict", format!("{} {id} is changing too fast; try again", R::DISPLAY))))
+}
+
+/// Deletes a resource (and whatever `extra` adds) if it is still at the revision read.
+pub async fn delete_with<R, F>(net: &Shared, ctx: &Ctx, id: &str, mut check: F) -> ApiResult<()>
+where
+    R: Resource,
+    F: FnMut(&Db, &R) -> ApiResult<(Vec<Compare>, Vec<kuryr_store::Op>)> + Send,
+{
+    for _ in 0..16 {
+        let txn = {
+            let db = net.db();
+            let e = find_owned::<R>(&db, ctx, id)?;
+            let (compares, ops) = check(&db, &e.value)?;
+            let mut txn = Txn::new().when(Compare::ModRevision(key::<R>(id), e.rev));
+            txn.compares.extend(compares);
+            txn.ops.extend(ops);
+            txn.delete(key::<R>(id))
+        };
+        if net.commit(txn).await? {
+            return Ok(());
+        }
+    }
+    Err(ApiError(NeutronError::conflict("Conflict", format!("{} {id} is changing too fast; try again", R::DISPLAY))))
+}
+
+const MAX_TAG_LEN: usize = 255;
+
+fn check_tag(tag: &str) -> ApiResult<()> {
+    if tag.is_empty() || tag.chars().count() > MAX_TAG_LEN || tag.contains(',') || tag.contains('/') {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "Invalid input for tags. Reason: '{tag}' is not a valid tag (1 to {MAX_TAG_LEN} characters, no ',' or '/')."
+        ))));
+    }
+    Ok(())
+}
+
+/// Validates and de-duplicates a tag list, keeping the order given.
+pub fn clean_tags(tags: Vec<String>) -> ApiResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        check_tag(&t)?;
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+fn tags_of<R: Resource>(v: &mut R) -> ApiResult<&mut Vec<String>> {
+    v.tags_mut()
+        .ok_or_else(|| ApiError(NeutronError::new(404, "HTTPNotFound", format!("{} do not have tags", R::PLURAL))))
+}
+
+async fn get_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let db = net.db();
+    let e = find::<R>(&db, &ctx, &id)?;
+    let mut v = (*e.value).clone();
+    let tags = tags_of(&mut v)?.clone();
+    Ok(Json(json!({ "tags": tags })))
+}
+
+async fn has_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let db = net.db();
+    let e = find::<R>(&db, &ctx, &id)?;
+    let mut v = (*e.value).clone();
+    if tags_of(&mut v)?.contains(&tag) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(NeutronError::new(404, "TagNotFound", format!("Tag {tag} could not be found for {} {id}.", R::SINGULAR))))
+    }
+}
+
+async fn put_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    let body = parse_body(&body)?;
+    let tags = match body.get("tags") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| t.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ApiError(NeutronError::bad_request("Invalid input for tags. Reason: tags must be strings.")))?,
+        _ => return Err(ApiError(NeutronError::bad_request("Invalid input for tags. Reason: a list of tags is required."))),
+    };
+    let tags = clean_tags(tags)?;
+    let view = update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
+        *tags_of(v)? = tags.clone();
+        Ok((vec![], vec![]))
+    })
+    .await?;
+    Ok(Json(json!({ "tags": view.get("tags").cloned().unwrap_or(Value::Array(vec![])) })))
+}
+
+async fn add_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    check_tag(&tag)?;
+    update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
+        let tags = tags_of(v)?;
+        if !tags.contains(&tag) {
+            tags.push(tag.clone());
+        }
+        Ok((vec![], vec![]))
+    })
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
+        let tags = tags_of(v)?;
+        let before = tags.len();
+        tags.retain(|t| *t != tag);
+        if tags.len() == before {
+            return Err(ApiError(NeutronError::new(
+                404,
+                "TagNotFound",
+                format!("Tag {tag} could not be found for {} {id}.", R::SINGULAR),
+            )));
+        }
+        Ok((vec![], vec![]))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
+        tags_of(v)?.clear();
+        Ok((vec![], vec![]))
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Encodes a resource for the store.
+pub fn encode<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ApiError(NeutronError::internal(e.to_string())))
+}
+
+/// The visible view after a create, read back from the db.
+pub fn view_of<R: Resource>(net: &Shared, id: &str) -> Value {
+    let db = net.db();
+    R::table(&db).get(id).map(|e| Value::Object(e.value.view(&db))).unwrap_or(Value::Null)
+}
+
+/// Quota check for `n` more resources of a kind.
+pub fn check_quota(db: &Db, project: &str, resource: &str, limit: i64, used: usize, n: usize) -> ApiResult<()> {
+    let _ = db;
+    if limit >= 0 && (used + n) as i64 > limit {
+        return Err(ApiError(NeutronError::conflict(
+            "OverQuota",
+            format!("Quota exceeded for resources: ['{resource}']."),
+        )));
+    }
+    let _ = project;
+    Ok(())
+}
