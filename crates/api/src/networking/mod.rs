@@ -239,7 +239,6 @@ impl Networking {
             .layer(axum::middleware::from_fn_with_state(self.clone(), authenticate));
         Router::new()
             .route("/", get(versions))
-            .route("/v2.0", get(resources_doc).layer(axum::middleware::from_fn_with_state(self.clone(), authenticate)))
             .nest("/v2.0", v2)
             .with_state(self.clone())
     }
