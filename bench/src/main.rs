@@ -210,9 +210,15 @@ async fn main() -> anyhow::Result<()> {
     let mut remaining = args.total.saturating_sub(have);
     let fill_start = Instant::now();
     while remaining > 0 {
-        let batch = (0..8).map(|_| {
-            let n = remaining.min(500);
-            remaining -= n;
+        let sizes: Vec<usize> = (0..8)
+            .map(|_| {
+                let n = remaining.min(500);
+                remaining -= n;
+                n
+            })
+            .filter(|n| *n > 0)
+            .collect();
+        let batch = sizes.into_iter().map(|n| {
             let body = json!({"ports": (0..n).map(|_| json!({"network_id": net_c})).collect::<Vec<_>>()});
             let k = &k;
             async move {
