@@ -137,6 +137,19 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
     Ok(out)
 }
 
+/// Pairs given without a MAC use the port's own, as in Neutron.
+fn with_port_mac(pairs: Vec<AddressPair>, mac: &str) -> Vec<AddressPair> {
+    pairs
+        .into_iter()
+        .map(|mut p| {
+            if p.mac_address.is_empty() {
+                p.mac_address = mac.to_string();
+            }
+            p
+        })
+        .collect()
+}
+
 fn parse_profile(v: Value) -> ApiResult<Value> {
     match v {
         Value::Object(_) => Ok(v),
@@ -449,7 +462,8 @@ fn prepare(
         None if port_security => default_sg.cloned().into_iter().collect(),
         None => Vec::new(),
     };
-    check_port_security(port_security, &groups, &spec.pairs)?;
+    let pairs = with_port_mac(spec.pairs.clone(), &mac);
+    check_port_security(port_security, &groups, &pairs)?;
     txn.compares.extend(check_groups(db, &spec.project_id, ctx, &groups)?);
     let ts = now();
     let p = Port {
@@ -465,7 +479,7 @@ fn prepare(
         fixed_ips,
         security_groups: groups,
         port_security_enabled: port_security,
-        allowed_address_pairs: spec.pairs.clone(),
+        allowed_address_pairs: pairs,
         host_id: spec.host_id.clone(),
         profile: spec.profile.clone(),
         vif_type: "unbound".into(),
@@ -694,7 +708,7 @@ impl Resource for Port {
                 p.security_groups = g.clone();
             }
             if let Some(v) = &pairs {
-                p.allowed_address_pairs = v.clone();
+                p.allowed_address_pairs = with_port_mac(v.clone(), &p.mac_address);
             }
             if port_security == Some(false) && groups.is_none() && !p.security_groups.is_empty() {
                 return Err(ApiError(NeutronError::conflict(

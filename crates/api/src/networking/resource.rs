@@ -60,6 +60,11 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
         None
     }
 
+    /// Work a list must do first (security groups: the caller's default group).
+    fn before_list(_net: &Shared, _ctx: &Ctx) -> impl Future<Output = ApiResult<()>> + Send {
+        async { Ok(()) }
+    }
+
     fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> impl Future<Output = ApiResult<Vec<Value>>> + Send;
     fn update(net: &Shared, ctx: &Ctx, id: &str, input: Input, if_match: Option<u64>) -> impl Future<Output = ApiResult<Value>> + Send;
     fn delete(net: &Shared, ctx: &Ctx, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
@@ -113,6 +118,7 @@ pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
 
 async fn list<R: Resource>(State(net): State<Shared>, ctx: Ctx, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
     let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
+    R::before_list(&net, &ctx).await?;
     let db = net.db();
     let body = query::list::<R>(&db, &ctx, &q, &net.config.public_url)?;
     Ok(Json(body))

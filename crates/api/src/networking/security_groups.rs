@@ -121,6 +121,11 @@ impl Resource for SecurityGroup {
         m
     }
 
+    /// Neutron creates the caller's default group when its groups are listed.
+    async fn before_list(net: &Shared, ctx: &Ctx) -> ApiResult<()> {
+        ensure_default_sg(net, ctx.project()).await.map(|_| ())
+    }
+
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what kuryr's tests need on a fresh Debian machine with Rust:
+# a Python venv (.venv) with the openstack CLI, openstacksdk and pytest from PyPI.
+# Idempotent: a second run with the same requirements takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "[test-deps] installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+stamp=.venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+echo "[test-deps] creating .venv with the openstack CLI and openstacksdk"
+rm -rf .venv
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+touch "$stamp"

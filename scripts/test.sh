@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every kuryr test: Rust unit, conformance and integration tests, then the real
+# openstack CLI and openstacksdk against a running `kuryr server`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/test-deps.sh
+cargo build --release --bins
+cargo test --workspace --release
+KURYR_BIN="$PWD/target/release/kuryr" .venv/bin/pytest -n 2 -q tests/client

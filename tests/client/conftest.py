@@ -1,0 +1,142 @@
+"""Real-client tests: the unmodified `openstack` CLI and openstacksdk against a
+`kuryr server` started here (one per pytest worker), with password login."""
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KURYR_BIN = os.environ.get("KURYR_BIN", os.path.join(ROOT, "target", "release", "kuryr"))
+OPENSTACK_BIN = os.environ.get("OPENSTACK_BIN", os.path.join(ROOT, ".venv", "bin", "openstack"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A kuryr server process with its own data directory."""
+
+    def __init__(self, *extra):
+        self.dir = tempfile.mkdtemp(prefix="kuryr-cli-")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.auth_url = f"{self.url}/identity/v3"
+        self.admin_password = secrets.token_urlsafe(12)
+        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.proc = subprocess.Popen(
+            [KURYR_BIN, "server", "--listen", f"127.0.0.1:{self.port}",
+             "--data-dir", os.path.join(self.dir, "data"),
+             "--admin-password", self.admin_password, *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if requests.get(self.auth_url, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("kuryr server did not start: " + self.log_text())
+
+    def log_text(self):
+        with open(os.path.join(self.dir, "server.log")) as f:
+            return f.read()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Creds:
+    def __init__(self, server, username, password, project):
+        self.server, self.username, self.password, self.project = server, username, password, project
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env.update(OS_AUTH_URL=self.server.auth_url, OS_USERNAME=self.username,
+                   OS_PASSWORD=self.password, OS_PROJECT_NAME=self.project,
+                   OS_USER_DOMAIN_NAME="Default", OS_PROJECT_DOMAIN_NAME="Default",
+                   OS_IDENTITY_API_VERSION="3", OS_REGION_NAME="RegionOne",
+                   OS_INTERFACE="public")
+        return env
+
+
+class CliError(Exception):
+    def __init__(self, args, code, stderr):
+        super().__init__(f"openstack {' '.join(args)} exited {code}: {stderr}")
+        self.code, self.stderr = code, stderr
+
+
+def osc(creds, *args, fmt="json", expect_fail=False):
+    """Runs the real openstack CLI; returns parsed JSON (or text for other formats)."""
+    args = [str(a) for a in args]
+    cmd = [OPENSTACK_BIN, *args]
+    if fmt:
+        cmd += ["-f", fmt]
+    p = subprocess.run(cmd, env=creds.env(), capture_output=True, text=True, timeout=120)
+    if expect_fail:
+        assert p.returncode != 0, f"expected failure: {' '.join(args)} -> {p.stdout}"
+        return p.stderr
+    if p.returncode != 0:
+        raise CliError(args, p.returncode, p.stderr)
+    if fmt == "json":
+        return json.loads(p.stdout) if p.stdout.strip() else None
+    return p.stdout
+
+
+def token_for(creds):
+    return osc(creds, "token", "issue")["id"]
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(server):
+    return Creds(server, "admin", server.admin_password, "admin")
+
+
+@pytest.fixture(scope="session")
+def network_url(admin):
+    catalog = osc(admin, "catalog", "show", "network")
+    public = [e for e in catalog["endpoints"] if e["interface"] == "public"]
+    return public[0]["url"].rstrip("/") + "/v2.0"
+
+
+def make_user(admin, project, role="member"):
+    name = unique("user")
+    password = secrets.token_urlsafe(10)
+    osc(admin, "user", "create", "--project", project, "--password", password, name)
+    osc(admin, "role", "add", "--project", project, "--user", name, role, fmt=None)
+    return Creds(admin.server, name, password, project)
+
+
+@pytest.fixture
+def tenants(admin):
+    """Two projects, each with a member user, plus a reader in the first."""
+    p1, p2 = unique("proj"), unique("proj")
+    osc(admin, "project", "create", p1)
+    osc(admin, "project", "create", p2)
+    yield make_user(admin, p1), make_user(admin, p2), make_user(admin, p1, role="reader")
