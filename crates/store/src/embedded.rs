@@ -46,7 +46,7 @@ pub struct EmbeddedOptions {
 
 impl EmbeddedOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        EmbeddedOptions { path: path.into(), history_retention: 100_000, cache_size_bytes: 32 << 20 }
+        EmbeddedOptions { path: path.into(), history_retention: 100_000, cache_size_bytes: 16 << 20 }
     }
 }
 

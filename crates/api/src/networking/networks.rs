@@ -70,17 +70,17 @@ impl Resource for Network {
     fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
         ctx.owns(&self.project_id) || self.shared || self.router_external
     }
-    fn view(&self, db: &Db) -> Map<String, Value> {
-        let mut m = match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        m.insert("tenant_id".into(), Value::String(self.project_id.clone()));
+    fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let subnets = db.subnets_by_network.get(&self.id).map(|s| s.iter().cloned().map(Value::String).collect()).unwrap_or_default();
-        m.insert("subnets".into(), Value::Array(subnets));
-        m.insert("availability_zone_hints".into(), Value::Array(vec![]));
-        m.insert("availability_zones".into(), Value::Array(vec![]));
-        m
+        vec![
+            ("tenant_id", Value::String(self.project_id.clone())),
+            ("subnets", Value::Array(subnets)),
+            ("availability_zone_hints", Value::Array(vec![])),
+            ("availability_zones", Value::Array(vec![])),
+        ]
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
     }
 
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {

@@ -526,6 +526,9 @@ impl Resource for Port {
     fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
         Some(&mut self.tags)
     }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
     fn revision_number(&self) -> u64 {
         self.revision_number
     }
@@ -537,12 +540,12 @@ impl Resource for Port {
         // The network's owner sees the ports on it, as in Neutron.
         ctx.owns(&self.project_id) || db.networks.get(&self.network_id).is_some_and(|n| ctx.owns(&n.value.project_id))
     }
-    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<Vec<String>> {
+    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         if let Some(ids) = q.filter("id") {
-            return Some(ids.to_vec());
+            return Some((ids.to_vec(), "id"));
         }
         let nets = q.filter("network_id")?;
-        Some(nets.iter().flat_map(|n| db.ports_by_network.get(n).into_iter().flatten().cloned()).collect())
+        Some((nets.iter().flat_map(|n| db.ports_by_network.get(n).into_iter().flatten().cloned()).collect(), "network_id"))
     }
 
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use kuryr_model::NeutronError;
 use serde_json::{Map, Value, json};
 
-use super::db::Db;
+use super::db::{Db, Entry};
 use super::resource::Resource;
 use super::{ApiError, ApiResult, Ctx};
 
@@ -112,8 +112,8 @@ fn matches(view: &Map<String, Value>, attr: &str, wants: &[String]) -> bool {
     })
 }
 
-fn tags_match(tags: &[Value], q: &ListQuery) -> bool {
-    let has = |t: &String| tags.iter().any(|x| x.as_str() == Some(t.as_str()));
+fn tags_match(tags: &[String], q: &ListQuery) -> bool {
+    let has = |t: &String| tags.contains(t);
     (q.tags.is_empty() || q.tags.iter().all(has))
         && (q.tags_any.is_empty() || q.tags_any.iter().any(has))
         && (q.not_tags.is_empty() || !q.not_tags.iter().all(has))
@@ -134,76 +134,89 @@ fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
-pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) -> ApiResult<Value> {
+/// One list request, answered as JSON bytes. Maps of attributes are built only
+/// when filters, sorting or `fields` need them; otherwise resources are written
+/// straight to the output.
+pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) -> ApiResult<Vec<u8>> {
     let table = R::table(db);
-    let ids: Box<dyn Iterator<Item = &super::db::Entry<R>>> = match R::candidates(db, q) {
-        Some(ids) => Box::new(ids.into_iter().filter_map(|id| table.get(&id)).collect::<Vec<_>>().into_iter()),
-        None => Box::new(table.values()),
+    let (candidates, served) = match R::candidates(db, q) {
+        Some((ids, f)) => (Some(ids), Some(f)),
+        None => (None, None),
+    };
+    let filters: Vec<&(String, Vec<String>)> = q.filters.iter().filter(|(k, _)| Some(k.as_str()) != served).collect();
+    let entries: Box<dyn Iterator<Item = (&String, &Entry<R>)>> = match &candidates {
+        Some(ids) => Box::new(ids.iter().filter_map(|id| table.get_key_value(id))),
+        None => Box::new(table.iter()),
     };
     let has_tag_filters =
         !(q.tags.is_empty() && q.tags_any.is_empty() && q.not_tags.is_empty() && q.not_tags_any.is_empty());
-    let mut views: Vec<Map<String, Value>> = Vec::new();
-    let mut known_checked = false;
-    for e in ids {
-        if !e.value.visible(ctx, db) {
+    let need_view = !filters.is_empty() || !q.sorts.is_empty() || !q.fields.is_empty();
+    let mut picked: Vec<(&str, &Entry<R>, Option<Map<String, Value>>)> = Vec::new();
+    let mut validated = false;
+    for (id, e) in entries {
+        if !e.value.visible(ctx, db) || (has_tag_filters && !tags_match(e.value.tags(), q)) {
             continue;
         }
-        let view = e.value.view(db);
-        if !known_checked {
-            // Neutron's filter validation: filtering on an attribute that does not exist is an error.
-            for (k, _) in &q.filters {
-                if !view.contains_key(k) {
+        let view = need_view.then(|| e.value.view(db));
+        if let Some(v) = &view {
+            if !validated {
+                // Neutron's filter validation: an attribute that does not exist is an error.
+                if let Some((k, _)) = q.filters.iter().find(|(k, _)| !v.contains_key(k)) {
                     return Err(ApiError(NeutronError::bad_request(format!("{k} is invalid attribute for filtering"))));
                 }
+                validated = true;
             }
-            known_checked = true;
-        }
-        if has_tag_filters {
-            let tags = view.get("tags").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-            if !tags_match(tags, q) {
+            if !filters.iter().all(|(k, wants)| matches(v, k, wants)) {
                 continue;
             }
         }
-        if q.filters.iter().all(|(k, wants)| matches(&view, k, wants)) {
-            views.push(view);
-        }
+        picked.push((id.as_str(), e, view));
+    }
+    if candidates.is_some() {
+        // Index order is not id order; lists are sorted by id unless asked otherwise.
+        picked.sort_by(|a, b| a.0.cmp(b.0));
     }
     if !q.sorts.is_empty() {
-        views.sort_by(|a, b| {
+        picked.sort_by(|(ia, _, a), (ib, _, b)| {
+            let (a, b) = (a.as_ref(), b.as_ref());
             for (key, asc) in &q.sorts {
-                let o = cmp_values(a.get(key), b.get(key));
+                let o = cmp_values(a.and_then(|m| m.get(key)), b.and_then(|m| m.get(key)));
                 if o != Ordering::Equal {
                     return if *asc { o } else { o.reverse() };
                 }
             }
-            cmp_values(a.get("id"), b.get("id"))
+            ia.cmp(ib)
         });
     }
-    let id_of = |v: &Map<String, Value>| v.get("id").and_then(Value::as_str).map(str::to_string);
     // Marker pagination over the sorted list.
+    let position = |m: &str| picked.iter().position(|(id, _, _)| *id == m);
     let (start, end) = match (&q.marker, q.page_reverse) {
-        (Some(m), false) => {
-            let pos = views.iter().position(|v| id_of(v).as_deref() == Some(m.as_str())).map(|p| p + 1).unwrap_or(0);
-            (pos, views.len())
-        }
-        (Some(m), true) => {
-            let pos = views.iter().position(|v| id_of(v).as_deref() == Some(m.as_str())).unwrap_or(views.len());
-            (0, pos)
-        }
-        (None, _) => (0, views.len()),
+        (Some(m), false) => (position(m).map(|p| p + 1).unwrap_or(0), picked.len()),
+        (Some(m), true) => (0, position(m).unwrap_or(picked.len())),
+        (None, _) => (0, picked.len()),
     };
     let (start, end) = match q.limit {
         Some(l) if q.page_reverse => (end.saturating_sub(l).max(start), end),
         Some(l) => (start, (start + l).min(end)),
         None => (start, end),
     };
-    let more_after = end < views.len();
-    let more_before = start > 0;
-    let page: Vec<Value> = views
-        .drain(start..end)
-        .map(|v| Value::Object(project(v, &q.fields)))
-        .collect();
-    let mut body = Map::new();
+    let page = &picked[start..end];
+    let mut out = Vec::with_capacity(64 + page.len() * 700);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(R::PLURAL.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, (_, e, view)) in page.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match view {
+            Some(v) if !q.fields.is_empty() => {
+                let _ = serde_json::to_writer(&mut out, &project(v.clone(), &q.fields));
+            }
+            _ => e.value.write_view(db, &mut out),
+        }
+    }
+    out.push(b']');
     if let Some(limit) = q.limit {
         let base: Vec<(String, String)> =
             q.raw.iter().filter(|(k, _)| k != "marker" && k != "page_reverse").cloned().collect();
@@ -218,20 +231,27 @@ pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) ->
             }
             format!("{public_url}/networking/v2.0/{}?{}", R::PATH, ser.finish())
         };
-        let first = page.first().and_then(|v| v.get("id")).and_then(Value::as_str);
-        let last = page.last().and_then(|v| v.get("id")).and_then(Value::as_str);
+        let more_after = end < picked.len();
+        let more_before = start > 0;
+        let (next_exists, prev_exists) = if q.page_reverse {
+            (more_after || q.marker.is_some(), more_before)
+        } else {
+            (more_after, more_before || q.marker.is_some())
+        };
         let mut links = Vec::new();
-        let (next_exists, prev_exists) = if q.page_reverse { (more_after || q.marker.is_some(), more_before) } else { (more_after, more_before || q.marker.is_some()) };
-        if let (Some(last), true) = (last, next_exists && page.len() == limit.min(page.len().max(1))) {
+        if let (Some((last, _, _)), true) = (page.last(), next_exists && page.len() == limit) {
             links.push(json!({"rel": "next", "href": link(last, false)}));
         }
-        if let (Some(first), true) = (first, prev_exists) {
+        if let (Some((first, _, _)), true) = (page.first(), prev_exists) {
             links.push(json!({"rel": "previous", "href": link(first, true)}));
         }
         if !links.is_empty() {
-            body.insert(format!("{}_links", R::PLURAL), Value::Array(links));
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(R::PLURAL.as_bytes());
+            out.extend_from_slice(b"_links\":");
+            let _ = serde_json::to_writer(&mut out, &links);
         }
     }
-    body.insert(R::PLURAL.to_string(), Value::Array(page));
-    Ok(Value::Object(body))
+    out.push(b'}');
+    Ok(out)
 }

@@ -43,20 +43,49 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
         ctx.owns(self.project_id())
     }
 
-    /// The API representation.
-    fn view(&self, _db: &Db) -> Map<String, Value> {
+    /// Attributes of the API representation that are not stored fields.
+    fn extras(&self, _db: &Db) -> Vec<(&'static str, Value)> {
+        vec![("tenant_id", Value::String(self.project_id().to_string()))]
+    }
+
+    fn tags(&self) -> &[String] {
+        &[]
+    }
+
+    /// The API representation, as a map (for filters, `fields` and single reads).
+    fn view(&self, db: &Db) -> Map<String, Value> {
         let mut m = match serde_json::to_value(self) {
             Ok(Value::Object(m)) => m,
             _ => Map::new(),
         };
-        if let Some(p) = m.get("project_id").cloned() {
-            m.insert("tenant_id".into(), p);
+        for (k, v) in self.extras(db) {
+            m.insert(k.to_string(), v);
         }
         m
     }
 
-    /// Ids worth looking at for a filtered list, when an index can narrow it down.
-    fn candidates(_db: &Db, _q: &ListQuery) -> Option<Vec<String>> {
+    /// The API representation written straight to JSON: lists of thousands of
+    /// resources skip building maps.
+    fn write_view(&self, db: &Db, out: &mut Vec<u8>) {
+        let start = out.len();
+        if serde_json::to_writer(&mut *out, self).is_err() || out.last() != Some(&b'}') {
+            out.truncate(start);
+            out.extend_from_slice(b"{}");
+            return;
+        }
+        out.pop();
+        for (k, v) in self.extras(db) {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, k);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, &v);
+        }
+        out.push(b'}');
+    }
+
+    /// Ids worth looking at for a filtered list when an index can narrow it down,
+    /// and the filter that the index answers exactly.
+    fn candidates(_db: &Db, _q: &ListQuery) -> Option<(Vec<String>, &'static str)> {
         None
     }
 
@@ -116,12 +145,12 @@ pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|_| ApiError(NeutronError::bad_request("Body contains invalid data")))
 }
 
-async fn list<R: Resource>(State(net): State<Shared>, ctx: Ctx, RawQuery(q): RawQuery) -> ApiResult<Json<Value>> {
+async fn list<R: Resource>(State(net): State<Shared>, ctx: Ctx, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
     R::before_list(&net, &ctx).await?;
     let db = net.db();
     let body = query::list::<R>(&db, &ctx, &q, &net.config.public_url)?;
-    Ok(Json(body))
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 async fn show<R: Resource>(

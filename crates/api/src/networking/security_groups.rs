@@ -102,13 +102,7 @@ impl Resource for SecurityGroup {
         self.revision_number += 1;
         self.updated_at = now.to_string();
     }
-    fn view(&self, db: &Db) -> Map<String, Value> {
-        let mut m = match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        m.insert("tenant_id".into(), Value::String(self.project_id.clone()));
-        m.insert("shared".into(), Value::Bool(false));
+    fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let rules: Vec<Value> = db
             .rules_by_group
             .get(&self.id)
@@ -117,8 +111,14 @@ impl Resource for SecurityGroup {
             .filter_map(|r| db.security_group_rules.get(r))
             .map(|r| Value::Object(r.value.view(db)))
             .collect();
-        m.insert("security_group_rules".into(), Value::Array(rules));
-        m
+        vec![
+            ("tenant_id", Value::String(self.project_id.clone())),
+            ("shared", Value::Bool(false)),
+            ("security_group_rules", Value::Array(rules)),
+        ]
+    }
+    fn tags(&self) -> &[String] {
+        &self.tags
     }
 
     /// Neutron creates the caller's default group when its groups are listed.
@@ -274,24 +274,21 @@ impl Resource for SecurityGroupRule {
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
         ctx.owns(&self.project_id) || db.security_groups.get(&self.security_group_id).is_some_and(|g| ctx.owns(&g.value.project_id))
     }
-    fn view(&self, db: &Db) -> Map<String, Value> {
-        let mut m = match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        m.insert("tenant_id".into(), Value::String(self.project_id.clone()));
-        m.insert("remote_address_group_id".into(), Value::Null);
+    fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let normalized = self.remote_ip_prefix.as_deref().and_then(parse_ip_or_cidr).map(|n| n.trunc().to_string());
-        m.insert("normalized_cidr".into(), normalized.map(Value::String).unwrap_or(Value::Null));
         let in_default = db.security_groups.get(&self.security_group_id).is_some_and(|g| {
             db.default_sg.get(&g.value.project_id) == Some(&self.security_group_id)
         });
-        m.insert("belongs_to_default_sg".into(), Value::Bool(in_default));
-        m
+        vec![
+            ("tenant_id", Value::String(self.project_id.clone())),
+            ("remote_address_group_id", Value::Null),
+            ("normalized_cidr", normalized.map(Value::String).unwrap_or(Value::Null)),
+            ("belongs_to_default_sg", Value::Bool(in_default)),
+        ]
     }
-    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<Vec<String>> {
+    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         let groups = q.filter("security_group_id")?;
-        Some(groups.iter().flat_map(|g| db.rules_by_group.get(g).into_iter().flatten().cloned()).collect())
+        Some((groups.iter().flat_map(|g| db.rules_by_group.get(g).into_iter().flatten().cloned()).collect(), "security_group_id"))
     }
 
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {

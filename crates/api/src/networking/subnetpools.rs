@@ -38,6 +38,9 @@ impl Resource for SubnetPool {
     fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
         ctx.owns(&self.project_id) || self.shared
     }
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
 
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();

@@ -43,21 +43,21 @@ impl Resource for Subnet {
         ctx.owns(&self.project_id)
             || db.networks.get(&self.network_id).is_some_and(|n| n.value.shared || n.value.router_external || ctx.owns(&n.value.project_id))
     }
-    fn view(&self, db: &Db) -> Map<String, Value> {
-        let mut m = match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        m.insert("tenant_id".into(), Value::String(self.project_id.clone()));
+    fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let external = db.networks.get(&self.network_id).is_some_and(|n| n.value.router_external);
-        m.insert("router:external".into(), Value::Bool(external));
-        m.insert("service_types".into(), Value::Array(vec![]));
-        m.insert("segment_id".into(), Value::Null);
-        m
+        vec![
+            ("tenant_id", Value::String(self.project_id.clone())),
+            ("router:external", Value::Bool(external)),
+            ("service_types", Value::Array(vec![])),
+            ("segment_id", Value::Null),
+        ]
     }
-    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<Vec<String>> {
+    fn tags(&self) -> &[String] {
+        &self.tags
+    }
+    fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         let nets = q.filter("network_id")?;
-        Some(nets.iter().flat_map(|n| db.subnets_by_network.get(n).into_iter().flatten().cloned()).collect())
+        Some((nets.iter().flat_map(|n| db.subnets_by_network.get(n).into_iter().flatten().cloned()).collect(), "network_id"))
     }
 
     async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
