@@ -78,7 +78,10 @@ struct ServerArgs {
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s.split_once(':').ok_or("expected MIN:MAX")?;
-    let (a, b) = (a.parse::<u32>().map_err(|e| e.to_string())?, b.parse::<u32>().map_err(|e| e.to_string())?);
+    let (a, b) = (
+        a.parse::<u32>().map_err(|e| e.to_string())?,
+        b.parse::<u32>().map_err(|e| e.to_string())?,
+    );
     if a == 0 || a > b || b > 16_777_215 {
         return Err("need 1 <= MIN <= MAX <= 16777215".into());
     }
@@ -93,7 +96,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server(args, false).await,
@@ -112,7 +117,11 @@ fn up_password(args: &ServerArgs) -> anyhow::Result<String> {
         return Ok(p.trim().to_string());
     }
     use rand::Rng;
-    let p: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(20).map(char::from).collect();
+    let p: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect();
     write_private(&file, &p)?;
     Ok(p)
 }
@@ -151,7 +160,8 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
     let mut options = EmbeddedOptions::new(args.data_dir.join("kuryr.redb"));
     options.history_retention = args.history;
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(options).with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+        EmbeddedStore::open(options)
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
     );
     let config = ServerConfig {
         identity: IdentityConfig {
@@ -175,7 +185,9 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
     if up {
         print_usage(&args, &public_url)?;
     }
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("kuryr server stopped");
     Ok(())
 }
@@ -198,7 +210,10 @@ fn print_usage(args: &ServerArgs, public_url: &str) -> anyhow::Result<()> {
     println!("kuryr is up.");
     println!("  Identity (Keystone v3): {public_url}/identity/v3");
     println!("  Networking (Neutron):   {public_url}/networking/v2.0");
-    println!("  Store:                  {}", args.data_dir.join("kuryr.redb").display());
+    println!(
+        "  Store:                  {}",
+        args.data_dir.join("kuryr.redb").display()
+    );
     println!();
     println!("Use it from another shell:");
     println!("  source {}", rc_path.display());

@@ -30,7 +30,12 @@ async fn kill_9_during_concurrent_port_creates_loses_nothing_acknowledged() {
                "allocation_pools": [{"start": "10.40.0.10", "end": "10.40.3.241"}]}),
     )
     .await;
-    let r = admin.put(s.net("/quotas/crash")).json(&json!({"quota": {"port": -1}})).send().await.unwrap();
+    let r = admin
+        .put(s.net("/quotas/crash"))
+        .json(&json!({"quota": {"port": -1}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // Several independent clients (own connection pools), each with several requests in flight.
@@ -44,8 +49,14 @@ async fn kill_9_during_concurrent_port_creates_loses_nothing_acknowledged() {
             tasks.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
                 for i in (stream..PER_CLIENT).step_by(4) {
-                    let body = json!({"port": {"network_id": net, "name": format!("c{client_no}-{i}")}});
-                    let sent = c.post(&url).header("X-Project-Id", "crash").json(&body).send().await;
+                    let body =
+                        json!({"port": {"network_id": net, "name": format!("c{client_no}-{i}")}});
+                    let sent = c
+                        .post(&url)
+                        .header("X-Project-Id", "crash")
+                        .json(&body)
+                        .send()
+                        .await;
                     match sent {
                         Ok(r) if r.status().as_u16() == 201 => {
                             if let Ok(v) = r.json::<Value>().await {
@@ -67,13 +78,31 @@ async fn kill_9_during_concurrent_port_creates_loses_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     s.kill9();
-    let outcomes: Vec<Result<Value, ()>> = join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
-    assert_eq!(outcomes.len(), CLIENTS * PER_CLIENT, "every create was fired");
+    let outcomes: Vec<Result<Value, ()>> = join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        outcomes.len(),
+        CLIENTS * PER_CLIENT,
+        "every create was fired"
+    );
     let acked_ports: Vec<&Value> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
     let failed = outcomes.len() - acked_ports.len();
-    assert!(acked_ports.len() >= KILL_AFTER, "{} acknowledged", acked_ports.len());
-    assert!(failed > 0, "the kill happened while creates were still being fired");
-    eprintln!("acknowledged {} port creates, {failed} failed at the kill", acked_ports.len());
+    assert!(
+        acked_ports.len() >= KILL_AFTER,
+        "{} acknowledged",
+        acked_ports.len()
+    );
+    assert!(
+        failed > 0,
+        "the kill happened while creates were still being fired"
+    );
+    eprintln!(
+        "acknowledged {} port creates, {failed} failed at the kill",
+        acked_ports.len()
+    );
 
     s.restart();
     let c = client();
@@ -89,18 +118,37 @@ async fn kill_9_during_concurrent_port_creates_loses_nothing_acknowledged() {
 
     // 2. Fill the pool: exactly POOL_SIZE ports fit, so nothing leaked an address.
     loop {
-        let (st, body) = post(&c, &s.net("/ports"), "crash", json!({"port": {"network_id": net}})).await;
+        let (st, body) = post(
+            &c,
+            &s.net("/ports"),
+            "crash",
+            json!({"port": {"network_id": net}}),
+        )
+        .await;
         if st == 409 {
-            assert_eq!(body["NeutronError"]["type"], "IpAddressGenerationFailure", "{body}");
+            assert_eq!(
+                body["NeutronError"]["type"], "IpAddressGenerationFailure",
+                "{body}"
+            );
             break;
         }
         assert_eq!(st, 201, "{body}");
     }
     let (_, all) = get(&c, &s.net(&format!("/ports?network_id={net}")), "crash").await;
     let all = all["ports"].as_array().unwrap().clone();
-    assert_eq!(all.len(), POOL_SIZE, "the whole pool is usable after the crash");
-    let ips: HashSet<&str> = all.iter().map(|p| p["fixed_ips"][0]["ip_address"].as_str().unwrap()).collect();
-    let macs: HashSet<&str> = all.iter().map(|p| p["mac_address"].as_str().unwrap()).collect();
+    assert_eq!(
+        all.len(),
+        POOL_SIZE,
+        "the whole pool is usable after the crash"
+    );
+    let ips: HashSet<&str> = all
+        .iter()
+        .map(|p| p["fixed_ips"][0]["ip_address"].as_str().unwrap())
+        .collect();
+    let macs: HashSet<&str> = all
+        .iter()
+        .map(|p| p["mac_address"].as_str().unwrap())
+        .collect();
     assert_eq!(ips.len(), POOL_SIZE, "no address is duplicated");
     assert_eq!(macs.len(), POOL_SIZE, "no MAC is duplicated");
     let by_id: HashMap<&str, &Value> = all.iter().map(|p| (p["id"].as_str().unwrap(), p)).collect();
@@ -116,6 +164,12 @@ async fn kill_9_during_concurrent_port_creates_loses_nothing_acknowledged() {
         async move { delete(&c, &url, "crash").await }
     });
     assert!(join_all(deletes).await.into_iter().all(|st| st == 204));
-    assert_eq!(delete(&c, &s.net(&format!("/subnets/{subnet}")), "crash").await, 204);
-    assert_eq!(delete(&c, &s.net(&format!("/networks/{net}")), "crash").await, 204);
+    assert_eq!(
+        delete(&c, &s.net(&format!("/subnets/{subnet}")), "crash").await,
+        204
+    );
+    assert_eq!(
+        delete(&c, &s.net(&format!("/networks/{net}")), "crash").await,
+        204
+    );
 }

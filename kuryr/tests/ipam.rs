@@ -21,33 +21,77 @@ async fn two_hundred_parallel_creates_on_a_150_address_pool() {
     )
     .await;
     // Let the project create that many ports.
-    let r = c.put(s.net("/quotas/p1")).json(&json!({"quota": {"port": 1000}})).send().await.unwrap();
+    let r = c
+        .put(s.net("/quotas/p1"))
+        .json(&json!({"quota": {"port": 1000}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     let creates = (0..200).map(|i| {
         let c = c.clone();
         let url = s.net("/ports");
         let net = net.clone();
-        async move { post(&c, &url, "p1", json!({"port": {"network_id": net, "name": format!("p{i}")}})).await }
+        async move {
+            post(
+                &c,
+                &url,
+                "p1",
+                json!({"port": {"network_id": net, "name": format!("p{i}")}}),
+            )
+            .await
+        }
     });
     let results = join_all(creates).await;
-    let ok: Vec<&Value> = results.iter().filter(|(st, _)| *st == 201).map(|(_, b)| b).collect();
+    let ok: Vec<&Value> = results
+        .iter()
+        .filter(|(st, _)| *st == 201)
+        .map(|(_, b)| b)
+        .collect();
     let failed: Vec<&(u16, Value)> = results.iter().filter(|(st, _)| *st != 201).collect();
-    assert_eq!(ok.len(), 150, "exactly the pool size succeeds; failures: {:?}", failed.first());
+    assert_eq!(
+        ok.len(),
+        150,
+        "exactly the pool size succeeds; failures: {:?}",
+        failed.first()
+    );
     for (st, body) in &failed {
         assert_eq!(*st, 409, "{body}");
-        assert_eq!(body["NeutronError"]["type"], "IpAddressGenerationFailure", "{body}");
+        assert_eq!(
+            body["NeutronError"]["type"], "IpAddressGenerationFailure",
+            "{body}"
+        );
     }
-    let ips: HashSet<String> = ok.iter().map(|b| b["port"]["fixed_ips"][0]["ip_address"].as_str().unwrap().to_string()).collect();
-    let macs: HashSet<String> = ok.iter().map(|b| b["port"]["mac_address"].as_str().unwrap().to_string()).collect();
+    let ips: HashSet<String> = ok
+        .iter()
+        .map(|b| {
+            b["port"]["fixed_ips"][0]["ip_address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let macs: HashSet<String> = ok
+        .iter()
+        .map(|b| b["port"]["mac_address"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ips.len(), 150, "addresses are distinct");
     assert_eq!(macs.len(), 150, "MACs are distinct");
     for ip in &ips {
         let last: u32 = ip.rsplit('.').next().unwrap().parse().unwrap();
-        assert!((10..=159).contains(&last), "{ip} is inside the allocation pool");
+        assert!(
+            (10..=159).contains(&last),
+            "{ip} is inside the allocation pool"
+        );
     }
     // What the API lists agrees with what the creates returned.
-    let (_, list) = get(&c, &s.net(&format!("/ports?network_id={net}&fields=id")), "p1").await;
+    let (_, list) = get(
+        &c,
+        &s.net(&format!("/ports?network_id={net}&fields=id")),
+        "p1",
+    )
+    .await;
     assert_eq!(list["ports"].as_array().unwrap().len(), 150);
 }
 
@@ -55,7 +99,13 @@ async fn two_hundred_parallel_creates_on_a_150_address_pool() {
 async fn ipv6_subnets_and_dual_stack_ports() {
     let s = Server::start(&[]);
     let c = client();
-    let (net, v4) = network_with_subnet(&s, &c, "p1", json!({"ip_version": 4, "cidr": "10.30.0.0/24"})).await;
+    let (net, v4) = network_with_subnet(
+        &s,
+        &c,
+        "p1",
+        json!({"ip_version": 4, "cidr": "10.30.0.0/24"}),
+    )
+    .await;
     let (st, stateful) = post(
         &c,
         &s.net("/subnets"),
@@ -66,8 +116,14 @@ async fn ipv6_subnets_and_dual_stack_ports() {
     .await;
     assert_eq!(st, 201, "{stateful}");
     assert_eq!(stateful["subnet"]["gateway_ip"], "fd00:30::1");
-    assert_eq!(stateful["subnet"]["allocation_pools"][0]["start"], "fd00:30::2");
-    assert_eq!(stateful["subnet"]["allocation_pools"][0]["end"], "fd00:30::ffff:ffff:ffff:ffff");
+    assert_eq!(
+        stateful["subnet"]["allocation_pools"][0]["start"],
+        "fd00:30::2"
+    );
+    assert_eq!(
+        stateful["subnet"]["allocation_pools"][0]["end"],
+        "fd00:30::ffff:ffff:ffff:ffff"
+    );
     let (st, slaac) = post(
         &c,
         &s.net("/subnets"),
@@ -77,15 +133,37 @@ async fn ipv6_subnets_and_dual_stack_ports() {
     .await;
     assert_eq!(st, 201, "{slaac}");
 
-    let (st, port) = post(&c, &s.net("/ports"), "p1", json!({"port": {"network_id": net}})).await;
+    let (st, port) = post(
+        &c,
+        &s.net("/ports"),
+        "p1",
+        json!({"port": {"network_id": net}}),
+    )
+    .await;
     assert_eq!(st, 201, "{port}");
     let fixed = port["port"]["fixed_ips"].as_array().unwrap();
-    let by_subnet = |id: &Value| fixed.iter().find(|f| f["subnet_id"] == *id).map(|f| f["ip_address"].as_str().unwrap().to_string());
-    assert!(by_subnet(&json!(v4)).unwrap().starts_with("10.30.0."), "{port}");
-    assert!(by_subnet(&stateful["subnet"]["id"]).unwrap().starts_with("fd00:30::"), "{port}");
+    let by_subnet = |id: &Value| {
+        fixed
+            .iter()
+            .find(|f| f["subnet_id"] == *id)
+            .map(|f| f["ip_address"].as_str().unwrap().to_string())
+    };
+    assert!(
+        by_subnet(&json!(v4)).unwrap().starts_with("10.30.0."),
+        "{port}"
+    );
+    assert!(
+        by_subnet(&stateful["subnet"]["id"])
+            .unwrap()
+            .starts_with("fd00:30::"),
+        "{port}"
+    );
     // SLAAC: modified EUI-64 of the port's MAC.
     let mac = port["port"]["mac_address"].as_str().unwrap();
-    let b: Vec<u8> = mac.split(':').map(|x| u8::from_str_radix(x, 16).unwrap()).collect();
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
     let eui = format!(
         "fd00:31::{:x}:{:x}:{:x}:{:x}",
         u16::from(b[0] ^ 2) << 8 | u16::from(b[1]),
@@ -124,6 +202,11 @@ async fn ipv6_subnets_and_dual_stack_ports() {
     .await;
     assert_eq!(st, 400, "{bad}");
     // Filter by address finds the port.
-    let (_, found) = get(&c, &s.net("/ports?fixed_ips=ip_address%3Dfd00:30::99"), "p1").await;
+    let (_, found) = get(
+        &c,
+        &s.net("/ports?fixed_ips=ip_address%3Dfd00:30::99"),
+        "p1",
+    )
+    .await;
     assert_eq!(found["ports"].as_array().unwrap().len(), 1, "{found}");
 }

@@ -24,14 +24,16 @@ pub struct ServerConfig {
 pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<Router> {
     let identity = Identity::start(store.clone(), config.identity.clone()).await?;
     let networking = Networking::start(store, identity.clone(), config.networking.clone()).await?;
-    let request_ids = axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| async move {
-        let mut resp = next.run(req).await;
-        let id = format!("req-{}", uuid::Uuid::new_v4());
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            resp.headers_mut().insert("x-openstack-request-id", v);
-        }
-        resp
-    });
+    let request_ids = axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            let mut resp = next.run(req).await;
+            let id = format!("req-{}", uuid::Uuid::new_v4());
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("x-openstack-request-id", v);
+            }
+            resp
+        },
+    );
     Ok(Router::new()
         .nest("/identity", identity.router())
         .nest("/networking", networking.router())

@@ -18,7 +18,11 @@ impl fmt::Display for NeutronError {
 
 impl NeutronError {
     pub fn new(status: u16, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into() }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
     }
 
     /// 400 with Neutron's `HTTPBadRequest` type (malformed bodies, unknown attributes).
@@ -28,7 +32,11 @@ impl NeutronError {
 
     /// 400 `InvalidInput`: "Invalid input for operation: ...".
     pub fn invalid_input(detail: impl fmt::Display) -> Self {
-        Self::new(400, "InvalidInput", format!("Invalid input for operation: {detail}."))
+        Self::new(
+            400,
+            "InvalidInput",
+            format!("Invalid input for operation: {detail}."),
+        )
     }
 
     /// 400 for one attribute that failed validation, naming it.

@@ -24,7 +24,11 @@ pub fn show(v: &Value) -> String {
 
 /// Splits a request body `{"<resource>": {...}}` (or the bulk form
 /// `{"<resources>": [{...}, ...]}`) into attribute maps.
-pub fn unwrap_body(body: Value, singular: &str, plural: &str) -> Result<(Vec<Map<String, Value>>, bool)> {
+pub fn unwrap_body(
+    body: Value,
+    singular: &str,
+    plural: &str,
+) -> Result<(Vec<Map<String, Value>>, bool)> {
     let Value::Object(mut outer) = body else {
         return Err(NeutronError::bad_request("Body contains invalid data"));
     };
@@ -34,7 +38,9 @@ pub fn unwrap_body(body: Value, singular: &str, plural: &str) -> Result<(Vec<Map
         }
         return match v {
             Value::Object(m) => Ok((vec![m], false)),
-            _ => Err(NeutronError::bad_request(format!("Resource body required: {singular} must be an object"))),
+            _ => Err(NeutronError::bad_request(format!(
+                "Resource body required: {singular} must be an object"
+            ))),
         };
     }
     if let Some(v) = outer.remove(plural) {
@@ -42,10 +48,14 @@ pub fn unwrap_body(body: Value, singular: &str, plural: &str) -> Result<(Vec<Map
             return Err(NeutronError::bad_request("Body contains invalid data"));
         }
         let Value::Array(items) = v else {
-            return Err(NeutronError::bad_request(format!("Resources required: {plural} must be a list")));
+            return Err(NeutronError::bad_request(format!(
+                "Resources required: {plural} must be a list"
+            )));
         };
         if items.is_empty() {
-            return Err(NeutronError::bad_request(format!("Resources required: {plural} is empty")));
+            return Err(NeutronError::bad_request(format!(
+                "Resources required: {plural} is empty"
+            )));
         }
         let mut maps = Vec::with_capacity(items.len());
         for item in items {
@@ -56,7 +66,9 @@ pub fn unwrap_body(body: Value, singular: &str, plural: &str) -> Result<(Vec<Map
         }
         return Ok((maps, true));
     }
-    Err(NeutronError::bad_request(format!("Unable to find '{singular}' in request body")))
+    Err(NeutronError::bad_request(format!(
+        "Unable to find '{singular}' in request body"
+    )))
 }
 
 /// One resource's attributes being consumed.
@@ -88,7 +100,9 @@ impl Input {
     pub fn reject(&self, keys: &[&str], verb: &str) -> Result<()> {
         for k in keys {
             if self.map.contains_key(*k) {
-                return Err(NeutronError::bad_request(format!("Attribute '{k}' not allowed in {verb}")));
+                return Err(NeutronError::bad_request(format!(
+                    "Attribute '{k}' not allowed in {verb}"
+                )));
             }
         }
         Ok(())
@@ -100,12 +114,18 @@ impl Input {
             None => Ok(None),
             Some(Value::String(s)) => {
                 if s.chars().count() > max {
-                    Err(NeutronError::invalid_attr(key, format!("'{s}' exceeds maximum length of {max}")))
+                    Err(NeutronError::invalid_attr(
+                        key,
+                        format!("'{s}' exceeds maximum length of {max}"),
+                    ))
                 } else {
                     Ok(Some(s))
                 }
             }
-            Some(v) => Err(NeutronError::invalid_attr(key, format!("'{}' is not a valid string", show(&v)))),
+            Some(v) => Err(NeutronError::invalid_attr(
+                key,
+                format!("'{}' is not a valid string", show(&v)),
+            )),
         }
     }
 
@@ -124,7 +144,10 @@ impl Input {
         match self.take(key) {
             None => Ok(None),
             Some(v) => to_bool(&v).map(Some).ok_or_else(|| {
-                NeutronError::invalid_attr(key, format!("'{}' cannot be converted to boolean", show(&v)))
+                NeutronError::invalid_attr(
+                    key,
+                    format!("'{}' cannot be converted to boolean", show(&v)),
+                )
             }),
         }
     }
@@ -179,7 +202,10 @@ impl Input {
                 }
                 Ok(Some(out))
             }
-            Some(v) => Err(NeutronError::invalid_attr(key, format!("'{}' is not a list", show(&v)))),
+            Some(v) => Err(NeutronError::invalid_attr(
+                key,
+                format!("'{}' is not a list", show(&v)),
+            )),
         }
     }
 
@@ -203,7 +229,10 @@ impl Input {
                 Ok(Some(out))
             }
             Some(Value::Null) => Ok(Some(Vec::new())),
-            Some(v) => Err(NeutronError::invalid_attr(key, format!("'{}' is not a list", show(&v)))),
+            Some(v) => Err(NeutronError::invalid_attr(
+                key,
+                format!("'{}' is not a list", show(&v)),
+            )),
         }
     }
 
@@ -214,7 +243,10 @@ impl Input {
         }
         let mut keys: Vec<&str> = self.map.keys().map(String::as_str).collect();
         keys.sort_unstable();
-        Err(NeutronError::bad_request(format!("Unrecognized attribute(s) '{}'", keys.join(", "))))
+        Err(NeutronError::bad_request(format!(
+            "Unrecognized attribute(s) '{}'",
+            keys.join(", ")
+        )))
     }
 }
 
@@ -242,13 +274,22 @@ fn to_int(v: &Value, key: &str, min: i64, max: i64) -> Result<i64> {
         _ => None,
     };
     let Some(n) = n else {
-        return Err(NeutronError::invalid_attr(key, format!("'{}' is not an integer", show(v))));
+        return Err(NeutronError::invalid_attr(
+            key,
+            format!("'{}' is not an integer", show(v)),
+        ));
     };
     if n < min {
-        return Err(NeutronError::invalid_attr(key, format!("'{n}' is too small - must be at least '{min}'")));
+        return Err(NeutronError::invalid_attr(
+            key,
+            format!("'{n}' is too small - must be at least '{min}'"),
+        ));
     }
     if n > max {
-        return Err(NeutronError::invalid_attr(key, format!("'{n}' is too large - must be no larger than '{max}'")));
+        return Err(NeutronError::invalid_attr(
+            key,
+            format!("'{n}' is too large - must be no larger than '{max}'"),
+        ));
     }
     Ok(n)
 }
@@ -256,7 +297,10 @@ fn to_int(v: &Value, key: &str, min: i64, max: i64) -> Result<i64> {
 fn uuid(v: &Value, key: &str) -> Result<String> {
     match v {
         Value::String(s) if is_uuid(s) => Ok(s.clone()),
-        other => Err(NeutronError::invalid_attr(key, format!("'{}' is not a valid UUID", show(other)))),
+        other => Err(NeutronError::invalid_attr(
+            key,
+            format!("'{}' is not a valid UUID", show(other)),
+        )),
     }
 }
 
@@ -267,10 +311,13 @@ pub fn is_uuid(s: &str) -> bool {
 
 pub fn parse_ip(v: &Value, key: &str) -> Result<IpAddr> {
     match v {
-        Value::String(s) => s
-            .parse::<IpAddr>()
-            .map_err(|_| NeutronError::invalid_attr(key, format!("'{s}' is not a valid IP address"))),
-        other => Err(NeutronError::invalid_attr(key, format!("'{}' is not a valid IP address", show(other)))),
+        Value::String(s) => s.parse::<IpAddr>().map_err(|_| {
+            NeutronError::invalid_attr(key, format!("'{s}' is not a valid IP address"))
+        }),
+        other => Err(NeutronError::invalid_attr(
+            key,
+            format!("'{}' is not a valid IP address", show(other)),
+        )),
     }
 }
 
@@ -305,7 +352,10 @@ pub fn parse_mac(s: &str) -> Option<String> {
 }
 
 pub fn format_mac(b: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4], b[5]
+    )
 }
 
 pub fn mac_bytes(mac: &str) -> Option<[u8; 6]> {
@@ -324,7 +374,9 @@ mod tests {
 
     #[test]
     fn unknown_attributes_are_named() {
-        let Value::Object(m) = json!({"name": "x", "bogus": 1, "alpha": 2}) else { unreachable!() };
+        let Value::Object(m) = json!({"name": "x", "bogus": 1, "alpha": 2}) else {
+            unreachable!()
+        };
         let mut i = Input::new(m);
         assert_eq!(i.string("name", 255).unwrap().as_deref(), Some("x"));
         let e = i.finish().unwrap_err();
@@ -334,7 +386,9 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_field() {
-        let Value::Object(m) = json!({"admin_state_up": "maybe", "mtu": "x"}) else { unreachable!() };
+        let Value::Object(m) = json!({"admin_state_up": "maybe", "mtu": "x"}) else {
+            unreachable!()
+        };
         let mut i = Input::new(m);
         let e = i.boolean("admin_state_up").unwrap_err();
         assert!(e.message.contains("admin_state_up"), "{}", e.message);
@@ -344,14 +398,18 @@ mod tests {
 
     #[test]
     fn macs_normalize_and_reject_garbage() {
-        assert_eq!(parse_mac("FA-16-3E-00-00-0A").as_deref(), Some("fa:16:3e:00:00:0a"));
+        assert_eq!(
+            parse_mac("FA-16-3E-00-00-0A").as_deref(),
+            Some("fa:16:3e:00:00:0a")
+        );
         assert!(parse_mac("fa:16:3e:00:00").is_none());
         assert!(parse_mac("zz:16:3e:00:00:00").is_none());
     }
 
     #[test]
     fn bulk_and_single_bodies() {
-        let (items, bulk) = unwrap_body(json!({"ports": [{"a": 1}, {"b": 2}]}), "port", "ports").unwrap();
+        let (items, bulk) =
+            unwrap_body(json!({"ports": [{"a": 1}, {"b": 2}]}), "port", "ports").unwrap();
         assert!(bulk);
         assert_eq!(items.len(), 2);
         assert!(unwrap_body(json!({"port": 3}), "port", "ports").is_err());

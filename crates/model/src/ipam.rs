@@ -14,7 +14,9 @@ pub struct IpRange {
 
 impl IpRange {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        same_family(ip, self.start) && to_u128(ip) >= to_u128(self.start) && to_u128(ip) <= to_u128(self.end)
+        same_family(ip, self.start)
+            && to_u128(ip) >= to_u128(self.start)
+            && to_u128(ip) <= to_u128(self.end)
     }
     pub fn overlaps(&self, other: &IpRange) -> bool {
         same_family(self.start, other.start)
@@ -22,7 +24,9 @@ impl IpRange {
             && to_u128(other.start) <= to_u128(self.end)
     }
     pub fn size(&self) -> u128 {
-        to_u128(self.end).saturating_sub(to_u128(self.start)).saturating_add(1)
+        to_u128(self.end)
+            .saturating_sub(to_u128(self.start))
+            .saturating_add(1)
     }
 }
 
@@ -75,7 +79,10 @@ pub fn usable_range(cidr: &IpNet) -> Option<IpRange> {
         IpNet::V6(n) if n.prefix_len() == 128 => (f, l),
         IpNet::V6(_) => (f + 1, l),
     };
-    (start <= end).then(|| IpRange { start: from_u128(cidr.network(), start), end: from_u128(cidr.network(), end) })
+    (start <= end).then(|| IpRange {
+        start: from_u128(cidr.network(), start),
+        end: from_u128(cidr.network(), end),
+    })
 }
 
 /// Default allocation pools: the usable range minus the gateway.
@@ -89,17 +96,27 @@ pub fn default_pools(cidr: &IpNet, gateway: Option<IpAddr>) -> Vec<IpRange> {
     let (s, e, g) = (to_u128(range.start), to_u128(range.end), to_u128(gw));
     let mut pools = Vec::new();
     if g > s {
-        pools.push(IpRange { start: range.start, end: from_u128(gw, g - 1) });
+        pools.push(IpRange {
+            start: range.start,
+            end: from_u128(gw, g - 1),
+        });
     }
     if g < e {
-        pools.push(IpRange { start: from_u128(gw, g + 1), end: range.end });
+        pools.push(IpRange {
+            start: from_u128(gw, g + 1),
+            end: range.end,
+        });
     }
     pools
 }
 
 /// Finds a free address in `pools`, scanning from just after `hint` and wrapping,
 /// so that sequential allocation stays O(1) per address on large subnets.
-pub fn next_free(pools: &[IpRange], hint: Option<IpAddr>, is_used: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+pub fn next_free(
+    pools: &[IpRange],
+    hint: Option<IpAddr>,
+    is_used: impl Fn(IpAddr) -> bool,
+) -> Option<IpAddr> {
     if pools.is_empty() {
         return None;
     }
@@ -107,7 +124,11 @@ pub fn next_free(pools: &[IpRange], hint: Option<IpAddr>, is_used: impl Fn(IpAdd
     // Visit each pool starting with the one holding the hint, from the hint on,
     // then the remaining pools, then the skipped start of the hint's pool.
     let start_idx = hint
-        .and_then(|h| pools.iter().position(|p| to_u128(p.start) <= h && h <= to_u128(p.end)))
+        .and_then(|h| {
+            pools
+                .iter()
+                .position(|p| to_u128(p.start) <= h && h <= to_u128(p.end))
+        })
         .unwrap_or(0);
     let n = pools.len();
     for step in 0..=n {
@@ -141,7 +162,16 @@ pub fn eui64(prefix: &IpNet, mac: [u8; 6]) -> Option<IpAddr> {
     if p.prefix_len() != 64 {
         return None;
     }
-    let iid = [mac[0] ^ 0x02, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]];
+    let iid = [
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ];
     let mut bytes = p.network().octets();
     bytes[8..].copy_from_slice(&iid);
     Some(IpAddr::V6(Ipv6Addr::from(bytes)))
@@ -159,11 +189,20 @@ pub fn allocate_prefix(pool_prefixes: &[IpNet], used: &[IpNet], prefixlen: u8) -
             continue;
         }
         let bits = pool.max_prefix_len() - prefixlen;
-        let block: u128 = if bits >= 128 { u128::MAX } else { 1u128 << bits };
+        let block: u128 = if bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << bits
+        };
         let (mut cur, end) = (first(pool), last(pool));
         loop {
             let cand = IpNet::new(from_u128(pool.network(), cur), prefixlen).ok()?;
-            match used.iter().filter(|u| nets_overlap(u, &cand)).map(last).max() {
+            match used
+                .iter()
+                .filter(|u| nets_overlap(u, &cand))
+                .map(last)
+                .max()
+            {
                 None => return Some(cand),
                 // Jump past the overlapping block, realigned to our block size.
                 Some(u_end) => {
@@ -195,7 +234,13 @@ mod tests {
         let c = net("10.77.0.0/29");
         let gw = default_gateway(&c);
         assert_eq!(gw, Some(ip("10.77.0.1")));
-        assert_eq!(default_pools(&c, gw), vec![IpRange { start: ip("10.77.0.2"), end: ip("10.77.0.6") }]);
+        assert_eq!(
+            default_pools(&c, gw),
+            vec![IpRange {
+                start: ip("10.77.0.2"),
+                end: ip("10.77.0.6")
+            }]
+        );
         // Gateway in the middle splits the pool.
         let pools = default_pools(&net("10.0.0.0/24"), Some(ip("10.0.0.100")));
         assert_eq!(pools.len(), 2);
@@ -213,9 +258,15 @@ mod tests {
 
     #[test]
     fn next_free_wraps_after_hint() {
-        let pools = [IpRange { start: ip("10.0.0.2"), end: ip("10.0.0.5") }];
+        let pools = [IpRange {
+            start: ip("10.0.0.2"),
+            end: ip("10.0.0.5"),
+        }];
         let used = |a: IpAddr| a == ip("10.0.0.2") || a == ip("10.0.0.5");
-        assert_eq!(next_free(&pools, Some(ip("10.0.0.4")), used), Some(ip("10.0.0.3")));
+        assert_eq!(
+            next_free(&pools, Some(ip("10.0.0.4")), used),
+            Some(ip("10.0.0.3"))
+        );
         assert_eq!(next_free(&pools, None, used), Some(ip("10.0.0.3")));
         assert_eq!(next_free(&pools, None, |_| true), None);
     }

@@ -70,7 +70,10 @@ pub struct Subnet {
 impl Subnet {
     /// Addresses of SLAAC / DHCPv6-stateless subnets come from the MAC, not the pool.
     pub fn is_auto_address(&self) -> bool {
-        matches!(self.ipv6_address_mode.as_deref(), Some("slaac") | Some("dhcpv6-stateless"))
+        matches!(
+            self.ipv6_address_mode.as_deref(),
+            Some("slaac") | Some("dhcpv6-stateless")
+        )
     }
 }
 
@@ -170,9 +173,20 @@ pub struct SecurityGroupRule {
     pub revision_number: u64,
 }
 
+/// direction, ethertype, protocol, port range, remote prefix, remote group.
+pub type RuleIdentity = (
+    String,
+    String,
+    Option<String>,
+    Option<u32>,
+    Option<u32>,
+    Option<String>,
+    Option<String>,
+);
+
 impl SecurityGroupRule {
     /// What makes two rules the same rule for duplicate detection.
-    pub fn identity(&self) -> (String, String, Option<String>, Option<u32>, Option<u32>, Option<String>, Option<String>) {
+    pub fn identity(&self) -> RuleIdentity {
         (
             self.direction.clone(),
             self.ethertype.clone(),

@@ -17,13 +17,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
-    Compare, Event, EventKind, KeyValue, Op, Result, Revision, Store, StoreError, Txn, TxnOutcome, WatchStream,
+    Compare, Event, EventKind, KeyValue, Op, Result, Revision, Store, StoreError, Txn, TxnOutcome,
+    WatchStream,
 };
 
 /// key → (create revision, mod revision, value)
 const KEYS: TableDefinition<&str, (u64, u64, &[u8])> = TableDefinition::new("keys");
-/// revision → (kind: 0 put / 1 delete, key, value, create revision); one row per change.
-const HISTORY: TableDefinition<(u64, u32), (u8, &str, &[u8], u64)> = TableDefinition::new("history");
+/// One change: kind (0 put, 1 delete), key, value, create revision.
+type HistoryRow<'a> = (u8, &'a str, &'a [u8], u64);
+/// (revision, index within the transaction) → change.
+const HISTORY: TableDefinition<(u64, u32), HistoryRow> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_REVISION: &str = "revision";
 const META_OLDEST: &str = "oldest";
@@ -46,7 +49,11 @@ pub struct EmbeddedOptions {
 
 impl EmbeddedOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        EmbeddedOptions { path: path.into(), history_retention: 100_000, cache_size_bytes: 16 << 20 }
+        EmbeddedOptions {
+            path: path.into(),
+            history_retention: 100_000,
+            cache_size_bytes: 16 << 20,
+        }
     }
 }
 
@@ -89,15 +96,26 @@ impl EmbeddedStore {
         if let Some(dir) = opts.path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let db = Database::builder().set_cache_size(opts.cache_size_bytes).create(&opts.path).map_err(io)?;
+        let db = Database::builder()
+            .set_cache_size(opts.cache_size_bytes)
+            .create(&opts.path)
+            .map_err(io)?;
         let (revision, oldest) = {
             let w = db.begin_write().map_err(io)?;
             let meta = {
                 w.open_table(KEYS).map_err(io)?;
                 w.open_table(HISTORY).map_err(io)?;
                 let m = w.open_table(META).map_err(io)?;
-                let rev = m.get(META_REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0);
-                let old = m.get(META_OLDEST).map_err(io)?.map(|v| v.value()).unwrap_or(1);
+                let rev = m
+                    .get(META_REVISION)
+                    .map_err(io)?
+                    .map(|v| v.value())
+                    .unwrap_or(0);
+                let old = m
+                    .get(META_OLDEST)
+                    .map_err(io)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
                 (rev, old)
             };
             w.commit().map_err(io)?;
@@ -109,7 +127,8 @@ impl EmbeddedStore {
         let revision = Arc::new(AtomicU64::new(revision));
         let oldest = Arc::new(AtomicU64::new(oldest));
         let writer = {
-            let (db, events, revision, oldest) = (db.clone(), events.clone(), revision.clone(), oldest.clone());
+            let (db, events, revision, oldest) =
+                (db.clone(), events.clone(), revision.clone(), oldest.clone());
             let retention = opts.history_retention.max(1);
             std::thread::Builder::new()
                 .name("kuryr-store-writer".into())
@@ -117,7 +136,14 @@ impl EmbeddedStore {
                 .map_err(io)?
         };
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner { db, requests: Some(tx), writer: Some(writer), events, revision, oldest }),
+            inner: Arc::new(Inner {
+                db,
+                requests: Some(tx),
+                writer: Some(writer),
+                events,
+                revision,
+                oldest,
+            }),
         })
     }
 
@@ -126,17 +152,27 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(io)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(io)?
     }
 }
 
 /// One transaction inside the batch's write transaction: compares, then writes.
-fn apply(w: &redb::WriteTransaction, txn: &Txn, rev: Revision, out: &mut Vec<Event>) -> Result<TxnOutcome> {
+fn apply(
+    w: &redb::WriteTransaction,
+    txn: &Txn,
+    rev: Revision,
+    out: &mut Vec<Event>,
+) -> Result<TxnOutcome> {
     let mut keys = w.open_table(KEYS).map_err(io)?;
     for (i, c) in txn.compares.iter().enumerate() {
         let ok = match c {
             Compare::Absent(k) => keys.get(k.as_str()).map_err(io)?.is_none(),
-            Compare::ModRevision(k, r) => keys.get(k.as_str()).map_err(io)?.is_some_and(|v| v.value().1 == *r),
+            Compare::ModRevision(k, r) => keys
+                .get(k.as_str())
+                .map_err(io)?
+                .is_some_and(|v| v.value().1 == *r),
             Compare::PrefixEmpty(p) => match keys.range(p.as_str()..).map_err(io)?.next() {
                 Some(item) => {
                     let (k, _) = item.map_err(io)?;
@@ -150,33 +186,53 @@ fn apply(w: &redb::WriteTransaction, txn: &Txn, rev: Revision, out: &mut Vec<Eve
         }
     }
     let mut history = w.open_table(HISTORY).map_err(io)?;
-    let mut seq: u32 = 0;
-    for op in &txn.ops {
+    for (seq, op) in (0u32..).zip(txn.ops.iter()) {
         match op {
             Op::Put(k, v) => {
-                let create = keys.get(k.as_str()).map_err(io)?.map(|old| old.value().0).unwrap_or(rev);
-                keys.insert(k.as_str(), (create, rev, v.as_slice())).map_err(io)?;
-                history.insert((rev, seq), (0u8, k.as_str(), v.as_slice(), create)).map_err(io)?;
+                let create = keys
+                    .get(k.as_str())
+                    .map_err(io)?
+                    .map(|old| old.value().0)
+                    .unwrap_or(rev);
+                keys.insert(k.as_str(), (create, rev, v.as_slice()))
+                    .map_err(io)?;
+                history
+                    .insert((rev, seq), (0u8, k.as_str(), v.as_slice(), create))
+                    .map_err(io)?;
                 out.push(Event {
                     kind: EventKind::Put,
-                    kv: KeyValue { key: k.clone(), value: v.clone(), create_revision: create, mod_revision: rev },
+                    kv: KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                        create_revision: create,
+                        mod_revision: rev,
+                    },
                 });
             }
             Op::Delete(k) => {
                 let old = keys.remove(k.as_str()).map_err(io)?.map(|o| o.value().0);
                 if let Some(create) = old {
-                    history.insert((rev, seq), (1u8, k.as_str(), &[][..], create)).map_err(io)?;
+                    history
+                        .insert((rev, seq), (1u8, k.as_str(), &[][..], create))
+                        .map_err(io)?;
                     out.push(Event {
                         kind: EventKind::Delete,
-                        kv: KeyValue { key: k.clone(), value: Vec::new(), create_revision: create, mod_revision: rev },
+                        kv: KeyValue {
+                            key: k.clone(),
+                            value: Vec::new(),
+                            create_revision: create,
+                            mod_revision: rev,
+                        },
                     });
                 }
             }
         }
-        seq += 1;
     }
     Ok(TxnOutcome::Committed(rev))
 }
+
+/// Per transaction its outcome; the changes to publish, one entry per revision; the new revision.
+type BatchResult = (Vec<Result<TxnOutcome>>, Vec<Arc<Vec<Event>>>, Revision);
 
 fn writer_loop(
     db: &Database,
@@ -196,7 +252,7 @@ fn writer_loop(
             }
         }
         let base = revision.load(Ordering::SeqCst);
-        let result = (|| -> Result<(Vec<Result<TxnOutcome>>, Vec<Arc<Vec<Event>>>, Revision)> {
+        let result = (|| -> Result<BatchResult> {
             let w = db.begin_write().map_err(io)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             let mut published = Vec::new();
@@ -218,7 +274,9 @@ fn writer_loop(
                 if rev - last_compaction >= COMPACT_EVERY && rev > retention {
                     let keep_from = rev - retention + 1;
                     let mut history = w.open_table(HISTORY).map_err(io)?;
-                    history.retain_in((0u64, 0u32)..(keep_from, 0u32), |_, _| false).map_err(io)?;
+                    history
+                        .retain_in((0u64, 0u32)..(keep_from, 0u32), |_, _| false)
+                        .map_err(io)?;
                     meta.insert(META_OLDEST, keep_from).map_err(io)?;
                 }
             }
@@ -251,7 +309,12 @@ fn writer_loop(
 }
 
 fn read_kv(k: &str, v: (u64, u64, &[u8])) -> KeyValue {
-    KeyValue { key: k.to_string(), value: v.2.to_vec(), create_revision: v.0, mod_revision: v.1 }
+    KeyValue {
+        key: k.to_string(),
+        value: v.2.to_vec(),
+        create_revision: v.0,
+        mod_revision: v.1,
+    }
 }
 
 #[async_trait]
@@ -261,7 +324,9 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let r = db.begin_read().map_err(io)?;
             let t = r.open_table(KEYS).map_err(io)?;
-            Ok(t.get(key.as_str()).map_err(io)?.map(|v| read_kv(&key, v.value())))
+            Ok(t.get(key.as_str())
+                .map_err(io)?
+                .map(|v| read_kv(&key, v.value())))
         })
         .await
     }
@@ -270,7 +335,13 @@ impl Store for EmbeddedStore {
         let prefix = prefix.to_string();
         self.blocking(move |db| {
             let r = db.begin_read().map_err(io)?;
-            let rev = r.open_table(META).map_err(io)?.get(META_REVISION).map_err(io)?.map(|v| v.value()).unwrap_or(0);
+            let rev = r
+                .open_table(META)
+                .map_err(io)?
+                .get(META_REVISION)
+                .map_err(io)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let t = r.open_table(KEYS).map_err(io)?;
             let mut out = Vec::new();
             for item in t.range(prefix.as_str()..).map_err(io)? {
@@ -305,10 +376,17 @@ impl Store for EmbeddedStore {
         // then both past `current` and in the live channel.
         let live = self.inner.events.subscribe();
         let current = self.inner.revision.load(Ordering::SeqCst);
-        let start = if from_revision == 0 { current + 1 } else { from_revision };
+        let start = if from_revision == 0 {
+            current + 1
+        } else {
+            from_revision
+        };
         let oldest = self.inner.oldest.load(Ordering::SeqCst);
         if start < oldest {
-            return Err(StoreError::Compacted { requested: start, oldest });
+            return Err(StoreError::Compacted {
+                requested: start,
+                oldest,
+            });
         }
         let p = prefix.to_string();
         let history = if start <= current {
@@ -324,8 +402,17 @@ impl Store for EmbeddedStore {
                         continue;
                     }
                     out.push(Event {
-                        kind: if kind == 0 { EventKind::Put } else { EventKind::Delete },
-                        kv: KeyValue { key: key.to_string(), value: value.to_vec(), create_revision: create, mod_revision: rev },
+                        kind: if kind == 0 {
+                            EventKind::Put
+                        } else {
+                            EventKind::Delete
+                        },
+                        kv: KeyValue {
+                            key: key.to_string(),
+                            value: value.to_vec(),
+                            create_revision: create,
+                            mod_revision: rev,
+                        },
                     });
                 }
                 Ok(out)
@@ -337,7 +424,10 @@ impl Store for EmbeddedStore {
         // A compaction may have raced the history read.
         let oldest = self.inner.oldest.load(Ordering::SeqCst);
         if start < oldest {
-            return Err(StoreError::Compacted { requested: start, oldest });
+            return Err(StoreError::Compacted {
+                requested: start,
+                oldest,
+            });
         }
         let prefix = prefix.to_string();
         let replay = futures::stream::iter(history.into_iter().map(Ok));
@@ -351,7 +441,13 @@ impl Store for EmbeddedStore {
             pending: std::collections::VecDeque<Event>,
             done: bool,
         }
-        let state = Live { rx: live, seen: current, prefix, pending: Default::default(), done: false };
+        let state = Live {
+            rx: live,
+            seen: current,
+            prefix,
+            pending: Default::default(),
+            done: false,
+        };
         let follow = futures::stream::unfold(state, |mut s| async move {
             loop {
                 if let Some(ev) = s.pending.pop_front() {
@@ -362,16 +458,28 @@ impl Store for EmbeddedStore {
                 }
                 match s.rx.recv().await {
                     Ok(changes) => {
-                        let Some(rev) = changes.first().map(Event::revision) else { continue };
+                        let Some(rev) = changes.first().map(Event::revision) else {
+                            continue;
+                        };
                         if rev <= s.seen {
                             continue;
                         }
                         s.seen = rev;
-                        s.pending.extend(changes.iter().filter(|e| e.kv.key.starts_with(s.prefix.as_str())).cloned());
+                        s.pending.extend(
+                            changes
+                                .iter()
+                                .filter(|e| e.kv.key.starts_with(s.prefix.as_str()))
+                                .cloned(),
+                        );
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         s.done = true;
-                        return Some((Err(StoreError::Lagged { resume_from: s.seen + 1 }), s));
+                        return Some((
+                            Err(StoreError::Lagged {
+                                resume_from: s.seen + 1,
+                            }),
+                            s,
+                        ));
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         s.done = true;

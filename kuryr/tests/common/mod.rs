@@ -18,7 +18,10 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl Server {
@@ -103,34 +106,68 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client")
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http client")
 }
 
 /// POSTs JSON as project `project` (noauth mode) and returns status and body.
 pub async fn post(c: &reqwest::Client, url: &str, project: &str, body: Value) -> (u16, Value) {
-    let r = c.post(url).header("X-Project-Id", project).json(&body).send().await.expect("request");
+    let r = c
+        .post(url)
+        .header("X-Project-Id", project)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
 pub async fn get(c: &reqwest::Client, url: &str, project: &str) -> (u16, Value) {
-    let r = c.get(url).header("X-Project-Id", project).send().await.expect("request");
+    let r = c
+        .get(url)
+        .header("X-Project-Id", project)
+        .send()
+        .await
+        .expect("request");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
 pub async fn delete(c: &reqwest::Client, url: &str, project: &str) -> u16 {
-    c.delete(url).header("X-Project-Id", project).send().await.expect("request").status().as_u16()
+    c.delete(url)
+        .header("X-Project-Id", project)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
 }
 
 /// Creates a network and a subnet; returns (network id, subnet id).
-pub async fn network_with_subnet(s: &Server, c: &reqwest::Client, project: &str, subnet: Value) -> (String, String) {
-    let (st, n) = post(c, &s.net("/networks"), project, json!({"network": {"name": "t"}})).await;
+pub async fn network_with_subnet(
+    s: &Server,
+    c: &reqwest::Client,
+    project: &str,
+    subnet: Value,
+) -> (String, String) {
+    let (st, n) = post(
+        c,
+        &s.net("/networks"),
+        project,
+        json!({"network": {"name": "t"}}),
+    )
+    .await;
     assert_eq!(st, 201, "{n}");
     let net_id = n["network"]["id"].as_str().expect("network id").to_string();
     let mut body = subnet;
     body["network_id"] = json!(net_id);
     let (st, sn) = post(c, &s.net("/subnets"), project, json!({ "subnet": body })).await;
     assert_eq!(st, 201, "{sn}");
-    (net_id, sn["subnet"]["id"].as_str().expect("subnet id").to_string())
+    (
+        net_id,
+        sn["subnet"]["id"].as_str().expect("subnet id").to_string(),
+    )
 }

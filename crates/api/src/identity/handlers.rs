@@ -13,7 +13,10 @@ use kuryr_store::{Compare, Txn};
 use serde_json::{Value, json};
 
 use super::tokens::{self, TokenClaims};
-use super::{AuthContext, DOMAIN_ID, DOMAIN_NAME, Identity, Project, Role, User, hash_password, keys, new_id, verify_password};
+use super::{
+    AuthContext, DOMAIN_ID, DOMAIN_NAME, Identity, Project, Role, User, hash_password, keys,
+    new_id, verify_password,
+};
 
 type Shared = Arc<Identity>;
 
@@ -22,20 +25,33 @@ pub struct KsError(StatusCode, String);
 impl IntoResponse for KsError {
     fn into_response(self) -> Response {
         let title = self.0.canonical_reason().unwrap_or("Error");
-        (self.0, Json(json!({"error": {"code": self.0.as_u16(), "title": title, "message": self.1}}))).into_response()
+        (
+            self.0,
+            Json(json!({"error": {"code": self.0.as_u16(), "title": title, "message": self.1}})),
+        )
+            .into_response()
     }
 }
 
 type KsResult<T> = Result<T, KsError>;
 
 fn unauthorized() -> KsError {
-    KsError(StatusCode::UNAUTHORIZED, "The request you have made requires authentication.".into())
+    KsError(
+        StatusCode::UNAUTHORIZED,
+        "The request you have made requires authentication.".into(),
+    )
 }
 fn forbidden() -> KsError {
-    KsError(StatusCode::FORBIDDEN, "You are not authorized to perform the requested action.".into())
+    KsError(
+        StatusCode::FORBIDDEN,
+        "You are not authorized to perform the requested action.".into(),
+    )
 }
 fn not_found(what: &str, id: &str) -> KsError {
-    KsError(StatusCode::NOT_FOUND, format!("Could not find {what}: {id}."))
+    KsError(
+        StatusCode::NOT_FOUND,
+        format!("Could not find {what}: {id}."),
+    )
 }
 fn bad_request(msg: impl Into<String>) -> KsError {
     KsError(StatusCode::BAD_REQUEST, msg.into())
@@ -45,7 +61,10 @@ fn conflict(msg: impl Into<String>) -> KsError {
 }
 fn internal(e: impl std::fmt::Display) -> KsError {
     tracing::error!(error = %e, "identity request failed");
-    KsError(StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error prevented the server from fulfilling your request.".into())
+    KsError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "An unexpected error prevented the server from fulfilling your request.".into(),
+    )
 }
 
 pub fn router(id: Shared) -> Router {
@@ -53,20 +72,37 @@ pub fn router(id: Shared) -> Router {
         .route("/", get(versions))
         .route("/v3", get(version))
         .route("/v3/", get(version))
-        .route("/v3/auth/tokens", get(validate).head(validate).post(issue).delete(revoke))
+        .route(
+            "/v3/auth/tokens",
+            get(validate).head(validate).post(issue).delete(revoke),
+        )
         .route("/v3/auth/catalog", get(auth_catalog))
         .route("/v3/auth/projects", get(auth_projects))
         .route("/v3/domains", get(domains))
         .route("/v3/domains/{id}", get(domain))
         .route("/v3/projects", get(list_projects).post(create_project))
-        .route("/v3/projects/{id}", get(show_project).patch(update_project).delete(delete_project))
+        .route(
+            "/v3/projects/{id}",
+            get(show_project)
+                .patch(update_project)
+                .delete(delete_project),
+        )
         .route("/v3/users", get(list_users).post(create_user))
-        .route("/v3/users/{id}", get(show_user).patch(update_user).delete(delete_user))
+        .route(
+            "/v3/users/{id}",
+            get(show_user).patch(update_user).delete(delete_user),
+        )
         .route("/v3/users/{id}/projects", get(user_projects))
         .route("/v3/roles", get(list_roles))
         .route("/v3/roles/{id}", get(show_role))
         .route("/v3/projects/{p}/users/{u}/roles", get(project_user_roles))
-        .route("/v3/projects/{p}/users/{u}/roles/{r}", put(grant).head(check_grant).get(check_grant).delete(ungrant))
+        .route(
+            "/v3/projects/{p}/users/{u}/roles/{r}",
+            put(grant)
+                .head(check_grant)
+                .get(check_grant)
+                .delete(ungrant),
+        )
         .route("/v3/role_assignments", get(role_assignments))
         .route("/v3/services", get(services))
         .route("/v3/endpoints", get(endpoints))
@@ -85,7 +121,11 @@ fn version_doc(id: &Identity) -> Value {
 }
 
 async fn versions(State(id): State<Shared>) -> Response {
-    (StatusCode::MULTIPLE_CHOICES, Json(json!({"versions": {"values": [version_doc(&id)]}}))).into_response()
+    (
+        StatusCode::MULTIPLE_CHOICES,
+        Json(json!({"versions": {"values": [version_doc(&id)]}})),
+    )
+        .into_response()
 }
 
 async fn version(State(id): State<Shared>) -> Json<Value> {
@@ -100,7 +140,10 @@ fn domain_ref() -> Value {
 fn catalog(id: &Identity) -> Value {
     let base = &id.config.public_url;
     let region = &id.config.region;
-    let services: &[(&str, &str, &str)] = &[("identity", "keystone", "/identity"), ("network", "neutron", "/networking")];
+    let services: &[(&str, &str, &str)] = &[
+        ("identity", "keystone", "/identity"),
+        ("network", "neutron", "/networking"),
+    ];
     let entries: Vec<Value> = services
         .iter()
         .map(|(kind, name, path)| {
@@ -152,13 +195,20 @@ fn token_body(id: &Identity, claims: &TokenClaims, with_catalog: bool) -> KsResu
 
 /// The caller, from X-Auth-Token (project-scoped).
 fn caller(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
-    let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let token = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
     id.validate(token).ok_or_else(unauthorized)
 }
 
 fn admin(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
     let ctx = caller(id, headers)?;
-    if ctx.is_admin() { Ok(ctx) } else { Err(forbidden()) }
+    if ctx.is_admin() {
+        Ok(ctx)
+    } else {
+        Err(forbidden())
+    }
 }
 
 fn parse_json(body: &Bytes) -> KsResult<Value> {
@@ -167,17 +217,34 @@ fn parse_json(body: &Bytes) -> KsResult<Value> {
 
 fn check_domain(v: Option<&Value>) -> KsResult<()> {
     let Some(d) = v else { return Ok(()) };
-    let ok = d.get("id").and_then(Value::as_str).map(|i| i == DOMAIN_ID).unwrap_or(true)
-        && d.get("name").and_then(Value::as_str).map(|n| n == DOMAIN_NAME).unwrap_or(true);
+    let ok = d
+        .get("id")
+        .and_then(Value::as_str)
+        .map(|i| i == DOMAIN_ID)
+        .unwrap_or(true)
+        && d.get("name")
+            .and_then(Value::as_str)
+            .map(|n| n == DOMAIN_NAME)
+            .unwrap_or(true);
     if ok { Ok(()) } else { Err(unauthorized()) }
 }
 
-async fn issue(State(id): State<Shared>, Query(q): Query<std::collections::HashMap<String, String>>, body: Bytes) -> KsResult<Response> {
+async fn issue(
+    State(id): State<Shared>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> KsResult<Response> {
     let body = parse_json(&body)?;
-    let auth = body.get("auth").ok_or_else(|| bad_request("'auth' is a required property"))?;
+    let auth = body
+        .get("auth")
+        .ok_or_else(|| bad_request("'auth' is a required property"))?;
     let methods: Vec<String> = auth["identity"]["methods"]
         .as_array()
-        .map(|m| m.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     let now = chrono::Utc::now().timestamp();
     let (user_id, inherited_expiry, audit_parent) = if methods.iter().any(|m| m == "password") {
@@ -195,16 +262,23 @@ async fn issue(State(id): State<Shared>, Query(q): Query<std::collections::HashM
         };
         let user = user.ok_or_else(unauthorized)?;
         let hash = user.password_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(internal)?;
+        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(internal)?;
         if !ok {
             return Err(unauthorized());
         }
         (user.id, None, None)
     } else if methods.iter().any(|m| m == "token") {
-        let t = auth["identity"]["token"]["id"].as_str().ok_or_else(unauthorized)?;
+        let t = auth["identity"]["token"]["id"]
+            .as_str()
+            .ok_or_else(unauthorized)?;
         let st = id.state();
         let c = tokens::verify(&st.secret, t).ok_or_else(unauthorized)?;
-        if c.expires <= now || st.revoked.contains_key(&c.audit) || !st.users.get(&c.user).is_some_and(|u| u.enabled) {
+        if c.expires <= now
+            || st.revoked.contains_key(&c.audit)
+            || !st.users.get(&c.user).is_some_and(|u| u.enabled)
+        {
             return Err(unauthorized());
         }
         (c.user, Some(c.expires), Some(c.audit))
@@ -246,13 +320,18 @@ async fn issue(State(id): State<Shared>, Query(q): Query<std::collections::HashM
     };
     let body = token_body(&id, &claims, !q.contains_key("nocatalog"))?;
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    resp.headers_mut().insert("x-subject-token", HeaderValue::from_str(&token).map_err(internal)?);
+    resp.headers_mut().insert(
+        "x-subject-token",
+        HeaderValue::from_str(&token).map_err(internal)?,
+    );
     Ok(resp)
 }
 
 /// Claims of X-Subject-Token if it is valid now.
 fn subject(id: &Identity, headers: &HeaderMap) -> Option<(TokenClaims, String)> {
-    let t = headers.get("x-subject-token").and_then(|v| v.to_str().ok())?;
+    let t = headers
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())?;
     let st = id.state();
     let c = tokens::verify(&st.secret, t)?;
     let alive = c.expires > chrono::Utc::now().timestamp()
@@ -264,28 +343,49 @@ fn subject(id: &Identity, headers: &HeaderMap) -> Option<(TokenClaims, String)> 
 /// Any valid token may check itself; checking others' tokens needs admin.
 fn may_inspect(id: &Identity, headers: &HeaderMap) -> KsResult<()> {
     let own = headers.get("x-auth-token") == headers.get("x-subject-token");
-    let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let token = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
     let st = id.state();
     let c = tokens::verify(&st.secret, token).ok_or_else(unauthorized)?;
     if c.expires <= chrono::Utc::now().timestamp() || st.revoked.contains_key(&c.audit) {
         return Err(unauthorized());
     }
     drop(st);
-    if own || id.validate(token).is_some_and(|ctx| ctx.is_admin()) { Ok(()) } else { Err(forbidden()) }
+    if own || id.validate(token).is_some_and(|ctx| ctx.is_admin()) {
+        Ok(())
+    } else {
+        Err(forbidden())
+    }
 }
 
-async fn validate(State(id): State<Shared>, method: Method, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> KsResult<Response> {
+async fn validate(
+    State(id): State<Shared>,
+    method: Method,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> KsResult<Response> {
     may_inspect(&id, &headers)?;
-    let (claims, token) = subject(&id, &headers).ok_or_else(|| not_found("token", "the subject token"))?;
+    let (claims, token) =
+        subject(&id, &headers).ok_or_else(|| not_found("token", "the subject token"))?;
     let body = token_body(&id, &claims, !q.contains_key("nocatalog"))?;
-    let mut resp = if method == Method::HEAD { StatusCode::OK.into_response() } else { Json(body).into_response() };
-    resp.headers_mut().insert("x-subject-token", HeaderValue::from_str(&token).map_err(internal)?);
+    let mut resp = if method == Method::HEAD {
+        StatusCode::OK.into_response()
+    } else {
+        Json(body).into_response()
+    };
+    resp.headers_mut().insert(
+        "x-subject-token",
+        HeaderValue::from_str(&token).map_err(internal)?,
+    );
     Ok(resp)
 }
 
 async fn revoke(State(id): State<Shared>, headers: HeaderMap) -> KsResult<StatusCode> {
     may_inspect(&id, &headers)?;
-    let (claims, _) = subject(&id, &headers).ok_or_else(|| not_found("token", "the subject token"))?;
+    let (claims, _) =
+        subject(&id, &headers).ok_or_else(|| not_found("token", "the subject token"))?;
     let txn = Txn::new().put(keys::revoked(&claims.audit), claims.expires.to_string());
     id.commit(txn).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
@@ -293,7 +393,9 @@ async fn revoke(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Status
 
 async fn auth_catalog(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
-    Ok(Json(json!({"catalog": catalog(&id), "links": {"self": format!("{}auth/catalog", v3_url(&id))}})))
+    Ok(Json(
+        json!({"catalog": catalog(&id), "links": {"self": format!("{}auth/catalog", v3_url(&id))}}),
+    ))
 }
 
 fn project_json(id: &Identity, p: &Project) -> Value {
@@ -324,7 +426,10 @@ fn role_json(id: &Identity, r: &Role) -> Value {
 }
 
 async fn auth_projects(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
-    let token = headers.get("x-auth-token").and_then(|v| v.to_str().ok()).ok_or_else(unauthorized)?;
+    let token = headers
+        .get("x-auth-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
     let st = id.state();
     let c = tokens::verify(&st.secret, token).ok_or_else(unauthorized)?;
     if c.expires <= chrono::Utc::now().timestamp() || st.revoked.contains_key(&c.audit) {
@@ -336,42 +441,71 @@ async fn auth_projects(State(id): State<Shared>, headers: HeaderMap) -> KsResult
         .filter(|p| !st.role_names(&p.id, &c.user).is_empty())
         .map(|p| project_json(&id, p))
         .collect();
-    Ok(Json(json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}})))
+    Ok(Json(
+        json!({"projects": projects, "links": {"self": null, "next": null, "previous": null}}),
+    ))
 }
 
 async fn domains(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
-    Ok(Json(json!({"domains": [domain_json()], "links": {"self": null, "next": null, "previous": null}})))
+    Ok(Json(
+        json!({"domains": [domain_json()], "links": {"self": null, "next": null, "previous": null}}),
+    ))
 }
 
 fn domain_json() -> Value {
     json!({"id": DOMAIN_ID, "name": DOMAIN_NAME, "description": "The default domain", "enabled": true, "tags": [], "options": {}, "links": {}})
 }
 
-async fn domain(State(id): State<Shared>, headers: HeaderMap, Path(d): Path<String>) -> KsResult<Json<Value>> {
+async fn domain(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
-    if d == DOMAIN_ID || d == DOMAIN_NAME { Ok(Json(json!({"domain": domain_json()}))) } else { Err(not_found("domain", &d)) }
+    if d == DOMAIN_ID || d == DOMAIN_NAME {
+        Ok(Json(json!({"domain": domain_json()})))
+    } else {
+        Err(not_found("domain", &d))
+    }
 }
 
 fn list_links() -> Value {
     json!({"self": null, "next": null, "previous": null})
 }
 
-async fn list_projects(State(id): State<Shared>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> KsResult<Json<Value>> {
+async fn list_projects(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> KsResult<Json<Value>> {
     admin(&id, &headers)?;
     let st = id.state();
-    let mut list: Vec<&Project> = st.projects.values().filter(|p| q.get("name").is_none_or(|n| *n == p.name)).collect();
+    let mut list: Vec<&Project> = st
+        .projects
+        .values()
+        .filter(|p| q.get("name").is_none_or(|n| *n == p.name))
+        .collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(json!({"projects": list.into_iter().map(|p| project_json(&id, p)).collect::<Vec<_>>(), "links": list_links()})))
+    Ok(Json(
+        json!({"projects": list.into_iter().map(|p| project_json(&id, p)).collect::<Vec<_>>(), "links": list_links()}),
+    ))
 }
 
-async fn show_project(State(id): State<Shared>, headers: HeaderMap, Path(pid): Path<String>) -> KsResult<Json<Value>> {
+async fn show_project(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(pid): Path<String>,
+) -> KsResult<Json<Value>> {
     let ctx = caller(&id, &headers)?;
     if !ctx.is_admin() && ctx.project_id != pid {
         return Err(forbidden());
     }
     let st = id.state();
-    let p = st.projects.get(&pid).ok_or_else(|| not_found("project", &pid))?;
+    let p = st
+        .projects
+        .get(&pid)
+        .ok_or_else(|| not_found("project", &pid))?;
     Ok(Json(json!({"project": project_json(&id, p)})))
 }
 
@@ -383,7 +517,9 @@ fn opt_str(v: Option<&Value>, name: &str) -> KsResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(bad_request(format!("Invalid input for field '{name}': expected a string."))),
+        Some(_) => Err(bad_request(format!(
+            "Invalid input for field '{name}': expected a string."
+        ))),
     }
 }
 
@@ -391,42 +527,71 @@ fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> {
     match v {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(bad_request(format!("Invalid input for field '{name}': expected a boolean."))),
+        Some(_) => Err(bad_request(format!(
+            "Invalid input for field '{name}': expected a boolean."
+        ))),
     }
 }
 
 fn check_name(name: &str) -> KsResult<()> {
     if name.is_empty() || name.chars().count() > 64 || name.contains('/') {
-        return Err(bad_request(format!("Invalid name '{name}': 1 to 64 characters, no '/'.")));
+        return Err(bad_request(format!(
+            "Invalid name '{name}': 1 to 64 characters, no '/'."
+        )));
     }
     Ok(())
 }
 
-async fn create_project(State(id): State<Shared>, headers: HeaderMap, body: Bytes) -> KsResult<Response> {
+async fn create_project(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KsResult<Response> {
     admin(&id, &headers)?;
     let body = parse_json(&body)?;
-    let name = opt_str(field(&body, "project", "name"), "name")?.ok_or_else(|| bad_request("'name' is a required property"))?;
+    let name = opt_str(field(&body, "project", "name"), "name")?
+        .ok_or_else(|| bad_request("'name' is a required property"))?;
     check_name(&name)?;
     let p = Project {
         id: new_id(),
         name: name.clone(),
-        description: opt_str(field(&body, "project", "description"), "description")?.unwrap_or_default(),
+        description: opt_str(field(&body, "project", "description"), "description")?
+            .unwrap_or_default(),
         enabled: opt_bool(field(&body, "project", "enabled"), "enabled")?.unwrap_or(true),
     };
     let txn = Txn::new()
         .when(Compare::Absent(keys::project_name(&name)))
         .put(keys::project_name(&name), p.id.clone())
-        .put(keys::project(&p.id), serde_json::to_vec(&p).map_err(internal)?);
+        .put(
+            keys::project(&p.id),
+            serde_json::to_vec(&p).map_err(internal)?,
+        );
     if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!("Conflict occurred attempting to store project - it is not permitted to have two projects with the same name in the same domain : {name}.")));
+        return Err(conflict(format!(
+            "Conflict occurred attempting to store project - it is not permitted to have two projects with the same name in the same domain : {name}."
+        )));
     }
-    Ok((StatusCode::CREATED, Json(json!({"project": project_json(&id, &p)}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"project": project_json(&id, &p)})),
+    )
+        .into_response())
 }
 
-async fn update_project(State(id): State<Shared>, headers: HeaderMap, Path(pid): Path<String>, body: Bytes) -> KsResult<Json<Value>> {
+async fn update_project(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(pid): Path<String>,
+    body: Bytes,
+) -> KsResult<Json<Value>> {
     admin(&id, &headers)?;
     let body = parse_json(&body)?;
-    let mut p = id.state().projects.get(&pid).cloned().ok_or_else(|| not_found("project", &pid))?;
+    let mut p = id
+        .state()
+        .projects
+        .get(&pid)
+        .cloned()
+        .ok_or_else(|| not_found("project", &pid))?;
     let old_name = p.name.clone();
     if let Some(n) = opt_str(field(&body, "project", "name"), "name")? {
         check_name(&n)?;
@@ -438,7 +603,10 @@ async fn update_project(State(id): State<Shared>, headers: HeaderMap, Path(pid):
     if let Some(e) = opt_bool(field(&body, "project", "enabled"), "enabled")? {
         p.enabled = e;
     }
-    let mut txn = Txn::new().put(keys::project(&p.id), serde_json::to_vec(&p).map_err(internal)?);
+    let mut txn = Txn::new().put(
+        keys::project(&p.id),
+        serde_json::to_vec(&p).map_err(internal)?,
+    );
     if p.name != old_name {
         txn = txn
             .when(Compare::Absent(keys::project_name(&p.name)))
@@ -446,17 +614,29 @@ async fn update_project(State(id): State<Shared>, headers: HeaderMap, Path(pid):
             .delete(keys::project_name(&old_name));
     }
     if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!("Conflict occurred attempting to store project - duplicate name {}.", p.name)));
+        return Err(conflict(format!(
+            "Conflict occurred attempting to store project - duplicate name {}.",
+            p.name
+        )));
     }
     Ok(Json(json!({"project": project_json(&id, &p)})))
 }
 
-async fn delete_project(State(id): State<Shared>, headers: HeaderMap, Path(pid): Path<String>) -> KsResult<StatusCode> {
+async fn delete_project(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(pid): Path<String>,
+) -> KsResult<StatusCode> {
     admin(&id, &headers)?;
     let txn = {
         let st = id.state();
-        let p = st.projects.get(&pid).ok_or_else(|| not_found("project", &pid))?;
-        let mut txn = Txn::new().delete(keys::project(&p.id)).delete(keys::project_name(&p.name));
+        let p = st
+            .projects
+            .get(&pid)
+            .ok_or_else(|| not_found("project", &pid))?;
+        let mut txn = Txn::new()
+            .delete(keys::project(&p.id))
+            .delete(keys::project_name(&p.name));
         for (ap, u, r) in st.assignments.iter().filter(|(ap, _, _)| *ap == pid) {
             txn = txn.delete(keys::assignment(ap, u, r));
         }
@@ -466,15 +646,29 @@ async fn delete_project(State(id): State<Shared>, headers: HeaderMap, Path(pid):
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_users(State(id): State<Shared>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> KsResult<Json<Value>> {
+async fn list_users(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> KsResult<Json<Value>> {
     admin(&id, &headers)?;
     let st = id.state();
-    let mut list: Vec<&User> = st.users.values().filter(|u| q.get("name").is_none_or(|n| *n == u.name)).collect();
+    let mut list: Vec<&User> = st
+        .users
+        .values()
+        .filter(|u| q.get("name").is_none_or(|n| *n == u.name))
+        .collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(json!({"users": list.into_iter().map(|u| user_json(&id, u)).collect::<Vec<_>>(), "links": list_links()})))
+    Ok(Json(
+        json!({"users": list.into_iter().map(|u| user_json(&id, u)).collect::<Vec<_>>(), "links": list_links()}),
+    ))
 }
 
-async fn show_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Path<String>) -> KsResult<Json<Value>> {
+async fn show_user(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> KsResult<Json<Value>> {
     let ctx = caller(&id, &headers)?;
     if !ctx.is_admin() && ctx.user_id != uid {
         return Err(forbidden());
@@ -484,32 +678,51 @@ async fn show_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Path
     Ok(Json(json!({"user": user_json(&id, u)})))
 }
 
-async fn user_projects(State(id): State<Shared>, headers: HeaderMap, Path(uid): Path<String>) -> KsResult<Json<Value>> {
+async fn user_projects(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> KsResult<Json<Value>> {
     let ctx = caller(&id, &headers)?;
     if !ctx.is_admin() && ctx.user_id != uid {
         return Err(forbidden());
     }
     let st = id.state();
-    let projects: Vec<Value> =
-        st.projects.values().filter(|p| !st.role_names(&p.id, &uid).is_empty()).map(|p| project_json(&id, p)).collect();
+    let projects: Vec<Value> = st
+        .projects
+        .values()
+        .filter(|p| !st.role_names(&p.id, &uid).is_empty())
+        .map(|p| project_json(&id, p))
+        .collect();
     Ok(Json(json!({"projects": projects, "links": list_links()})))
 }
 
-async fn create_user(State(id): State<Shared>, headers: HeaderMap, body: Bytes) -> KsResult<Response> {
+async fn create_user(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KsResult<Response> {
     admin(&id, &headers)?;
     let body = parse_json(&body)?;
-    let name = opt_str(field(&body, "user", "name"), "name")?.ok_or_else(|| bad_request("'name' is a required property"))?;
+    let name = opt_str(field(&body, "user", "name"), "name")?
+        .ok_or_else(|| bad_request("'name' is a required property"))?;
     check_name(&name)?;
     let password = opt_str(field(&body, "user", "password"), "password")?;
-    let default_project_id = opt_str(field(&body, "user", "default_project_id"), "default_project_id")?;
-    if let Some(p) = &default_project_id {
-        if !id.state().projects.contains_key(p) {
-            return Err(bad_request(format!("Invalid default project {p}.")));
-        }
+    let default_project_id = opt_str(
+        field(&body, "user", "default_project_id"),
+        "default_project_id",
+    )?;
+    if let Some(p) = &default_project_id
+        && !id.state().projects.contains_key(p)
+    {
+        return Err(bad_request(format!("Invalid default project {p}.")));
     }
     // Without a password the user can never log in (as in Keystone).
     let hash = match password {
-        Some(p) => tokio::task::spawn_blocking(move || hash_password(&p)).await.map_err(internal)?.map_err(internal)?,
+        Some(p) => tokio::task::spawn_blocking(move || hash_password(&p))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?,
         None => String::new(),
     };
     let u = User {
@@ -526,27 +739,49 @@ async fn create_user(State(id): State<Shared>, headers: HeaderMap, body: Bytes) 
         .put(keys::user_name(&name), u.id.clone())
         .put(keys::user(&u.id), serde_json::to_vec(&u).map_err(internal)?);
     if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!("Conflict occurred attempting to store user - Duplicate entry found with name {name} at domain ID default.")));
+        return Err(conflict(format!(
+            "Conflict occurred attempting to store user - Duplicate entry found with name {name} at domain ID default."
+        )));
     }
-    Ok((StatusCode::CREATED, Json(json!({"user": user_json(&id, &u)}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"user": user_json(&id, &u)})),
+    )
+        .into_response())
 }
 
-async fn update_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Path<String>, body: Bytes) -> KsResult<Json<Value>> {
+async fn update_user(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> KsResult<Json<Value>> {
     admin(&id, &headers)?;
     let body = parse_json(&body)?;
-    let mut u = id.state().users.get(&uid).cloned().ok_or_else(|| not_found("user", &uid))?;
+    let mut u = id
+        .state()
+        .users
+        .get(&uid)
+        .cloned()
+        .ok_or_else(|| not_found("user", &uid))?;
     let old_name = u.name.clone();
     if let Some(n) = opt_str(field(&body, "user", "name"), "name")? {
         check_name(&n)?;
         u.name = n;
     }
     if let Some(p) = opt_str(field(&body, "user", "password"), "password")? {
-        u.password_hash = tokio::task::spawn_blocking(move || hash_password(&p)).await.map_err(internal)?.map_err(internal)?;
+        u.password_hash = tokio::task::spawn_blocking(move || hash_password(&p))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
     }
     if let Some(e) = opt_bool(field(&body, "user", "enabled"), "enabled")? {
         u.enabled = e;
     }
-    if let Some(p) = opt_str(field(&body, "user", "default_project_id"), "default_project_id")? {
+    if let Some(p) = opt_str(
+        field(&body, "user", "default_project_id"),
+        "default_project_id",
+    )? {
         u.default_project_id = Some(p);
     }
     if let Some(e) = opt_str(field(&body, "user", "email"), "email")? {
@@ -557,20 +792,32 @@ async fn update_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Pa
     }
     let mut txn = Txn::new().put(keys::user(&u.id), serde_json::to_vec(&u).map_err(internal)?);
     if u.name != old_name {
-        txn = txn.when(Compare::Absent(keys::user_name(&u.name))).put(keys::user_name(&u.name), u.id.clone()).delete(keys::user_name(&old_name));
+        txn = txn
+            .when(Compare::Absent(keys::user_name(&u.name)))
+            .put(keys::user_name(&u.name), u.id.clone())
+            .delete(keys::user_name(&old_name));
     }
     if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!("Conflict occurred attempting to store user - duplicate name {}.", u.name)));
+        return Err(conflict(format!(
+            "Conflict occurred attempting to store user - duplicate name {}.",
+            u.name
+        )));
     }
     Ok(Json(json!({"user": user_json(&id, &u)})))
 }
 
-async fn delete_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Path<String>) -> KsResult<StatusCode> {
+async fn delete_user(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> KsResult<StatusCode> {
     admin(&id, &headers)?;
     let txn = {
         let st = id.state();
         let u = st.users.get(&uid).ok_or_else(|| not_found("user", &uid))?;
-        let mut txn = Txn::new().delete(keys::user(&u.id)).delete(keys::user_name(&u.name));
+        let mut txn = Txn::new()
+            .delete(keys::user(&u.id))
+            .delete(keys::user_name(&u.name));
         for (p, au, r) in st.assignments.iter().filter(|(_, au, _)| *au == uid) {
             txn = txn.delete(keys::assignment(p, au, r));
         }
@@ -580,15 +827,29 @@ async fn delete_user(State(id): State<Shared>, headers: HeaderMap, Path(uid): Pa
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_roles(State(id): State<Shared>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> KsResult<Json<Value>> {
+async fn list_roles(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
     let st = id.state();
-    let mut list: Vec<&Role> = st.roles.values().filter(|r| q.get("name").is_none_or(|n| *n == r.name)).collect();
+    let mut list: Vec<&Role> = st
+        .roles
+        .values()
+        .filter(|r| q.get("name").is_none_or(|n| *n == r.name))
+        .collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(Json(json!({"roles": list.into_iter().map(|r| role_json(&id, r)).collect::<Vec<_>>(), "links": list_links()})))
+    Ok(Json(
+        json!({"roles": list.into_iter().map(|r| role_json(&id, r)).collect::<Vec<_>>(), "links": list_links()}),
+    ))
 }
 
-async fn show_role(State(id): State<Shared>, headers: HeaderMap, Path(rid): Path<String>) -> KsResult<Json<Value>> {
+async fn show_role(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(rid): Path<String>,
+) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
     let st = id.state();
     let r = st.roles.get(&rid).ok_or_else(|| not_found("role", &rid))?;
@@ -603,15 +864,19 @@ fn check_triple(id: &Identity, p: &str, u: &str, r: Option<&str>) -> KsResult<()
     if !st.users.contains_key(u) {
         return Err(not_found("user", u));
     }
-    if let Some(r) = r {
-        if !st.roles.contains_key(r) {
-            return Err(not_found("role", r));
-        }
+    if let Some(r) = r
+        && !st.roles.contains_key(r)
+    {
+        return Err(not_found("role", r));
     }
     Ok(())
 }
 
-async fn project_user_roles(State(id): State<Shared>, headers: HeaderMap, Path((p, u)): Path<(String, String)>) -> KsResult<Json<Value>> {
+async fn project_user_roles(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path((p, u)): Path<(String, String)>,
+) -> KsResult<Json<Value>> {
     admin(&id, &headers)?;
     check_triple(&id, &p, &u, None)?;
     let st = id.state();
@@ -625,47 +890,85 @@ async fn project_user_roles(State(id): State<Shared>, headers: HeaderMap, Path((
     Ok(Json(json!({"roles": roles, "links": list_links()})))
 }
 
-async fn grant(State(id): State<Shared>, headers: HeaderMap, Path((p, u, r)): Path<(String, String, String)>) -> KsResult<StatusCode> {
+async fn grant(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path((p, u, r)): Path<(String, String, String)>,
+) -> KsResult<StatusCode> {
     admin(&id, &headers)?;
     check_triple(&id, &p, &u, Some(&r))?;
-    id.commit(Txn::new().put(keys::assignment(&p, &u, &r), "")).await.map_err(internal)?;
+    id.commit(Txn::new().put(keys::assignment(&p, &u, &r), ""))
+        .await
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn check_grant(State(id): State<Shared>, headers: HeaderMap, Path((p, u, r)): Path<(String, String, String)>) -> KsResult<StatusCode> {
+async fn check_grant(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path((p, u, r)): Path<(String, String, String)>,
+) -> KsResult<StatusCode> {
     admin(&id, &headers)?;
     check_triple(&id, &p, &u, Some(&r))?;
-    if id.state().assignments.contains(&(p.clone(), u.clone(), r.clone())) {
+    if id
+        .state()
+        .assignments
+        .contains(&(p.clone(), u.clone(), r.clone()))
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(not_found("role assignment", &format!("{r} for user {u} on project {p}")))
+        Err(not_found(
+            "role assignment",
+            &format!("{r} for user {u} on project {p}"),
+        ))
     }
 }
 
-async fn ungrant(State(id): State<Shared>, headers: HeaderMap, Path((p, u, r)): Path<(String, String, String)>) -> KsResult<StatusCode> {
+async fn ungrant(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path((p, u, r)): Path<(String, String, String)>,
+) -> KsResult<StatusCode> {
     admin(&id, &headers)?;
     check_triple(&id, &p, &u, Some(&r))?;
-    if !id.state().assignments.contains(&(p.clone(), u.clone(), r.clone())) {
-        return Err(not_found("role assignment", &format!("{r} for user {u} on project {p}")));
+    if !id
+        .state()
+        .assignments
+        .contains(&(p.clone(), u.clone(), r.clone()))
+    {
+        return Err(not_found(
+            "role assignment",
+            &format!("{r} for user {u} on project {p}"),
+        ));
     }
-    id.commit(Txn::new().delete(keys::assignment(&p, &u, &r))).await.map_err(internal)?;
+    id.commit(Txn::new().delete(keys::assignment(&p, &u, &r)))
+        .await
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn role_assignments(State(id): State<Shared>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> KsResult<Json<Value>> {
+async fn role_assignments(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> KsResult<Json<Value>> {
     let ctx = caller(&id, &headers)?;
     let by_user = q.get("user.id");
     if !ctx.is_admin() && by_user != Some(&ctx.user_id) {
         return Err(forbidden());
     }
-    let names = q.get("include_names").is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));
+    let names = q
+        .get("include_names")
+        .is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));
     let st = id.state();
     let mut out: Vec<Value> = Vec::new();
     let mut rows: Vec<&(String, String, String)> = st
         .assignments
         .iter()
         .filter(|(p, u, r)| {
-            by_user.is_none_or(|x| x == u) && q.get("scope.project.id").is_none_or(|x| x == p) && q.get("role.id").is_none_or(|x| x == r)
+            by_user.is_none_or(|x| x == u)
+                && q.get("scope.project.id").is_none_or(|x| x == p)
+                && q.get("role.id").is_none_or(|x| x == r)
         })
         .collect();
     rows.sort();
@@ -680,10 +983,14 @@ async fn role_assignments(State(id): State<Shared>, headers: HeaderMap, Query(q)
             project["domain"] = domain_ref();
             role["name"] = json!(st.roles.get(r).map(|x| x.name.clone()));
         }
-        out.push(json!({"user": user, "scope": {"project": project}, "role": role,
-            "links": {"assignment": format!("{}projects/{p}/users/{u}/roles/{r}", v3_url(&id))}}));
+        out.push(
+            json!({"user": user, "scope": {"project": project}, "role": role,
+            "links": {"assignment": format!("{}projects/{p}/users/{u}/roles/{r}", v3_url(&id))}}),
+        );
     }
-    Ok(Json(json!({"role_assignments": out, "links": list_links()})))
+    Ok(Json(
+        json!({"role_assignments": out, "links": list_links()}),
+    ))
 }
 
 async fn services(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
@@ -711,5 +1018,7 @@ async fn endpoints(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Jso
 
 async fn regions(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
     caller(&id, &headers)?;
-    Ok(Json(json!({"regions": [{"id": id.config.region, "description": "", "parent_region_id": null, "links": {}}], "links": list_links()})))
+    Ok(Json(
+        json!({"regions": [{"id": id.config.region, "description": "", "parent_region_id": null, "links": {}}], "links": list_links()}),
+    ))
 }

@@ -94,7 +94,9 @@ pub struct State {
 impl State {
     fn apply(&mut self, ev: &Event) {
         let put = ev.kind == EventKind::Put;
-        let Some(rest) = ev.kv.key.strip_prefix(PREFIX) else { return };
+        let Some(rest) = ev.kv.key.strip_prefix(PREFIX) else {
+            return;
+        };
         let Some((kind, id)) = rest.split_once('/') else {
             if rest == "secret" && put {
                 self.secret = ev.kv.value.clone();
@@ -103,7 +105,9 @@ impl State {
         };
         let v = &ev.kv.value;
         fn de<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Option<T> {
-            serde_json::from_slice(v).map_err(|e| tracing::error!(key, error = %e, "undecodable identity record")).ok()
+            serde_json::from_slice(v)
+                .map_err(|e| tracing::error!(key, error = %e, "undecodable identity record"))
+                .ok()
         }
         match kind {
             "projects" => {
@@ -232,7 +236,11 @@ pub fn hash_password(password: &str) -> Result<String, IdentityError> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 impl Identity {
@@ -241,10 +249,18 @@ impl Identity {
         let (kvs, rev) = store.range(PREFIX).await?;
         let mut state = State::default();
         for kv in kvs {
-            state.apply(&Event { kind: EventKind::Put, kv });
+            state.apply(&Event {
+                kind: EventKind::Put,
+                kv,
+            });
         }
         let (applied, _) = tokio::sync::watch::channel(rev);
-        let this = Arc::new(Identity { store, state: RwLock::new(state), applied, config: cfg });
+        let this = Arc::new(Identity {
+            store,
+            state: RwLock::new(state),
+            applied,
+            config: cfg,
+        });
         tokio::spawn(Self::follow(Arc::downgrade(&this), rev + 1));
         Ok(this)
     }
@@ -260,7 +276,10 @@ impl Identity {
                     if let Ok((kvs, rev)) = me.store.range(PREFIX).await {
                         let mut fresh = State::default();
                         for kv in kvs {
-                            fresh.apply(&Event { kind: EventKind::Put, kv });
+                            fresh.apply(&Event {
+                                kind: EventKind::Put,
+                                kv,
+                            });
                         }
                         *me.state.write().unwrap_or_else(|p| p.into_inner()) = fresh;
                         me.applied.send_replace(rev);
@@ -277,7 +296,10 @@ impl Identity {
                 match item {
                     Ok(ev) => {
                         let rev = ev.revision();
-                        me.state.write().unwrap_or_else(|p| p.into_inner()).apply(&ev);
+                        me.state
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .apply(&ev);
                         from = rev + 1;
                         me.applied.send_replace(rev);
                     }
@@ -321,7 +343,9 @@ impl Identity {
     }
 
     fn context(&self, st: &State, claims: &TokenClaims, project: &str) -> Option<AuthContext> {
-        if claims.expires <= chrono::Utc::now().timestamp() || st.revoked.contains_key(&claims.audit) {
+        if claims.expires <= chrono::Utc::now().timestamp()
+            || st.revoked.contains_key(&claims.audit)
+        {
             return None;
         }
         let user = st.users.get(&claims.user).filter(|u| u.enabled)?;
@@ -350,17 +374,33 @@ async fn bootstrap(store: &dyn Store, cfg: &IdentityConfig) -> anyhow::Result<()
         Some(p) => p.clone(),
         None => {
             use rand::Rng;
-            rand::rng().sample_iter(rand::distr::Alphanumeric).take(20).map(char::from).collect()
+            rand::rng()
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(20)
+                .map(char::from)
+                .collect()
         }
     };
-    let mut txn = Txn::new().when(Compare::Absent("/identity/bootstrapped".into())).put("/identity/bootstrapped", "1");
+    let mut txn = Txn::new()
+        .when(Compare::Absent("/identity/bootstrapped".into()))
+        .put("/identity/bootstrapped", "1");
     let mut role_ids = HashMap::new();
     for name in ["admin", "member", "reader"] {
-        let r = Role { id: new_id(), name: name.into() };
-        txn = txn.put(keys::role(&r.id), serde_json::to_vec(&r)?).put(keys::role_name(name), r.id.clone());
+        let r = Role {
+            id: new_id(),
+            name: name.into(),
+        };
+        txn = txn
+            .put(keys::role(&r.id), serde_json::to_vec(&r)?)
+            .put(keys::role_name(name), r.id.clone());
         role_ids.insert(name, r.id);
     }
-    let project = Project { id: new_id(), name: "admin".into(), description: "Bootstrap project".into(), enabled: true };
+    let project = Project {
+        id: new_id(),
+        name: "admin".into(),
+        description: "Bootstrap project".into(),
+        enabled: true,
+    };
     let user = User {
         id: new_id(),
         name: "admin".into(),
@@ -376,7 +416,10 @@ async fn bootstrap(store: &dyn Store, cfg: &IdentityConfig) -> anyhow::Result<()
         .put(keys::project_name("admin"), project.id.clone())
         .put(keys::user(&user.id), serde_json::to_vec(&user)?)
         .put(keys::user_name("admin"), user.id.clone())
-        .put(keys::assignment(&project.id, &user.id, &role_ids["admin"]), "")
+        .put(
+            keys::assignment(&project.id, &user.id, &role_ids["admin"]),
+            "",
+        )
         .put(keys::SECRET, secret.to_vec());
     if let TxnOutcome::Committed(_) = store.txn(txn).await? {
         if cfg.admin_password.is_none() {

@@ -32,7 +32,11 @@ fn mac(secret: &[u8], payload: &[u8]) -> Option<Vec<u8>> {
 pub fn sign(secret: &[u8], claims: &TokenClaims) -> Option<String> {
     let payload = serde_json::to_vec(claims).ok()?;
     let sig = mac(secret, &payload)?;
-    Some(format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(sig)))
+    Some(format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(sig)
+    ))
 }
 
 /// The claims of a token whose signature holds (expiry is checked by the caller).
@@ -55,11 +59,22 @@ mod tests {
 
     #[test]
     fn tampering_is_detected() {
-        let c = TokenClaims { user: "u".into(), project: Some("p".into()), issued: 1, expires: 2, audit: "a".into(), methods: vec![] };
+        let c = TokenClaims {
+            user: "u".into(),
+            project: Some("p".into()),
+            issued: 1,
+            expires: 2,
+            audit: "a".into(),
+            methods: vec![],
+        };
         let t = sign(b"secret", &c).unwrap();
         assert_eq!(verify(b"secret", &t).unwrap().user, "u");
         assert!(verify(b"other", &t).is_none());
-        let forged = format!("{}.{}", URL_SAFE_NO_PAD.encode(br#"{"u":"admin","i":1,"e":9999999999,"a":"x","m":[]}"#), t.split_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"u":"admin","i":1,"e":9999999999,"a":"x","m":[]}"#),
+            t.split_once('.').unwrap().1
+        );
         assert!(verify(b"secret", &forged).is_none());
         assert!(verify(b"secret", "garbage").is_none());
     }

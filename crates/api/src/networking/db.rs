@@ -21,7 +21,10 @@ pub struct Entry<T> {
 
 impl<T> Clone for Entry<T> {
     fn clone(&self) -> Self {
-        Entry { rev: self.rev, value: self.value.clone() }
+        Entry {
+            rev: self.rev,
+            value: self.value.clone(),
+        }
     }
 }
 
@@ -62,82 +65,114 @@ fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
 impl Db {
     pub fn apply(&mut self, ev: &Event) {
         let put = ev.kind == EventKind::Put;
-        let Some(rest) = ev.kv.key.strip_prefix(PREFIX) else { return };
-        let Some((table, id)) = rest.split_once('/') else { return };
+        let Some(rest) = ev.kv.key.strip_prefix(PREFIX) else {
+            return;
+        };
+        let Some((table, id)) = rest.split_once('/') else {
+            return;
+        };
         let id = id.to_string();
         let kv = &ev.kv;
         match table {
             "networks" => {
                 let old = self.networks.remove(&id);
-                if let Some(o) = &old {
-                    if let Some(s) = o.value.segmentation_id {
-                        self.segmentation_ids.remove(&s);
-                    }
+                if let Some(o) = &old
+                    && let Some(s) = o.value.segmentation_id
+                {
+                    self.segmentation_ids.remove(&s);
                 }
-                if put {
-                    if let Some(v) = decode::<Network>(kv) {
-                        if let Some(s) = v.segmentation_id {
-                            self.segmentation_ids.insert(s);
-                        }
-                        self.networks.insert(id, Entry { rev: kv.mod_revision, value: v });
+                if put && let Some(v) = decode::<Network>(kv) {
+                    if let Some(s) = v.segmentation_id {
+                        self.segmentation_ids.insert(s);
                     }
+                    self.networks.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "subnets" => {
                 if let Some(o) = self.subnets.remove(&id) {
                     remove_from(&mut self.subnets_by_network, &o.value.network_id, &id);
                 }
-                if put {
-                    if let Some(v) = decode::<Subnet>(kv) {
-                        self.subnets_by_network.entry(v.network_id.clone()).or_default().insert(id.clone());
-                        self.subnets.insert(id, Entry { rev: kv.mod_revision, value: v });
-                    }
+                if put && let Some(v) = decode::<Subnet>(kv) {
+                    self.subnets_by_network
+                        .entry(v.network_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    self.subnets.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "subnetpools" => {
                 self.subnetpools.remove(&id);
-                if put {
-                    if let Some(v) = decode::<SubnetPool>(kv) {
-                        self.subnetpools.insert(id, Entry { rev: kv.mod_revision, value: v });
-                    }
+                if put && let Some(v) = decode::<SubnetPool>(kv) {
+                    self.subnetpools.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "ports" => {
                 if let Some(o) = self.ports.remove(&id) {
                     self.unindex_port(&o.value);
                 }
-                if put {
-                    if let Some(v) = decode::<Port>(kv) {
-                        self.index_port(&v);
-                        self.ports.insert(id, Entry { rev: kv.mod_revision, value: v });
-                    }
+                if put && let Some(v) = decode::<Port>(kv) {
+                    self.index_port(&v);
+                    self.ports.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "security-groups" => {
                 self.security_groups.remove(&id);
-                if put {
-                    if let Some(v) = decode::<SecurityGroup>(kv) {
-                        self.security_groups.insert(id, Entry { rev: kv.mod_revision, value: v });
-                    }
+                if put && let Some(v) = decode::<SecurityGroup>(kv) {
+                    self.security_groups.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "security-group-rules" => {
                 if let Some(o) = self.security_group_rules.remove(&id) {
                     remove_from(&mut self.rules_by_group, &o.value.security_group_id, &id);
                 }
-                if put {
-                    if let Some(v) = decode::<SecurityGroupRule>(kv) {
-                        self.rules_by_group.entry(v.security_group_id.clone()).or_default().insert(id.clone());
-                        self.security_group_rules.insert(id, Entry { rev: kv.mod_revision, value: v });
-                    }
+                if put && let Some(v) = decode::<SecurityGroupRule>(kv) {
+                    self.rules_by_group
+                        .entry(v.security_group_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    self.security_group_rules.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
                 }
             }
             "quotas" => {
                 self.quotas.remove(&id);
-                if put {
-                    if let Some(q) = decode::<Quota>(kv) {
-                        self.quotas.insert(id, *q);
-                    }
+                if put && let Some(q) = decode::<Quota>(kv) {
+                    self.quotas.insert(id, *q);
                 }
             }
             "default-sg" => {
@@ -158,11 +193,23 @@ impl Db {
     }
 
     fn index_port(&mut self, p: &Port) {
-        *self.ports_per_project.entry(p.project_id.clone()).or_default() += 1;
-        self.ports_by_network.entry(p.network_id.clone()).or_default().insert(p.id.clone());
-        self.macs_by_network.entry(p.network_id.clone()).or_default().insert(p.mac_address.clone());
+        *self
+            .ports_per_project
+            .entry(p.project_id.clone())
+            .or_default() += 1;
+        self.ports_by_network
+            .entry(p.network_id.clone())
+            .or_default()
+            .insert(p.id.clone());
+        self.macs_by_network
+            .entry(p.network_id.clone())
+            .or_default()
+            .insert(p.mac_address.clone());
         for ip in &p.fixed_ips {
-            self.ips_by_subnet.entry(ip.subnet_id.clone()).or_default().insert(ip.ip_address);
+            self.ips_by_subnet
+                .entry(ip.subnet_id.clone())
+                .or_default()
+                .insert(ip.ip_address);
         }
     }
 
@@ -197,12 +244,19 @@ impl Db {
     pub fn subnets_of(&self, network_id: &str) -> Vec<Arc<Subnet>> {
         self.subnets_by_network
             .get(network_id)
-            .map(|ids| ids.iter().filter_map(|i| self.subnets.get(i)).map(|e| e.value.clone()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| self.subnets.get(i))
+                    .map(|e| e.value.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn ip_in_use(&self, subnet_id: &str, ip: &IpAddr) -> bool {
-        self.ips_by_subnet.get(subnet_id).is_some_and(|s| s.contains(ip))
+        self.ips_by_subnet
+            .get(subnet_id)
+            .is_some_and(|s| s.contains(ip))
     }
 }
 

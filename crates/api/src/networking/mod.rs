@@ -66,7 +66,10 @@ impl Networking {
         let (kvs, rev) = store.range(db::PREFIX).await?;
         let mut db = Db::default();
         for kv in kvs {
-            db.apply(&kuryr_store::Event { kind: kuryr_store::EventKind::Put, kv });
+            db.apply(&kuryr_store::Event {
+                kind: kuryr_store::EventKind::Put,
+                kv,
+            });
         }
         let (applied, _) = tokio::sync::watch::channel(rev);
         let this = Arc::new(Networking {
@@ -92,11 +95,11 @@ impl Networking {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "networking watch failed; retrying");
-                    if let Some(me) = this.upgrade() {
-                        if matches!(e, StoreError::Compacted { .. }) {
-                            from = me.relist().await.unwrap_or(from);
-                            continue;
-                        }
+                    if let Some(me) = this.upgrade()
+                        && matches!(e, StoreError::Compacted { .. })
+                    {
+                        from = me.relist().await.unwrap_or(from);
+                        continue;
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -151,7 +154,10 @@ impl Networking {
         let (kvs, rev) = self.store.range(db::PREFIX).await.ok()?;
         let mut fresh = Db::default();
         for kv in kvs {
-            fresh.apply(&kuryr_store::Event { kind: kuryr_store::EventKind::Put, kv });
+            fresh.apply(&kuryr_store::Event {
+                kind: kuryr_store::EventKind::Put,
+                kv,
+            });
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.applied.send_replace(rev);
@@ -184,7 +190,11 @@ impl Networking {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store transaction failed");
-                Err(NeutronError::new(503, "ServiceUnavailable", "The store is unavailable; try again."))
+                Err(NeutronError::new(
+                    503,
+                    "ServiceUnavailable",
+                    "The store is unavailable; try again.",
+                ))
             }
         }
     }
@@ -202,7 +212,10 @@ impl Networking {
     }
 
     pub fn is_reserved(&self, key: &str) -> bool {
-        self.reserved.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
     }
 
     pub fn release(&self, keys: &[String]) {
@@ -213,11 +226,18 @@ impl Networking {
     }
 
     pub fn hint(&self, subnet: &str) -> Option<IpAddr> {
-        self.hints.lock().unwrap_or_else(|p| p.into_inner()).get(subnet).copied()
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(subnet)
+            .copied()
     }
 
     pub fn set_hint(&self, subnet: &str, ip: IpAddr) {
-        self.hints.lock().unwrap_or_else(|p| p.into_inner()).insert(subnet.to_string(), ip);
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(subnet.to_string(), ip);
     }
 
     pub async fn store_has(&self, key: &str) -> bool {
@@ -236,7 +256,10 @@ impl Networking {
             .merge(resource::routes::<kuryr_model::SecurityGroup>())
             .merge(resource::routes::<kuryr_model::SecurityGroupRule>())
             .merge(quotas::routes())
-            .layer(axum::middleware::from_fn_with_state(self.clone(), authenticate));
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                authenticate,
+            ));
         Router::new()
             .route("/", get(versions))
             .nest("/v2.0", v2)
@@ -271,7 +294,9 @@ impl Ctx {
         if self.can_write() {
             Ok(())
         } else {
-            Err(NeutronError::forbidden("rule:create is disallowed by policy: readers cannot change resources"))
+            Err(NeutronError::forbidden(
+                "rule:create is disallowed by policy: readers cannot change resources",
+            ))
         }
     }
     pub fn owns(&self, project_id: &str) -> bool {
@@ -282,11 +307,13 @@ impl Ctx {
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Ctx>()
-            .cloned()
-            .ok_or_else(|| ApiError(NeutronError::new(401, "HTTPUnauthorized", "Authentication required")))
+        parts.extensions.get::<Ctx>().cloned().ok_or_else(|| {
+            ApiError(NeutronError::new(
+                401,
+                "HTTPUnauthorized",
+                "Authentication required",
+            ))
+        })
     }
 }
 
@@ -294,13 +321,19 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
     let ctx = match net.config.auth_mode {
         AuthMode::NoAuth => noauth_context(req.headers()),
         AuthMode::Keystone => {
-            let token = req.headers().get("x-auth-token").and_then(|v| v.to_str().ok());
+            let token = req
+                .headers()
+                .get("x-auth-token")
+                .and_then(|v| v.to_str().ok());
             match token.and_then(|t| net.identity.validate(t)) {
                 Some(ctx) => ctx,
                 None => {
                     return (
                         StatusCode::UNAUTHORIZED,
-                        [("www-authenticate", format!("Keystone uri=\"{}/identity\"", net.config.public_url))],
+                        [(
+                            "www-authenticate",
+                            format!("Keystone uri=\"{}/identity\"", net.config.public_url),
+                        )],
                         Json(json!({"error": {"code": 401, "title": "Unauthorized",
                             "message": "The request you have made requires authentication."}})),
                     )
@@ -317,9 +350,16 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
 /// `X-Roles` says otherwise (as Neutron's noauth does).
 fn noauth_context(h: &HeaderMap) -> AuthContext {
     let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let project = header("x-project-id").or_else(|| header("x-tenant-id")).unwrap_or_else(|| "admin".into());
+    let project = header("x-project-id")
+        .or_else(|| header("x-tenant-id"))
+        .unwrap_or_else(|| "admin".into());
     let roles = header("x-roles")
-        .map(|r| r.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|r| {
+            r.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_else(|| vec!["admin".to_string()]);
     AuthContext {
         user_id: header("x-user-id").unwrap_or_else(|| "admin".into()),
@@ -342,8 +382,10 @@ impl From<NeutronError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({"NeutronError": {"type": self.0.kind, "message": self.0.message, "detail": ""}});
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            json!({"NeutronError": {"type": self.0.kind, "message": self.0.message, "detail": ""}});
         (status, Json(body)).into_response()
     }
 }
@@ -374,28 +416,112 @@ async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
 
 /// Exactly the extensions implemented here; clients decide what to send from this list.
 const EXTENSIONS: &[(&str, &str, &str)] = &[
-    ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
-    ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
-    ("default-subnetpools", "Default Subnetpools", "Provides ability to mark and use a subnetpool as the default."),
-    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
-    ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
-    ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
-    ("net-mtu-writable", "Network MTU (writable)", "Provides a writable MTU attribute for a network resource."),
-    ("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
+    (
+        "allowed-address-pairs",
+        "Allowed Address Pairs",
+        "Provides allowed address pairs",
+    ),
+    (
+        "binding",
+        "Port Binding",
+        "Expose port bindings of a virtual port to external application",
+    ),
+    (
+        "default-subnetpools",
+        "Default Subnetpools",
+        "Provides ability to mark and use a subnetpool as the default.",
+    ),
+    (
+        "external-net",
+        "Neutron external network",
+        "Adds external network attribute to network resource.",
+    ),
+    (
+        "filter-validation",
+        "Filter parameters validation",
+        "Provides validation on filter parameters.",
+    ),
+    (
+        "net-mtu",
+        "Network MTU",
+        "Provides MTU attribute for a network resource.",
+    ),
+    (
+        "net-mtu-writable",
+        "Network MTU (writable)",
+        "Provides a writable MTU attribute for a network resource.",
+    ),
+    (
+        "pagination",
+        "Pagination support",
+        "Extension that indicates that pagination is enabled.",
+    ),
     ("port-security", "Port Security", "Provides port security"),
-    ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
-    ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
-    ("quotas", "Quota management support", "Expose functions for quotas management per project"),
-    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
-    ("revision-if-match", "If-Match constraints based on revision_number", "Extension indicating that If-Match based on revision_number is supported."),
-    ("security-group", "security-group", "The security groups extension."),
-    ("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
-    ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
-    ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
-    ("standard-attr-tag", "Tag support for resources with standard attribute", "Enables to set tag on resources with standard attribute."),
-    ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
-    ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
-    ("subnet_allocation", "Subnet Allocation", "Enables allocation of subnets from a subnet pool"),
+    (
+        "project-id",
+        "project_id field enabled",
+        "Extension that indicates that project_id field is enabled.",
+    ),
+    (
+        "provider",
+        "Provider Network",
+        "Expose mapping of virtual networks to physical networks",
+    ),
+    (
+        "quotas",
+        "Quota management support",
+        "Expose functions for quotas management per project",
+    ),
+    (
+        "quota_details",
+        "Quota details management support",
+        "Expose functions for quotas usage statistics per project",
+    ),
+    (
+        "revision-if-match",
+        "If-Match constraints based on revision_number",
+        "Extension indicating that If-Match based on revision_number is supported.",
+    ),
+    (
+        "security-group",
+        "security-group",
+        "The security groups extension.",
+    ),
+    (
+        "sorting",
+        "Sorting support",
+        "Extension that indicates that sorting is enabled.",
+    ),
+    (
+        "standard-attr-description",
+        "standard-attr-description",
+        "Extension to add descriptions to standard attributes",
+    ),
+    (
+        "standard-attr-revisions",
+        "Resource revision numbers",
+        "This extension will display the revision number of neutron resources.",
+    ),
+    (
+        "standard-attr-tag",
+        "Tag support for resources with standard attribute",
+        "Enables to set tag on resources with standard attribute.",
+    ),
+    (
+        "standard-attr-timestamp",
+        "Resource timestamps",
+        "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes.",
+    ),
+    (
+        "stateful-security-group",
+        "Stateful security group",
+        "Indicates if the security group is stateful or not",
+    ),
+    (
+        "subnet_allocation",
+        "Subnet Allocation",
+        "Enables allocation of subnets from a subnet pool",
+    ),
 ];
 
 fn extension_doc(alias: &str, name: &str, description: &str) -> Value {
@@ -403,16 +529,27 @@ fn extension_doc(alias: &str, name: &str, description: &str) -> Value {
 }
 
 async fn extensions() -> Json<Value> {
-    let list: Vec<Value> = EXTENSIONS.iter().map(|(a, n, d)| extension_doc(a, n, d)).collect();
+    let list: Vec<Value> = EXTENSIONS
+        .iter()
+        .map(|(a, n, d)| extension_doc(a, n, d))
+        .collect();
     Json(json!({"extensions": list}))
 }
 
-async fn extension(axum::extract::Path(alias): axum::extract::Path<String>) -> ApiResult<Json<Value>> {
+async fn extension(
+    axum::extract::Path(alias): axum::extract::Path<String>,
+) -> ApiResult<Json<Value>> {
     EXTENSIONS
         .iter()
         .find(|(a, _, _)| *a == alias)
         .map(|(a, n, d)| Json(json!({"extension": extension_doc(a, n, d)})))
-        .ok_or_else(|| ApiError(NeutronError::new(404, "HTTPNotFound", format!("Extension with alias {alias} does not exist"))))
+        .ok_or_else(|| {
+            ApiError(NeutronError::new(
+                404,
+                "HTTPNotFound",
+                format!("Extension with alias {alias} does not exist"),
+            ))
+        })
 }
 
 pub fn now() -> String {

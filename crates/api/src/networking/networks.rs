@@ -30,10 +30,12 @@ fn admin_only(ctx: &Ctx, attr: &str) -> ApiResult<()> {
 pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
     let p = input.string("project_id", 255)?;
     let t = input.string("tenant_id", 255)?;
-    if let (Some(p), Some(t)) = (&p, &t) {
-        if p != t {
-            return Err(ApiError(NeutronError::bad_request("'project_id' and 'tenant_id' do not match")));
-        }
+    if let (Some(p), Some(t)) = (&p, &t)
+        && p != t
+    {
+        return Err(ApiError(NeutronError::bad_request(
+            "'project_id' and 'tenant_id' do not match",
+        )));
     }
     match p.or(t) {
         Some(p) if p != ctx.project() && !ctx.is_admin() => Err(ApiError(NeutronError::forbidden(
@@ -71,7 +73,11 @@ impl Resource for Network {
         ctx.owns(&self.project_id) || self.shared || self.router_external
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
-        let subnets = db.subnets_by_network.get(&self.id).map(|s| s.iter().cloned().map(Value::String).collect()).unwrap_or_default();
+        let subnets = db
+            .subnets_by_network
+            .get(&self.id)
+            .map(|s| s.iter().cloned().map(Value::String).collect())
+            .unwrap_or_default();
         vec![
             ("tenant_id", Value::String(self.project_id.clone())),
             ("subnets", Value::Array(subnets)),
@@ -83,7 +89,11 @@ impl Resource for Network {
         &self.tags
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {
             out.push(create_one(net, ctx, item).await?);
@@ -91,8 +101,21 @@ impl Resource for Network {
         Ok(out)
     }
 
-    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
-        input.reject(&["provider:network_type", "provider:physical_network", "provider:segmentation_id"], "update")?;
+    async fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        mut input: Input,
+        if_match: Option<u64>,
+    ) -> ApiResult<Value> {
+        input.reject(
+            &[
+                "provider:network_type",
+                "provider:physical_network",
+                "provider:segmentation_id",
+            ],
+            "update",
+        )?;
         input.reject(&["tags", "status", "subnets"], "update")?;
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
@@ -103,10 +126,10 @@ impl Resource for Network {
         let port_security = input.boolean("port_security_enabled")?;
         input.ignore(&["availability_zone_hints", "is_default"]);
         input.finish()?;
-        if shared.is_some() || external.is_some() {
-            if !ctx.is_admin() {
-                return Err(ApiError(NeutronError::forbidden("rule:update_network:shared is disallowed by policy")));
-            }
+        if (shared.is_some() || external.is_some()) && !ctx.is_admin() {
+            return Err(ApiError(NeutronError::forbidden(
+                "rule:update_network:shared is disallowed by policy",
+            )));
         }
         let max_mtu = net.config.underlay_mtu;
         resource::update_with::<Network, _>(net, ctx, id, if_match, |db, n| {
@@ -191,7 +214,11 @@ impl Resource for Network {
 }
 
 fn max_for(network_type: &str, underlay: u32) -> u32 {
-    if network_type == "vxlan" { underlay - VXLAN_OVERHEAD } else { underlay }
+    if network_type == "vxlan" {
+        underlay - VXLAN_OVERHEAD
+    } else {
+        underlay
+    }
 }
 
 async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiResult<Value> {
@@ -206,8 +233,12 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let port_security_enabled = input.boolean("port_security_enabled")?.unwrap_or(true);
     let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
     let network_type = input.string("provider:network_type", 255)?;
-    let physical_network = input.nullable_string("provider:physical_network", 64)?.flatten();
-    let segmentation_id = input.nullable_int("provider:segmentation_id", 0, i64::from(u32::MAX))?.flatten();
+    let physical_network = input
+        .nullable_string("provider:physical_network", 64)?
+        .flatten();
+    let segmentation_id = input
+        .nullable_int("provider:segmentation_id", 0, i64::from(u32::MAX))?
+        .flatten();
     let is_default = input.boolean("is_default")?.unwrap_or(false);
     // Accepted for compatibility; kuryr has one availability zone.
     input.ignore(&["availability_zone_hints"]);
@@ -230,7 +261,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     }
     match network_type.as_str() {
         "flat" if physical_network.is_none() => {
-            return Err(ApiError(NeutronError::invalid_input("physical_network required for flat provider network")));
+            return Err(ApiError(NeutronError::invalid_input(
+                "physical_network required for flat provider network",
+            )));
         }
         "flat" | "local" if segmentation_id.is_some() => {
             return Err(ApiError(NeutronError::invalid_input(format!(
@@ -247,18 +280,21 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let limit = max_for(&network_type, net.config.underlay_mtu);
     let mtu = match mtu {
         Some(m) if m as u32 > limit => {
-            return Err(ApiError(NeutronError::invalid_input(format!("Requested MTU is too big, maximum is {limit}"))));
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "Requested MTU is too big, maximum is {limit}"
+            ))));
         }
         Some(m) => m as u32,
         None => limit,
     };
     let (lo, hi) = net.config.vni_range;
-    if let Some(s) = segmentation_id {
-        if network_type == "vxlan" && !(1..=16_777_215).contains(&s) {
-            return Err(ApiError(NeutronError::invalid_input(format!(
-                "{s} is not a valid VXLAN VNI, valid range is 1-16777215"
-            ))));
-        }
+    if let Some(s) = segmentation_id
+        && network_type == "vxlan"
+        && !(1..=16_777_215).contains(&s)
+    {
+        return Err(ApiError(NeutronError::invalid_input(format!(
+            "{s} is not a valid VXLAN VNI, valid range is 1-16777215"
+        ))));
     }
 
     for _ in 0..16 {
@@ -266,8 +302,19 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
         let id = new_id();
         let (txn, reserved) = {
             let db = net.db();
-            let used = db.networks.values().filter(|n| n.value.project_id == project_id).count();
-            check_quota(&db, &project_id, "network", db.quota(&project_id).network, used, 1)?;
+            let used = db
+                .networks
+                .values()
+                .filter(|n| n.value.project_id == project_id)
+                .count();
+            check_quota(
+                &db,
+                &project_id,
+                "network",
+                db.quota(&project_id).network,
+                used,
+                1,
+            )?;
             let mut txn = Txn::new();
             let mut reserved = Vec::new();
             let vni = match (network_type.as_str(), segmentation_id) {
@@ -282,7 +329,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     Some(s)
                 }
                 ("vxlan", None) => {
-                    let free = (lo..=hi).find(|v| !db.segmentation_ids.contains(v) && !net.is_reserved(&keys::vni(*v)));
+                    let free = (lo..=hi).find(|v| {
+                        !db.segmentation_ids.contains(v) && !net.is_reserved(&keys::vni(*v))
+                    });
                     match free {
                         Some(v) => Some(v),
                         None => {
@@ -327,36 +376,46 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                 updated_at: ts,
                 revision_number: 1,
             };
-            (txn.put(keys::resource("networks", &id), encode(&n)?), reserved)
+            (
+                txn.put(keys::resource("networks", &id), encode(&n)?),
+                reserved,
+            )
         };
-        let flat_guard = txn.compares.iter().any(|c| matches!(c, Compare::Absent(k) if k.starts_with("/neutron/flat/")));
+        let flat_guard = txn
+            .compares
+            .iter()
+            .any(|c| matches!(c, Compare::Absent(k) if k.starts_with("/neutron/flat/")));
         let ok = net.commit(txn).await;
         net.release(&reserved);
         if ok? {
             return Ok(view_of::<Network>(net, &id));
         }
-        if flat_guard {
-            if let Some(p) = &physical_network {
-                if net.store_has(&flat_key(p)).await {
-                    return Err(ApiError(NeutronError::conflict(
-                        "FlatNetworkInUse",
-                        format!("Unable to create the flat network. Physical network {p} is in use."),
-                    )));
-                }
-            }
+        if flat_guard
+            && let Some(p) = &physical_network
+            && net.store_has(&flat_key(p)).await
+        {
+            return Err(ApiError(NeutronError::conflict(
+                "FlatNetworkInUse",
+                format!("Unable to create the flat network. Physical network {p} is in use."),
+            )));
         }
         if segmentation_id.is_some() {
             return Err(ApiError(NeutronError::conflict(
                 "TunnelIdInUse",
-                format!("Unable to create the network. The tunnel ID {} is in use.", segmentation_id.unwrap_or_default()),
+                format!(
+                    "Unable to create the network. The tunnel ID {} is in use.",
+                    segmentation_id.unwrap_or_default()
+                ),
             )));
         }
     }
-    Err(ApiError(NeutronError::conflict("Conflict", "Could not allocate the network; try again")))
+    Err(ApiError(NeutronError::conflict(
+        "Conflict",
+        "Could not allocate the network; try again",
+    )))
 }
 
 /// Used by other resources: the network a child is created on, as the caller sees it.
 pub fn find_network(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<Network>> {
     resource::find::<Network>(db, ctx, id)
 }
-

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use kuryr_model::input::{Input, format_mac, mac_bytes, parse_ip, parse_ip_or_cidr, parse_mac, show};
+use kuryr_model::input::{
+    Input, format_mac, mac_bytes, parse_ip, parse_ip_or_cidr, parse_mac, show,
+};
 use kuryr_model::ipam;
 use kuryr_model::{AddressPair, FixedIp, Network, NeutronError, Port, SecurityGroup, Subnet};
 use kuryr_store::{Compare, Op, Txn};
@@ -30,13 +32,20 @@ pub fn sg_port_prefix(sg: &str) -> String {
 /// The guard keys a port holds: its addresses and MAC (exclusive) and its group
 /// memberships.
 fn exclusive_keys(p: &Port) -> Vec<String> {
-    let mut k: Vec<String> = p.fixed_ips.iter().map(|f| keys::ip(&f.subnet_id, &f.ip_address)).collect();
+    let mut k: Vec<String> = p
+        .fixed_ips
+        .iter()
+        .map(|f| keys::ip(&f.subnet_id, &f.ip_address))
+        .collect();
     k.push(keys::mac(&p.network_id, &p.mac_address));
     k
 }
 
 fn membership_keys(p: &Port) -> Vec<String> {
-    p.security_groups.iter().map(|sg| sg_port_key(sg, &p.id)).collect()
+    p.security_groups
+        .iter()
+        .map(|sg| sg_port_key(sg, &p.id))
+        .collect()
 }
 
 #[derive(Clone)]
@@ -70,7 +79,9 @@ fn admin_attr(ctx: &Ctx, attr: &str, verb: &str) -> ApiResult<()> {
     if ctx.is_admin() {
         Ok(())
     } else {
-        Err(ApiError(NeutronError::forbidden(format!("(rule:{verb}_port and rule:{verb}_port:{attr}) is disallowed by policy"))))
+        Err(ApiError(NeutronError::forbidden(format!(
+            "(rule:{verb}_port and rule:{verb}_port:{attr}) is disallowed by policy"
+        ))))
     }
 }
 
@@ -80,17 +91,28 @@ fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> 
         let subnet_id = match m.remove("subnet_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if kuryr_model::input::is_uuid(&s) => Some(s),
-            Some(v) => return Err(ApiError(NeutronError::invalid_attr("fixed_ips", format!("'{}' is not a valid UUID", show(&v))))),
+            Some(v) => {
+                return Err(ApiError(NeutronError::invalid_attr(
+                    "fixed_ips",
+                    format!("'{}' is not a valid UUID", show(&v)),
+                )));
+            }
         };
         let ip = match m.remove("ip_address") {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_ip(&v, "fixed_ips")?),
         };
         if let Some(k) = m.keys().next() {
-            return Err(ApiError(NeutronError::invalid_attr("fixed_ips", format!("Unrecognized attribute '{k}'"))));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "fixed_ips",
+                format!("Unrecognized attribute '{k}'"),
+            )));
         }
         if subnet_id.is_none() && ip.is_none() {
-            return Err(ApiError(NeutronError::invalid_attr("fixed_ips", "a subnet_id or an ip_address is required")));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "fixed_ips",
+                "a subnet_id or an ip_address is required",
+            )));
         }
         out.push(IpRequest { subnet_id, ip });
     }
@@ -111,12 +133,19 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
                     )));
                 }
             },
-            _ => return Err(ApiError(NeutronError::bad_request("AllowedAddressPair must contain ip_address"))),
+            _ => {
+                return Err(ApiError(NeutronError::bad_request(
+                    "AllowedAddressPair must contain ip_address",
+                )));
+            }
         };
         let mac = match m.remove("mac_address") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) => parse_mac(&s).ok_or_else(|| {
-                ApiError(NeutronError::invalid_attr("allowed_address_pairs", format!("'{s}' is not a valid MAC address")))
+                ApiError(NeutronError::invalid_attr(
+                    "allowed_address_pairs",
+                    format!("'{s}' is not a valid MAC address"),
+                ))
             })?,
             Some(v) => {
                 return Err(ApiError(NeutronError::invalid_attr(
@@ -126,11 +155,18 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
             }
         };
         if let Some(k) = m.keys().next() {
-            return Err(ApiError(NeutronError::bad_request(format!("Unrecognized attribute(s) '{k}'"))));
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Unrecognized attribute(s) '{k}'"
+            ))));
         }
-        let pair = AddressPair { ip_address: ip, mac_address: mac };
+        let pair = AddressPair {
+            ip_address: ip,
+            mac_address: mac,
+        };
         if out.contains(&pair) {
-            return Err(ApiError(NeutronError::bad_request("Request contains duplicate address pair")));
+            return Err(ApiError(NeutronError::bad_request(
+                "Request contains duplicate address pair",
+            )));
         }
         out.push(pair);
     }
@@ -154,40 +190,64 @@ fn parse_profile(v: Value) -> ApiResult<Value> {
     match v {
         Value::Object(_) => Ok(v),
         Value::Null => Ok(Value::Object(Map::new())),
-        other => Err(ApiError(NeutronError::invalid_attr("binding:profile", format!("'{}' is not a dictionary", show(&other))))),
+        other => Err(ApiError(NeutronError::invalid_attr(
+            "binding:profile",
+            format!("'{}' is not a dictionary", show(&other)),
+        ))),
     }
 }
 
 fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
     let mut input = Input::new(item);
     let project_id = owner_project(ctx, &mut input)?;
-    let network_id = input
-        .uuid("network_id")?
-        .ok_or_else(|| ApiError(NeutronError::bad_request("Failed to parse request. Required attribute 'network_id' not specified")))?;
+    let network_id = input.uuid("network_id")?.ok_or_else(|| {
+        ApiError(NeutronError::bad_request(
+            "Failed to parse request. Required attribute 'network_id' not specified",
+        ))
+    })?;
     let mac = match input.take("mac_address") {
         None => None,
         Some(Value::String(s)) => Some(
             parse_mac(&s)
                 .filter(|m| mac_bytes(m).is_some_and(|b| b[0] & 1 == 0))
-                .ok_or_else(|| ApiError(NeutronError::invalid_attr("mac_address", format!("'{s}' is not a valid MAC address"))))?,
+                .ok_or_else(|| {
+                    ApiError(NeutronError::invalid_attr(
+                        "mac_address",
+                        format!("'{s}' is not a valid MAC address"),
+                    ))
+                })?,
         ),
-        Some(v) => return Err(ApiError(NeutronError::invalid_attr("mac_address", format!("'{}' is not a valid MAC address", show(&v))))),
+        Some(v) => {
+            return Err(ApiError(NeutronError::invalid_attr(
+                "mac_address",
+                format!("'{}' is not a valid MAC address", show(&v)),
+            )));
+        }
     };
-    let fixed_ips = input.object_list("fixed_ips")?.map(parse_fixed_ips).transpose()?;
+    let fixed_ips = input
+        .object_list("fixed_ips")?
+        .map(parse_fixed_ips)
+        .transpose()?;
     let host_id = input.string("binding:host_id", 255)?;
-    let profile = input.take("binding:profile").map(parse_profile).transpose()?;
+    let profile = input
+        .take("binding:profile")
+        .map(parse_profile)
+        .transpose()?;
     let vnic_type = input.string("binding:vnic_type", 64)?;
-    for (attr, given) in [("binding:host_id", host_id.is_some()), ("binding:profile", profile.is_some())] {
+    for (attr, given) in [
+        ("binding:host_id", host_id.is_some()),
+        ("binding:profile", profile.is_some()),
+    ] {
         if given {
             admin_attr(ctx, attr, "create")?;
         }
     }
-    if let Some(v) = &vnic_type {
-        if v != "normal" {
-            return Err(ApiError(NeutronError::bad_request(format!(
-                "Invalid input for binding:vnic_type. Reason: '{v}' is not in ['normal']."
-            ))));
-        }
+    if let Some(v) = &vnic_type
+        && v != "normal"
+    {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "Invalid input for binding:vnic_type. Reason: '{v}' is not in ['normal']."
+        ))));
     }
     let spec = PortSpec {
         project_id,
@@ -211,7 +271,10 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
                 let mut i = Input::new(tmp);
                 let list = i.string_list("security_groups")?.unwrap_or_default();
                 if let Some(bad) = list.iter().find(|s| !kuryr_model::input::is_uuid(s)) {
-                    return Err(ApiError(NeutronError::invalid_attr("security_groups", format!("'{bad}' is not a valid UUID"))));
+                    return Err(ApiError(NeutronError::invalid_attr(
+                        "security_groups",
+                        format!("'{bad}' is not a valid UUID"),
+                    )));
                 }
                 let mut dedup = Vec::new();
                 for s in list {
@@ -223,7 +286,11 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
             }
         },
         port_security: input.boolean("port_security_enabled")?,
-        pairs: input.object_list("allowed_address_pairs")?.map(parse_pairs).transpose()?.unwrap_or_default(),
+        pairs: input
+            .object_list("allowed_address_pairs")?
+            .map(parse_pairs)
+            .transpose()?
+            .unwrap_or_default(),
         tags: clean_tags(input.string_list("tags")?.unwrap_or_default())?,
     };
     input.ignore(&["extra_dhcp_opts"]);
@@ -259,7 +326,10 @@ impl<'a> Alloc<'a> {
                 format!("IP address {ip} already allocated in subnet {}", s.id),
             )));
         }
-        Ok(FixedIp { subnet_id: s.id.clone(), ip_address: ip })
+        Ok(FixedIp {
+            subnet_id: s.id.clone(),
+            ip_address: ip,
+        })
     }
 
     /// The next free address of a subnet (or the EUI-64 one for SLAAC subnets).
@@ -274,7 +344,10 @@ impl<'a> Alloc<'a> {
             let ip = ipam::next_free(&s.allocation_pools, hint, |ip| self.taken(db, &s.id, &ip))?;
             if self.reserve(keys::ip(&s.id, &ip)) {
                 self.net.set_hint(&s.id, ip);
-                return Some(FixedIp { subnet_id: s.id.clone(), ip_address: ip });
+                return Some(FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip_address: ip,
+                });
             }
         }
     }
@@ -284,7 +357,10 @@ impl<'a> Alloc<'a> {
         loop {
             let b: [u8; 3] = rng.random();
             let mac = format_mac([0xfa, 0x16, 0x3e, b[0], b[1], b[2]]);
-            let used = db.macs_by_network.get(network_id).is_some_and(|m| m.contains(&mac));
+            let used = db
+                .macs_by_network
+                .get(network_id)
+                .is_some_and(|m| m.contains(&mac));
             if !used && self.reserve(keys::mac(network_id, &mac)) {
                 return mac;
             }
@@ -336,7 +412,9 @@ fn allocate_ips(
             }
         }
         let wanted_v4 = subnets.iter().any(|s| s.ip_version == 4);
-        let wanted_v6 = subnets.iter().any(|s| s.ip_version == 6 && !s.is_auto_address());
+        let wanted_v6 = subnets
+            .iter()
+            .any(|s| s.ip_version == 6 && !s.is_auto_address());
         if any_tried && ((wanted_v4 && !have_v4) || (wanted_v6 && !have_v6)) {
             return Err(exhausted(network_id));
         }
@@ -364,20 +442,31 @@ fn allocate_ips(
         };
         let fixed = match r.ip {
             Some(ip) => {
-                if let Some(k) = keep.iter().find(|k| k.ip_address == ip && k.subnet_id == subnet.id) {
+                if let Some(k) = keep
+                    .iter()
+                    .find(|k| k.ip_address == ip && k.subnet_id == subnet.id)
+                {
                     k.clone()
                 } else {
                     check_ip_on_subnet(&subnet, ip)?;
                     alloc.take_ip(db, &subnet, ip)?
                 }
             }
-            None => match keep.iter().find(|k| k.subnet_id == subnet.id && !out.contains(k)) {
+            None => match keep
+                .iter()
+                .find(|k| k.subnet_id == subnet.id && !out.contains(k))
+            {
                 Some(k) => k.clone(),
-                None => alloc.pick_ip(db, &subnet, mac).ok_or_else(|| exhausted(network_id))?,
+                None => alloc
+                    .pick_ip(db, &subnet, mac)
+                    .ok_or_else(|| exhausted(network_id))?,
             },
         };
         if out.contains(&fixed) {
-            return Err(ApiError(NeutronError::bad_request(format!("Duplicate IP address '{}'", fixed.ip_address))));
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Duplicate IP address '{}'",
+                fixed.ip_address
+            ))));
         }
         out.push(fixed);
     }
@@ -386,7 +475,11 @@ fn allocate_ips(
 
 fn check_ip_on_subnet(s: &Subnet, ip: IpAddr) -> ApiResult<()> {
     let invalid = || {
-        ApiError(NeutronError::new(400, "InvalidIpForSubnet", format!("IP address {ip} is not a valid IP for the specified subnet.")))
+        ApiError(NeutronError::new(
+            400,
+            "InvalidIpForSubnet",
+            format!("IP address {ip} is not a valid IP for the specified subnet."),
+        ))
     };
     let cidr = kuryr_model::input::parse_cidr(&s.cidr).ok_or_else(invalid)?;
     if !cidr.contains(&ip) || !ipam::usable_range(&cidr).is_some_and(|u| u.contains(ip)) {
@@ -408,7 +501,13 @@ fn check_groups(db: &Db, project: &str, ctx: &Ctx, groups: &[String]) -> ApiResu
             Some(e) if ctx.is_admin() || e.value.project_id == project => {
                 compares.push(Compare::ModRevision(key::<SecurityGroup>(g), e.rev));
             }
-            _ => return Err(ApiError(NeutronError::not_found("Security group", "SecurityGroupNotFound", g))),
+            _ => {
+                return Err(ApiError(NeutronError::not_found(
+                    "Security group",
+                    "SecurityGroupNotFound",
+                    g,
+                )));
+            }
         }
     }
     Ok(compares)
@@ -444,18 +543,32 @@ fn prepare(
     let mac = match &spec.mac {
         Some(m) => {
             let k = keys::mac(&spec.network_id, m);
-            let used = db.macs_by_network.get(&spec.network_id).is_some_and(|s| s.contains(m));
+            let used = db
+                .macs_by_network
+                .get(&spec.network_id)
+                .is_some_and(|s| s.contains(m));
             if used || !alloc.reserve(k) {
                 return Err(ApiError(NeutronError::conflict(
                     "MacAddressInUse",
-                    format!("Unable to complete operation for network {}. The mac address {m} is in use.", spec.network_id),
+                    format!(
+                        "Unable to complete operation for network {}. The mac address {m} is in use.",
+                        spec.network_id
+                    ),
                 )));
             }
             m.clone()
         }
         None => alloc.pick_mac(db, &spec.network_id),
     };
-    let fixed_ips = allocate_ips(alloc, db, &spec.network_id, &subnets, spec.fixed_ips.as_deref(), &mac, &[])?;
+    let fixed_ips = allocate_ips(
+        alloc,
+        db,
+        &spec.network_id,
+        &subnets,
+        spec.fixed_ips.as_deref(),
+        &mac,
+        &[],
+    )?;
     let port_security = spec.port_security.unwrap_or(n.value.port_security_enabled);
     let groups = match &spec.security_groups {
         Some(g) => g.clone(),
@@ -464,7 +577,8 @@ fn prepare(
     };
     let pairs = with_port_mac(spec.pairs.clone(), &mac);
     check_port_security(port_security, &groups, &pairs)?;
-    txn.compares.extend(check_groups(db, &spec.project_id, ctx, &groups)?);
+    txn.compares
+        .extend(check_groups(db, &spec.project_id, ctx, &groups)?);
     let ts = now();
     let p = Port {
         id: new_id(),
@@ -492,11 +606,13 @@ fn prepare(
         revision_number: 1,
     };
     // The port exists only if its network and subnets are still what we read.
-    txn.compares.push(Compare::ModRevision(key::<Network>(&n.value.id), n.rev));
+    txn.compares
+        .push(Compare::ModRevision(key::<Network>(&n.value.id), n.rev));
     let used_subnets: HashSet<&str> = p.fixed_ips.iter().map(|f| f.subnet_id.as_str()).collect();
     for s in used_subnets {
         if let Some(e) = db.subnets.get(s) {
-            txn.compares.push(Compare::ModRevision(key::<Subnet>(s), e.rev));
+            txn.compares
+                .push(Compare::ModRevision(key::<Subnet>(s), e.rev));
         }
     }
     for k in exclusive_keys(&p) {
@@ -538,44 +654,77 @@ impl Resource for Port {
     }
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
         // The network's owner sees the ports on it, as in Neutron.
-        ctx.owns(&self.project_id) || db.networks.get(&self.network_id).is_some_and(|n| ctx.owns(&n.value.project_id))
+        ctx.owns(&self.project_id)
+            || db
+                .networks
+                .get(&self.network_id)
+                .is_some_and(|n| ctx.owns(&n.value.project_id))
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         if let Some(ids) = q.filter("id") {
             return Some((ids.to_vec(), "id"));
         }
         let nets = q.filter("network_id")?;
-        Some((nets.iter().flat_map(|n| db.ports_by_network.get(n).into_iter().flatten().cloned()).collect(), "network_id"))
+        Some((
+            nets.iter()
+                .flat_map(|n| db.ports_by_network.get(n).into_iter().flatten().cloned())
+                .collect(),
+            "network_id",
+        ))
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
-        let specs = items.into_iter().map(|i| parse_spec(ctx, i)).collect::<ApiResult<Vec<_>>>()?;
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
+        let specs = items
+            .into_iter()
+            .map(|i| parse_spec(ctx, i))
+            .collect::<ApiResult<Vec<_>>>()?;
         // Default security groups are made (once per project) before the ports.
         let mut defaults = std::collections::HashMap::new();
         for s in &specs {
-            if s.security_groups.is_none() && s.port_security != Some(false) && !defaults.contains_key(&s.project_id) {
+            if s.security_groups.is_none()
+                && s.port_security != Some(false)
+                && !defaults.contains_key(&s.project_id)
+            {
                 let sg = ensure_default_sg(net, &s.project_id).await?;
                 defaults.insert(s.project_id.clone(), sg);
             }
         }
         for _ in 0..32 {
-            let mut alloc = Alloc { net, reserved: Vec::new() };
+            let mut alloc = Alloc {
+                net,
+                reserved: Vec::new(),
+            };
             let mut txn = Txn::new();
             let built = {
                 let db = net.db();
-                let mut per_project: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+                let mut per_project: std::collections::HashMap<&str, usize> =
+                    std::collections::HashMap::new();
                 for s in &specs {
                     *per_project.entry(&s.project_id).or_default() += 1;
                 }
                 let mut quota_ok = Ok(());
                 for (p, n) in &per_project {
                     let used = db.ports_per_project.get(*p).copied().unwrap_or(0);
-                    quota_ok = quota_ok.and(check_quota(&db, p, "port", db.quota(p).port, used, *n));
+                    quota_ok =
+                        quota_ok.and(check_quota(&db, p, "port", db.quota(p).port, used, *n));
                 }
                 quota_ok.and_then(|_| {
                     specs
                         .iter()
-                        .map(|s| prepare(&mut alloc, &db, ctx, s, defaults.get(&s.project_id), &mut txn))
+                        .map(|s| {
+                            prepare(
+                                &mut alloc,
+                                &db,
+                                ctx,
+                                s,
+                                defaults.get(&s.project_id),
+                                &mut txn,
+                            )
+                        })
                         .collect::<ApiResult<Vec<String>>>()
                 })
             };
@@ -597,10 +746,19 @@ impl Resource for Port {
                     .collect());
             }
         }
-        Err(ApiError(NeutronError::conflict("Conflict", "Could not allocate the port; try again")))
+        Err(ApiError(NeutronError::conflict(
+            "Conflict",
+            "Could not allocate the port; try again",
+        )))
     }
 
-    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
+    async fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        mut input: Input,
+        if_match: Option<u64>,
+    ) -> ApiResult<Value> {
         input.reject(&["network_id", "tags"], "update")?;
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
@@ -609,20 +767,32 @@ impl Resource for Port {
         let device_owner = input.string("device_owner", 255)?;
         let mac = match input.take("mac_address") {
             None => None,
-            Some(Value::String(s)) => Some(
-                parse_mac(&s)
-                    .ok_or_else(|| ApiError(NeutronError::invalid_attr("mac_address", format!("'{s}' is not a valid MAC address"))))?,
-            ),
-            Some(v) => return Err(ApiError(NeutronError::invalid_attr("mac_address", format!("'{}' is not a valid MAC address", show(&v))))),
+            Some(Value::String(s)) => Some(parse_mac(&s).ok_or_else(|| {
+                ApiError(NeutronError::invalid_attr(
+                    "mac_address",
+                    format!("'{s}' is not a valid MAC address"),
+                ))
+            })?),
+            Some(v) => {
+                return Err(ApiError(NeutronError::invalid_attr(
+                    "mac_address",
+                    format!("'{}' is not a valid MAC address", show(&v)),
+                )));
+            }
         };
-        let fixed_ips = input.object_list("fixed_ips")?.map(parse_fixed_ips).transpose()?;
+        let fixed_ips = input
+            .object_list("fixed_ips")?
+            .map(parse_fixed_ips)
+            .transpose()?;
         let groups = match input.take("security_groups") {
             None => None,
             Some(Value::Null) => Some(Vec::new()),
             Some(v) => {
                 let mut tmp = Map::new();
                 tmp.insert("security_groups".into(), v);
-                let list = Input::new(tmp).string_list("security_groups")?.unwrap_or_default();
+                let list = Input::new(tmp)
+                    .string_list("security_groups")?
+                    .unwrap_or_default();
                 let mut dedup: Vec<String> = Vec::new();
                 for s in list {
                     if !dedup.contains(&s) {
@@ -633,11 +803,20 @@ impl Resource for Port {
             }
         };
         let port_security = input.boolean("port_security_enabled")?;
-        let pairs = input.object_list("allowed_address_pairs")?.map(parse_pairs).transpose()?;
+        let pairs = input
+            .object_list("allowed_address_pairs")?
+            .map(parse_pairs)
+            .transpose()?;
         let host_id = input.string("binding:host_id", 255)?;
-        let profile = input.take("binding:profile").map(parse_profile).transpose()?;
+        let profile = input
+            .take("binding:profile")
+            .map(parse_profile)
+            .transpose()?;
         let vif_type = input.string("binding:vif_type", 64)?;
-        let vif_details = input.take("binding:vif_details").map(parse_profile).transpose()?;
+        let vif_details = input
+            .take("binding:vif_details")
+            .map(parse_profile)
+            .transpose()?;
         let status = input.string("status", 16)?;
         input.ignore(&["binding:vnic_type", "extra_dhcp_opts"]);
         input.finish()?;
@@ -652,12 +831,17 @@ impl Resource for Port {
                 admin_attr(ctx, attr, "update")?;
             }
         }
-        if let Some(s) = &status {
-            if !["ACTIVE", "DOWN", "BUILD", "ERROR"].contains(&s.as_str()) {
-                return Err(ApiError(NeutronError::bad_request(format!("Invalid input for status. Reason: '{s}' is not a port status."))));
-            }
+        if let Some(s) = &status
+            && !["ACTIVE", "DOWN", "BUILD", "ERROR"].contains(&s.as_str())
+        {
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Invalid input for status. Reason: '{s}' is not a port status."
+            ))));
         }
-        let mut alloc = Alloc { net, reserved: Vec::new() };
+        let mut alloc = Alloc {
+            net,
+            reserved: Vec::new(),
+        };
         let result = resource::update_with::<Port, _>(net, ctx, id, if_match, |db, p| {
             // A retry starts from scratch: drop what the previous attempt reserved.
             alloc.net.release(&alloc.reserved);
@@ -665,8 +849,8 @@ impl Resource for Port {
             let old_exclusive = exclusive_keys(p);
             let old_members = membership_keys(p);
             let mut compares = Vec::new();
-            if let Some(m) = &mac {
-                if *m != p.mac_address {
+            if let Some(m) = &mac
+                && *m != p.mac_address {
                     if !p.host_id.is_empty() && p.status == "ACTIVE" {
                         return Err(ApiError(NeutronError::conflict("PortBound", format!(
                             "Unable to complete operation on port {}, port is already bound, port type: {}, old_mac {}, new_mac {}.",
@@ -682,7 +866,6 @@ impl Resource for Port {
                     }
                     p.mac_address = m.clone();
                 }
-            }
             if let Some(reqs) = &fixed_ips {
                 let subnets = db.subnets_of(&p.network_id);
                 let keep = p.fixed_ips.clone();
@@ -760,7 +943,11 @@ impl Resource for Port {
 
     async fn delete(net: &Shared, ctx: &Ctx, id: &str) -> ApiResult<()> {
         resource::delete_with::<Port, _>(net, ctx, id, |_db, p| {
-            let ops = exclusive_keys(p).into_iter().chain(membership_keys(p)).map(Op::Delete).collect();
+            let ops = exclusive_keys(p)
+                .into_iter()
+                .chain(membership_keys(p))
+                .map(Op::Delete)
+                .collect();
             Ok((vec![], ops))
         })
         .await

@@ -34,17 +34,27 @@ impl ListQuery {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             let (k, v) = (k.into_owned(), v.into_owned());
             out.raw.push((k.clone(), v.clone()));
-            let split = |v: &str| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect::<Vec<_>>();
+            let split = |v: &str| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
             match k.as_str() {
                 "fields" => out.fields.extend(split(&v)),
                 "limit" => {
                     let n = v.parse::<i64>().map_err(|_| {
-                        ApiError(NeutronError::bad_request(format!("Limit must be an integer 0 or greater and not '{v}'")))
+                        ApiError(NeutronError::bad_request(format!(
+                            "Limit must be an integer 0 or greater and not '{v}'"
+                        )))
                     })?;
                     out.limit = (n > 0).then_some(n as usize);
                 }
                 "marker" => out.marker = Some(v),
-                "page_reverse" => out.page_reverse = kuryr_model::input::to_bool(&Value::String(v)).unwrap_or(false),
+                "page_reverse" => {
+                    out.page_reverse =
+                        kuryr_model::input::to_bool(&Value::String(v)).unwrap_or(false)
+                }
                 "sort_key" => sort_keys.push(v),
                 "sort_dir" => sort_dirs.push(v),
                 "tags" => out.tags.extend(split(&v)),
@@ -73,7 +83,10 @@ impl ListQuery {
     }
 
     pub fn filter(&self, name: &str) -> Option<&[String]> {
-        self.filters.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.filters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -99,11 +112,16 @@ fn scalar_matches(v: &Value, want: &str) -> bool {
 /// One attribute filter against a view. Lists match when any element matches;
 /// `fixed_ips=ip_address=X` / `subnet_id=Y` match inside the list of objects.
 fn matches(view: &Map<String, Value>, attr: &str, wants: &[String]) -> bool {
-    let Some(v) = view.get(attr) else { return false };
+    let Some(v) = view.get(attr) else {
+        return false;
+    };
     wants.iter().any(|want| match v {
         Value::Array(items) => items.iter().any(|item| match item {
             Value::Object(obj) => want.split_once('=').is_some_and(|(k, val)| match k {
-                "ip_address_substr" => obj.get("ip_address").and_then(Value::as_str).is_some_and(|s| s.contains(val)),
+                "ip_address_substr" => obj
+                    .get("ip_address")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.contains(val)),
                 _ => obj.get(k).is_some_and(|x| scalar_matches(x, val)),
             }),
             other => scalar_matches(other, want),
@@ -122,9 +140,11 @@ fn tags_match(tags: &[String], q: &ListQuery) -> bool {
 
 fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => {
-            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
-        }
+        (Some(Value::Number(x)), Some(Value::Number(y))) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .partial_cmp(&y.as_f64().unwrap_or(0.0))
+            .unwrap_or(Ordering::Equal),
         (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
         (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
         (Some(Value::Null) | None, Some(Value::Null) | None) => Ordering::Equal,
@@ -134,24 +154,38 @@ fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
+/// A resource chosen for a list: its id, its entry, and its map when one was needed.
+type Picked<'a, R> = (&'a str, &'a Entry<R>, Option<Map<String, Value>>);
+
 /// One list request, answered as JSON bytes. Maps of attributes are built only
 /// when filters, sorting or `fields` need them; otherwise resources are written
 /// straight to the output.
-pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) -> ApiResult<Vec<u8>> {
+pub fn list<R: Resource>(
+    db: &Db,
+    ctx: &Ctx,
+    q: &ListQuery,
+    public_url: &str,
+) -> ApiResult<Vec<u8>> {
     let table = R::table(db);
     let (candidates, served) = match R::candidates(db, q) {
         Some((ids, f)) => (Some(ids), Some(f)),
         None => (None, None),
     };
-    let filters: Vec<&(String, Vec<String>)> = q.filters.iter().filter(|(k, _)| Some(k.as_str()) != served).collect();
+    let filters: Vec<&(String, Vec<String>)> = q
+        .filters
+        .iter()
+        .filter(|(k, _)| Some(k.as_str()) != served)
+        .collect();
     let entries: Box<dyn Iterator<Item = (&String, &Entry<R>)>> = match &candidates {
         Some(ids) => Box::new(ids.iter().filter_map(|id| table.get_key_value(id))),
         None => Box::new(table.iter()),
     };
-    let has_tag_filters =
-        !(q.tags.is_empty() && q.tags_any.is_empty() && q.not_tags.is_empty() && q.not_tags_any.is_empty());
+    let has_tag_filters = !(q.tags.is_empty()
+        && q.tags_any.is_empty()
+        && q.not_tags.is_empty()
+        && q.not_tags_any.is_empty());
     let need_view = !filters.is_empty() || !q.sorts.is_empty() || !q.fields.is_empty();
-    let mut picked: Vec<(&str, &Entry<R>, Option<Map<String, Value>>)> = Vec::new();
+    let mut picked: Vec<Picked<'_, R>> = Vec::new();
     let mut validated = false;
     for (id, e) in entries {
         if !e.value.visible(ctx, db) || (has_tag_filters && !tags_match(e.value.tags(), q)) {
@@ -162,7 +196,9 @@ pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) ->
             if !validated {
                 // Neutron's filter validation: an attribute that does not exist is an error.
                 if let Some((k, _)) = q.filters.iter().find(|(k, _)| !v.contains_key(k)) {
-                    return Err(ApiError(NeutronError::bad_request(format!("{k} is invalid attribute for filtering"))));
+                    return Err(ApiError(NeutronError::bad_request(format!(
+                        "{k} is invalid attribute for filtering"
+                    ))));
                 }
                 validated = true;
             }
@@ -218,8 +254,12 @@ pub fn list<R: Resource>(db: &Db, ctx: &Ctx, q: &ListQuery, public_url: &str) ->
     }
     out.push(b']');
     if let Some(limit) = q.limit {
-        let base: Vec<(String, String)> =
-            q.raw.iter().filter(|(k, _)| k != "marker" && k != "page_reverse").cloned().collect();
+        let base: Vec<(String, String)> = q
+            .raw
+            .iter()
+            .filter(|(k, _)| k != "marker" && k != "page_reverse")
+            .cloned()
+            .collect();
         let link = |marker: &str, reverse: bool| {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &base {

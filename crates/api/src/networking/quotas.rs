@@ -35,7 +35,9 @@ fn check_access(ctx: &Ctx, project: &str) -> ApiResult<()> {
     if ctx.is_admin() || ctx.project() == project {
         Ok(())
     } else {
-        Err(ApiError(NeutronError::forbidden("rule:get_quota is disallowed by policy")))
+        Err(ApiError(NeutronError::forbidden(
+            "rule:get_quota is disallowed by policy",
+        )))
     }
 }
 
@@ -55,7 +57,11 @@ async fn list(State(net): State<Shared>, ctx: Ctx) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"quotas": quotas})))
 }
 
-async fn show(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
     check_access(&ctx, &project)?;
     Ok(Json(json!({"quota": to_json(&net.db().quota(&project))})))
 }
@@ -68,37 +74,78 @@ async fn defaults(ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value
 fn usage(db: &Db, project: &str) -> Quota {
     let count = |n: usize| n as i64;
     Quota {
-        network: count(db.networks.values().filter(|e| e.value.project_id == project).count()),
-        subnet: count(db.subnets.values().filter(|e| e.value.project_id == project).count()),
-        subnetpool: count(db.subnetpools.values().filter(|e| e.value.project_id == project).count()),
+        network: count(
+            db.networks
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
+        subnet: count(
+            db.subnets
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
+        subnetpool: count(
+            db.subnetpools
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
         port: count(db.ports_per_project.get(project).copied().unwrap_or(0)),
-        security_group: count(db.security_groups.values().filter(|e| e.value.project_id == project).count()),
-        security_group_rule: count(db.security_group_rules.values().filter(|e| e.value.project_id == project).count()),
+        security_group: count(
+            db.security_groups
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
+        security_group_rule: count(
+            db.security_group_rules
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
         router: 0,
         floatingip: 0,
     }
 }
 
-async fn details(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+async fn details(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
     check_access(&ctx, &project)?;
     let db = net.db();
     let (limit, used) = (to_json(&db.quota(&project)), to_json(&usage(&db, &project)));
     let mut out = serde_json::Map::new();
     if let (Value::Object(l), Value::Object(u)) = (limit, used) {
         for (k, v) in l {
-            out.insert(k.clone(), json!({"limit": v, "used": u.get(&k).cloned().unwrap_or(json!(0)), "reserved": 0}));
+            out.insert(
+                k.clone(),
+                json!({"limit": v, "used": u.get(&k).cloned().unwrap_or(json!(0)), "reserved": 0}),
+            );
         }
     }
     Ok(Json(json!({"quota": out})))
 }
 
-async fn update(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn update(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     if !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden("rule:update_quota is disallowed by policy")));
+        return Err(ApiError(NeutronError::forbidden(
+            "rule:update_quota is disallowed by policy",
+        )));
     }
     let body = parse_body(&body)?;
     let Some(Value::Object(attrs)) = body.get("quota").cloned() else {
-        return Err(ApiError(NeutronError::bad_request("Unable to find 'quota' in request body")));
+        return Err(ApiError(NeutronError::bad_request(
+            "Unable to find 'quota' in request body",
+        )));
     };
     let mut input = Input::new(attrs);
     let mut q = net.db().quota(&project);
@@ -118,13 +165,20 @@ async fn update(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>
     }
     input.ignore(&["check_limit", "force"]);
     input.finish()?;
-    net.commit(Txn::new().put(keys::quota(&project), encode(&q)?)).await?;
+    net.commit(Txn::new().put(keys::quota(&project), encode(&q)?))
+        .await?;
     Ok(Json(json!({"quota": to_json(&q)})))
 }
 
-async fn reset(State(net): State<Shared>, ctx: Ctx, Path(project): Path<String>) -> ApiResult<StatusCode> {
+async fn reset(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> ApiResult<StatusCode> {
     if !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden("rule:delete_quota is disallowed by policy")));
+        return Err(ApiError(NeutronError::forbidden(
+            "rule:delete_quota is disallowed by policy",
+        )));
     }
     net.commit(Txn::new().delete(keys::quota(&project))).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -94,8 +94,18 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
         async { Ok(()) }
     }
 
-    fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> impl Future<Output = ApiResult<Vec<Value>>> + Send;
-    fn update(net: &Shared, ctx: &Ctx, id: &str, input: Input, if_match: Option<u64>) -> impl Future<Output = ApiResult<Value>> + Send;
+    fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> impl Future<Output = ApiResult<Vec<Value>>> + Send;
+    fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        input: Input,
+        if_match: Option<u64>,
+    ) -> impl Future<Output = ApiResult<Value>> + Send;
     fn delete(net: &Shared, ctx: &Ctx, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
 }
 
@@ -136,21 +146,38 @@ pub fn routes<R: Resource>() -> Router<Shared> {
     Router::new()
         .route(&coll, get(list::<R>).post(create::<R>))
         .route(&item, get(show::<R>).put(update::<R>).delete(delete::<R>))
-        .route(&tags, get(get_tags::<R>).put(put_tags::<R>).delete(delete_tags::<R>))
-        .route(&tag, get(has_tag::<R>).put(add_tag::<R>).delete(remove_tag::<R>))
+        .route(
+            &tags,
+            get(get_tags::<R>)
+                .put(put_tags::<R>)
+                .delete(delete_tags::<R>),
+        )
+        .route(
+            &tag,
+            get(has_tag::<R>).put(add_tag::<R>).delete(remove_tag::<R>),
+        )
 }
 
 /// Parses a JSON body, answering Neutron's 400 for anything that is not JSON.
 pub fn parse_body(body: &Bytes) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|_| ApiError(NeutronError::bad_request("Body contains invalid data")))
+    serde_json::from_slice(body)
+        .map_err(|_| ApiError(NeutronError::bad_request("Body contains invalid data")))
 }
 
-async fn list<R: Resource>(State(net): State<Shared>, ctx: Ctx, RawQuery(q): RawQuery) -> ApiResult<Response> {
+async fn list<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    RawQuery(q): RawQuery,
+) -> ApiResult<Response> {
     let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
     R::before_list(&net, &ctx).await?;
     let db = net.db();
     let body = query::list::<R>(&db, &ctx, &q, &net.config.public_url)?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }
 
 async fn show<R: Resource>(
@@ -166,7 +193,11 @@ async fn show<R: Resource>(
     Ok(Json(json!({ R::SINGULAR: view })))
 }
 
-async fn create<R: Resource>(State(net): State<Shared>, ctx: Ctx, body: Bytes) -> ApiResult<Response> {
+async fn create<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.check_write()?;
     let (items, bulk) = unwrap_body(parse_body(&body)?, R::SINGULAR, R::PLURAL)?;
     let mut created = R::create(&net, &ctx, items).await?;
@@ -180,18 +211,24 @@ async fn create<R: Resource>(State(net): State<Shared>, ctx: Ctx, body: Bytes) -
 
 /// `If-Match: revision_number=N` (several may be given; all must hold).
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
-    let Some(v) = headers.get("if-match") else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ApiError(NeutronError::bad_request("Invalid If-Match header")))?;
+    let Some(v) = headers.get("if-match") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError(NeutronError::bad_request("Invalid If-Match header")))?;
     for part in s.split(',') {
         if let Some(n) = part.trim().strip_prefix("revision_number=") {
-            return n
-                .trim()
-                .parse::<u64>()
-                .map(Some)
-                .map_err(|_| ApiError(NeutronError::bad_request(format!("Invalid revision number in If-Match: {n}"))));
+            return n.trim().parse::<u64>().map(Some).map_err(|_| {
+                ApiError(NeutronError::bad_request(format!(
+                    "Invalid revision number in If-Match: {n}"
+                )))
+            });
         }
     }
-    Err(ApiError(NeutronError::bad_request("If-Match header must be of the form revision_number=N")))
+    Err(ApiError(NeutronError::bad_request(
+        "If-Match header must be of the form revision_number=N",
+    )))
 }
 
 pub fn check_revision(current: u64, expected: Option<u64>) -> ApiResult<()> {
@@ -214,7 +251,9 @@ async fn update<R: Resource>(
 ) -> ApiResult<Json<Value>> {
     let expected = if_match(&headers)?;
     let Value::Object(mut outer) = parse_body(&body)? else {
-        return Err(ApiError(NeutronError::bad_request("Body contains invalid data")));
+        return Err(ApiError(NeutronError::bad_request(
+            "Body contains invalid data",
+        )));
     };
     let attrs = match outer.remove(R::SINGULAR) {
         Some(Value::Object(m)) if outer.is_empty() => m,
@@ -227,12 +266,26 @@ async fn update<R: Resource>(
     };
     let input = Input::new(attrs);
     // Clients often send back what they read; these can never change.
-    input.reject(&["id", "project_id", "tenant_id", "created_at", "updated_at", "revision_number"], "update")?;
+    input.reject(
+        &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "created_at",
+            "updated_at",
+            "revision_number",
+        ],
+        "update",
+    )?;
     let view = R::update(&net, &ctx, &id, input, expected).await?;
     Ok(Json(json!({ R::SINGULAR: view })))
 }
 
-async fn delete<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     R::delete(&net, &ctx, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -240,7 +293,13 @@ async fn delete<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path
 /// The update loop: read, change, compare-and-put on the revision read, retry when
 /// someone else wrote in between (unless the client pinned a revision with If-Match).
 /// `change` returns extra compares/ops that must commit with the update.
-pub async fn update_with<R, F>(net: &Shared, ctx: &Ctx, id: &str, expected: Option<u64>, mut change: F) -> ApiResult<Value>
+pub async fn update_with<R, F>(
+    net: &Shared,
+    ctx: &Ctx,
+    id: &str,
+    expected: Option<u64>,
+    mut change: F,
+) -> ApiResult<Value>
 where
     R: Resource,
     F: FnMut(&Db, &mut R) -> ApiResult<(Vec<Compare>, Vec<kuryr_store::Op>)> + Send,
@@ -253,7 +312,8 @@ where
             let mut v = (*e.value).clone();
             let (compares, ops) = change(&db, &mut v)?;
             v.touch(&super::now());
-            let value = serde_json::to_vec(&v).map_err(|e| ApiError(NeutronError::internal(e.to_string())))?;
+            let value = serde_json::to_vec(&v)
+                .map_err(|e| ApiError(NeutronError::internal(e.to_string())))?;
             let mut txn = Txn::new().when(Compare::ModRevision(key::<R>(id), e.rev));
             txn.compares.extend(compares);
             txn.ops.extend(ops);
@@ -265,7 +325,10 @@ where
             return Ok(Value::Object(e.value.view(&db)));
         }
     }
-    Err(ApiError(NeutronError::conflict("Conflict", format!("{} {id} is changing too fast; try again", R::DISPLAY))))
+    Err(ApiError(NeutronError::conflict(
+        "Conflict",
+        format!("{} {id} is changing too fast; try again", R::DISPLAY),
+    )))
 }
 
 /// Deletes a resource (and whatever `extra` adds) if it is still at the revision read.
@@ -288,13 +351,17 @@ where
             return Ok(());
         }
     }
-    Err(ApiError(NeutronError::conflict("Conflict", format!("{} {id} is changing too fast; try again", R::DISPLAY))))
+    Err(ApiError(NeutronError::conflict(
+        "Conflict",
+        format!("{} {id} is changing too fast; try again", R::DISPLAY),
+    )))
 }
 
 const MAX_TAG_LEN: usize = 255;
 
 fn check_tag(tag: &str) -> ApiResult<()> {
-    if tag.is_empty() || tag.chars().count() > MAX_TAG_LEN || tag.contains(',') || tag.contains('/') {
+    if tag.is_empty() || tag.chars().count() > MAX_TAG_LEN || tag.contains(',') || tag.contains('/')
+    {
         return Err(ApiError(NeutronError::bad_request(format!(
             "Invalid input for tags. Reason: '{tag}' is not a valid tag (1 to {MAX_TAG_LEN} characters, no ',' or '/')."
         ))));
@@ -315,11 +382,20 @@ pub fn clean_tags(tags: Vec<String>) -> ApiResult<Vec<String>> {
 }
 
 fn tags_of<R: Resource>(v: &mut R) -> ApiResult<&mut Vec<String>> {
-    v.tags_mut()
-        .ok_or_else(|| ApiError(NeutronError::new(404, "HTTPNotFound", format!("{} do not have tags", R::PLURAL))))
+    v.tags_mut().ok_or_else(|| {
+        ApiError(NeutronError::new(
+            404,
+            "HTTPNotFound",
+            format!("{} do not have tags", R::PLURAL),
+        ))
+    })
 }
 
-async fn get_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_tags<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let db = net.db();
     let e = find::<R>(&db, &ctx, &id)?;
     let mut v = (*e.value).clone();
@@ -327,26 +403,47 @@ async fn get_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Pa
     Ok(Json(json!({ "tags": tags })))
 }
 
-async fn has_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn has_tag<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     let db = net.db();
     let e = find::<R>(&db, &ctx, &id)?;
     let mut v = (*e.value).clone();
     if tags_of(&mut v)?.contains(&tag) {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError(NeutronError::new(404, "TagNotFound", format!("Tag {tag} could not be found for {} {id}.", R::SINGULAR))))
+        Err(ApiError(NeutronError::new(
+            404,
+            "TagNotFound",
+            format!("Tag {tag} could not be found for {} {id}.", R::SINGULAR),
+        )))
     }
 }
 
-async fn put_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn put_tags<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let body = parse_body(&body)?;
     let tags = match body.get("tags") {
         Some(Value::Array(a)) => a
             .iter()
             .map(|t| t.as_str().map(str::to_string))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError(NeutronError::bad_request("Invalid input for tags. Reason: tags must be strings.")))?,
-        _ => return Err(ApiError(NeutronError::bad_request("Invalid input for tags. Reason: a list of tags is required."))),
+            .ok_or_else(|| {
+                ApiError(NeutronError::bad_request(
+                    "Invalid input for tags. Reason: tags must be strings.",
+                ))
+            })?,
+        _ => {
+            return Err(ApiError(NeutronError::bad_request(
+                "Invalid input for tags. Reason: a list of tags is required.",
+            )));
+        }
     };
     let tags = clean_tags(tags)?;
     let view = update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
@@ -354,10 +451,16 @@ async fn put_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Pa
         Ok((vec![], vec![]))
     })
     .await?;
-    Ok(Json(json!({ "tags": view.get("tags").cloned().unwrap_or(Value::Array(vec![])) })))
+    Ok(Json(
+        json!({ "tags": view.get("tags").cloned().unwrap_or(Value::Array(vec![])) }),
+    ))
 }
 
-async fn add_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn add_tag<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     check_tag(&tag)?;
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         let tags = tags_of(v)?;
@@ -370,7 +473,11 @@ async fn add_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag
     Ok(StatusCode::CREATED)
 }
 
-async fn remove_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, tag)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn remove_tag<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path((id, tag)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         let tags = tags_of(v)?;
         let before = tags.len();
@@ -388,7 +495,11 @@ async fn remove_tag<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path((id, 
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_tags<R: Resource>(State(net): State<Shared>, ctx: Ctx, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_tags<R: Resource>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         tags_of(v)?.clear();
         Ok((vec![], vec![]))
@@ -405,11 +516,21 @@ pub fn encode<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
 /// The visible view after a create, read back from the db.
 pub fn view_of<R: Resource>(net: &Shared, id: &str) -> Value {
     let db = net.db();
-    R::table(&db).get(id).map(|e| Value::Object(e.value.view(&db))).unwrap_or(Value::Null)
+    R::table(&db)
+        .get(id)
+        .map(|e| Value::Object(e.value.view(&db)))
+        .unwrap_or(Value::Null)
 }
 
 /// Quota check for `n` more resources of a kind.
-pub fn check_quota(db: &Db, project: &str, resource: &str, limit: i64, used: usize, n: usize) -> ApiResult<()> {
+pub fn check_quota(
+    db: &Db,
+    project: &str,
+    resource: &str,
+    limit: i64,
+    used: usize,
+    n: usize,
+) -> ApiResult<()> {
     let _ = db;
     if limit >= 0 && (used + n) as i64 > limit {
         return Err(ApiError(NeutronError::conflict(

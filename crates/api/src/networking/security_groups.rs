@@ -14,7 +14,14 @@ use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
 const DEFAULT_NAME: &str = "default";
 
-fn rule(project: &str, sg: &str, direction: &str, ethertype: &str, remote_group: Option<&str>, ts: &str) -> SecurityGroupRule {
+fn rule(
+    project: &str,
+    sg: &str,
+    direction: &str,
+    ethertype: &str,
+    remote_group: Option<&str>,
+    ts: &str,
+) -> SecurityGroupRule {
     SecurityGroupRule {
         id: new_id(),
         project_id: project.to_string(),
@@ -33,7 +40,14 @@ fn rule(project: &str, sg: &str, direction: &str, ethertype: &str, remote_group:
     }
 }
 
-fn group(project: &str, name: &str, description: &str, stateful: bool, tags: Vec<String>, ts: &str) -> SecurityGroup {
+fn group(
+    project: &str,
+    name: &str,
+    description: &str,
+    stateful: bool,
+    tags: Vec<String>,
+    ts: &str,
+) -> SecurityGroup {
     SecurityGroup {
         id: new_id(),
         name: name.to_string(),
@@ -68,9 +82,22 @@ pub async fn ensure_default_sg(net: &Shared, project: &str) -> ApiResult<String>
         return Ok(id.clone());
     }
     let ts = now();
-    let sg = group(project, DEFAULT_NAME, "Default security group", true, Vec::new(), &ts);
+    let sg = group(
+        project,
+        DEFAULT_NAME,
+        "Default security group",
+        true,
+        Vec::new(),
+        &ts,
+    );
     let marker = keys::default_sg(project);
-    let txn = add_group(Txn::new().when(Compare::Absent(marker.clone())), &sg, true, &ts)?.put(marker, sg.id.clone());
+    let txn = add_group(
+        Txn::new().when(Compare::Absent(marker.clone())),
+        &sg,
+        true,
+        &ts,
+    )?
+    .put(marker, sg.id.clone());
     net.commit(txn).await?;
     net.db()
         .default_sg
@@ -126,7 +153,11 @@ impl Resource for SecurityGroup {
         ensure_default_sg(net, ctx.project()).await.map(|_| ())
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {
             let mut input = Input::new(item);
@@ -137,15 +168,29 @@ impl Resource for SecurityGroup {
             let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
             input.finish()?;
             if name == DEFAULT_NAME {
-                return Err(ApiError(NeutronError::conflict("SecurityGroupDefaultAlreadyExists", "Default security group already exists.")));
+                return Err(ApiError(NeutronError::conflict(
+                    "SecurityGroupDefaultAlreadyExists",
+                    "Default security group already exists.",
+                )));
             }
             ensure_default_sg(net, &project).await?;
             let ts = now();
             let sg = group(&project, &name, &description, stateful, tags, &ts);
             let txn = {
                 let db = net.db();
-                let used = db.security_groups.values().filter(|g| g.value.project_id == project).count();
-                check_quota(&db, &project, "security_group", db.quota(&project).security_group, used, 1)?;
+                let used = db
+                    .security_groups
+                    .values()
+                    .filter(|g| g.value.project_id == project)
+                    .count();
+                check_quota(
+                    &db,
+                    &project,
+                    "security_group",
+                    db.quota(&project).security_group,
+                    used,
+                    1,
+                )?;
                 add_group(Txn::new(), &sg, false, &ts)?
             };
             net.commit(txn).await?;
@@ -154,7 +199,13 @@ impl Resource for SecurityGroup {
         Ok(out)
     }
 
-    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
+    async fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        mut input: Input,
+        if_match: Option<u64>,
+    ) -> ApiResult<Value> {
         input.reject(&["tags", "security_group_rules"], "update")?;
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
@@ -170,7 +221,10 @@ impl Resource for SecurityGroup {
                     )));
                 }
                 if !is_default && n == DEFAULT_NAME {
-                    return Err(ApiError(NeutronError::conflict("SecurityGroupDefaultAlreadyExists", "Default security group already exists.")));
+                    return Err(ApiError(NeutronError::conflict(
+                        "SecurityGroupDefaultAlreadyExists",
+                        "Default security group already exists.",
+                    )));
                 }
                 g.name = n.clone();
             }
@@ -194,14 +248,24 @@ impl Resource for SecurityGroup {
                     "Insufficient rights for removing default security group.",
                 )));
             }
-            if db.ports.values().any(|p| p.value.security_groups.contains(&g.id)) {
-                return Err(ApiError(NeutronError::conflict("SecurityGroupInUse", format!("Security Group {} in use.", g.id))));
+            if db
+                .ports
+                .values()
+                .any(|p| p.value.security_groups.contains(&g.id))
+            {
+                return Err(ApiError(NeutronError::conflict(
+                    "SecurityGroupInUse",
+                    format!("Security Group {} in use.", g.id),
+                )));
             }
             // Its own rules, and rules of other groups that name it as remote group.
             let mut ops: Vec<Op> = db
                 .security_group_rules
                 .values()
-                .filter(|r| r.value.security_group_id == g.id || r.value.remote_group_id.as_deref() == Some(&g.id))
+                .filter(|r| {
+                    r.value.security_group_id == g.id
+                        || r.value.remote_group_id.as_deref() == Some(&g.id)
+                })
                 .map(|r| Op::Delete(key::<SecurityGroupRule>(&r.value.id)))
                 .collect();
             if is_default {
@@ -237,7 +301,11 @@ const PROTOCOLS: &[(&str, u8)] = &[
 ];
 
 fn protocol_number(p: &str) -> Option<u8> {
-    PROTOCOLS.iter().find(|(n, _)| *n == p).map(|(_, v)| *v).or_else(|| p.parse().ok())
+    PROTOCOLS
+        .iter()
+        .find(|(n, _)| *n == p)
+        .map(|(_, v)| *v)
+        .or_else(|| p.parse().ok())
 }
 
 fn takes_ports(p: Option<&str>) -> bool {
@@ -272,26 +340,50 @@ impl Resource for SecurityGroupRule {
         self.updated_at = now.to_string();
     }
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
-        ctx.owns(&self.project_id) || db.security_groups.get(&self.security_group_id).is_some_and(|g| ctx.owns(&g.value.project_id))
+        ctx.owns(&self.project_id)
+            || db
+                .security_groups
+                .get(&self.security_group_id)
+                .is_some_and(|g| ctx.owns(&g.value.project_id))
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
-        let normalized = self.remote_ip_prefix.as_deref().and_then(parse_ip_or_cidr).map(|n| n.trunc().to_string());
-        let in_default = db.security_groups.get(&self.security_group_id).is_some_and(|g| {
-            db.default_sg.get(&g.value.project_id) == Some(&self.security_group_id)
-        });
+        let normalized = self
+            .remote_ip_prefix
+            .as_deref()
+            .and_then(parse_ip_or_cidr)
+            .map(|n| n.trunc().to_string());
+        let in_default = db
+            .security_groups
+            .get(&self.security_group_id)
+            .is_some_and(|g| {
+                db.default_sg.get(&g.value.project_id) == Some(&self.security_group_id)
+            });
         vec![
             ("tenant_id", Value::String(self.project_id.clone())),
             ("remote_address_group_id", Value::Null),
-            ("normalized_cidr", normalized.map(Value::String).unwrap_or(Value::Null)),
+            (
+                "normalized_cidr",
+                normalized.map(Value::String).unwrap_or(Value::Null),
+            ),
             ("belongs_to_default_sg", Value::Bool(in_default)),
         ]
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         let groups = q.filter("security_group_id")?;
-        Some((groups.iter().flat_map(|g| db.rules_by_group.get(g).into_iter().flatten().cloned()).collect(), "security_group_id"))
+        Some((
+            groups
+                .iter()
+                .flat_map(|g| db.rules_by_group.get(g).into_iter().flatten().cloned())
+                .collect(),
+            "security_group_id",
+        ))
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {
             out.push(create_rule(net, ctx, item).await?);
@@ -299,8 +391,16 @@ impl Resource for SecurityGroupRule {
         Ok(out)
     }
 
-    async fn update(_net: &Shared, _ctx: &Ctx, _id: &str, _input: Input, _if_match: Option<u64>) -> ApiResult<Value> {
-        Err(ApiError(NeutronError::bad_request("Security group rules cannot be updated; delete and create instead.")))
+    async fn update(
+        _net: &Shared,
+        _ctx: &Ctx,
+        _id: &str,
+        _input: Input,
+        _if_match: Option<u64>,
+    ) -> ApiResult<Value> {
+        Err(ApiError(NeutronError::bad_request(
+            "Security group rules cannot be updated; delete and create instead.",
+        )))
     }
 
     async fn delete(net: &Shared, ctx: &Ctx, id: &str) -> ApiResult<()> {
@@ -325,18 +425,24 @@ impl Resource for SecurityGroupRule {
 async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiResult<Value> {
     let mut input = Input::new(item);
     let project = owner_project(ctx, &mut input)?;
-    let sg_id = input
-        .uuid("security_group_id")?
-        .ok_or_else(|| ApiError(NeutronError::bad_request("Failed to parse request. Required attribute 'security_group_id' not specified")))?;
-    let direction = input
-        .string("direction", 16)?
-        .ok_or_else(|| ApiError(NeutronError::bad_request("Failed to parse request. Required attribute 'direction' not specified")))?;
+    let sg_id = input.uuid("security_group_id")?.ok_or_else(|| {
+        ApiError(NeutronError::bad_request(
+            "Failed to parse request. Required attribute 'security_group_id' not specified",
+        ))
+    })?;
+    let direction = input.string("direction", 16)?.ok_or_else(|| {
+        ApiError(NeutronError::bad_request(
+            "Failed to parse request. Required attribute 'direction' not specified",
+        ))
+    })?;
     if direction != "ingress" && direction != "egress" {
         return Err(ApiError(NeutronError::bad_request(format!(
             "Invalid input for direction. Reason: '{direction}' is not in ['ingress', 'egress']."
         ))));
     }
-    let ethertype = input.string("ethertype", 8)?.unwrap_or_else(|| "IPv4".into());
+    let ethertype = input
+        .string("ethertype", 8)?
+        .unwrap_or_else(|| "IPv4".into());
     let ethertype = match ethertype.to_ascii_lowercase().as_str() {
         "ipv4" => "IPv4".to_string(),
         "ipv6" => "IPv6".to_string(),
@@ -350,7 +456,12 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
-        Some(v) => return Err(ApiError(NeutronError::bad_request(format!("Invalid input for protocol. Reason: '{}' is not a valid protocol.", show(&v))))),
+        Some(v) => {
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Invalid input for protocol. Reason: '{}' is not a valid protocol.",
+                show(&v)
+            ))));
+        }
     };
     let protocol = match protocol.as_deref() {
         None | Some("any") | Some("") => None,
@@ -368,8 +479,14 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
             }
         },
     };
-    let pmin = input.nullable_int("port_range_min", 0, 65535)?.flatten().map(|v| v as u32);
-    let pmax = input.nullable_int("port_range_max", 0, 65535)?.flatten().map(|v| v as u32);
+    let pmin = input
+        .nullable_int("port_range_min", 0, 65535)?
+        .flatten()
+        .map(|v| v as u32);
+    let pmax = input
+        .nullable_int("port_range_max", 0, 65535)?
+        .flatten()
+        .map(|v| v as u32);
     let remote_ip = input.nullable_string("remote_ip_prefix", 64)?.flatten();
     let remote_group = input.nullable_uuid("remote_group_id")?.flatten();
     let description = input.string("description", 255)?.unwrap_or_default();
@@ -377,12 +494,16 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
     input.finish()?;
 
     if remote_ip.is_some() && remote_group.is_some() {
-        return Err(ApiError(NeutronError::bad_request("Only remote_ip_prefix or remote_group_id may be provided.")));
+        return Err(ApiError(NeutronError::bad_request(
+            "Only remote_ip_prefix or remote_group_id may be provided.",
+        )));
     }
     let remote_ip = match remote_ip {
         Some(s) => {
             let n = parse_ip_or_cidr(&s).ok_or_else(|| {
-                ApiError(NeutronError::bad_request(format!("Invalid input for remote_ip_prefix. Reason: '{s}' is not a valid IP subnet.")))
+                ApiError(NeutronError::bad_request(format!(
+                    "Invalid input for remote_ip_prefix. Reason: '{s}' is not a valid IP subnet."
+                )))
             })?;
             if n.addr().is_ipv4() != (ethertype == "IPv4") {
                 return Err(ApiError(NeutronError::bad_request(format!(
@@ -393,26 +514,30 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
         }
         None => None,
     };
-    if (pmin.is_some() || pmax.is_some()) && !takes_ports(protocol.as_deref()) && !is_icmp(protocol.as_deref()) {
+    if (pmin.is_some() || pmax.is_some())
+        && !takes_ports(protocol.as_deref())
+        && !is_icmp(protocol.as_deref())
+    {
         return Err(ApiError(NeutronError::bad_request(
             "Security group rule for protocol requires port_range_min and port_range_max only for TCP, UDP, SCTP, UDP-Lite and ICMP.",
         )));
     }
-    if takes_ports(protocol.as_deref()) {
-        if let (Some(lo), Some(hi)) = (pmin, pmax) {
-            if lo > hi || lo == 0 {
-                return Err(ApiError(NeutronError::bad_request(
-                    "For TCP/UDP protocols, port_range_min must be <= port_range_max",
-                )));
-            }
-        }
+    if takes_ports(protocol.as_deref())
+        && let (Some(lo), Some(hi)) = (pmin, pmax)
+        && (lo > hi || lo == 0)
+    {
+        return Err(ApiError(NeutronError::bad_request(
+            "For TCP/UDP protocols, port_range_min must be <= port_range_max",
+        )));
     }
-    if is_icmp(protocol.as_deref()) {
-        if pmin.is_some_and(|v| v > 255) || pmax.is_some_and(|v| v > 255) || (pmin.is_none() && pmax.is_some()) {
-            return Err(ApiError(NeutronError::bad_request(
-                "Invalid value for ICMP type/code: port_range_min is the type and port_range_max the code, each 0-255",
-            )));
-        }
+    if is_icmp(protocol.as_deref())
+        && (pmin.is_some_and(|v| v > 255)
+            || pmax.is_some_and(|v| v > 255)
+            || (pmin.is_none() && pmax.is_some()))
+    {
+        return Err(ApiError(NeutronError::bad_request(
+            "Invalid value for ICMP type/code: port_range_min is the type and port_range_max the code, each 0-255",
+        )));
     }
     let (pmin, pmax) = if takes_ports(protocol.as_deref()) {
         match (pmin, pmax) {
@@ -450,7 +575,10 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
             };
             let norm = |r: &SecurityGroupRule| {
                 let mut id = r.identity();
-                id.2 = id.2.as_deref().and_then(protocol_number).map(|n| n.to_string());
+                id.2 =
+                    id.2.as_deref()
+                        .and_then(protocol_number)
+                        .map(|n| n.to_string());
                 id
             };
             let want = norm(&r);
@@ -464,11 +592,25 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
             {
                 return Err(ApiError(NeutronError::conflict(
                     "SecurityGroupRuleExists",
-                    format!("Security group rule already exists. Rule id is {}.", dup.value.id),
+                    format!(
+                        "Security group rule already exists. Rule id is {}.",
+                        dup.value.id
+                    ),
                 )));
             }
-            let used = db.security_group_rules.values().filter(|x| x.value.project_id == project).count();
-            check_quota(&db, &project, "security_group_rule", db.quota(&project).security_group_rule, used, 1)?;
+            let used = db
+                .security_group_rules
+                .values()
+                .filter(|x| x.value.project_id == project)
+                .count();
+            check_quota(
+                &db,
+                &project,
+                "security_group_rule",
+                db.quota(&project).security_group_rule,
+                used,
+                1,
+            )?;
             // Rules of one group are serialized through the group's revision, which
             // makes the duplicate check exact.
             let mut sg = (*g.value).clone();
@@ -486,5 +628,8 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
             return Ok(view_of::<SecurityGroupRule>(net, &rid));
         }
     }
-    Err(ApiError(NeutronError::conflict("Conflict", "The security group is changing too fast; try again")))
+    Err(ApiError(NeutronError::conflict(
+        "Conflict",
+        "The security group is changing too fast; try again",
+    )))
 }

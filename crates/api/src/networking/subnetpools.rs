@@ -42,7 +42,11 @@ impl Resource for SubnetPool {
         &self.tags
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {
             out.push(create_one(net, ctx, item).await?);
@@ -50,7 +54,13 @@ impl Resource for SubnetPool {
         Ok(out)
     }
 
-    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
+    async fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        mut input: Input,
+        if_match: Option<u64>,
+    ) -> ApiResult<Value> {
         input.reject(&["shared", "ip_version", "tags"], "update")?;
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
@@ -63,7 +73,9 @@ impl Resource for SubnetPool {
         input.ignore(&["address_scope_id"]);
         input.finish()?;
         if is_default.is_some() && !ctx.is_admin() {
-            return Err(ApiError(NeutronError::forbidden("rule:update_subnetpool:is_default is disallowed by policy")));
+            return Err(ApiError(NeutronError::forbidden(
+                "rule:update_subnetpool:is_default is disallowed by policy",
+            )));
         }
         resource::update_with::<SubnetPool, _>(net, ctx, id, if_match, |db, p| {
             if let Some(v) = &name {
@@ -124,18 +136,25 @@ impl Resource for SubnetPool {
 
 fn parse_prefixes(list: &[String], version: Option<u8>) -> ApiResult<(u8, Vec<IpNet>)> {
     if list.is_empty() {
-        return Err(ApiError(NeutronError::bad_request("Invalid input for prefixes. Reason: at least one prefix is required.")));
+        return Err(ApiError(NeutronError::bad_request(
+            "Invalid input for prefixes. Reason: at least one prefix is required.",
+        )));
     }
     let mut nets = Vec::new();
     for s in list {
         let n = parse_cidr(s).ok_or_else(|| {
-            ApiError(NeutronError::bad_request(format!("Invalid input for prefixes. Reason: '{s}' is not a valid IP subnet.")))
+            ApiError(NeutronError::bad_request(format!(
+                "Invalid input for prefixes. Reason: '{s}' is not a valid IP subnet."
+            )))
         })?;
         nets.push(n.trunc());
     }
     let v = if nets[0].addr().is_ipv4() { 4 } else { 6 };
-    if nets.iter().any(|n| n.addr().is_ipv4() != (v == 4)) || version.is_some_and(|want| want != v) {
-        return Err(ApiError(NeutronError::invalid_input("Cannot mix IPv4 and IPv6 prefixes in a subnet pool")));
+    if nets.iter().any(|n| n.addr().is_ipv4() != (v == 4)) || version.is_some_and(|want| want != v)
+    {
+        return Err(ApiError(NeutronError::invalid_input(
+            "Cannot mix IPv4 and IPv6 prefixes in a subnet pool",
+        )));
     }
     // Same as Neutron: overlapping and adjacent prefixes are merged.
     Ok((v, IpNet::aggregate(&nets)))
@@ -152,7 +171,11 @@ fn check_lengths(version: u8, min: u8, default: u8, max: u8) -> ApiResult<()> {
 }
 
 fn check_single_default(db: &Db, version: u8, except: &str) -> ApiResult<()> {
-    if db.subnetpools.values().any(|p| p.value.is_default && p.value.ip_version == version && p.value.id != except) {
+    if db
+        .subnetpools
+        .values()
+        .any(|p| p.value.is_default && p.value.ip_version == version && p.value.id != except)
+    {
         return Err(ApiError(NeutronError::invalid_input(
             "A default subnetpool for this IP family has already been set. Only one default may exist per IP family",
         )));
@@ -165,9 +188,11 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let project_id = owner_project(ctx, &mut input)?;
     let name = input.string("name", 255)?.unwrap_or_default();
     let description = input.string("description", 255)?.unwrap_or_default();
-    let prefixes = input
-        .string_list("prefixes")?
-        .ok_or_else(|| ApiError(NeutronError::bad_request("Failed to parse request. Required attribute 'prefixes' not specified")))?;
+    let prefixes = input.string_list("prefixes")?.ok_or_else(|| {
+        ApiError(NeutronError::bad_request(
+            "Failed to parse request. Required attribute 'prefixes' not specified",
+        ))
+    })?;
     let default_len = input.int("default_prefixlen", 0, 128)?;
     let min_len = input.int("min_prefixlen", 0, 128)?;
     let max_len = input.int("max_prefixlen", 0, 128)?;
@@ -177,15 +202,23 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
     match input.take("address_scope_id") {
         None | Some(Value::Null) => {}
-        Some(_) => return Err(ApiError(NeutronError::invalid_input("address scopes are not supported"))),
+        Some(_) => {
+            return Err(ApiError(NeutronError::invalid_input(
+                "address scopes are not supported",
+            )));
+        }
     }
     input.finish()?;
     if (shared || is_default) && !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden("rule:create_subnetpool:shared is disallowed by policy")));
+        return Err(ApiError(NeutronError::forbidden(
+            "rule:create_subnetpool:shared is disallowed by policy",
+        )));
     }
     let (version, nets) = parse_prefixes(&prefixes, None)?;
     let top: u8 = if version == 4 { 32 } else { 128 };
-    let min = min_len.map(|v| v as u8).unwrap_or(if version == 4 { 8 } else { 64 });
+    let min = min_len
+        .map(|v| v as u8)
+        .unwrap_or(if version == 4 { 8 } else { 64 });
     let max = max_len.map(|v| v as u8).unwrap_or(top);
     let default = default_len.map(|v| v as u8).unwrap_or(min);
     check_lengths(version, min, default, max)?;
@@ -193,8 +226,19 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let id = new_id();
     let txn = {
         let db = net.db();
-        let used = db.subnetpools.values().filter(|p| p.value.project_id == project_id).count();
-        check_quota(&db, &project_id, "subnetpool", db.quota(&project_id).subnetpool, used, 1)?;
+        let used = db
+            .subnetpools
+            .values()
+            .filter(|p| p.value.project_id == project_id)
+            .count();
+        check_quota(
+            &db,
+            &project_id,
+            "subnetpool",
+            db.quota(&project_id).subnetpool,
+            used,
+            1,
+        )?;
         if is_default {
             check_single_default(&db, version, &id)?;
         }
@@ -217,7 +261,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             updated_at: ts,
             revision_number: 0,
         };
-        Txn::new().when(Compare::Absent(key::<SubnetPool>(&id))).put(key::<SubnetPool>(&id), encode(&p)?)
+        Txn::new()
+            .when(Compare::Absent(key::<SubnetPool>(&id)))
+            .put(key::<SubnetPool>(&id), encode(&p)?)
     };
     net.commit(txn).await?;
     Ok(view_of::<SubnetPool>(net, &id))

@@ -41,10 +41,15 @@ impl Resource for Subnet {
     }
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
         ctx.owns(&self.project_id)
-            || db.networks.get(&self.network_id).is_some_and(|n| n.value.shared || n.value.router_external || ctx.owns(&n.value.project_id))
+            || db.networks.get(&self.network_id).is_some_and(|n| {
+                n.value.shared || n.value.router_external || ctx.owns(&n.value.project_id)
+            })
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
-        let external = db.networks.get(&self.network_id).is_some_and(|n| n.value.router_external);
+        let external = db
+            .networks
+            .get(&self.network_id)
+            .is_some_and(|n| n.value.router_external);
         vec![
             ("tenant_id", Value::String(self.project_id.clone())),
             ("router:external", Value::Bool(external)),
@@ -57,10 +62,19 @@ impl Resource for Subnet {
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         let nets = q.filter("network_id")?;
-        Some((nets.iter().flat_map(|n| db.subnets_by_network.get(n).into_iter().flatten().cloned()).collect(), "network_id"))
+        Some((
+            nets.iter()
+                .flat_map(|n| db.subnets_by_network.get(n).into_iter().flatten().cloned())
+                .collect(),
+            "network_id",
+        ))
     }
 
-    async fn create(net: &Shared, ctx: &Ctx, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Value>> {
+    async fn create(
+        net: &Shared,
+        ctx: &Ctx,
+        items: Vec<Map<String, Value>>,
+    ) -> ApiResult<Vec<Value>> {
         let mut out = Vec::new();
         for item in items {
             out.push(create_one(net, ctx, item).await?);
@@ -68,8 +82,24 @@ impl Resource for Subnet {
         Ok(out)
     }
 
-    async fn update(net: &Shared, ctx: &Ctx, id: &str, mut input: Input, if_match: Option<u64>) -> ApiResult<Value> {
-        input.reject(&["cidr", "network_id", "ip_version", "subnetpool_id", "prefixlen", "tags"], "update")?;
+    async fn update(
+        net: &Shared,
+        ctx: &Ctx,
+        id: &str,
+        mut input: Input,
+        if_match: Option<u64>,
+    ) -> ApiResult<Value> {
+        input.reject(
+            &[
+                "cidr",
+                "network_id",
+                "ip_version",
+                "subnetpool_id",
+                "prefixlen",
+                "tags",
+            ],
+            "update",
+        )?;
         input.reject(&["ipv6_address_mode", "ipv6_ra_mode"], "update")?;
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
@@ -81,7 +111,8 @@ impl Resource for Subnet {
         input.ignore(&["service_types", "segment_id"]);
         input.finish()?;
         resource::update_with::<Subnet, _>(net, ctx, id, if_match, |_db, s| {
-            let cidr = parse_cidr(&s.cidr).ok_or_else(|| ApiError(NeutronError::internal("stored CIDR is invalid")))?;
+            let cidr = parse_cidr(&s.cidr)
+                .ok_or_else(|| ApiError(NeutronError::internal("stored CIDR is invalid")))?;
             if let Some(v) = &name {
                 s.name = v.clone();
             }
@@ -146,7 +177,9 @@ fn check_gateway(cidr: &IpNet, gw: IpAddr) -> ApiResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError(NeutronError::invalid_input(format!("Gateway is not valid on subnet. {gw} is not in {cidr}"))))
+        Err(ApiError(NeutronError::invalid_input(format!(
+            "Gateway is not valid on subnet. {gw} is not in {cidr}"
+        ))))
     }
 }
 
@@ -157,28 +190,55 @@ fn range_text(r: &IpRange) -> String {
 fn parse_pools(cidr: &IpNet, items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRange>> {
     let mut pools: Vec<IpRange> = Vec::new();
     for mut m in items {
-        let start = m.remove("start").ok_or_else(|| ApiError(NeutronError::invalid_attr("allocation_pools", "start is missing")))?;
-        let end = m.remove("end").ok_or_else(|| ApiError(NeutronError::invalid_attr("allocation_pools", "end is missing")))?;
+        let start = m.remove("start").ok_or_else(|| {
+            ApiError(NeutronError::invalid_attr(
+                "allocation_pools",
+                "start is missing",
+            ))
+        })?;
+        let end = m.remove("end").ok_or_else(|| {
+            ApiError(NeutronError::invalid_attr(
+                "allocation_pools",
+                "end is missing",
+            ))
+        })?;
         if let Some(k) = m.keys().next() {
-            return Err(ApiError(NeutronError::invalid_attr("allocation_pools", format!("Unrecognized attribute '{k}'"))));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "allocation_pools",
+                format!("Unrecognized attribute '{k}'"),
+            )));
         }
-        let r = IpRange { start: parse_ip(&start, "allocation_pools")?, end: parse_ip(&end, "allocation_pools")? };
+        let r = IpRange {
+            start: parse_ip(&start, "allocation_pools")?,
+            end: parse_ip(&end, "allocation_pools")?,
+        };
         if !ipam::same_family(r.start, r.end) || ipam::to_u128(r.start) > ipam::to_u128(r.end) {
-            return Err(ApiError(NeutronError::new(400, "InvalidAllocationPool", format!("The allocation pool {} is not valid.", range_text(&r)))));
+            return Err(ApiError(NeutronError::new(
+                400,
+                "InvalidAllocationPool",
+                format!("The allocation pool {} is not valid.", range_text(&r)),
+            )));
         }
         let usable = ipam::usable_range(cidr);
         if !usable.is_some_and(|u| u.contains(r.start) && u.contains(r.end)) {
             return Err(ApiError(NeutronError::new(
                 400,
                 "OutOfBoundsAllocationPool",
-                format!("The allocation pool {} spans beyond the subnet cidr {cidr}.", range_text(&r)),
+                format!(
+                    "The allocation pool {} spans beyond the subnet cidr {cidr}.",
+                    range_text(&r)
+                ),
             )));
         }
         if let Some(o) = pools.iter().find(|p| p.overlaps(&r)) {
             return Err(ApiError(NeutronError::new(
                 400,
                 "OverlappingAllocationPools",
-                format!("Found overlapping allocation pools: {} and {} for subnet {cidr}.", range_text(o), range_text(&r)),
+                format!(
+                    "Found overlapping allocation pools: {} and {} for subnet {cidr}.",
+                    range_text(o),
+                    range_text(&r)
+                ),
             )));
         }
         pools.push(r);
@@ -188,13 +248,16 @@ fn parse_pools(cidr: &IpNet, items: Vec<Map<String, Value>>) -> ApiResult<Vec<Ip
 }
 
 fn check_pools_vs_gateway(pools: &[IpRange], gw: Option<IpAddr>) -> ApiResult<()> {
-    if let Some(gw) = gw {
-        if let Some(p) = pools.iter().find(|p| p.contains(gw)) {
-            return Err(ApiError(NeutronError::conflict(
-                "GatewayConflictWithAllocationPools",
-                format!("Gateway ip {gw} conflicts with allocation pool {}", range_text(p)),
-            )));
-        }
+    if let Some(gw) = gw
+        && let Some(p) = pools.iter().find(|p| p.contains(gw))
+    {
+        return Err(ApiError(NeutronError::conflict(
+            "GatewayConflictWithAllocationPools",
+            format!(
+                "Gateway ip {gw} conflicts with allocation pool {}",
+                range_text(p)
+            ),
+        )));
     }
     Ok(())
 }
@@ -202,14 +265,22 @@ fn check_pools_vs_gateway(pools: &[IpRange], gw: Option<IpAddr>) -> ApiResult<()
 fn parse_dns(items: Vec<String>, v4: bool) -> ApiResult<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for s in items {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| ApiError(NeutronError::invalid_attr("dns_nameservers", format!("'{s}' is not a valid nameserver"))))?;
+        let ip: IpAddr = s.parse().map_err(|_| {
+            ApiError(NeutronError::invalid_attr(
+                "dns_nameservers",
+                format!("'{s}' is not a valid nameserver"),
+            ))
+        })?;
         if ip.is_ipv4() != v4 {
-            return Err(ApiError(NeutronError::invalid_input(format!("dns_nameserver {ip} does not match the subnet's IP version"))));
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "dns_nameserver {ip} does not match the subnet's IP version"
+            ))));
         }
         if out.contains(&ip.to_string()) {
-            return Err(ApiError(NeutronError::invalid_attr("dns_nameservers", format!("Duplicate nameserver '{s}'"))));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "dns_nameservers",
+                format!("Duplicate nameserver '{s}'"),
+            )));
         }
         out.push(ip.to_string());
     }
@@ -222,18 +293,32 @@ fn parse_routes(items: Vec<Map<String, Value>>, cidr: &IpNet) -> ApiResult<Vec<H
         let dest = m.remove("destination").unwrap_or(Value::Null);
         let hop = m.remove("nexthop").unwrap_or(Value::Null);
         if let Some(k) = m.keys().next() {
-            return Err(ApiError(NeutronError::invalid_attr("host_routes", format!("Unrecognized attribute '{k}'"))));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "host_routes",
+                format!("Unrecognized attribute '{k}'"),
+            )));
         }
         let d = dest.as_str().and_then(parse_cidr).ok_or_else(|| {
-            ApiError(NeutronError::invalid_attr("host_routes", format!("'{}' is not a valid IP subnet", show(&dest))))
+            ApiError(NeutronError::invalid_attr(
+                "host_routes",
+                format!("'{}' is not a valid IP subnet", show(&dest)),
+            ))
         })?;
         let h = parse_ip(&hop, "host_routes")?;
         if d.addr().is_ipv4() != cidr.addr().is_ipv4() || h.is_ipv4() != cidr.addr().is_ipv4() {
-            return Err(ApiError(NeutronError::invalid_input(format!("Host route {d} via {h} does not match the subnet's IP version"))));
+            return Err(ApiError(NeutronError::invalid_input(format!(
+                "Host route {d} via {h} does not match the subnet's IP version"
+            ))));
         }
-        let r = HostRoute { destination: d.trunc().to_string(), nexthop: h.to_string() };
+        let r = HostRoute {
+            destination: d.trunc().to_string(),
+            nexthop: h.to_string(),
+        };
         if out.contains(&r) {
-            return Err(ApiError(NeutronError::invalid_attr("host_routes", "Duplicate hostroute")));
+            return Err(ApiError(NeutronError::invalid_attr(
+                "host_routes",
+                "Duplicate hostroute",
+            )));
         }
         out.push(r);
     }
@@ -247,9 +332,11 @@ fn find_pool(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<SubnetP
 async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiResult<Value> {
     let mut input = Input::new(item);
     let project_id = owner_project(ctx, &mut input)?;
-    let network_id = input
-        .uuid("network_id")?
-        .ok_or_else(|| ApiError(NeutronError::bad_request("Failed to parse request. Required attribute 'network_id' not specified")))?;
+    let network_id = input.uuid("network_id")?.ok_or_else(|| {
+        ApiError(NeutronError::bad_request(
+            "Failed to parse request. Required attribute 'network_id' not specified",
+        ))
+    })?;
     let ip_version = input.int("ip_version", 0, 100)?;
     let cidr_text = input.nullable_string("cidr", 64)?.flatten();
     let prefixlen = input.int("prefixlen", 0, 128)?;
@@ -265,14 +352,20 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let name = input.string("name", 255)?.unwrap_or_default();
     let description = input.string("description", 255)?.unwrap_or_default();
     let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
-    if let Some(Value::Array(a)) = input.take("service_types") {
-        if !a.is_empty() {
-            return Err(ApiError(NeutronError::invalid_input("subnet service types are not supported")));
-        }
+    if let Some(Value::Array(a)) = input.take("service_types")
+        && !a.is_empty()
+    {
+        return Err(ApiError(NeutronError::invalid_input(
+            "subnet service types are not supported",
+        )));
     }
     match input.take("segment_id") {
         None | Some(Value::Null) => {}
-        Some(_) => return Err(ApiError(NeutronError::invalid_input("segments are not supported"))),
+        Some(_) => {
+            return Err(ApiError(NeutronError::invalid_input(
+                "segments are not supported",
+            )));
+        }
     }
     input.finish()?;
 
@@ -283,12 +376,12 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             ))));
         }
     }
-    if let (Some(a), Some(r)) = (&addr_mode, &ra_mode) {
-        if a != r {
-            return Err(ApiError(NeutronError::invalid_input(format!(
-                "ipv6_ra_mode set to '{r}' with ipv6_address_mode set to '{a}' is not valid. If both attributes are set, they must be the same value"
-            ))));
-        }
+    if let (Some(a), Some(r)) = (&addr_mode, &ra_mode)
+        && a != r
+    {
+        return Err(ApiError(NeutronError::invalid_input(format!(
+            "ipv6_ra_mode set to '{r}' with ipv6_address_mode set to '{a}' is not valid. If both attributes are set, they must be the same value"
+        ))));
     }
 
     for _ in 0..16 {
@@ -298,10 +391,23 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             let db = net.db();
             let n = find_network(&db, ctx, &network_id)?;
             if !ctx.owns(&n.value.project_id) {
-                return Err(ApiError(NeutronError::forbidden("rule:create_subnet is disallowed by policy")));
+                return Err(ApiError(NeutronError::forbidden(
+                    "rule:create_subnet is disallowed by policy",
+                )));
             }
-            let used = db.subnets.values().filter(|s| s.value.project_id == project_id).count();
-            check_quota(&db, &project_id, "subnet", db.quota(&project_id).subnet, used, 1)?;
+            let used = db
+                .subnets
+                .values()
+                .filter(|s| s.value.project_id == project_id)
+                .count();
+            check_quota(
+                &db,
+                &project_id,
+                "subnet",
+                db.quota(&project_id).subnet,
+                used,
+                1,
+            )?;
             if use_default_pool && subnetpool_id.is_none() {
                 let v = ip_version.unwrap_or(4);
                 subnetpool_id = db
@@ -310,7 +416,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     .find(|p| p.value.is_default && i64::from(p.value.ip_version) == v)
                     .map(|p| p.value.id.clone());
                 if subnetpool_id.is_none() {
-                    return Err(ApiError(NeutronError::bad_request(format!("No default subnetpool found for IPv{v}"))));
+                    return Err(ApiError(NeutronError::bad_request(format!(
+                        "No default subnetpool found for IPv{v}"
+                    ))));
                 }
             }
             let mut txn = Txn::new();
@@ -321,7 +429,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             let cidr: IpNet = match (&cidr_text, &pool) {
                 (Some(t), _) => {
                     let c = parse_cidr(t).ok_or_else(|| {
-                        ApiError(NeutronError::invalid_input(format!("{t} is not in a CIDR format")))
+                        ApiError(NeutronError::invalid_input(format!(
+                            "{t} is not in a CIDR format"
+                        )))
                     })?;
                     if c.trunc() != c {
                         return Err(ApiError(NeutronError::invalid_input(format!(
@@ -335,14 +445,21 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     c
                 }
                 (None, Some(p)) => {
-                    let len = prefixlen.map(|l| l as u8).unwrap_or(p.value.default_prefixlen);
+                    let len = prefixlen
+                        .map(|l| l as u8)
+                        .unwrap_or(p.value.default_prefixlen);
                     if len < p.value.min_prefixlen || len > p.value.max_prefixlen {
                         return Err(ApiError(NeutronError::bad_request(format!(
                             "Illegal prefix bounds: prefixlen={len}, base_prefixlen={}, max_prefixlen={}",
                             p.value.min_prefixlen, p.value.max_prefixlen
                         ))));
                     }
-                    let prefixes: Vec<IpNet> = p.value.prefixes.iter().filter_map(|s| parse_cidr(s)).collect();
+                    let prefixes: Vec<IpNet> = p
+                        .value
+                        .prefixes
+                        .iter()
+                        .filter_map(|s| parse_cidr(s))
+                        .collect();
                     let used = pool_usage(&db, &p.value.id);
                     ipam::allocate_prefix(&prefixes, &used, len).ok_or_else(|| {
                         ApiError(NeutronError::conflict(
@@ -365,21 +482,27 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     ))));
                 }
                 if v != i64::from(version) {
-                    return Err(ApiError(NeutronError::invalid_input(format!("Cidr {cidr} does not match ip_version {v}"))));
-                }
-            }
-            if let Some(p) = &pool {
-                if p.value.ip_version != version {
                     return Err(ApiError(NeutronError::invalid_input(format!(
-                        "Cannot allocate IPv{version} subnet from IPv{} subnet pool",
-                        p.value.ip_version
+                        "Cidr {cidr} does not match ip_version {v}"
                     ))));
                 }
             }
-            if version == 4 && (addr_mode.is_some() || ra_mode.is_some()) {
-                return Err(ApiError(NeutronError::invalid_input("ipv6_ra_mode or ipv6_address_mode cannot be set for an IPv4 subnet")));
+            if let Some(p) = &pool
+                && p.value.ip_version != version
+            {
+                return Err(ApiError(NeutronError::invalid_input(format!(
+                    "Cannot allocate IPv{version} subnet from IPv{} subnet pool",
+                    p.value.ip_version
+                ))));
             }
-            if matches!(addr_mode.as_deref(), Some("slaac" | "dhcpv6-stateless")) && cidr.prefix_len() != 64 {
+            if version == 4 && (addr_mode.is_some() || ra_mode.is_some()) {
+                return Err(ApiError(NeutronError::invalid_input(
+                    "ipv6_ra_mode or ipv6_address_mode cannot be set for an IPv4 subnet",
+                )));
+            }
+            if matches!(addr_mode.as_deref(), Some("slaac" | "dhcpv6-stateless"))
+                && cidr.prefix_len() != 64
+            {
                 return Err(ApiError(NeutronError::invalid_input(format!(
                     "Invalid CIDR {cidr} for IPv6 address mode. OpenStack uses the EUI-64 address format, which requires the prefix to be /64"
                 ))));
@@ -443,7 +566,10 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             return Ok(view_of::<Subnet>(net, &id));
         }
     }
-    Err(ApiError(NeutronError::conflict("Conflict", "The network is changing too fast; try again")))
+    Err(ApiError(NeutronError::conflict(
+        "Conflict",
+        "The network is changing too fast; try again",
+    )))
 }
 
 /// The prefixes already carved out of a subnet pool.
@@ -456,19 +582,27 @@ pub fn pool_usage(db: &Db, pool_id: &str) -> Vec<IpNet> {
 }
 
 fn check_in_pool(db: &Db, pool: &SubnetPool, cidr: &IpNet) -> ApiResult<()> {
-    let inside = pool.prefixes.iter().filter_map(|p| parse_cidr(p)).any(|p| p.contains(cidr));
+    let inside = pool
+        .prefixes
+        .iter()
+        .filter_map(|p| parse_cidr(p))
+        .any(|p| p.contains(cidr));
     if !inside {
         return Err(ApiError(NeutronError::bad_request(format!(
             "Cidr {cidr} is not within the prefixes of subnet pool {}",
             pool.id
         ))));
     }
-    if pool_usage(db, &pool.id).iter().any(|u| ipam::nets_overlap(u, cidr)) {
+    if pool_usage(db, &pool.id)
+        .iter()
+        .any(|u| ipam::nets_overlap(u, cidr))
+    {
         return Err(ApiError(NeutronError::conflict(
             "SubnetAllocationError",
-            format!("Failed to allocate subnet: Cidr {cidr} overlaps with another subnet of the pool"),
+            format!(
+                "Failed to allocate subnet: Cidr {cidr} overlaps with another subnet of the pool"
+            ),
         )));
     }
     Ok(())
 }
-
