@@ -6,7 +6,7 @@ use kuryr_store::{Compare, Op, Txn};
 use serde_json::{Map, Value};
 
 use super::db::{Db, Table, keys};
-use super::resource::{self, Resource, check_quota, clean_tags, encode, view_of};
+use super::resource::{self, Resource, check_quota, clean_tags, encode, standard_fields, view_of};
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
 const NETWORK_TYPES: &[&str] = &["vxlan", "flat", "local"];
@@ -51,24 +51,11 @@ impl Resource for Network {
     const PLURAL: &'static str = "networks";
     const PATH: &'static str = "networks";
     const DISPLAY: &'static str = "Network";
+
     const NOT_FOUND: &'static str = "NetworkNotFound";
 
-    fn table(db: &Db) -> &Table<Self> {
-        &db.networks
-    }
-    fn project_id(&self) -> &str {
-        &self.project_id
-    }
-    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
-        Some(&mut self.tags)
-    }
-    fn revision_number(&self) -> u64 {
-        self.revision_number
-    }
-    fn touch(&mut self, now: &str) {
-        self.revision_number += 1;
-        self.updated_at = now.to_string();
-    }
+    standard_fields!(networks);
+
     fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
         ctx.owns(&self.project_id) || self.shared || self.router_external
     }
@@ -84,9 +71,6 @@ impl Resource for Network {
             ("availability_zone_hints", Value::Array(vec![])),
             ("availability_zones", Value::Array(vec![])),
         ]
-    }
-    fn tags(&self) -> &[String] {
-        &self.tags
     }
 
     async fn create(

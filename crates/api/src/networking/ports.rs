@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 use super::db::{Db, Entry, Table, keys};
 use super::networks::{find_network, owner_project};
-use super::resource::{self, Resource, check_quota, clean_tags, encode, key};
+use super::resource::{self, Resource, check_quota, clean_tags, encode, key, standard_fields};
 use super::security_groups::ensure_default_sg;
 use super::{ApiError, ApiResult, Ctx, Networking, Shared, new_id, now};
 
@@ -631,27 +631,11 @@ impl Resource for Port {
     const PLURAL: &'static str = "ports";
     const PATH: &'static str = "ports";
     const DISPLAY: &'static str = "Port";
+
     const NOT_FOUND: &'static str = "PortNotFound";
 
-    fn table(db: &Db) -> &Table<Self> {
-        &db.ports
-    }
-    fn project_id(&self) -> &str {
-        &self.project_id
-    }
-    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
-        Some(&mut self.tags)
-    }
-    fn tags(&self) -> &[String] {
-        &self.tags
-    }
-    fn revision_number(&self) -> u64 {
-        self.revision_number
-    }
-    fn touch(&mut self, now: &str) {
-        self.revision_number += 1;
-        self.updated_at = now.to_string();
-    }
+    standard_fields!(ports);
+
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
         // The network's owner sees the ports on it, as in Neutron.
         ctx.owns(&self.project_id)

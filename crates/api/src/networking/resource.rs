@@ -109,6 +109,33 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     fn delete(net: &Shared, ctx: &Ctx, id: &str) -> impl Future<Output = ApiResult<()>> + Send;
 }
 
+/// The accessors every resource with Neutron's standard attributes (project, tags,
+/// revision number, timestamps) implements the same way.
+macro_rules! standard_fields {
+    ($table:ident) => {
+        fn table(db: &Db) -> &Table<Self> {
+            &db.$table
+        }
+        fn project_id(&self) -> &str {
+            &self.project_id
+        }
+        fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
+            Some(&mut self.tags)
+        }
+        fn tags(&self) -> &[String] {
+            &self.tags
+        }
+        fn revision_number(&self) -> u64 {
+            self.revision_number
+        }
+        fn touch(&mut self, now: &str) {
+            self.revision_number += 1;
+            self.updated_at = now.to_string();
+        }
+    };
+}
+pub(crate) use standard_fields;
+
 pub fn key<R: Resource>(id: &str) -> String {
     keys::resource(R::PATH, id)
 }

@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 use super::db::{Db, Table, keys};
 use super::networks::owner_project;
 use super::ports::sg_port_prefix;
-use super::resource::{self, Resource, check_quota, clean_tags, encode, key, view_of};
+use super::resource::{
+    self, Resource, check_quota, clean_tags, encode, key, standard_fields, view_of,
+};
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
 const DEFAULT_NAME: &str = "default";
@@ -111,24 +113,11 @@ impl Resource for SecurityGroup {
     const PLURAL: &'static str = "security_groups";
     const PATH: &'static str = "security-groups";
     const DISPLAY: &'static str = "Security group";
+
     const NOT_FOUND: &'static str = "SecurityGroupNotFound";
 
-    fn table(db: &Db) -> &Table<Self> {
-        &db.security_groups
-    }
-    fn project_id(&self) -> &str {
-        &self.project_id
-    }
-    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
-        Some(&mut self.tags)
-    }
-    fn revision_number(&self) -> u64 {
-        self.revision_number
-    }
-    fn touch(&mut self, now: &str) {
-        self.revision_number += 1;
-        self.updated_at = now.to_string();
-    }
+    standard_fields!(security_groups);
+
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let rules: Vec<Value> = db
             .rules_by_group
@@ -143,9 +132,6 @@ impl Resource for SecurityGroup {
             ("shared", Value::Bool(false)),
             ("security_group_rules", Value::Array(rules)),
         ]
-    }
-    fn tags(&self) -> &[String] {
-        &self.tags
     }
 
     /// Neutron creates the caller's default group when its groups are listed.

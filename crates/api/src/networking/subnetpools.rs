@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use super::db::{Db, Table};
 use super::networks::owner_project;
-use super::resource::{self, Resource, check_quota, clean_tags, encode, key, view_of};
+use super::resource::{
+    self, Resource, check_quota, clean_tags, encode, key, standard_fields, view_of,
+};
 use super::subnets::pool_usage;
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
@@ -17,29 +19,13 @@ impl Resource for SubnetPool {
     const PLURAL: &'static str = "subnetpools";
     const PATH: &'static str = "subnetpools";
     const DISPLAY: &'static str = "Subnet pool";
+
     const NOT_FOUND: &'static str = "SubnetPoolNotFound";
 
-    fn table(db: &Db) -> &Table<Self> {
-        &db.subnetpools
-    }
-    fn project_id(&self) -> &str {
-        &self.project_id
-    }
-    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
-        Some(&mut self.tags)
-    }
-    fn revision_number(&self) -> u64 {
-        self.revision_number
-    }
-    fn touch(&mut self, now: &str) {
-        self.revision_number += 1;
-        self.updated_at = now.to_string();
-    }
+    standard_fields!(subnetpools);
+
     fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
         ctx.owns(&self.project_id) || self.shared
-    }
-    fn tags(&self) -> &[String] {
-        &self.tags
     }
 
     async fn create(

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use super::db::{Db, Table, keys};
 use super::networks::{find_network, owner_project};
-use super::resource::{self, Resource, check_quota, clean_tags, encode, key, view_of};
+use super::resource::{
+    self, Resource, check_quota, clean_tags, encode, key, standard_fields, view_of,
+};
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
 const V6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
@@ -21,24 +23,11 @@ impl Resource for Subnet {
     const PLURAL: &'static str = "subnets";
     const PATH: &'static str = "subnets";
     const DISPLAY: &'static str = "Subnet";
+
     const NOT_FOUND: &'static str = "SubnetNotFound";
 
-    fn table(db: &Db) -> &Table<Self> {
-        &db.subnets
-    }
-    fn project_id(&self) -> &str {
-        &self.project_id
-    }
-    fn tags_mut(&mut self) -> Option<&mut Vec<String>> {
-        Some(&mut self.tags)
-    }
-    fn revision_number(&self) -> u64 {
-        self.revision_number
-    }
-    fn touch(&mut self, now: &str) {
-        self.revision_number += 1;
-        self.updated_at = now.to_string();
-    }
+    standard_fields!(subnets);
+
     fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
         ctx.owns(&self.project_id)
             || db.networks.get(&self.network_id).is_some_and(|n| {
@@ -56,9 +45,6 @@ impl Resource for Subnet {
             ("service_types", Value::Array(vec![])),
             ("segment_id", Value::Null),
         ]
-    }
-    fn tags(&self) -> &[String] {
-        &self.tags
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         let nets = q.filter("network_id")?;
