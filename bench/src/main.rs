@@ -76,7 +76,10 @@ impl Target {
     }
     async fn network(&self, cidr: &str) -> anyhow::Result<String> {
         let (st, n) = self
-            .post("/networks", &json!({"network": {"name": "bench"}}))
+            .post(
+                "/networks",
+                &json!({"network": {"name": "bench", "project_id": self.project}}),
+            )
             .await?;
         if st != 201 {
             bail!("network create: {st} {n}");
@@ -88,7 +91,7 @@ impl Target {
         let (st, s) = self
             .post(
                 "/subnets",
-                &json!({"subnet": {"network_id": id, "ip_version": 4, "cidr": cidr}}),
+                &json!({"subnet": {"network_id": id, "ip_version": 4, "cidr": cidr, "project_id": self.project}}),
             )
             .await?;
         if st != 201 {
@@ -99,7 +102,10 @@ impl Target {
     async fn create_port(&self, net: &str) -> anyhow::Result<Duration> {
         let t = Instant::now();
         let (st, b) = self
-            .post("/ports", &json!({"port": {"network_id": net}}))
+            .post(
+                "/ports",
+                &json!({"port": {"network_id": net, "project_id": self.project}}),
+            )
             .await?;
         if st != 201 {
             bail!("port create: {st} {b}");
@@ -320,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         let batch = sizes.into_iter().map(|n| {
             let body =
-                json!({"ports": (0..n).map(|_| json!({"network_id": net_c})).collect::<Vec<_>>()});
+                json!({"ports": (0..n).map(|_| json!({"network_id": net_c, "project_id": "bench"})).collect::<Vec<_>>()});
             let k = &k;
             async move {
                 let (st, b) = k.post("/ports", &body).await?;

@@ -99,6 +99,22 @@ pub fn project(mut view: Map<String, Value>, fields: &[String]) -> Map<String, V
     view
 }
 
+/// Writes only the requested fields of a view, without copying it.
+fn write_fields(view: &Map<String, Value>, fields: &[String], out: &mut Vec<u8>) {
+    out.push(b'{');
+    let mut first = true;
+    for (k, v) in view.iter().filter(|(k, _)| fields.contains(k)) {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    out.push(b'}');
+}
+
 fn scalar_matches(v: &Value, want: &str) -> bool {
     match v {
         Value::String(s) => s == want,
@@ -246,9 +262,7 @@ pub fn list<R: Resource>(
             out.push(b',');
         }
         match view {
-            Some(v) if !q.fields.is_empty() => {
-                let _ = serde_json::to_writer(&mut out, &project(v.clone(), &q.fields));
-            }
+            Some(v) if !q.fields.is_empty() => write_fields(v, &q.fields, &mut out),
             _ => e.value.write_view(db, &mut out),
         }
     }
