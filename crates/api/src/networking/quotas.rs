@@ -180,6 +180,10 @@ async fn reset(
             "rule:delete_quota is disallowed by policy",
         )));
     }
-    net.commit(Txn::new().delete(keys::quota(&project))).await?;
+    // Only an existing record is deleted: a write that changes nothing produces no
+    // watch event, and commit() waits for the event.
+    if net.db().quotas.contains_key(&project) {
+        net.commit(Txn::new().delete(keys::quota(&project))).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
