@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,10 +147,15 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
     if up {
         args.admin_password = Some(up_password(&args)?);
     }
+    // Bind first: with port 0 the kernel picks the port, and the catalog must name it.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let bound = listener.local_addr()?;
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen))
+        .unwrap_or_else(|| format!("http://{bound}"))
         .trim_end_matches('/')
         .to_string();
     let auth_mode = match args.auth.as_str() {
@@ -178,10 +184,7 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
         },
     };
     let app = kuryr_api::app(store, config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, data_dir = %args.data_dir.display(), "kuryr server ready");
+    tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
     if up {
         print_usage(&args, &public_url)?;
     }

@@ -3,9 +3,9 @@
 
 import json
 import os
+import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,43 +19,53 @@ KURYR_BIN = os.environ.get("KURYR_BIN", os.path.join(ROOT, "target", "release", 
 OPENSTACK_BIN = os.environ.get("OPENSTACK_BIN", os.path.join(ROOT, ".venv", "bin", "openstack"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
-    """A kuryr server process with its own data directory."""
+    """A kuryr server process with its own data directory. It listens on a port the
+    kernel picks (no race between choosing a free port and binding it) and names
+    that port in its "ready" log line."""
 
     def __init__(self, *extra):
         self.dir = tempfile.mkdtemp(prefix="kuryr-cli-")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.auth_url = f"{self.url}/identity/v3"
         self.admin_password = secrets.token_urlsafe(12)
-        self.log = open(os.path.join(self.dir, "server.log"), "w")
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [KURYR_BIN, "server", "--listen", f"127.0.0.1:{self.port}",
+            [KURYR_BIN, "server", "--listen", "127.0.0.1:0",
              "--data-dir", os.path.join(self.dir, "data"),
              "--admin-password", self.admin_password, *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                if requests.get(self.auth_url, timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                time.sleep(0.05)
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            if self.proc.poll() is not None:
+                self.fail(f"kuryr server exited with {self.proc.returncode}")
+            ready = re.search(r"kuryr server ready.*listen=(\S+)", self.log_text())
+            if ready:
+                break
+            if time.time() > deadline:
+                self.fail("kuryr server was not ready in 60 s")
+            time.sleep(0.05)
+        self.url = f"http://{ready.group(1)}"
+        self.port = int(ready.group(1).rsplit(":", 1)[1])
+        self.auth_url = f"{self.url}/identity/v3"
+        r = requests.get(self.auth_url, timeout=10)
+        if r.status_code != 200:
+            self.fail(f"GET {self.auth_url} answered {r.status_code}")
+
+    def fail(self, why):
+        text = self.log_text()
         self.stop()
-        raise RuntimeError("kuryr server did not start: " + self.log_text())
+        raise RuntimeError(f"{why}; its log:\n{text}")
 
     def log_text(self):
-        with open(os.path.join(self.dir, "server.log")) as f:
-            return f.read()
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def stop(self):
-        self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.kill()
         self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,21 +16,15 @@ pub struct Server {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 impl Server {
     /// Starts `kuryr server --auth noauth` (plus `extra` arguments).
     pub fn start(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        // Port 0 on the first start: the kernel picks it, so no other test can race
+        // for it; restarts reuse the port the server reported.
         let mut s = Server {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: String::new(),
+            port: 0,
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -45,6 +38,7 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        let starts_before = self.log().matches("kuryr server ready").count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -63,18 +57,39 @@ impl Server {
             .spawn()
             .expect("start kuryr server");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready(starts_before);
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+    /// Waits for this start's "ready" line (the log is appended across restarts)
+    /// and takes the port from it.
+    fn wait_ready(&mut self, starts_before: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if let Some(line) = log
+                .lines()
+                .filter(|l| l.contains("kuryr server ready"))
+                .nth(starts_before)
+            {
+                let port = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no port in the ready line: {line}"));
+                self.port = port;
+                self.url = format!("http://127.0.0.1:{port}");
                 return;
             }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("kuryr server exited with {status}; log:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kuryr server not ready in 60 s; log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("kuryr server did not start; log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
