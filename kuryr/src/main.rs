@@ -74,6 +74,14 @@ struct ServerArgs {
     /// Revisions of change history kept so that watchers can resume.
     #[arg(long, default_value_t = 100_000)]
     history: u64,
+
+    /// Seconds without a heartbeat after which an agent is shown `alive: false`.
+    #[arg(long, default_value_t = 30)]
+    agent_down_time: u64,
+
+    /// Seconds between keepalive frames on an idle host watch.
+    #[arg(long, default_value_t = 10)]
+    watch_keepalive: u64,
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -181,6 +189,8 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
             underlay_mtu: args.underlay_mtu,
             vni_range: args.vni_range,
             auth_mode,
+            agent_down_time: Duration::from_secs(args.agent_down_time),
+            watch_keepalive: Duration::from_secs(args.watch_keepalive.max(1)),
         },
     };
     let app = kuryr_api::app(store, config).await?;

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use kuryr_model::{Network, Port, Quota, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool};
+use kuryr_model::{
+    Agent, Network, Port, Quota, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool,
+};
 use kuryr_store::{Event, EventKind, KeyValue, Revision};
 use serde::de::DeserializeOwned;
 
@@ -39,6 +41,8 @@ pub struct Db {
     pub security_groups: Table<SecurityGroup>,
     pub security_group_rules: Table<SecurityGroupRule>,
     pub quotas: HashMap<String, Quota>,
+    /// Registered agents, by host.
+    pub agents: Table<Agent>,
     /// project id → its `default` security group.
     pub default_sg: HashMap<String, String>,
 
@@ -50,6 +54,10 @@ pub struct Db {
     pub macs_by_network: HashMap<String, HashSet<String>>,
     pub segmentation_ids: HashSet<u32>,
     pub ports_per_project: HashMap<String, usize>,
+    /// `binding:host_id` → ports bound there.
+    pub ports_by_host: HashMap<String, BTreeSet<String>>,
+    /// security group → its member ports.
+    pub ports_by_group: HashMap<String, BTreeSet<String>>,
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
@@ -169,6 +177,18 @@ impl Db {
                     );
                 }
             }
+            "agents" => {
+                self.agents.remove(&id);
+                if put && let Some(v) = decode::<Agent>(kv) {
+                    self.agents.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
             "quotas" => {
                 self.quotas.remove(&id);
                 if put && let Some(q) = decode::<Quota>(kv) {
@@ -211,6 +231,18 @@ impl Db {
                 .or_default()
                 .insert(ip.ip_address);
         }
+        if !p.host_id.is_empty() {
+            self.ports_by_host
+                .entry(p.host_id.clone())
+                .or_default()
+                .insert(p.id.clone());
+        }
+        for sg in &p.security_groups {
+            self.ports_by_group
+                .entry(sg.clone())
+                .or_default()
+                .insert(p.id.clone());
+        }
     }
 
     fn unindex_port(&mut self, p: &Port) {
@@ -221,6 +253,10 @@ impl Db {
             }
         }
         remove_from(&mut self.ports_by_network, &p.network_id, &p.id);
+        remove_from(&mut self.ports_by_host, &p.host_id, &p.id);
+        for sg in &p.security_groups {
+            remove_from(&mut self.ports_by_group, sg, &p.id);
+        }
         if let Some(set) = self.macs_by_network.get_mut(&p.network_id) {
             set.remove(&p.mac_address);
             if set.is_empty() {
@@ -241,6 +277,66 @@ impl Db {
         self.quotas.get(project).copied().unwrap_or_default()
     }
 
+    /// The objects host `host` needs (see `kuryr_model::HostFrame`).
+    pub fn host_view(&self, host: &str) -> HostView {
+        let mut v = HostView::default();
+        let empty = BTreeSet::new();
+        let local = self.ports_by_host.get(host).unwrap_or(&empty);
+        let mut remote_groups = BTreeSet::new();
+        for pid in local {
+            let Some(p) = self.ports.get(pid) else {
+                continue;
+            };
+            if let Some(n) = self.networks.get(&p.value.network_id) {
+                v.networks.insert(n.value.id.clone(), n.clone());
+            }
+            for sg in &p.value.security_groups {
+                if let Some(g) = self.security_groups.get(sg) {
+                    v.security_groups.insert(sg.clone(), g.clone());
+                }
+                for rid in self.rules_by_group.get(sg).unwrap_or(&empty) {
+                    if let Some(r) = self.security_group_rules.get(rid) {
+                        if let Some(remote) = &r.value.remote_group_id {
+                            remote_groups.insert(remote.clone());
+                        }
+                        v.security_group_rules.insert(rid.clone(), r.clone());
+                    }
+                }
+            }
+        }
+        for net in v.networks.keys() {
+            for sid in self.subnets_by_network.get(net).unwrap_or(&empty) {
+                if let Some(s) = self.subnets.get(sid) {
+                    v.subnets.insert(sid.clone(), s.clone());
+                }
+            }
+            for pid in self.ports_by_network.get(net).unwrap_or(&empty) {
+                if let Some(p) = self.ports.get(pid) {
+                    v.ports.insert(pid.clone(), p.clone());
+                }
+            }
+        }
+        for g in &remote_groups {
+            for pid in self.ports_by_group.get(g).unwrap_or(&empty) {
+                if let Some(p) = self.ports.get(pid) {
+                    v.ports.insert(pid.clone(), p.clone());
+                }
+            }
+        }
+        for p in v.ports.values() {
+            let h = &p.value.host_id;
+            if h.is_empty() || v.vteps.contains_key(h) {
+                continue;
+            }
+            if let Some(a) = self.agents.get(h)
+                && let Some(ip) = a.value.configurations["tunneling_ip"].as_str()
+            {
+                v.vteps.insert(h.clone(), ip.to_string());
+            }
+        }
+        v
+    }
+
     pub fn subnets_of(&self, network_id: &str) -> Vec<Arc<Subnet>> {
         self.subnets_by_network
             .get(network_id)
@@ -258,6 +354,17 @@ impl Db {
             .get(subnet_id)
             .is_some_and(|s| s.contains(ip))
     }
+}
+
+/// What one host needs, by id (vteps: host → tunneling IP).
+#[derive(Default)]
+pub struct HostView {
+    pub networks: Table<Network>,
+    pub subnets: Table<Subnet>,
+    pub ports: Table<Port>,
+    pub security_groups: Table<SecurityGroup>,
+    pub security_group_rules: Table<SecurityGroupRule>,
+    pub vteps: BTreeMap<String, String>,
 }
 
 fn remove_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
@@ -294,5 +401,8 @@ pub mod keys {
     }
     pub fn quota(project: &str) -> String {
         format!("/neutron/quotas/{project}")
+    }
+    pub fn agent(host: &str) -> String {
+        format!("/neutron/agents/{host}")
     }
 }

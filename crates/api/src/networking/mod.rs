@@ -1,6 +1,7 @@
 //! Neutron v2.0 core under `/networking`: networks, subnets, subnet pools, ports,
 //! security groups and rules, tags, quotas and extensions.
 
+mod agents;
 mod db;
 mod networks;
 mod ports;
@@ -40,12 +41,19 @@ pub struct NetworkingConfig {
     /// Inclusive VNI range for `provider:segmentation_id` of vxlan networks.
     pub vni_range: (u32, u32),
     pub auth_mode: AuthMode,
+    /// An agent whose last heartbeat is older than this is shown `alive: false`.
+    pub agent_down_time: Duration,
+    /// How often a host watch sends a keepalive frame when nothing changed.
+    pub watch_keepalive: Duration,
 }
 
 pub struct Networking {
     store: Arc<dyn Store>,
     db: RwLock<Db>,
     applied: tokio::sync::watch::Sender<Revision>,
+    /// The keys each applied batch changed (empty: everything may have changed), for
+    /// host watches to decide whether to recompute their view.
+    changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
     /// Guard keys (addresses, MACs, VNIs) picked by requests in flight and not yet
     /// visible in `db`, so that concurrent requests here pick different ones.
     reserved: Mutex<HashSet<String>>,
@@ -72,10 +80,12 @@ impl Networking {
             });
         }
         let (applied, _) = tokio::sync::watch::channel(rev);
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
         let this = Arc::new(Networking {
             store,
             db: RwLock::new(db),
             applied,
+            changes,
             reserved: Mutex::new(HashSet::new()),
             hints: Mutex::new(HashMap::new()),
             identity,
@@ -131,6 +141,8 @@ impl Networking {
                         }
                         from = last + 1;
                         me.applied.send_replace(last);
+                        let keys = batch.into_iter().map(|e| e.kv.key).collect();
+                        let _ = me.changes.send(Arc::new(keys));
                         if ended {
                             // Re-watch from the next revision; nothing was skipped.
                             break;
@@ -161,6 +173,7 @@ impl Networking {
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         self.applied.send_replace(rev);
+        let _ = self.changes.send(Arc::new(Vec::new()));
         Some(rev + 1)
     }
 
@@ -256,6 +269,7 @@ impl Networking {
             .merge(resource::routes::<kuryr_model::SecurityGroup>())
             .merge(resource::routes::<kuryr_model::SecurityGroupRule>())
             .merge(quotas::routes())
+            .merge(agents::routes())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 authenticate,
@@ -407,6 +421,7 @@ async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
         ("security_group", "security-groups"),
         ("security_group_rule", "security-group-rules"),
         ("quota", "quotas"),
+        ("agent", "agents"),
     ]
     .iter()
     .map(|(n, c)| json!({"name": n, "collection": c, "links": [{"rel": "self", "href": format!("{base}/{c}")}]}))
@@ -416,6 +431,7 @@ async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
 
 /// Exactly the extensions implemented here; clients decide what to send from this list.
 const EXTENSIONS: &[(&str, &str, &str)] = &[
+    ("agent", "agent", "The agent management extension."),
     (
         "allowed-address-pairs",
         "Allowed Address Pairs",
