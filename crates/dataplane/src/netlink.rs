@@ -26,8 +26,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, NlasIterator,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, NlasIterator,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
@@ -37,8 +37,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::AsyncSocket;
@@ -192,6 +191,9 @@ fn open_connection(
     let _guard = rt.enter();
     let (mut conn, handle, _unsolicited) =
         rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+    // Hand acks and NLMSG_DONE to `request`, which checks that each answer ended.
+    conn.set_forward_ack(true);
+    conn.set_forward_done(true);
     let socket = conn.socket_mut().socket_mut();
     // Extended acks carry the kernel's explanation of a refusal; capped acks keep
     // our request out of error replies.
@@ -248,10 +250,15 @@ impl Netlink {
             what: what.to_string(),
         })?;
         let mut out = Vec::new();
+        // Every answer ends with an ack, an error or NLMSG_DONE; a stream that just
+        // stops means the connection went away.
+        let mut complete = false;
         while let Some(reply) = replies.next().await {
             match reply.payload {
                 NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::Done(_) => complete = true,
                 NetlinkPayload::Error(e) => {
+                    complete = true;
                     if let Some(code) = e.code {
                         let errno = code.get().saturating_abs();
                         let capped = reply.header.flags & NLM_F_CAPPED == NLM_F_CAPPED;
@@ -276,11 +283,21 @@ impl Netlink {
                 _ => {}
             }
         }
+        if !complete {
+            return Err(NetlinkError::Closed {
+                what: what.to_string(),
+            });
+        }
         Ok(out)
     }
 
     /// A request whose only answer is an ack.
-    async fn ack(&self, what: &str, flags: u16, msg: RouteNetlinkMessage) -> Result<(), NetlinkError> {
+    async fn ack(
+        &self,
+        what: &str,
+        flags: u16,
+        msg: RouteNetlinkMessage,
+    ) -> Result<(), NetlinkError> {
         tracing::debug!(what, "netlink request");
         self.request(what, flags, msg).await.map(drop)
     }
@@ -358,11 +375,7 @@ impl Netlink {
                 link
             }
             None => {
-                let msg = new_link(
-                    name,
-                    None,
-                    vec![LinkInfo::Kind(InfoKind::Bridge)],
-                );
+                let msg = new_link(name, None, vec![LinkInfo::Kind(InfoKind::Bridge)]);
                 self.ack(
                     &format!("creating bridge {name}"),
                     NLM_F_CREATE | NLM_F_EXCL,
@@ -468,7 +481,8 @@ impl Netlink {
     /// name exists here, or the peer name is taken in `peer_ns`.
     pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<Link, NetlinkError> {
         let mut peer = LinkMessage::default();
-        peer.attributes.push(LinkAttribute::IfName(spec.peer_name.clone()));
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.clone()));
         peer.attributes.push(LinkAttribute::Mtu(spec.mtu));
         if let Some(mac) = spec.peer_mac {
             peer.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
@@ -522,7 +536,8 @@ impl Netlink {
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.set_link(&format!("setting link {index} up"), msg).await
+        self.set_link(&format!("setting link {index} up"), msg)
+            .await
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
@@ -603,7 +618,12 @@ impl Netlink {
     /// Like `bridge fdb append MAC dev X dst IP` (permanent, NTF_SELF,
     /// NLM_F_CREATE|NLM_F_APPEND). The all-zeros MAC is the flood entry; it may have
     /// several destinations. An existing entry is success.
-    pub async fn fdb_append(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetlinkError> {
+    pub async fn fdb_append(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: IpAddr,
+    ) -> Result<(), NetlinkError> {
         match self
             .ack(
                 &format!("appending fdb {mac} dst {dst} on link {index}"),
@@ -618,7 +638,12 @@ impl Netlink {
     }
 
     /// Removes one (mac, dst) FDB entry; a missing one is success.
-    pub async fn fdb_delete(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<(), NetlinkError> {
+    pub async fn fdb_delete(
+        &self,
+        index: u32,
+        mac: MacAddr,
+        dst: IpAddr,
+    ) -> Result<(), NetlinkError> {
         match self
             .ack(
                 &format!("deleting fdb {mac} dst {dst} on link {index}"),
@@ -681,7 +706,12 @@ impl Netlink {
     }
 
     /// Like `ip neigh replace IP lladdr MAC dev X nud permanent`.
-    pub async fn neighbour_replace(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<(), NetlinkError> {
+    pub async fn neighbour_replace(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
         let mut msg = Self::neighbour_message(index, ip);
         msg.header.state = NeighbourState::Permanent;
         msg.attributes
@@ -875,7 +905,7 @@ impl Netlink {
     pub async fn add_route(&self, route: &Route) -> Result<(), NetlinkError> {
         match self
             .ack(
-                &format!("adding route {route:?}"),
+                &format!("adding route {}", describe(route)),
                 NLM_F_CREATE | NLM_F_EXCL,
                 RouteNetlinkMessage::NewRoute(Self::route_message(route)),
             )
@@ -893,7 +923,7 @@ impl Netlink {
         msg.header.scope = RouteScope::NoWhere;
         match self
             .ack(
-                &format!("deleting route {route:?}"),
+                &format!("deleting route {}", describe(route)),
                 0,
                 RouteNetlinkMessage::DelRoute(msg),
             )
@@ -932,6 +962,8 @@ impl Netlink {
             }
             self.delete_address(link.index, *stale).await?;
         }
+        // Read again: removing a primary IPv4 address also removes its secondaries.
+        let have = self.addresses(link.index).await?;
         for addr in addresses.iter().filter(|a| !have.contains(a)) {
             self.add_address(link.index, *addr).await?;
         }
@@ -960,6 +992,14 @@ fn new_link(name: &str, mtu: Option<u32>, info: Vec<LinkInfo>) -> LinkMessage {
     }
     msg.attributes.push(LinkAttribute::LinkInfo(info));
     msg
+}
+
+/// "DEST [via GW] dev INDEX", for messages.
+fn describe(route: &Route) -> String {
+    match route.gateway {
+        Some(gw) => format!("{} via {gw} dev {}", route.dest, route.index),
+        None => format!("{} dev {}", route.dest, route.index),
+    }
 }
 
 fn family_of(ip: IpAddr) -> AddressFamily {

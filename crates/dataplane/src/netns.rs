@@ -91,11 +91,9 @@ pub fn run_in<T: Send + 'static>(
     let thread = std::thread::Builder::new()
         .name("kuryr-netns".to_string())
         .spawn(move || -> Result<T, NetnsError> {
-            setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
-                NetnsError::Enter {
-                    path: target.path.clone(),
-                    source: io::Error::from(errno),
-                }
+            setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| NetnsError::Enter {
+                path: target.path.clone(),
+                source: io::Error::from(errno),
             })?;
             tracing::debug!(netns = %target.path.display(), "thread entered network namespace");
             Ok(f())
@@ -104,7 +102,5 @@ pub fn run_in<T: Send + 'static>(
             path: path.clone(),
             source,
         })?;
-    thread
-        .join()
-        .map_err(|_| NetnsError::Panicked { path })?
+    thread.join().map_err(|_| NetnsError::Panicked { path })?
 }
