@@ -17,6 +17,11 @@
 //!   broadcast entries) and entries without a link-layer address.
 //! - [`Netlink::configure_interface`] never removes IPv6 link-local (fe80::/10)
 //!   addresses: the kernel's own, needed by NDP.
+//! - Additions: [`NetlinkError::errno`] and [`NetlinkError::is_exists`] (EEXIST from
+//!   [`Netlink::create_veth`]), `NetNs::try_clone`; [`VethSpec`] is `Clone` but not
+//!   `PartialEq` (it borrows a `NetNs`).
+//! - [`VxlanSpec::port`] must be the real port (e.g. 4789), not 0: the kernel reports
+//!   its default for 0, which would never match and recreate the device each time.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -128,7 +133,7 @@ pub struct VxlanSpec {
     pub underlay: Option<u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VethSpec<'a> {
     pub host_name: String,
     pub master: Option<u32>,
