@@ -280,3 +280,322 @@ fn missing<T>(map: &BTreeMap<String, T>, listed: &[String], out: &mut Vec<String
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamp() -> serde_json::Value {
+        json!({"description": "", "tags": [], "created_at": "2026-01-01T00:00:00Z",
+               "updated_at": "2026-01-01T00:00:00Z", "revision_number": 1})
+    }
+
+    fn with_stamp(mut v: serde_json::Value) -> serde_json::Value {
+        if let (Some(m), serde_json::Value::Object(s)) = (v.as_object_mut(), stamp()) {
+            for (k, val) in s {
+                m.entry(k).or_insert(val);
+            }
+        }
+        v
+    }
+
+    fn network(id: &str, name: &str) -> Network {
+        serde_json::from_value(with_stamp(json!({
+            "id": id, "name": name, "project_id": "p", "admin_state_up": true,
+            "shared": false, "mtu": 1450, "router:external": false,
+            "provider:network_type": "vxlan", "provider:physical_network": null,
+            "provider:segmentation_id": 7, "port_security_enabled": true,
+            "is_default": false, "status": "ACTIVE"
+        })))
+        .expect("network fixture")
+    }
+
+    fn subnet(id: &str, network_id: &str) -> Subnet {
+        serde_json::from_value(with_stamp(json!({
+            "id": id, "name": "", "project_id": "p", "network_id": network_id,
+            "ip_version": 4, "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1",
+            "allocation_pools": [{"start": "10.0.0.2", "end": "10.0.0.254"}],
+            "dns_nameservers": [], "host_routes": [], "enable_dhcp": true,
+            "ipv6_address_mode": null, "ipv6_ra_mode": null, "subnetpool_id": null
+        })))
+        .expect("subnet fixture")
+    }
+
+    fn port(id: &str, host: &str, name: &str) -> Port {
+        serde_json::from_value(with_stamp(json!({
+            "id": id, "name": name, "network_id": "n1", "project_id": "p",
+            "mac_address": "fa:16:3e:00:00:01", "admin_state_up": true, "status": "ACTIVE",
+            "device_id": "", "device_owner": "", "fixed_ips": [],
+            "security_groups": ["sg1"], "port_security_enabled": true,
+            "allowed_address_pairs": [], "binding:host_id": host,
+            "binding:vif_type": "ovs", "binding:vnic_type": "normal"
+        })))
+        .expect("port fixture")
+    }
+
+    fn group(id: &str) -> SecurityGroup {
+        serde_json::from_value(with_stamp(json!({
+            "id": id, "name": "default", "project_id": "p", "stateful": true
+        })))
+        .expect("group fixture")
+    }
+
+    fn rule(id: &str, group: &str) -> SecurityGroupRule {
+        serde_json::from_value(with_stamp(json!({
+            "id": id, "project_id": "p", "security_group_id": group,
+            "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+            "port_range_min": 22, "port_range_max": 22, "remote_ip_prefix": null,
+            "remote_group_id": null
+        })))
+        .expect("rule fixture")
+    }
+
+    fn vtep(host: &str, ip: &str) -> HostVtep {
+        HostVtep {
+            host: host.into(),
+            tunneling_ip: ip.into(),
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn keys<T>(m: &BTreeMap<String, T>) -> Vec<&str> {
+        m.keys().map(String::as_str).collect()
+    }
+
+    /// The first frame from `since = 0`: everything present and put.
+    fn initial() -> HostFrame {
+        HostFrame {
+            revision: 10,
+            present: Some(HostIds {
+                networks: ids(&["n1"]),
+                subnets: ids(&["s1"]),
+                ports: ids(&["p1", "p2"]),
+                security_groups: ids(&["sg1"]),
+                security_group_rules: ids(&["r1", "r2"]),
+                vteps: ids(&["h1", "h2"]),
+            }),
+            put: HostObjects {
+                networks: vec![network("n1", "net")],
+                subnets: vec![subnet("s1", "n1")],
+                ports: vec![port("p1", "h1", "a"), port("p2", "h2", "b")],
+                security_groups: vec![group("sg1")],
+                security_group_rules: vec![rule("r1", "sg1"), rule("r2", "sg1")],
+                vteps: vec![vtep("h1", "192.0.2.1"), vtep("h2", "192.0.2.2")],
+            },
+            delete: HostIds::default(),
+        }
+    }
+
+    #[test]
+    fn first_frame_fills_the_mirror() {
+        let mut m = HostMirror::new();
+        assert!(!m.is_synced());
+        let d = m.apply(initial());
+        assert!(d.resync);
+        assert!(m.is_synced());
+        assert_eq!(m.revision(), 10);
+        assert_eq!(keys(&m.networks), ["n1"]);
+        assert_eq!(keys(&m.subnets), ["s1"]);
+        assert_eq!(keys(&m.ports), ["p1", "p2"]);
+        assert_eq!(keys(&m.security_groups), ["sg1"]);
+        assert_eq!(keys(&m.security_group_rules), ["r1", "r2"]);
+        assert_eq!(keys(&m.vteps), ["h1", "h2"]);
+        assert_eq!(d.put.ports, ids(&["p1", "p2"]));
+        assert_eq!(d.removed, HostIds::default());
+        assert_eq!(d.missing, HostIds::default());
+        assert_eq!(
+            m.ports_on("h1").map(|p| p.id.as_str()).collect::<Vec<_>>(),
+            ["p1"]
+        );
+        assert_eq!(m.subnets_of("n1").count(), 1);
+        assert_eq!(m.rules_of("sg1").count(), 2);
+        assert_eq!(m.rules_of("sg2").count(), 0);
+    }
+
+    #[test]
+    fn later_frames_put_and_delete() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        let d = m.apply(HostFrame {
+            revision: 11,
+            present: None,
+            put: HostObjects {
+                ports: vec![port("p1", "h1", "renamed"), port("p3", "h1", "c")],
+                vteps: vec![vtep("h2", "192.0.2.22")],
+                ..Default::default()
+            },
+            delete: HostIds {
+                ports: ids(&["p2"]),
+                security_group_rules: ids(&["r2", "unknown"]),
+                ..Default::default()
+            },
+        });
+        assert!(!d.resync);
+        assert_eq!(m.revision(), 11);
+        assert_eq!(keys(&m.ports), ["p1", "p3"]);
+        assert_eq!(m.ports.get("p1").map(|p| p.name.as_str()), Some("renamed"));
+        assert_eq!(keys(&m.security_group_rules), ["r1"]);
+        assert_eq!(
+            m.vteps.get("h2").map(|v| v.tunneling_ip.as_str()),
+            Some("192.0.2.22")
+        );
+        assert_eq!(d.put.ports, ids(&["p1", "p3"]));
+        assert_eq!(d.put.vteps, ids(&["h2"]));
+        // Deleting an id the mirror does not hold is not reported.
+        assert_eq!(d.removed.ports, ids(&["p2"]));
+        assert_eq!(d.removed.security_group_rules, ids(&["r2"]));
+        // Untouched kinds stay.
+        assert_eq!(keys(&m.networks), ["n1"]);
+        assert_eq!(keys(&m.subnets), ["s1"]);
+    }
+
+    #[test]
+    fn keepalive_moves_only_the_revision() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        let d = m.apply(HostFrame {
+            revision: 42,
+            ..Default::default()
+        });
+        assert!(d.is_empty());
+        assert!(!d.resync);
+        assert_eq!(m.revision(), 42);
+        assert_eq!(m.ports.len(), 2);
+    }
+
+    #[test]
+    fn resync_drops_what_is_not_present_and_keeps_unchanged_objects() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        // Reconnect with since=10: p2, r2, h2 left the view while disconnected, p1 changed,
+        // p4 appeared; n1, s1, sg1, r1, h1 did not change so only their ids are listed.
+        let d = m.apply(HostFrame {
+            revision: 20,
+            present: Some(HostIds {
+                networks: ids(&["n1"]),
+                subnets: ids(&["s1"]),
+                ports: ids(&["p1", "p4"]),
+                security_groups: ids(&["sg1"]),
+                security_group_rules: ids(&["r1"]),
+                vteps: ids(&["h1"]),
+            }),
+            put: HostObjects {
+                ports: vec![port("p1", "h1", "changed"), port("p4", "h1", "d")],
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        });
+        assert!(d.resync);
+        assert_eq!(m.revision(), 20);
+        assert_eq!(keys(&m.ports), ["p1", "p4"]);
+        assert_eq!(m.ports.get("p1").map(|p| p.name.as_str()), Some("changed"));
+        assert_eq!(keys(&m.security_group_rules), ["r1"]);
+        assert_eq!(keys(&m.vteps), ["h1"]);
+        assert_eq!(keys(&m.networks), ["n1"]);
+        assert_eq!(d.removed.ports, ids(&["p2"]));
+        assert_eq!(d.removed.security_group_rules, ids(&["r2"]));
+        assert_eq!(d.removed.vteps, ids(&["h2"]));
+        assert_eq!(d.removed.networks, Vec::<String>::new());
+        assert_eq!(d.put.ports, ids(&["p1", "p4"]));
+        assert_eq!(d.missing, HostIds::default());
+    }
+
+    #[test]
+    fn resync_to_an_empty_view_empties_the_mirror() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        let d = m.apply(HostFrame {
+            revision: 30,
+            present: Some(HostIds::default()),
+            ..Default::default()
+        });
+        assert!(m.networks.is_empty() && m.subnets.is_empty() && m.ports.is_empty());
+        assert!(m.security_groups.is_empty() && m.security_group_rules.is_empty());
+        assert!(m.vteps.is_empty());
+        assert_eq!(d.removed.ports, ids(&["p1", "p2"]));
+        assert_eq!(d.removed.vteps, ids(&["h1", "h2"]));
+        assert!(m.is_synced());
+    }
+
+    #[test]
+    fn present_ids_without_objects_are_reported_missing() {
+        // A fresh mirror resuming from a revision it never held.
+        let mut m = HostMirror::new();
+        let d = m.apply(HostFrame {
+            revision: 5,
+            present: Some(HostIds {
+                ports: ids(&["p1", "p2"]),
+                networks: ids(&["n1"]),
+                ..Default::default()
+            }),
+            put: HostObjects {
+                ports: vec![port("p1", "h1", "a")],
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        });
+        assert_eq!(d.missing.ports, ids(&["p2"]));
+        assert_eq!(d.missing.networks, ids(&["n1"]));
+        assert!(!d.is_empty());
+        m.reset();
+        assert_eq!(m.revision(), 0);
+        assert!(!m.is_synced());
+        assert!(m.ports.is_empty());
+    }
+
+    #[test]
+    fn an_id_both_deleted_and_put_ends_up_stored() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        let d = m.apply(HostFrame {
+            revision: 12,
+            present: None,
+            put: HostObjects {
+                ports: vec![port("p2", "h2", "back")],
+                ..Default::default()
+            },
+            delete: HostIds {
+                ports: ids(&["p2"]),
+                ..Default::default()
+            },
+        });
+        assert_eq!(m.ports.get("p2").map(|p| p.name.as_str()), Some("back"));
+        assert_eq!(d.put.ports, ids(&["p2"]));
+        assert!(d.removed.ports.is_empty());
+    }
+
+    #[test]
+    fn frames_before_any_resync_still_apply() {
+        let mut m = HostMirror::new();
+        let d = m.apply(HostFrame {
+            revision: 3,
+            present: None,
+            put: HostObjects {
+                networks: vec![network("n9", "x")],
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        });
+        assert!(!m.is_synced());
+        assert_eq!(keys(&m.networks), ["n9"]);
+        assert_eq!(d.put.networks, ids(&["n9"]));
+        assert_eq!(m.revision(), 3);
+    }
+
+    #[test]
+    fn frames_round_trip_through_json() {
+        // What the watch decodes: the model's serde shape, with omitted sections.
+        let line = serde_json::to_string(&initial()).expect("serialize");
+        let frame: HostFrame = serde_json::from_str(&line).expect("deserialize");
+        let mut m = HostMirror::new();
+        m.apply(frame);
+        assert_eq!(m.ports.len(), 2);
+        let keepalive: HostFrame = serde_json::from_str(r#"{"revision": 9}"#).expect("keepalive");
+        assert!(m.apply(keepalive).is_empty());
+        assert_eq!(m.revision(), 9);
+    }
+}
