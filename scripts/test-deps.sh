@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 need_apt=()
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The agent's test lab: namespaces, links and nftables (iproute2, nftables), ping,
+# busybox (nc in "containers"), iperf3 and the reference CNI plugins for the benchmarks.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
+command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
+command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[test-deps] installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 cargo build --release --bins
 cargo test --workspace --release
-KURYR_BIN="$PWD/target/release/kuryr" .venv/bin/pytest -n 2 -q tests/client
+KURYR_BIN="$PWD/target/release/kuryr" .venv/bin/pytest -n 2 -q tests/client tests/lab

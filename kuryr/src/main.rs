@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
 use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
+mod agent_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "kuryr",
@@ -28,8 +30,15 @@ struct Cli {
 enum Command {
     /// Run the API server: Keystone v3 subset under /identity, Neutron v2.0 under /networking.
     Server(ServerArgs),
-    /// Run an all-in-one node (the server on the embedded store) and print how to use it.
-    Up(ServerArgs),
+    /// Run an all-in-one node (server on the embedded store + agent on this host) and print how to use it.
+    Up(UpArgs),
+    /// Run the host agent: realizes the ports bound to this host (veth, bridge, VXLAN, nftables).
+    Agent(agent_cmd::AgentArgs),
+    /// Bind ports into network namespaces on this host, through the local agent.
+    Port {
+        #[command(subcommand)]
+        command: agent_cmd::PortCommand,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -84,6 +93,28 @@ struct ServerArgs {
     watch_keepalive: u64,
 }
 
+#[derive(Args, Clone)]
+struct UpArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// This host's name for the agent (default: the hostname).
+    #[arg(long)]
+    host: Option<String>,
+
+    /// The agent's underlay address (a single host needs no other than loopback).
+    #[arg(long, default_value = "127.0.0.1")]
+    underlay_ip: std::net::IpAddr,
+
+    /// The agent's local API socket.
+    #[arg(long, default_value = agent_cmd::DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+    agent_socket: PathBuf,
+
+    /// Run only the server, no agent on this host.
+    #[arg(long)]
+    no_agent: bool,
+}
+
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
     let (a, b) = s.split_once(':').ok_or("expected MIN:MAX")?;
     let (a, b) = (
@@ -110,8 +141,13 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server(args, false).await,
-            Command::Up(args) => server(args, true).await,
+            Command::Server(args) => server(args, None).await,
+            Command::Up(args) => {
+                let server_args = args.server.clone();
+                server(server_args, Some(args)).await
+            }
+            Command::Agent(args) => agent_cmd::run_agent(args, None).await,
+            Command::Port { command } => agent_cmd::run_port(command).await,
         }
     })
 }
@@ -149,7 +185,8 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
+async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result<()> {
+    let up = up_args.is_some();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     if up {
@@ -195,6 +232,45 @@ async fn server(mut args: ServerArgs, up: bool) -> anyhow::Result<()> {
     };
     let app = kuryr_api::app(store, config).await?;
     tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
+    if let Some(u) = up_args.filter(|u| !u.no_agent) {
+        let agent_args = agent_cmd::AgentArgs {
+            host: u.host,
+            underlay_ip: u.underlay_ip,
+            underlay_interface: None,
+            vxlan_port: 4789,
+            socket: u.agent_socket,
+            state_dir: args.data_dir.join("agent"),
+            report_interval: 10,
+            physical_interface_mappings: Vec::new(),
+            nft: "nft".into(),
+            os_cloud: None,
+            cleanup: false,
+        };
+        let creds = kuryr_client::Credentials {
+            auth: kuryr_client::AuthMethod::Password(kuryr_client::PasswordAuth {
+                auth_url: format!("{public_url}/identity/v3"),
+                user: kuryr_client::Ident::Name {
+                    name: "admin".into(),
+                    domain: kuryr_client::Domain::default(),
+                },
+                password: args.admin_password.clone().unwrap_or_default(),
+                project: kuryr_client::Ident::Name {
+                    name: "admin".into(),
+                    domain: kuryr_client::Domain::default(),
+                },
+            }),
+            region_name: Some(args.region.clone()),
+            interface: "public".into(),
+            cacert: None,
+            insecure: false,
+            network_endpoint: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = agent_cmd::run_agent(agent_args, Some(creds)).await {
+                tracing::error!(error = format!("{e:#}"), "the agent stopped");
+            }
+        });
+    }
     if up {
         print_usage(&args, &public_url)?;
     }
@@ -236,7 +312,7 @@ fn print_usage(args: &ServerArgs, public_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,1 +1,635 @@
-//! (being written)
+//! The kuryr host agent. It follows the server's view of this host (a streaming
+//! watch), keeps the local bindings (port → container namespace), and converges
+//! the kernel to both: bridges, vxlan devices, veths, FDB/neighbour entries and the
+//! nftables security groups. Binding requests arrive on a local unix socket.
+//!
+//! Nothing here tears the dataplane down when the agent stops or loses the server:
+//! containers keep their connectivity, and the next start converges from what exists.
+
+pub mod desired;
+pub mod engine;
+pub mod local;
+pub mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kuryr_client::{Client, ClientError, HostMirror};
+use kuryr_dataplane::netlink::Netlink;
+use kuryr_dataplane::netns::NetNs;
+use kuryr_dataplane::nft::Nft;
+use kuryr_model::{AgentReport, Port};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::desired::{Desired, Inputs};
+use crate::engine::Engine;
+use crate::state::{Binding, LocalState, StateFile};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This host's name: ports with `binding:host_id` equal to it are realized here.
+    pub host: String,
+    /// The underlay address other hosts reach this one's VXLAN endpoint at.
+    pub underlay_ip: IpAddr,
+    /// The underlay interface vxlan devices are bound to (optional).
+    pub underlay_interface: Option<String>,
+    pub vxlan_port: u16,
+    /// Local API socket.
+    pub socket: PathBuf,
+    /// Where the bindings survive restarts.
+    pub state_dir: PathBuf,
+    pub report_interval: Duration,
+    /// physical network → host interface, for flat networks.
+    pub interface_mappings: BTreeMap<String, String>,
+    pub nft_binary: PathBuf,
+}
+
+/// Errors of the local API, each with the HTTP status the socket answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The server or the kernel failed; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AgentError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AgentError::BadRequest(_) => 400,
+            AgentError::NotFound(_) => 404,
+            AgentError::Conflict(_) => 409,
+            AgentError::Unavailable(_) => 503,
+        }
+    }
+}
+
+fn from_client(what: &str, e: ClientError) -> AgentError {
+    match e {
+        ClientError::NotFound { message, .. } => AgentError::NotFound(message),
+        ClientError::Conflict { message, .. } => AgentError::Conflict(message),
+        ClientError::Api {
+            status, message, ..
+        } if (400..500).contains(&status) => AgentError::BadRequest(message),
+        other => AgentError::Unavailable(format!("{what}: {other}")),
+    }
+}
+
+/// What a bind returns: enough for the Docker plugin and the CNI to answer their callers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindResult {
+    pub port_id: String,
+    pub network_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac_address: String,
+    /// Addresses with their subnet prefix (`10.0.0.5/24`).
+    pub addresses: Vec<String>,
+    pub gateways: Vec<String>,
+    pub routes: Vec<RouteView>,
+    pub mtu: u32,
+    pub tap: String,
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteView {
+    pub destination: String,
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingView {
+    pub port_id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub realized: bool,
+    pub waiting: Option<String>,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    client: Client,
+    state_file: StateFile,
+    state: Mutex<LocalState>,
+    mirror: RwLock<HostMirror>,
+    /// Bumped after every applied frame; binds wait on it for their port.
+    mirror_changed: tokio::sync::watch::Sender<u64>,
+    engine: tokio::sync::Mutex<Engine>,
+    converge_wanted: tokio::sync::Notify,
+    /// Result of the last pass: realized ports and why others are not.
+    last: Mutex<(BTreeSet<String>, BTreeMap<String, String>)>,
+    /// Ports this process has reported ACTIVE (or seen ACTIVE on the server).
+    reported: Mutex<BTreeSet<String>>,
+    started_at: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+impl Agent {
+    pub async fn new(cfg: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
+        let state_file = StateFile::new(&cfg.state_dir);
+        let state = state_file.load()?;
+        let netlink = Netlink::current()?;
+        let underlay_ifindex = match &cfg.underlay_interface {
+            Some(name) => Some(
+                netlink
+                    .link_by_name(name)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("underlay interface {name} does not exist"))?
+                    .index,
+            ),
+            None => None,
+        };
+        let engine = Engine::new(
+            netlink,
+            Nft::with_binary(&cfg.nft_binary),
+            cfg.underlay_ip,
+            underlay_ifindex,
+            cfg.vxlan_port,
+        );
+        let (mirror_changed, _) = tokio::sync::watch::channel(0);
+        Ok(Arc::new(Agent {
+            cfg,
+            client,
+            state_file,
+            state: Mutex::new(state),
+            mirror: RwLock::new(HostMirror::new()),
+            mirror_changed,
+            engine: tokio::sync::Mutex::new(engine),
+            converge_wanted: tokio::sync::Notify::new(),
+            last: Mutex::new(Default::default()),
+            reported: Mutex::new(BTreeSet::new()),
+            started_at: chrono_now(),
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// Runs the agent: heartbeats, the watch, convergence and the local API, until
+    /// `shutdown` resolves. The dataplane stays as it is on return.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tokio::spawn(self.clone().heartbeat_loop());
+        tokio::spawn(self.clone().watch_loop());
+        tokio::spawn(self.clone().converge_loop());
+        local::serve(self.clone(), shutdown).await
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            let report = AgentReport {
+                host: self.cfg.host.clone(),
+                tunneling_ip: self.cfg.underlay_ip.to_string(),
+                interface_mappings: self.cfg.interface_mappings.clone(),
+                started_at_unix: self.started_at,
+                devices: lock(&self.last).0.len() as u64,
+            };
+            match self.client.heartbeat(&report).await {
+                Ok(_) if failing => {
+                    tracing::info!("heartbeat accepted again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "heartbeat failed; the dataplane is unaffected, retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(self.cfg.report_interval).await;
+        }
+    }
+
+    /// Follows the server's view of this host, reconnecting with backoff and
+    /// resuming from the last revision seen.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        // The server sends a keepalive at least every few seconds; silence this long
+        // means the connection is dead even if TCP has not noticed.
+        let silence = Duration::from_secs(45);
+        loop {
+            let since = self.mirror.read().unwrap_or_else(|p| p.into_inner()).revision();
+            match self.client.watch_host(&self.cfg.host, since).await {
+                Ok(mut stream) => {
+                    tracing::info!(since, "watching this host's view");
+                    loop {
+                        match tokio::time::timeout(silence, stream.next()).await {
+                            Ok(Some(Ok(frame))) => {
+                                backoff = Duration::from_millis(200);
+                                let delta = self
+                                    .mirror
+                                    .write()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .apply(frame);
+                                if delta.missing != Default::default() {
+                                    tracing::warn!("watch resumed with gaps; starting over from 0");
+                                    self.mirror.write().unwrap_or_else(|p| p.into_inner()).reset();
+                                    break;
+                                }
+                                self.mirror_changed.send_modify(|n| *n += 1);
+                                if !delta.is_empty() || delta.resync {
+                                    self.converge_wanted.notify_one();
+                                }
+                            }
+                            Ok(Some(Err(e))) => {
+                                tracing::warn!(error = %e, "watch stream failed; reconnecting");
+                                break;
+                            }
+                            Ok(None) => {
+                                tracing::warn!("watch stream ended; reconnecting");
+                                break;
+                            }
+                            Err(_) => {
+                                tracing::warn!("watch silent for {silence:?}; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(ClientError::NotFound { .. }) => {
+                    tracing::error!(
+                        "the server has no host watch (/v2.0/kuryr/hosts/...): is it a kuryr server?"
+                    );
+                    backoff = Duration::from_secs(30);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the server; the dataplane keeps running");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn converge_loop(self: Arc<Self>) {
+        loop {
+            self.converge_wanted.notified().await;
+            if let Err(e) = self.converge_once().await {
+                tracing::warn!(error = %e, "convergence failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.converge_wanted.notify_one();
+            }
+        }
+    }
+
+    /// One pass: desired state from the mirror and the bindings, applied by the
+    /// engine, then port status reported to the server. Does nothing until the
+    /// mirror holds a complete view (never tear down from an empty one).
+    pub async fn converge_once(&self) -> Result<desired::Desired, AgentError> {
+        let mut engine = self.engine.lock().await;
+        let desired = {
+            let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+            if !mirror.is_synced() {
+                return Err(AgentError::Unavailable(
+                    "no complete view from the server yet".into(),
+                ));
+            }
+            let mut state = lock(&self.state);
+            let zones_before = state.zones.clone();
+            let d = desired::compute(Inputs {
+                host: &self.cfg.host,
+                view: &mirror,
+                state: &mut state,
+                interface_mappings: &self.cfg.interface_mappings,
+            });
+            if state.zones != zones_before
+                && let Err(e) = self.state_file.save(&state)
+            {
+                return Err(AgentError::Unavailable(e.to_string()));
+            }
+            d
+        };
+        let pass = engine
+            .converge(&desired)
+            .await
+            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        drop(engine);
+        for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
+            tracing::warn!(port = %port, reason = %why, "port not realized");
+        }
+        *lock(&self.last) = (
+            pass.realized.clone(),
+            pass.failed
+                .into_iter()
+                .chain(desired.waiting.clone())
+                .collect(),
+        );
+        lock(&self.reported).retain(|p| pass.realized.contains(p));
+        for port in &pass.realized {
+            if let Some(d) = desired.ports.get(port) {
+                self.report_active(port, &d.bridge).await;
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Tells the server the port is `ACTIVE`, bound with vif_type `bridge` (once).
+    async fn report_active(&self, port_id: &str, bridge: &str) {
+        if lock(&self.reported).contains(port_id) {
+            return;
+        }
+        let current = self
+            .mirror
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ports
+            .get(port_id)
+            .cloned();
+        let done = current
+            .as_ref()
+            .is_some_and(|p| p.status == "ACTIVE" && p.vif_type == "bridge");
+        if !done {
+            let attrs = json!({
+                "status": "ACTIVE",
+                "binding:vif_type": "bridge",
+                "binding:vif_details": {
+                    "bridge_name": bridge,
+                    "port_filter": true,
+                    "connectivity": "l2",
+                },
+            });
+            if let Err(e) = self.client.update_port(port_id, attrs).await {
+                tracing::warn!(port = %port_id, error = %e, "could not report the port ACTIVE; will retry");
+                return;
+            }
+        }
+        lock(&self.reported).insert(port_id.to_string());
+    }
+
+    /// Waits until the mirror shows `port_id` on this host at `revision_number` or later.
+    async fn wait_for_port(&self, port_id: &str, revision_number: u64) -> Result<(), AgentError> {
+        let mut changed = self.mirror_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            {
+                let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+                if m.is_synced()
+                    && m.ports.get(port_id).is_some_and(|p| {
+                        p.host_id == self.cfg.host && p.revision_number >= revision_number
+                    })
+                {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return Err(AgentError::Unavailable(format!(
+                    "the server's watch did not deliver port {port_id} to this host within 15 s"
+                )));
+            }
+        }
+    }
+
+    fn save_state(&self, state: &LocalState) -> Result<(), AgentError> {
+        self.state_file
+            .save(state)
+            .map_err(|e| AgentError::Unavailable(e.to_string()))
+    }
+
+    /// Binds a port into a namespace: records the binding, claims the port for this
+    /// host on the server, realizes it and reports it `ACTIVE`. The same binding
+    /// again is a no-op; a different one is a conflict. On failure nothing is left.
+    pub async fn bind(
+        &self,
+        port_id: &str,
+        netns: PathBuf,
+        ifname: String,
+    ) -> Result<BindResult, AgentError> {
+        if !kuryr_model::input::is_uuid(port_id) {
+            return Err(AgentError::BadRequest(format!(
+                "{port_id:?} is not a port id (a UUID)"
+            )));
+        }
+        if !valid_ifname(&ifname) {
+            return Err(AgentError::BadRequest(format!(
+                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
+            )));
+        }
+        if let Err(e) = NetNs::open(&netns) {
+            return Err(AgentError::BadRequest(format!(
+                "{} is not a network namespace: {e}",
+                netns.display()
+            )));
+        }
+        let binding = Binding {
+            netns: netns.clone(),
+            ifname: ifname.clone(),
+        };
+        let existing = lock(&self.state).bindings.get(port_id).cloned();
+        if let Some(b) = &existing
+            && *b != binding
+        {
+            return Err(AgentError::Conflict(format!(
+                "port {port_id} is already bound on this host to {} in {}",
+                b.ifname,
+                b.netns.display()
+            )));
+        }
+        let port = self
+            .client
+            .get_port(port_id)
+            .await
+            .map_err(|e| from_client("reading the port", e))?;
+        if !port.host_id.is_empty() && port.host_id != self.cfg.host {
+            return Err(AgentError::Conflict(format!(
+                "port {port_id} is bound to host {}",
+                port.host_id
+            )));
+        }
+        if existing.is_none() {
+            let mut state = lock(&self.state);
+            state.bindings.insert(port_id.to_string(), binding);
+            self.save_state(&state)?;
+        }
+        match self.realize_bound(&port).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if existing.is_none() {
+                    tracing::warn!(port = %port_id, error = %e, "bind failed; undoing it");
+                    let _ = self.unbind(port_id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn realize_bound(&self, port: &Port) -> Result<BindResult, AgentError> {
+        let claimed = if port.host_id == self.cfg.host {
+            port.clone()
+        } else {
+            self.client
+                .update_port(&port.id, json!({"binding:host_id": self.cfg.host}))
+                .await
+                .map_err(|e| from_client("claiming the port for this host", e))?
+        };
+        self.wait_for_port(&port.id, claimed.revision_number).await?;
+        let desired = self.converge_once().await?;
+        if let Some(why) = desired.waiting.get(&port.id) {
+            return Err(AgentError::Unavailable(format!(
+                "port {} cannot be realized: {why}",
+                port.id
+            )));
+        }
+        if let Some(why) = lock(&self.last).1.get(&port.id) {
+            return Err(AgentError::Unavailable(format!(
+                "port {} cannot be realized: {why}",
+                port.id
+            )));
+        }
+        let d = desired.ports.get(&port.id).ok_or_else(|| {
+            AgentError::Unavailable(format!("port {} was not realized", port.id))
+        })?;
+        if !lock(&self.reported).contains(&port.id) {
+            return Err(AgentError::Unavailable(format!(
+                "port {} is up but the server did not take its ACTIVE status",
+                port.id
+            )));
+        }
+        Ok(BindResult {
+            port_id: port.id.clone(),
+            network_id: d.network_id.clone(),
+            netns: d.netns.clone(),
+            ifname: d.ifname.clone(),
+            mac_address: d.mac.to_string(),
+            addresses: d.addresses.iter().map(|a| a.to_string()).collect(),
+            gateways: d
+                .routes
+                .iter()
+                .filter(|r| r.dest.prefix_len() == 0)
+                .filter_map(|r| r.gateway.map(|g| g.to_string()))
+                .collect(),
+            routes: d
+                .routes
+                .iter()
+                .map(|r| RouteView {
+                    destination: r.dest.to_string(),
+                    gateway: r.gateway.map(|g| g.to_string()),
+                })
+                .collect(),
+            mtu: d.mtu,
+            tap: d.tap.clone(),
+            bridge: d.bridge.clone(),
+        })
+    }
+
+    /// Removes a binding: the interface goes, and the server is told the port is no
+    /// longer on this host. Unbinding a port that is not bound here is a no-op.
+    pub async fn unbind(&self, port_id: &str) -> Result<bool, AgentError> {
+        let removed = {
+            let mut state = lock(&self.state);
+            let removed = state.bindings.remove(port_id).is_some();
+            if removed {
+                self.save_state(&state)?;
+            }
+            removed
+        };
+        if !removed {
+            return Ok(false);
+        }
+        if let Err(e) = self.converge_once().await {
+            tracing::warn!(error = %e, "convergence after unbind failed; retried later");
+            self.converge_wanted.notify_one();
+        }
+        let attrs = json!({
+            "binding:host_id": "",
+            "status": "DOWN",
+            "binding:vif_type": "unbound",
+            "binding:vif_details": {},
+        });
+        match self.client.update_port(port_id, attrs).await {
+            Ok(_) | Err(ClientError::NotFound { .. }) => {}
+            Err(e) => return Err(from_client("releasing the port on the server", e)),
+        }
+        Ok(true)
+    }
+
+    pub fn bindings(&self) -> Vec<BindingView> {
+        let state = lock(&self.state);
+        let last = lock(&self.last);
+        state
+            .bindings
+            .iter()
+            .map(|(id, b)| BindingView {
+                port_id: id.clone(),
+                netns: b.netns.clone(),
+                ifname: b.ifname.clone(),
+                realized: last.0.contains(id),
+                waiting: last.1.get(id).cloned(),
+            })
+            .collect()
+    }
+
+    pub fn health(&self) -> serde_json::Value {
+        let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        json!({
+            "host": self.cfg.host,
+            "synced": m.is_synced(),
+            "revision": m.revision(),
+            "bindings": lock(&self.state).bindings.len(),
+            "realized": lock(&self.last).0.len(),
+        })
+    }
+}
+
+/// Removes everything kuryr made on this host (bridges, vxlan devices, veths, nft
+/// tables) and forgets the bindings: `kuryr agent --cleanup`, for decommissioning a
+/// host. Needs no server.
+pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
+    let mut engine = Engine::new(
+        Netlink::current()?,
+        Nft::with_binary(&cfg.nft_binary),
+        cfg.underlay_ip,
+        None,
+        cfg.vxlan_port,
+    );
+    engine.remove_all().await?;
+    StateFile::new(&cfg.state_dir).save(&LocalState::default())?;
+    Ok(())
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Computes the desired state without an agent (for tests and `--dry-run` style tools).
+pub fn desired_for(host: &str, view: &HostMirror, state: &mut LocalState) -> Desired {
+    desired::compute(Inputs {
+        host,
+        view,
+        state,
+        interface_mappings: &BTreeMap::new(),
+    })
+}

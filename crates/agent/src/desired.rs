@@ -1,0 +1,441 @@
+//! What the kernel of this host should look like, computed from the host's view of
+//! the server and the local bindings. Pure: no I/O, so every rule of the mapping is
+//! unit-tested here and the engine only compares and applies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use kuryr_client::HostMirror;
+use kuryr_dataplane::MacAddr;
+use kuryr_dataplane::netlink::RouteSpec;
+use kuryr_dataplane::nft;
+use kuryr_model::{Port, SecurityGroupRule, Subnet};
+
+use crate::state::LocalState;
+
+/// `brq<network-id[:11]>`, as Neutron's Linux bridge agent names it.
+pub fn bridge_name(network_id: &str) -> String {
+    format!("brq{}", prefix11(network_id))
+}
+
+/// `tap<port-id[:11]>`: the host end of a port's veth.
+pub fn tap_name(port_id: &str) -> String {
+    format!("tap{}", prefix11(port_id))
+}
+
+/// `vxlan-<vni>`, as Neutron's Linux bridge agent names it.
+pub fn vxlan_name(vni: u32) -> String {
+    format!("vxlan-{vni}")
+}
+
+fn prefix11(id: &str) -> &str {
+    id.get(..11).unwrap_or(id)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetKind {
+    Vxlan { vni: u32 },
+    /// Bridged onto a host interface (`--physical-interface-mappings`).
+    Flat { interface: String },
+    /// A bridge on this host only.
+    Local,
+}
+
+/// What other hosts' ports look like from here: static FDB and neighbour entries on
+/// the vxlan device, and flood entries only toward hosts with ports on the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteL2 {
+    pub fdb: BTreeSet<(MacAddr, IpAddr)>,
+    pub flood: BTreeSet<IpAddr>,
+    pub neighbours: BTreeMap<IpAddr, MacAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDesired {
+    pub id: String,
+    pub bridge: String,
+    pub mtu: u32,
+    pub kind: NetKind,
+    pub remote: RemoteL2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortDesired {
+    pub id: String,
+    pub network_id: String,
+    pub bridge: String,
+    pub tap: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub addresses: Vec<IpNet>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub networks: BTreeMap<String, NetDesired>,
+    pub ports: BTreeMap<String, PortDesired>,
+    pub ruleset: nft::Ruleset,
+    /// Bound ports that cannot be realized yet, with the reason (logged, retried on
+    /// the next change).
+    pub waiting: BTreeMap<String, String>,
+}
+
+pub struct Inputs<'a> {
+    pub host: &'a str,
+    pub view: &'a HostMirror,
+    pub state: &'a mut LocalState,
+    /// physical network → host interface.
+    pub interface_mappings: &'a BTreeMap<String, String>,
+}
+
+/// Neutron protocol names (and numbers given as strings) → IP protocol number.
+/// `icmp` in an IPv6 rule means ICMPv6, as Neutron treats it.
+pub fn protocol_number(protocol: &str, v6: bool) -> Option<u8> {
+    let n = match protocol.to_ascii_lowercase().as_str() {
+        "icmp" if v6 => 58,
+        "icmp" => 1,
+        "igmp" => 2,
+        "ipip" => 4,
+        "tcp" => 6,
+        "egp" => 8,
+        "udp" => 17,
+        "dccp" => 33,
+        "ipv6-encap" => 41,
+        "ipv6-route" => 43,
+        "ipv6-frag" => 44,
+        "rsvp" => 46,
+        "gre" => 47,
+        "esp" => 50,
+        "ah" => 51,
+        "icmpv6" | "ipv6-icmp" => 58,
+        "ipv6-nonxt" => 59,
+        "ipv6-opts" => 60,
+        "ospf" => 89,
+        "encap" => 98,
+        "pgm" => 113,
+        "vrrp" => 112,
+        "sctp" => 132,
+        "udplite" => 136,
+        other => return other.parse().ok(),
+    };
+    Some(n)
+}
+
+fn rule_of(r: &SecurityGroupRule) -> Option<nft::Rule> {
+    let v6 = r.ethertype == "IPv6";
+    let protocol = match r.protocol.as_deref() {
+        None | Some("any") | Some("") => None,
+        Some(p) => Some(protocol_number(p, v6)?),
+    };
+    let remote = if let Some(g) = &r.remote_group_id {
+        nft::Remote::Group(g.clone())
+    } else if let Some(p) = &r.remote_ip_prefix {
+        nft::Remote::Prefix(p.parse::<IpNet>().ok()?.trunc())
+    } else {
+        nft::Remote::Any
+    };
+    let port = |p: Option<u32>| p.and_then(|v| u16::try_from(v).ok());
+    Some(nft::Rule {
+        direction: if r.direction == "egress" {
+            nft::Direction::Egress
+        } else {
+            nft::Direction::Ingress
+        },
+        ethertype: if v6 {
+            nft::EtherType::V6
+        } else {
+            nft::EtherType::V4
+        },
+        protocol,
+        port_range_min: port(r.port_range_min),
+        port_range_max: port(r.port_range_max),
+        remote,
+    })
+}
+
+/// The address pairs of a port, as nft and the neighbour table want them.
+fn address_pairs(p: &Port) -> Vec<nft::AddressPair> {
+    p.allowed_address_pairs
+        .iter()
+        .filter_map(|a| {
+            let ip = a
+                .ip_address
+                .parse::<IpNet>()
+                .or_else(|_| a.ip_address.parse::<IpAddr>().map(IpNet::from))
+                .ok()?;
+            Some(nft::AddressPair {
+                ip,
+                mac: a.mac_address.parse().ok(),
+            })
+        })
+        .collect()
+}
+
+fn subnet_addresses(p: &Port, subnets: &BTreeMap<&str, &Subnet>) -> Result<Vec<IpNet>, String> {
+    let mut out = Vec::new();
+    for ip in &p.fixed_ips {
+        let s = subnets
+            .get(ip.subnet_id.as_str())
+            .ok_or_else(|| format!("subnet {} not known yet", ip.subnet_id))?;
+        let cidr: IpNet = s
+            .cidr
+            .parse()
+            .map_err(|_| format!("subnet {} has an invalid cidr {}", s.id, s.cidr))?;
+        let net = IpNet::new(ip.ip_address, cidr.prefix_len())
+            .map_err(|_| format!("address {} does not fit {}", ip.ip_address, s.cidr))?;
+        out.push(net);
+    }
+    Ok(out)
+}
+
+/// Default routes via each family's first gateway, then the subnets' host routes.
+fn routes_for(p: &Port, subnets: &BTreeMap<&str, &Subnet>) -> Vec<RouteSpec> {
+    let mut routes = Vec::new();
+    let mut have_default = (false, false);
+    for ip in &p.fixed_ips {
+        let Some(s) = subnets.get(ip.subnet_id.as_str()) else {
+            continue;
+        };
+        if let Some(gw) = s.gateway_ip {
+            let slot = if gw.is_ipv4() {
+                &mut have_default.0
+            } else {
+                &mut have_default.1
+            };
+            if !*slot {
+                *slot = true;
+                let dest = if gw.is_ipv4() {
+                    "0.0.0.0/0".parse()
+                } else {
+                    "::/0".parse()
+                };
+                if let Ok(dest) = dest {
+                    routes.push(RouteSpec {
+                        dest,
+                        gateway: Some(gw),
+                    });
+                }
+            }
+        }
+        for hr in &s.host_routes {
+            if let (Ok(dest), Ok(gw)) = (
+                hr.destination.parse::<IpNet>(),
+                hr.nexthop.parse::<IpAddr>(),
+            ) {
+                let r = RouteSpec {
+                    dest: dest.trunc(),
+                    gateway: Some(gw),
+                };
+                if !routes.contains(&r) {
+                    routes.push(r);
+                }
+            }
+        }
+    }
+    routes
+}
+
+pub fn compute(inp: Inputs<'_>) -> Desired {
+    let view = inp.view;
+    let mut d = Desired::default();
+    let subnets: BTreeMap<&str, &Subnet> =
+        view.subnets.values().map(|s| (s.id.as_str(), s)).collect();
+
+    // Local ports: bound here by us, and the server agrees they are on this host.
+    let bindings = inp.state.bindings.clone();
+    for (port_id, b) in &bindings {
+        let Some(p) = view.ports.get(port_id) else {
+            d.waiting
+                .insert(port_id.clone(), "port not in this host's view yet".into());
+            continue;
+        };
+        if p.host_id != inp.host {
+            d.waiting.insert(
+                port_id.clone(),
+                format!("port is bound to host {:?} on the server", p.host_id),
+            );
+            continue;
+        }
+        let Some(net) = view.networks.get(&p.network_id) else {
+            d.waiting
+                .insert(port_id.clone(), "network not known yet".into());
+            continue;
+        };
+        let kind = match net.network_type.as_str() {
+            "vxlan" => match net.segmentation_id {
+                Some(vni) => NetKind::Vxlan { vni },
+                None => {
+                    d.waiting
+                        .insert(port_id.clone(), "vxlan network without a VNI".into());
+                    continue;
+                }
+            },
+            "flat" => {
+                let physnet = net.physical_network.clone().unwrap_or_default();
+                match inp.interface_mappings.get(&physnet) {
+                    Some(i) => NetKind::Flat {
+                        interface: i.clone(),
+                    },
+                    None => {
+                        d.waiting.insert(
+                            port_id.clone(),
+                            format!("no interface mapped to physical network {physnet:?}"),
+                        );
+                        continue;
+                    }
+                }
+            }
+            "local" => NetKind::Local,
+            other => {
+                d.waiting
+                    .insert(port_id.clone(), format!("network type {other} not supported"));
+                continue;
+            }
+        };
+        let mac: MacAddr = match p.mac_address.parse() {
+            Ok(m) => m,
+            Err(_) => {
+                d.waiting
+                    .insert(port_id.clone(), format!("bad MAC {}", p.mac_address));
+                continue;
+            }
+        };
+        let addresses = match subnet_addresses(p, &subnets) {
+            Ok(a) => a,
+            Err(why) => {
+                d.waiting.insert(port_id.clone(), why);
+                continue;
+            }
+        };
+        let zone = match inp.state.zone_for(&net.id) {
+            Ok(z) => z,
+            Err(e) => {
+                d.waiting.insert(port_id.clone(), e.to_string());
+                continue;
+            }
+        };
+        let bridge = bridge_name(&net.id);
+        d.networks.entry(net.id.clone()).or_insert_with(|| NetDesired {
+            id: net.id.clone(),
+            bridge: bridge.clone(),
+            mtu: net.mtu,
+            kind,
+            remote: RemoteL2::default(),
+        });
+        if !d.ruleset.networks.iter().any(|z| z.bridge == bridge) {
+            d.ruleset.networks.push(nft::NetworkZone {
+                bridge: bridge.clone(),
+                zone,
+            });
+        }
+        let tap = tap_name(&p.id);
+        let ips: Vec<IpAddr> = p.fixed_ips.iter().map(|f| f.ip_address).collect();
+        let port_security = p.port_security_enabled;
+        let mut rules = Vec::new();
+        if port_security {
+            let mut rule_list: Vec<&SecurityGroupRule> = view
+                .security_group_rules
+                .values()
+                .filter(|r| p.security_groups.contains(&r.security_group_id))
+                .collect();
+            rule_list.sort_by(|a, b| a.id.cmp(&b.id));
+            rules = rule_list.into_iter().filter_map(rule_of).collect();
+        }
+        d.ruleset.ports.push(nft::PortFilter {
+            id: p.id.clone(),
+            tap: tap.clone(),
+            bridge: bridge.clone(),
+            mac,
+            ips,
+            allowed_address_pairs: address_pairs(p),
+            port_security,
+            rules,
+        });
+        d.ports.insert(
+            p.id.clone(),
+            PortDesired {
+                id: p.id.clone(),
+                network_id: net.id.clone(),
+                bridge,
+                tap,
+                netns: b.netns.clone(),
+                ifname: b.ifname.clone(),
+                mac,
+                mtu: net.mtu,
+                addresses,
+                routes: routes_for(p, &subnets),
+            },
+        );
+    }
+    // Zones of networks no longer here are released.
+    let here: BTreeSet<String> = d.networks.keys().cloned().collect();
+    inp.state.zones.retain(|n, _| here.contains(n));
+
+    // Remote ports of the networks present here.
+    for p in view.ports.values() {
+        if p.host_id.is_empty() || p.host_id == inp.host {
+            continue;
+        }
+        let Some(nd) = d.networks.get_mut(&p.network_id) else {
+            continue;
+        };
+        if !matches!(nd.kind, NetKind::Vxlan { .. }) {
+            continue;
+        }
+        let Some(vtep) = view.vteps.get(&p.host_id) else {
+            continue;
+        };
+        let (Ok(vtep), Ok(mac)) = (
+            vtep.tunneling_ip.parse::<IpAddr>(),
+            p.mac_address.parse::<MacAddr>(),
+        )
+        else {
+            continue;
+        };
+        nd.remote.fdb.insert((mac, vtep));
+        nd.remote.flood.insert(vtep);
+        for f in &p.fixed_ips {
+            nd.remote.neighbours.insert(f.ip_address, mac);
+        }
+    }
+
+    // Remote groups: member addresses of every group a local rule names.
+    let named: BTreeSet<String> = d
+        .ruleset
+        .ports
+        .iter()
+        .flat_map(|pf| pf.rules.iter())
+        .filter_map(|r| match &r.remote {
+            nft::Remote::Group(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    for g in named {
+        let mut members = nft::GroupMembers::default();
+        for p in view.ports.values() {
+            if !p.security_groups.contains(&g) {
+                continue;
+            }
+            let nets = p
+                .fixed_ips
+                .iter()
+                .map(|f| IpNet::from(f.ip_address))
+                .chain(address_pairs(p).into_iter().map(|a| a.ip));
+            for n in nets {
+                match n {
+                    IpNet::V4(_) => members.v4.insert(n),
+                    IpNet::V6(_) => members.v6.insert(n),
+                };
+            }
+        }
+        d.ruleset.groups.insert(g, members);
+    }
+    d.ruleset.ports.sort_by(|a, b| a.id.cmp(&b.id));
+    d.ruleset.networks.sort_by(|a, b| a.bridge.cmp(&b.bridge));
+    d
+}

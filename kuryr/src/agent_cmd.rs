@@ -1,0 +1,189 @@
+//! `kuryr agent` and `kuryr port bind|unbind|list`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use kuryr_agent::local::LocalClient;
+use kuryr_agent::{Agent, AgentConfig};
+use kuryr_client::{Client, ClientConfig, Credentials};
+
+pub const DEFAULT_SOCKET: &str = "/run/kuryr/agent.sock";
+
+#[derive(Args, Clone)]
+pub struct AgentArgs {
+    /// This host's name, as ports name it in `binding:host_id` (default: the hostname).
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// The address other hosts send VXLAN traffic to.
+    #[arg(long)]
+    pub underlay_ip: IpAddr,
+
+    /// Interface the vxlan devices are bound to (default: routed by the underlay address).
+    #[arg(long)]
+    pub underlay_interface: Option<String>,
+
+    /// UDP port of VXLAN.
+    #[arg(long, default_value_t = 4789)]
+    pub vxlan_port: u16,
+
+    /// The agent's local API socket (`kuryr port bind` talks to it).
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+    pub socket: PathBuf,
+
+    /// Where bindings are kept across restarts.
+    #[arg(long, default_value = "/var/lib/kuryr/agent")]
+    pub state_dir: PathBuf,
+
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 10)]
+    pub report_interval: u64,
+
+    /// Flat networks: PHYSNET:INTERFACE pairs, comma separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_mapping)]
+    pub physical_interface_mappings: Vec<(String, String)>,
+
+    /// The nft binary.
+    #[arg(long, default_value = "nft")]
+    pub nft: PathBuf,
+
+    /// Credentials from this clouds.yaml entry instead of the OS_* variables.
+    #[arg(long, env = "OS_CLOUD")]
+    pub os_cloud: Option<String>,
+
+    /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected PHYSNET:INTERFACE"))?;
+    if a.is_empty() || b.is_empty() {
+        return Err(format!("{s:?}: expected PHYSNET:INTERFACE"));
+    }
+    Ok((a.to_string(), b.to_string()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig {
+            host: self.host.clone().unwrap_or_else(hostname),
+            underlay_ip: self.underlay_ip,
+            underlay_interface: self.underlay_interface.clone(),
+            vxlan_port: self.vxlan_port,
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            report_interval: Duration::from_secs(self.report_interval.max(1)),
+            interface_mappings: self
+                .physical_interface_mappings
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<_, _>>(),
+            nft_binary: self.nft.clone(),
+        }
+    }
+}
+
+pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> anyhow::Result<()> {
+    let cfg = args.config();
+    if args.cleanup {
+        kuryr_agent::cleanup(&cfg).await?;
+        println!("removed every kuryr link and nft table on this host");
+        return Ok(());
+    }
+    let creds = match credentials {
+        Some(c) => c,
+        None => match &args.os_cloud {
+            Some(cloud) => Credentials::from_cloud(cloud)
+                .with_context(|| format!("credentials of cloud {cloud:?}"))?,
+            None => Credentials::from_env().context("credentials from OS_* variables")?,
+        },
+    };
+    // No login yet: the agent must start (and keep the dataplane) while the server is down.
+    let client = Client::new(creds, ClientConfig::default())?;
+    tracing::info!(host = %cfg.host, underlay = %cfg.underlay_ip, "kuryr agent starting");
+    let agent = Agent::new(cfg, client).await?;
+    agent.run(crate::shutdown_signal()).await
+}
+
+#[derive(Subcommand)]
+pub enum PortCommand {
+    /// Bind a port into a network namespace on this host (through the local agent).
+    Bind {
+        /// Port id.
+        port: String,
+        /// The namespace: /run/netns/NAME or /proc/PID/ns/net.
+        #[arg(long)]
+        netns: PathBuf,
+        /// Interface name inside the namespace.
+        #[arg(long, default_value = "eth0")]
+        ifname: String,
+        #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+        socket: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a port's interface from this host and release its binding.
+    Unbind {
+        port: String,
+        #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+        socket: PathBuf,
+    },
+    /// The ports bound on this host.
+    List {
+        #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+        socket: PathBuf,
+    },
+}
+
+pub async fn run_port(cmd: PortCommand) -> anyhow::Result<()> {
+    match cmd {
+        PortCommand::Bind {
+            port,
+            netns,
+            ifname,
+            socket,
+            json,
+        } => {
+            let r = LocalClient::new(&socket).bind(&port, &netns, &ifname).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "port {} bound: {} in {} (mac {}, {}, mtu {})",
+                    r.port_id,
+                    r.ifname,
+                    r.netns.display(),
+                    r.mac_address,
+                    r.addresses.join(", "),
+                    r.mtu
+                );
+            }
+        }
+        PortCommand::Unbind { port, socket } => {
+            if LocalClient::new(&socket).unbind(&port).await? {
+                println!("port {port} unbound");
+            } else {
+                println!("port {port} was not bound on this host");
+            }
+        }
+        PortCommand::List { socket } => {
+            let v = LocalClient::new(&socket).call("GET", "/v1/ports", None).await?;
+            println!("{}", serde_json::to_string_pretty(&v["bindings"])?);
+        }
+    }
+    Ok(())
+}

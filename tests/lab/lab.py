@@ -1,0 +1,387 @@
+"""The test lab: network namespaces as hosts (DESIGN.md §10).
+
+    lab namespace     underlay bridge br-u 10.99.0.1/24, `kuryr server` on 10.99.0.1
+    host namespaces   eth0 10.99.0.1N/24 on br-u, each running a real `kuryr agent`
+    containers        namespaces whose interfaces the agents create (veth peers
+                      born inside them)
+
+Nothing outside these namespaces is touched: every link is created with `ip -n`,
+the agents and the server run under `ip netns exec`, and the API is reached from
+inside the lab namespace (`curl` and the `openstack` CLI run there). Every
+namespace carries the lab's random prefix; `close()` deletes them all, and a
+lab whose test process died is swept by the next one (its pid file is stale).
+"""
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KURYR_BIN = os.environ.get("KURYR_BIN", os.path.join(ROOT, "target", "release", "kuryr"))
+OPENSTACK_BIN = os.environ.get("OPENSTACK_BIN", os.path.join(ROOT, ".venv", "bin", "openstack"))
+PIDS_DIR = "/run/kuryr-lab"
+UNDERLAY = "10.99.0"
+
+
+def sh(*cmd, check=True, timeout=60, input=None):
+    """Runs a command; returns stdout. Raises with stderr on failure."""
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                       timeout=timeout, input=input, stdin=None if input else subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stderr}{p.stdout}")
+    return p.stdout
+
+
+def sweep_stale_labs():
+    """Deletes the namespaces of labs whose test process is gone."""
+    os.makedirs(PIDS_DIR, exist_ok=True)
+    for name in os.listdir(PIDS_DIR):
+        path = os.path.join(PIDS_DIR, name)
+        try:
+            pid = int(open(path).read().strip())
+            os.kill(pid, 0)
+            continue  # still running
+        except (ValueError, ProcessLookupError, FileNotFoundError):
+            pass
+        except PermissionError:
+            continue
+        for ns in sh("ip", "netns", "list", check=False).split("\n"):
+            ns = ns.split(" ")[0]
+            if ns.startswith(name + "-"):
+                sh("ip", "netns", "del", ns, check=False)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class Process:
+    def __init__(self, name, cmd, env, log_path):
+        self.name, self.cmd, self.env, self.log_path = name, cmd, env, log_path
+        self.proc = None
+        self.start()
+
+    def start(self):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def kill9(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def log(self, tail=150):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-tail:])
+        except OSError:
+            return ""
+
+
+class Lab:
+    def __init__(self, hosts=3, agent_args=(), server_args=()):
+        sweep_stale_labs()
+        self.prefix = "kl" + secrets.token_hex(3)
+        with open(os.path.join(PIDS_DIR, self.prefix), "w") as f:
+            f.write(str(os.getpid()))
+        self.dir = tempfile.mkdtemp(prefix=f"kuryr-{self.prefix}-")
+        self.namespaces = []
+        self.server = None
+        self.agents = {}
+        self.password = secrets.token_urlsafe(12)
+        self.url = f"http://{UNDERLAY}.1:9696"
+        self.auth_url = f"{self.url}/identity/v3"
+        self.hosts = [f"h{i}" for i in range(1, hosts + 1)]
+        self._token = None
+        try:
+            self._build(agent_args, server_args)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- topology
+
+    def ns(self, name):
+        """The full namespace name of a lab member ('lab', 'h1', a container)."""
+        return f"{self.prefix}-{name}"
+
+    def add_ns(self, name):
+        full = self.ns(name)
+        sh("ip", "netns", "add", full)
+        self.namespaces.append(full)
+        sh("ip", "-n", full, "link", "set", "lo", "up")
+        return full
+
+    def _build(self, agent_args, server_args):
+        lab = self.add_ns("lab")
+        sh("ip", "-n", lab, "link", "add", "br-u", "type", "bridge")
+        sh("ip", "-n", lab, "addr", "add", f"{UNDERLAY}.1/24", "dev", "br-u")
+        sh("ip", "-n", lab, "link", "set", "br-u", "up")
+        for i, h in enumerate(self.hosts, start=1):
+            host = self.add_ns(h)
+            # Created inside the lab namespace, peer born in the host namespace.
+            sh("ip", "-n", lab, "link", "add", f"u-{h}", "type", "veth",
+               "peer", "name", "eth0", "netns", host)
+            sh("ip", "-n", lab, "link", "set", f"u-{h}", "master", "br-u", "up")
+            sh("ip", "-n", host, "addr", "add", f"{UNDERLAY}.{10 + i}/24", "dev", "eth0")
+            sh("ip", "-n", host, "link", "set", "eth0", "up")
+        self.server = Process(
+            "server",
+            ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", f"{UNDERLAY}.1:9696",
+             "--data-dir", os.path.join(self.dir, "server"), "--admin-password", self.password,
+             "--agent-down-time", "3", "--watch-keepalive", "2", *server_args],
+            dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
+            os.path.join(self.dir, "server.log"))
+        self.wait_for(lambda: self.curl_status("GET", "/identity/v3") == 200, 30,
+                      "the lab's kuryr server to answer", self.server)
+        for i, h in enumerate(self.hosts, start=1):
+            self.start_agent(h, *agent_args)
+        for h in self.hosts:
+            self.wait_agent_ready(h)
+
+    def agent_socket(self, host):
+        return os.path.join(self.dir, f"{host}.sock")
+
+    def start_agent(self, host, *extra):
+        i = self.hosts.index(host) + 1
+        env = dict(os.environ, **self.os_env(), RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        self.agents[host] = Process(
+            host,
+            ["ip", "netns", "exec", self.ns(host), KURYR_BIN, "agent", "--host", host,
+             "--underlay-ip", f"{UNDERLAY}.{10 + i}", "--underlay-interface", "eth0",
+             "--socket", self.agent_socket(host),
+             "--state-dir", os.path.join(self.dir, f"{host}-state"),
+             "--report-interval", "1", *extra],
+            env, os.path.join(self.dir, f"{host}.log"))
+        return self.agents[host]
+
+    def wait_agent_ready(self, host, timeout=30):
+        def ready():
+            try:
+                return self.agent_call(host, "GET", "/v1/health").get("synced") is True
+            except RuntimeError:
+                return False
+        self.wait_for(ready, timeout, f"agent {host} to sync with the server", self.agents[host])
+
+    def wait_for(self, cond, timeout, what, proc=None):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc is not None and proc.proc.poll() is not None:
+                raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode} waiting for "
+                                   f"{what}:\n{proc.log()}")
+            if cond():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out after {timeout} s waiting for {what}"
+                           + (f"\n{proc.name} log:\n{proc.log()}" if proc else ""))
+
+    def add_container(self, name):
+        """A namespace standing for a container; its interfaces come from an agent."""
+        return self.add_ns(name)
+
+    def close(self):
+        for a in self.agents.values():
+            a.kill9()
+        if self.server:
+            self.server.kill9()
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces = []
+        try:
+            os.unlink(os.path.join(PIDS_DIR, self.prefix))
+        except FileNotFoundError:
+            pass
+        if not os.environ.get("KURYR_LAB_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self):
+        out = []
+        for p in [self.server, *self.agents.values()]:
+            if p:
+                out.append(f"----- {p.name} ({p.log_path}) -----\n{p.log()}")
+        return "\n".join(out)
+
+    # ---------------------------------------------------------------- running things
+
+    def exec(self, name, *cmd, check=True, timeout=60):
+        """Runs a command inside a lab namespace."""
+        return sh("ip", "netns", "exec", self.ns(name), *cmd, check=check, timeout=timeout)
+
+    def ping(self, src, dst_ip, count=1, wait=1):
+        """True if `src` (a container) gets an answer from dst_ip."""
+        flag = ["-6"] if ":" in dst_ip else []
+        p = subprocess.run(["ip", "netns", "exec", self.ns(src), "ping", *flag, "-c", str(count),
+                            "-W", str(wait), "-i", "0.2", dst_ip],
+                           capture_output=True, text=True, timeout=30 + count)
+        return p.returncode == 0
+
+    def ping_eventually(self, src, dst_ip, timeout=5):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.ping(src, dst_ip):
+                return True
+        return False
+
+    def never_pings(self, src, dst_ip, attempts=3):
+        return not any(self.ping(src, dst_ip) for _ in range(attempts))
+
+    def tcp_listen(self, name, port):
+        """A busybox nc that answers one connection with 'hello'. Returns the process."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(name), "busybox", "nc", "-l",
+                              "-p", str(port), "-e", "echo", "hello"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        time.sleep(0.2)
+        return p
+
+    def tcp_connects(self, src, ip, port):
+        """True if a TCP connection from `src` to ip:port gets the listener's answer."""
+        p = subprocess.run(["ip", "netns", "exec", self.ns(src), "busybox", "nc", "-w", "2",
+                            ip, str(port)], capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        return "hello" in p.stdout
+
+    # ---------------------------------------------------------------- the API
+
+    def os_env(self):
+        return {"OS_AUTH_URL": self.auth_url, "OS_USERNAME": "admin", "OS_PASSWORD": self.password,
+                "OS_PROJECT_NAME": "admin", "OS_USER_DOMAIN_NAME": "Default",
+                "OS_PROJECT_DOMAIN_NAME": "Default", "OS_IDENTITY_API_VERSION": "3",
+                "OS_REGION_NAME": "RegionOne", "OS_INTERFACE": "public"}
+
+    def openstack(self, *args, env=None, fmt="json", check=True):
+        """The real openstack CLI, run inside the lab namespace."""
+        e = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        e.update(env or self.os_env())
+        cmd = ["ip", "netns", "exec", self.ns("lab"), OPENSTACK_BIN, *map(str, args)]
+        if fmt:
+            cmd += ["-f", fmt]
+        p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"openstack {' '.join(map(str, args))} exited {p.returncode}:\n"
+                               f"{p.stderr}")
+        if fmt == "json" and p.returncode == 0:
+            return json.loads(p.stdout) if p.stdout.strip() else None
+        return p
+
+    def token(self):
+        if self._token is None:
+            body = json.dumps({"auth": {"identity": {"methods": ["password"], "password": {
+                "user": {"name": "admin", "domain": {"name": "Default"},
+                         "password": self.password}}},
+                "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
+            out = self.exec("lab", "curl", "-s", "-i", "-X", "POST", "-H",
+                            "Content-Type: application/json", "-d", body,
+                            f"{self.auth_url}/auth/tokens")
+            m = re.search(r"(?im)^x-subject-token:\s*(\S+)", out)
+            if not m:
+                raise RuntimeError(f"no token from the lab's server:\n{out}")
+            self._token = m.group(1)
+        return self._token
+
+    def curl_status(self, method, path):
+        p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), "curl", "-s", "-o", "/dev/null",
+                            "-w", "%{http_code}", "-X", method, self.url + path],
+                           capture_output=True, text=True, timeout=10)
+        try:
+            return int(p.stdout or 0)
+        except ValueError:
+            return 0
+
+    def api(self, method, path, body=None, expect=None):
+        """Neutron over HTTP as admin (from inside the lab). Returns (status, json)."""
+        cmd = ["curl", "-s", "-w", "\n%{http_code}", "-X", method, "-H",
+               f"X-Auth-Token: {self.token()}", "-H", "Content-Type: application/json",
+               f"{self.url}/networking/v2.0{path}"]
+        if body is not None:
+            cmd[1:1] = ["-d", json.dumps(body)]
+        out = self.exec("lab", *cmd)
+        text, _, code = out.rpartition("\n")
+        status = int(code)
+        data = json.loads(text) if text.strip() else None
+        if expect is not None and status != expect:
+            raise RuntimeError(f"{method} {path} -> {status}, expected {expect}: {text}")
+        return status, data
+
+    def create(self, kind, body):
+        singular = {"networks": "network", "subnets": "subnet", "ports": "port",
+                    "security-groups": "security_group",
+                    "security-group-rules": "security_group_rule"}[kind]
+        _, data = self.api("POST", f"/{kind}", {singular: body}, expect=201)
+        return data[singular]
+
+    def network(self, name, cidr, cidr6=None, **extra):
+        """A network with an IPv4 subnet (and optionally IPv6). Returns (net, [subnets])."""
+        net = self.create("networks", {"name": name, **extra})
+        subnets = [self.create("subnets", {"network_id": net["id"], "cidr": cidr,
+                                           "ip_version": 4})]
+        if cidr6:
+            subnets.append(self.create("subnets", {"network_id": net["id"], "cidr": cidr6,
+                                                   "ip_version": 6}))
+        return net, subnets
+
+    def port(self, net, **extra):
+        return self.create("ports", {"network_id": net["id"], **extra})
+
+    # ---------------------------------------------------------------- the agents
+
+    def agent_call(self, host, method, path, body=None):
+        """The agent's local API over its unix socket (curl --unix-socket)."""
+        cmd = ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", self.agent_socket(host),
+               "-X", method, f"http://agent{path}"]
+        if body is not None:
+            cmd[1:1] = ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"agent {host} unreachable: {p.stderr}")
+        text, _, code = p.stdout.rpartition("\n")
+        return json.loads(text) if text.strip() else {"status": int(code)}
+
+    def bind(self, host, port, container, ifname="eth0", check=True):
+        """`kuryr port bind` on `host` (the real CLI)."""
+        p = subprocess.run([KURYR_BIN, "port", "bind", port["id"] if isinstance(port, dict) else port,
+                            "--netns", f"/run/netns/{self.ns(container)}", "--ifname", ifname,
+                            "--socket", self.agent_socket(host), "--json"],
+                           capture_output=True, text=True, timeout=60)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"kuryr port bind failed ({p.returncode}): {p.stderr}\n{self.logs()}")
+        return json.loads(p.stdout) if p.returncode == 0 else p
+
+    def unbind(self, host, port):
+        return sh(KURYR_BIN, "port", "unbind", port["id"] if isinstance(port, dict) else port,
+                  "--socket", self.agent_socket(host))
+
+    def links(self, name):
+        return json.loads(sh("ip", "-j", "-n", self.ns(name), "link", "show") or "[]")
+
+    def addresses(self, name, ifname="eth0"):
+        data = json.loads(sh("ip", "-j", "-n", self.ns(name), "addr", "show", "dev", ifname))
+        return [f"{a['local']}/{a['prefixlen']}" for a in data[0]["addr_info"]]
+
+    def kuryr_objects(self, host):
+        """Every link and nft object the agent made on a host (by kuryr's names)."""
+        names = [l["ifname"] for l in self.links(host)
+                 if re.match(r"^(tap|brq|vxlan-)", l["ifname"])]
+        nft = self.exec(host, "nft", "-j", "list", "ruleset")
+        objects = [o for o in json.loads(nft)["nftables"]
+                   if any(k in o for k in ("chain", "set", "map", "rule", "element"))
+                   and (o.get("chain") or o.get("set") or o.get("map") or o.get("rule") or {})
+                   .get("table") == "kuryr"]
+        return names, objects
