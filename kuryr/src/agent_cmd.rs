@@ -158,7 +158,9 @@ pub async fn run_port(cmd: PortCommand) -> anyhow::Result<()> {
             socket,
             json,
         } => {
-            let r = LocalClient::new(&socket).bind(&port, &netns, &ifname).await?;
+            let r = LocalClient::new(&socket)
+                .bind(&port, &netns, &ifname)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -181,7 +183,9 @@ pub async fn run_port(cmd: PortCommand) -> anyhow::Result<()> {
             }
         }
         PortCommand::List { socket } => {
-            let v = LocalClient::new(&socket).call("GET", "/v1/ports", None).await?;
+            let v = LocalClient::new(&socket)
+                .call("GET", "/v1/ports", None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&v["bindings"])?);
         }
     }

@@ -223,18 +223,20 @@ class Lab:
         """Runs a command inside a lab namespace."""
         return sh("ip", "netns", "exec", self.ns(name), *cmd, check=check, timeout=timeout)
 
-    def ping(self, src, dst_ip, count=1, wait=1):
+    def ping(self, src, dst_ip, count=1, wait=1, source=None):
         """True if `src` (a container) gets an answer from dst_ip."""
         flag = ["-6"] if ":" in dst_ip else []
+        if source:
+            flag += ["-I", source]
         p = subprocess.run(["ip", "netns", "exec", self.ns(src), "ping", *flag, "-c", str(count),
                             "-W", str(wait), "-i", "0.2", dst_ip],
                            capture_output=True, text=True, timeout=30 + count)
         return p.returncode == 0
 
-    def ping_eventually(self, src, dst_ip, timeout=5):
+    def ping_eventually(self, src, dst_ip, timeout=5, src_ip=None):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if self.ping(src, dst_ip):
+            if self.ping(src, dst_ip, source=src_ip):
                 return True
         return False
 

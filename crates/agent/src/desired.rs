@@ -36,9 +36,13 @@ fn prefix11(id: &str) -> &str {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetKind {
-    Vxlan { vni: u32 },
+    Vxlan {
+        vni: u32,
+    },
     /// Bridged onto a host interface (`--physical-interface-mappings`).
-    Flat { interface: String },
+    Flat {
+        interface: String,
+    },
     /// A bridge on this host only.
     Local,
 }
@@ -292,8 +296,10 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             }
             "local" => NetKind::Local,
             other => {
-                d.waiting
-                    .insert(port_id.clone(), format!("network type {other} not supported"));
+                d.waiting.insert(
+                    port_id.clone(),
+                    format!("network type {other} not supported"),
+                );
                 continue;
             }
         };
@@ -320,13 +326,15 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             }
         };
         let bridge = bridge_name(&net.id);
-        d.networks.entry(net.id.clone()).or_insert_with(|| NetDesired {
-            id: net.id.clone(),
-            bridge: bridge.clone(),
-            mtu: net.mtu,
-            kind,
-            remote: RemoteL2::default(),
-        });
+        d.networks
+            .entry(net.id.clone())
+            .or_insert_with(|| NetDesired {
+                id: net.id.clone(),
+                bridge: bridge.clone(),
+                mtu: net.mtu,
+                kind,
+                remote: RemoteL2::default(),
+            });
         if !d.ruleset.networks.iter().any(|z| z.bridge == bridge) {
             d.ruleset.networks.push(nft::NetworkZone {
                 bridge: bridge.clone(),
@@ -393,8 +401,7 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
         let (Ok(vtep), Ok(mac)) = (
             vtep.tunneling_ip.parse::<IpAddr>(),
             p.mac_address.parse::<MacAddr>(),
-        )
-        else {
+        ) else {
             continue;
         };
         nd.remote.fdb.insert((mac, vtep));

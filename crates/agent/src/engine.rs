@@ -6,10 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::{Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use kuryr_dataplane::netns::NetNs;
 use kuryr_dataplane::nft::{self, Nft, Ruleset};
-use kuryr_dataplane::MacAddr;
 
 use crate::desired::{Desired, NetDesired, NetKind, PortDesired, RemoteL2, vxlan_name};
 
@@ -144,7 +144,8 @@ impl Engine {
             }
         }
         self.applied_ports.retain(|id, _| d.ports.contains_key(id));
-        self.applied_remote.retain(|id, _| d.networks.contains_key(id));
+        self.applied_remote
+            .retain(|id, _| d.networks.contains_key(id));
         Ok(pass)
     }
 

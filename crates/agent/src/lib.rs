@@ -236,7 +236,11 @@ impl Agent {
         // means the connection is dead even if TCP has not noticed.
         let silence = Duration::from_secs(45);
         loop {
-            let since = self.mirror.read().unwrap_or_else(|p| p.into_inner()).revision();
+            let since = self
+                .mirror
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision();
             match self.client.watch_host(&self.cfg.host, since).await {
                 Ok(mut stream) => {
                     tracing::info!(since, "watching this host's view");
@@ -251,7 +255,10 @@ impl Agent {
                                     .apply(frame);
                                 if delta.missing != Default::default() {
                                     tracing::warn!("watch resumed with gaps; starting over from 0");
-                                    self.mirror.write().unwrap_or_else(|p| p.into_inner()).reset();
+                                    self.mirror
+                                        .write()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .reset();
                                     break;
                                 }
                                 self.mirror_changed.send_modify(|n| *n += 1);
@@ -492,7 +499,8 @@ impl Agent {
                 .await
                 .map_err(|e| from_client("claiming the port for this host", e))?
         };
-        self.wait_for_port(&port.id, claimed.revision_number).await?;
+        self.wait_for_port(&port.id, claimed.revision_number)
+            .await?;
         let desired = self.converge_once().await?;
         if let Some(why) = desired.waiting.get(&port.id) {
             return Err(AgentError::Unavailable(format!(
@@ -506,9 +514,10 @@ impl Agent {
                 port.id
             )));
         }
-        let d = desired.ports.get(&port.id).ok_or_else(|| {
-            AgentError::Unavailable(format!("port {} was not realized", port.id))
-        })?;
+        let d = desired
+            .ports
+            .get(&port.id)
+            .ok_or_else(|| AgentError::Unavailable(format!("port {} was not realized", port.id)))?;
         if !lock(&self.reported).contains(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} is up but the server did not take its ACTIVE status",

@@ -11,12 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -27,7 +27,8 @@ use crate::{Agent, AgentError, BindResult};
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (
             status,
             Json(json!({"error": {"code": self.status(), "message": self.to_string()}})),
@@ -142,7 +143,12 @@ impl LocalClient {
         }
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, LocalError> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, LocalError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| LocalError::Connect {
@@ -174,8 +180,9 @@ impl LocalClient {
             .await
             .map_err(|e| LocalError::Http(e.to_string()))?
             .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| LocalError::Http(format!("the agent answered {status} without JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            LocalError::Http(format!("the agent answered {status} without JSON: {e}"))
+        })?;
         if status >= 400 {
             let message = value["error"]["message"]
                 .as_str()
@@ -186,7 +193,12 @@ impl LocalClient {
         Ok(value)
     }
 
-    pub async fn bind(&self, port: &str, netns: &Path, ifname: &str) -> Result<BindResult, LocalError> {
+    pub async fn bind(
+        &self,
+        port: &str,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<BindResult, LocalError> {
         let v = self
             .call(
                 "POST",
@@ -194,7 +206,8 @@ impl LocalClient {
                 Some(json!({"netns": netns, "ifname": ifname})),
             )
             .await?;
-        serde_json::from_value(v).map_err(|e| LocalError::Http(format!("unexpected bind answer: {e}")))
+        serde_json::from_value(v)
+            .map_err(|e| LocalError::Http(format!("unexpected bind answer: {e}")))
     }
 
     pub async fn unbind(&self, port: &str) -> Result<bool, LocalError> {
