@@ -1,0 +1,1135 @@
+//! kuryr-dataplane's nft module: render/diff unit tests, and the security groups
+//! proven on real traffic through the kernel (run as root).
+//!
+//! Network safety: no test touches the machine's own namespace or firewall. Each
+//! kernel test makes its own namespaces (`ip netns add kt-nft-...`, removed by a Drop
+//! guard even when the test panics): a "host" one holding a bridge `brqnet1` and the
+//! `tap*` ends of veths whose other ends are `eth0` in "container" namespaces, with
+//! addresses in 10.78.0.0/24 and fd78::/64. nft only ever runs as
+//! `ip netns exec kt-nft-... nft` ([`Nft::in_netns`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ipnet::IpNet;
+use kuryr_dataplane::MacAddr;
+use kuryr_dataplane::nft::{
+    AddressPair, Direction, EtherType, GroupMembers, NetworkZone, Nft, PortFilter, Remote, Rule,
+    Ruleset, diff, egress_chain, group_set, ingress_chain, render, spoof_chain,
+};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A namespace of this test, deleted on drop.
+struct TestNs {
+    name: String,
+}
+
+impl TestNs {
+    fn new() -> TestNs {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "kt-nft-{}-{}-{:x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            nanos
+        );
+        run("ip", &["netns", "add", &name]);
+        TestNs { name }
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full);
+    }
+
+    fn exec(&self, args: &[&str]) -> bool {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        ok("ip", &full)
+    }
+
+    fn nft(&self) -> Nft {
+        Nft::new().in_netns(&self.name)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn mac(last: u8) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0, last])
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("test cidr")
+}
+
+/// A host namespace with bridge `brqnet1` and one container namespace per port.
+struct Topo {
+    host: TestNs,
+    /// Containers by letter: namespace, IPv4, IPv6.
+    cts: BTreeMap<char, (TestNs, String, String)>,
+}
+
+const BRIDGE: &str = "brqnet1";
+
+impl Topo {
+    fn new(letters: &[char]) -> Topo {
+        let host = TestNs::new();
+        host.ip(&["link", "set", "lo", "up"]);
+        assert!(host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]));
+        assert!(host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"]));
+        host.ip(&["link", "add", BRIDGE, "type", "bridge"]);
+        host.ip(&["link", "set", BRIDGE, "up"]);
+        let mut cts = BTreeMap::new();
+        for (i, l) in letters.iter().enumerate() {
+            let n = i as u8 + 1;
+            let ct = TestNs::new();
+            let tap = format!("tap{l}");
+            host.ip(&[
+                "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ct.name,
+            ]);
+            ct.ip(&["link", "set", "eth0", "address", &mac(n).to_string()]);
+            ct.ip(&["link", "set", "lo", "up"]);
+            ct.ip(&["link", "set", "eth0", "up"]);
+            let (v4, v6) = (format!("10.78.0.{n}"), format!("fd78::{n}"));
+            ct.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"]);
+            ct.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+            host.ip(&["link", "set", &tap, "master", BRIDGE]);
+            host.ip(&["link", "set", &tap, "up"]);
+            cts.insert(*l, (ct, v4, v6));
+        }
+        Topo { host, cts }
+    }
+
+    fn ct(&self, l: char) -> &TestNs {
+        &self.cts[&l].0
+    }
+    fn v4(&self, l: char) -> &str {
+        &self.cts[&l].1
+    }
+    fn v6(&self, l: char) -> &str {
+        &self.cts[&l].2
+    }
+
+    fn ping_once(&self, from: char, to: &str) -> bool {
+        self.ct(from).exec(&["ping", "-c1", "-W1", "-q", to])
+    }
+
+    /// Whether `from` reaches `to` by ping (a few tries, for ARP/ND warm-up).
+    fn ping(&self, from: char, to: &str) -> bool {
+        (0..3).any(|_| self.ping_once(from, to))
+    }
+
+    /// Whether a TCP connection from `from` to `to_ct`'s address `to:port` carries data.
+    fn tcp(&self, from: char, to_ct: char, to: &str, port: u16) -> bool {
+        (0..2).any(|_| self.tcp_once(from, to_ct, to, port))
+    }
+
+    fn tcp_once(&self, from: char, to_ct: char, to: &str, port: u16) -> bool {
+        let p = port.to_string();
+        let mut server = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ct(to_ct).name,
+                "busybox",
+                "nc",
+                "-l",
+                "-p",
+                &p,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nc server");
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ct(from).name, "sh", "-c"])
+            .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {p}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = server.kill();
+        let out = server
+            .wait_with_output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        String::from_utf8_lossy(&out).contains("kuryr-hello")
+    }
+
+    fn port(&self, l: char, rules: Vec<Rule>) -> PortFilter {
+        PortFilter {
+            id: format!("port-{l}"),
+            tap: format!("tap{l}"),
+            bridge: BRIDGE.to_string(),
+            mac: mac(self.cts.keys().position(|c| *c == l).expect("letter") as u8 + 1),
+            ips: vec![ip(self.v4(l)), ip(self.v6(l))],
+            allowed_address_pairs: vec![],
+            port_security: true,
+            rules,
+        }
+    }
+
+    fn members(&self, letters: &[char]) -> GroupMembers {
+        let mut g = GroupMembers::default();
+        for l in letters {
+            g.v4.insert(IpNet::from(ip(self.v4(*l))));
+            g.v6.insert(IpNet::from(ip(self.v6(*l))));
+        }
+        g
+    }
+}
+
+fn rule(
+    direction: Direction,
+    ethertype: EtherType,
+    protocol: Option<u8>,
+    range: (Option<u16>, Option<u16>),
+    remote: Remote,
+) -> Rule {
+    Rule {
+        direction,
+        ethertype,
+        protocol,
+        port_range_min: range.0,
+        port_range_max: range.1,
+        remote,
+    }
+}
+
+/// Neutron's default group: ingress from members, egress anywhere, both families.
+fn default_rules(sg: &str) -> Vec<Rule> {
+    let mut v = vec![];
+    for et in [EtherType::V4, EtherType::V6] {
+        v.push(rule(
+            Direction::Ingress,
+            et,
+            None,
+            (None, None),
+            Remote::Group(sg.into()),
+        ));
+        v.push(rule(Direction::Egress, et, None, (None, None), Remote::Any));
+    }
+    v
+}
+
+fn allow_all() -> Vec<Rule> {
+    let mut v = vec![];
+    for et in [EtherType::V4, EtherType::V6] {
+        for d in [Direction::Ingress, Direction::Egress] {
+            v.push(rule(d, et, None, (None, None), Remote::Any));
+        }
+    }
+    v
+}
+
+fn egress_only() -> Vec<Rule> {
+    allow_all()
+        .into_iter()
+        .filter(|r| r.direction == Direction::Egress)
+        .collect()
+}
+
+fn zone() -> Vec<NetworkZone> {
+    vec![NetworkZone {
+        bridge: BRIDGE.into(),
+        zone: 1,
+    }]
+}
+
+/// Drops `handle` keys everywhere.
+fn strip_handles(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("handle");
+            for x in m.values_mut() {
+                strip_handles(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_handles),
+        _ => {}
+    }
+}
+
+/// kuryr's two tables as the kernel lists them, independent of handles and of the
+/// order chains/sets were created in (rules keep their order within a chain).
+async fn kernel_state(nft: &Nft) -> (BTreeSet<String>, BTreeMap<String, Vec<String>>) {
+    let mut objects = BTreeSet::new();
+    let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for fam in ["bridge", "inet"] {
+        let out = nft
+            .run(&["-j", "list", "table", fam, "kuryr"], None)
+            .await
+            .expect("list table");
+        let mut v: Value = serde_json::from_str(&out).expect("nft -j output is JSON");
+        strip_handles(&mut v);
+        for obj in v["nftables"].as_array().cloned().unwrap_or_default() {
+            if obj.get("metainfo").is_some() {
+                continue;
+            }
+            if let Some(r) = obj.get("rule") {
+                let chain = format!("{fam} {}", r["chain"].as_str().unwrap_or(""));
+                rules.entry(chain).or_default().push(r.to_string());
+            } else {
+                let mut obj = obj;
+                // pipapo sets list elements in insertion order
+                for kind in ["set", "map"] {
+                    if let Some(Value::Array(elems)) =
+                        obj.get_mut(kind).and_then(|o| o.get_mut("elem"))
+                    {
+                        elems.sort_by_key(|e| e.to_string());
+                    }
+                }
+                objects.insert(obj.to_string());
+            }
+        }
+    }
+    (objects, rules)
+}
+
+/// Applies `diff(old,new)` on top of `old`, then checks the kernel holds exactly what
+/// `render(new)` gives.
+async fn assert_diff_equals_render(nft: &Nft, old: &Ruleset, new: &Ruleset) {
+    nft.apply(&render(old)).await.expect("apply old");
+    if let Some(d) = diff(old, new) {
+        nft.apply(&d)
+            .await
+            .unwrap_or_else(|e| panic!("apply diff failed: {e}\n{d}"));
+    }
+    let after_diff = kernel_state(nft).await;
+    nft.apply(&render(new)).await.expect("apply new");
+    let after_render = kernel_state(nft).await;
+    if after_diff != after_render {
+        let only = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+            a.difference(b).cloned().collect()
+        };
+        let chains: Vec<&String> = after_diff
+            .1
+            .iter()
+            .filter(|(c, r)| after_render.1.get(*c) != Some(r))
+            .chain(
+                after_render
+                    .1
+                    .iter()
+                    .filter(|(c, r)| after_diff.1.get(*c) != Some(r)),
+            )
+            .map(|(c, _)| c)
+            .collect();
+        panic!(
+            "diff(old,new) != render(new)\nonly after diff: {:?}\nonly after render: {:?}\nchains differing: {chains:?}\ndiff script:\n{}",
+            only(&after_diff.0, &after_render.0),
+            only(&after_render.0, &after_diff.0),
+            diff(old, new).unwrap_or_default()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Unit tests (no kernel)
+
+fn sample() -> Ruleset {
+    let mut groups = BTreeMap::new();
+    let mut g = GroupMembers::default();
+    g.v4.insert(net("10.0.0.4/32"));
+    g.v4.insert(net("10.0.0.5/32"));
+    g.v6.insert(net("fd00::5/128"));
+    groups.insert("sg-1".to_string(), g);
+    Ruleset {
+        networks: vec![NetworkZone {
+            bridge: "brqaaaa".into(),
+            zone: 7,
+        }],
+        ports: vec![
+            PortFilter {
+                id: "3f1c2d4e-aaaa-bbbb-cccc-0123456789ab".into(),
+                tap: "tap3f1c2d4e-aa".into(),
+                bridge: "brqaaaa".into(),
+                mac: "fa:16:3e:00:00:01".parse().expect("mac"),
+                ips: vec![ip("10.0.0.5"), ip("fd00::5")],
+                allowed_address_pairs: vec![AddressPair {
+                    ip: net("10.0.1.0/24"),
+                    mac: Some("fa:16:3e:00:00:99".parse().expect("mac")),
+                }],
+                port_security: true,
+                rules: vec![
+                    rule(
+                        Direction::Ingress,
+                        EtherType::V4,
+                        Some(6),
+                        (Some(22), Some(22)),
+                        Remote::Prefix(net("192.168.0.0/16")),
+                    ),
+                    rule(
+                        Direction::Ingress,
+                        EtherType::V4,
+                        None,
+                        (None, None),
+                        Remote::Group("sg-1".into()),
+                    ),
+                    rule(
+                        Direction::Egress,
+                        EtherType::V6,
+                        Some(58),
+                        (Some(128), Some(0)),
+                        Remote::Any,
+                    ),
+                    rule(
+                        Direction::Egress,
+                        EtherType::V4,
+                        Some(17),
+                        (Some(1000), Some(2000)),
+                        Remote::Group("sg-2".into()),
+                    ),
+                ],
+            },
+            PortFilter {
+                id: "open".into(),
+                tap: "tapopen".into(),
+                bridge: "brqaaaa".into(),
+                mac: "fa:16:3e:00:00:02".parse().expect("mac"),
+                ips: vec![ip("10.0.0.6")],
+                allowed_address_pairs: vec![],
+                port_security: false,
+                rules: vec![],
+            },
+        ],
+        groups,
+    }
+}
+
+#[test]
+fn render_is_deterministic_and_names_things_by_id() {
+    let rs = sample();
+    let s = render(&rs);
+    assert_eq!(s, render(&rs.clone()));
+    let id = "3f1c2d4e-aaaa-bbbb-cccc-0123456789ab";
+    assert_eq!(spoof_chain(id), format!("spoof_{id}"));
+    assert_eq!(ingress_chain("a_b.c"), "in_a_5fb_2ec");
+    for needle in [
+        "add table bridge kuryr\ndelete table bridge kuryr\nadd table inet kuryr\ndelete table inet kuryr\n",
+        &format!("\"tap3f1c2d4e-aa\" : jump spoof_{id}"),
+        &format!("\"brqaaaa\" . 10.0.0.5 : jump out_{id}"),
+        &format!("\"brqaaaa\" . 10.0.1.0/24 : jump in_{id}"),
+        &format!("\"brqaaaa\" . fd00::5 : jump in_{id}"),
+        "\"brqaaaa\" : 7",
+        "set g4_sg-1 {",
+        "set g6_sg-1 {",
+        // referenced but without members: still exists, empty
+        "set g4_sg-2 {",
+        "elements = { 10.0.0.4/31 }",
+        "meta nfproto ipv4 meta l4proto tcp th dport 22 ip saddr 192.168.0.0/16 accept",
+        "meta nfproto ipv4 ip saddr @g4_sg-1 accept",
+        "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 return",
+        "meta nfproto ipv4 meta l4proto udp th dport 1000-2000 ip daddr @g4_sg-2 return",
+        "ether saddr != { fa:16:3e:00:00:01, fa:16:3e:00:00:99 } drop",
+        "ip saddr != { 10.0.0.5, 10.0.1.0/24 } drop",
+        "fe80::f816:3eff:fe00:1",
+    ] {
+        assert!(s.contains(needle), "render lacks {needle:?}:\n{s}");
+    }
+    // port_security=false: nothing for that port
+    assert!(!s.contains("open"), "{s}");
+    assert!(!s.contains("10.0.0.6 :"), "{s}");
+}
+
+#[test]
+fn diff_of_equal_is_none_and_membership_is_elements_only() {
+    let old = sample();
+    assert_eq!(diff(&old, &old.clone()), None);
+    // reordering rules does not change anything
+    let mut reordered = old.clone();
+    reordered.ports[0].rules.reverse();
+    assert_eq!(diff(&old, &reordered), None);
+
+    let mut new = old.clone();
+    let g = new.groups.get_mut("sg-1").expect("group");
+    g.v4.insert(net("10.0.9.9/32"));
+    g.v6.remove(&net("fd00::5/128"));
+    let d = diff(&old, &new).expect("a diff");
+    for line in d.lines() {
+        assert!(
+            line.starts_with("add element inet kuryr g4_sg-1 ")
+                || line.starts_with("delete element inet kuryr g6_sg-1 "),
+            "unexpected line {line:?} in\n{d}"
+        );
+    }
+    assert!(d.contains("10.0.9.9"), "{d}");
+}
+
+#[test]
+fn diff_of_port_changes() {
+    let old = sample();
+    let id = "3f1c2d4e-aaaa-bbbb-cccc-0123456789ab";
+    // a new rule: that port's chain is flushed and refilled, nothing else
+    let mut new = old.clone();
+    new.ports[0].rules.push(rule(
+        Direction::Ingress,
+        EtherType::V6,
+        Some(17),
+        (Some(53), None),
+        Remote::Any,
+    ));
+    let d = diff(&old, &new).expect("a diff");
+    assert!(
+        d.starts_with(&format!("flush chain inet kuryr in_{id}\n")),
+        "{d}"
+    );
+    assert!(d.lines().all(|l| l.contains(&format!("in_{id}"))), "{d}");
+    assert!(
+        d.contains("meta nfproto ipv6 meta l4proto udp th dport 53 accept"),
+        "{d}"
+    );
+
+    // the port goes: elements first, then its chains
+    let mut gone = old.clone();
+    gone.ports.remove(0);
+    let d = diff(&old, &gone).expect("a diff");
+    let pos = |s: &str| d.find(s).unwrap_or_else(|| panic!("{s:?} not in\n{d}"));
+    assert!(pos("delete element bridge kuryr spoof") < pos("delete chain bridge kuryr spoof_"));
+    assert!(pos("delete element inet kuryr ingress4") < pos("delete chain inet kuryr in_"));
+    // sg-2 was only referenced by that port: its sets go too, after the chains
+    assert!(pos("delete chain inet kuryr out_") < pos("delete set inet kuryr g4_sg-2"));
+    assert!(!d.contains("g4_sg-1"), "{d}");
+
+    // and comes back: chains created before the elements that jump to them
+    let d = diff(&gone, &old).expect("a diff");
+    let pos = |s: &str| d.find(s).unwrap_or_else(|| panic!("{s:?} not in\n{d}"));
+    assert!(pos("add set inet kuryr g4_sg-2") < pos(&format!("add chain inet kuryr out_{id}")));
+    assert!(pos("add chain inet kuryr out_") < pos("add element inet kuryr egress4"));
+
+    // turning port security off removes everything of the port
+    let mut off = old.clone();
+    off.ports[0].port_security = false;
+    let d = diff(&old, &off).expect("a diff");
+    assert!(d.contains(&format!("delete chain inet kuryr {}", egress_chain(id))));
+    assert_eq!(render(&off), render(&gone));
+}
+
+#[test]
+fn bad_names_and_impossible_rules_are_left_out() {
+    let mut rs = sample();
+    rs.ports[0].tap = "tap\"; flush ruleset".into();
+    rs.networks[0].bridge = "a-very-long-bridge-name".into();
+    rs.ports[0].rules.push(rule(
+        Direction::Ingress,
+        EtherType::V4,
+        None,
+        (None, None),
+        Remote::Prefix(net("fd00::/8")),
+    ));
+    let s = render(&rs);
+    assert!(!s.contains("flush ruleset"), "{s}");
+    assert!(!s.contains("a-very-long"), "{s}");
+    assert!(!s.contains("fd00::/8"), "{s}");
+    assert_eq!(group_set("x y", EtherType::V6), "g6_x_20y");
+}
+
+/// Syntax and semantics of render and diff against the kernel, in an empty namespace.
+#[tokio::test]
+async fn kernel_accepts_render_and_diffs() {
+    let ns = TestNs::new();
+    let nft = ns.nft();
+    let rs = sample();
+    nft.check(&render(&rs)).await.expect("render passes nft -c");
+    nft.check(&render(&Ruleset::default()))
+        .await
+        .expect("empty render passes nft -c");
+
+    let mut variants = vec![Ruleset::default(), rs.clone()];
+    let mut v = rs.clone();
+    v.ports[0].ips.push(ip("10.0.0.77"));
+    v.ports[0].allowed_address_pairs.clear();
+    variants.push(v.clone());
+    v.groups.remove("sg-1");
+    v.networks[0].zone = 9;
+    v.networks.push(NetworkZone {
+        bridge: "brqbbbb".into(),
+        zone: 3,
+    });
+    variants.push(v.clone());
+    v.ports[0].mac = "fa:16:3e:00:00:05".parse().expect("mac");
+    v.ports[1].port_security = true;
+    v.ports[0].tap = "tapnew".into();
+    variants.push(v);
+    for old in &variants {
+        for new in &variants {
+            assert_diff_equals_render(&nft, old, new).await;
+        }
+    }
+    nft.remove_all().await.expect("remove_all");
+    nft.remove_all().await.expect("remove_all twice");
+    let listed = nft.run(&["list", "ruleset"], None).await.expect("list");
+    assert!(!listed.contains("kuryr"), "{listed}");
+}
+
+#[tokio::test]
+async fn errors_carry_stderr_and_line() {
+    let ns = TestNs::new();
+    let nft = ns.nft();
+    let err = nft
+        .apply("add table inet kt\nadd chain inet kt c\nadd rule inet kt c bogus thing\n")
+        .await
+        .expect_err("bad script fails");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("script line 3: add rule inet kt c bogus thing"),
+        "{msg}"
+    );
+    let missing = Nft::with_binary("/nonexistent/nft").apply("").await;
+    assert!(missing.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Traffic
+
+#[tokio::test]
+async fn default_group_port_rules_and_established() {
+    let t = Topo::new(&['a', 'b', 'c']);
+    let nft = t.host.nft();
+    let mut a_rules = default_rules("sg-default");
+    a_rules.push(rule(
+        Direction::Ingress,
+        EtherType::V4,
+        Some(6),
+        (Some(8080), Some(8080)),
+        Remote::Any,
+    ));
+    let mut c_rules = vec![rule(
+        Direction::Ingress,
+        EtherType::V4,
+        Some(1),
+        (Some(8), None),
+        Remote::Any,
+    )];
+    c_rules.push(rule(
+        Direction::Egress,
+        EtherType::V4,
+        None,
+        (None, None),
+        Remote::Any,
+    ));
+    c_rules.push(rule(
+        Direction::Egress,
+        EtherType::V6,
+        None,
+        (None, None),
+        Remote::Any,
+    ));
+    let rs = Ruleset {
+        networks: zone(),
+        ports: vec![
+            t.port('a', a_rules),
+            t.port('b', default_rules("sg-default")),
+            t.port('c', c_rules),
+        ],
+        groups: BTreeMap::from([("sg-default".to_string(), t.members(&['a', 'b']))]),
+    };
+    nft.apply(&render(&rs)).await.expect("apply");
+
+    // members of the group reach each other, both families
+    assert!(t.ping('a', t.v4('b')));
+    assert!(t.ping('b', t.v4('a')));
+    assert!(t.ping('a', t.v6('b')));
+    assert!(t.tcp('b', 'a', t.v4('a'), 9090));
+    // c is not a member: no ping, no tcp to b; only a's tcp 8080 rule lets it in
+    assert!(!t.ping_once('c', t.v4('a')));
+    assert!(!t.ping_once('c', t.v4('b')));
+    assert!(!t.ping_once('c', t.v6('b')));
+    assert!(t.tcp('c', 'a', t.v4('a'), 8080));
+    assert!(!t.tcp_once('c', 'a', t.v4('a'), 9090));
+    // c's ICMP rule (type 8) lets a ping it, but not connect to it
+    assert!(t.ping('a', t.v4('c')));
+    assert!(!t.tcp_once('a', 'c', t.v4('c'), 8080));
+    // established: a -> c works both ways (c's replies pass a's ingress, which does
+    // not allow c), while new inbound from c to a is dropped
+    assert!(t.ping('a', t.v4('c')));
+    assert!(!t.ping_once('c', t.v4('a')));
+    assert!(t.tcp('a', 'b', t.v4('b'), 7000));
+}
+
+#[tokio::test]
+async fn remote_group_membership_follows_diff() {
+    let t = Topo::new(&['a', 'b', 'c']);
+    let nft = t.host.nft();
+    let old = Ruleset {
+        networks: zone(),
+        ports: vec![
+            t.port('a', default_rules("sg-default")),
+            t.port('b', default_rules("sg-default")),
+            t.port('c', default_rules("sg-other")),
+        ],
+        groups: BTreeMap::from([
+            ("sg-default".to_string(), t.members(&['a', 'b'])),
+            ("sg-other".to_string(), t.members(&['c'])),
+        ]),
+    };
+    nft.apply(&render(&old)).await.expect("apply");
+    assert!(t.ping('b', t.v4('a')));
+    assert!(!t.ping_once('c', t.v4('a')));
+    assert!(!t.ping_once('c', t.v6('a')));
+
+    // c joins sg-default: element updates only
+    let mut new = old.clone();
+    new.groups
+        .insert("sg-default".into(), t.members(&['a', 'b', 'c']));
+    let d = diff(&old, &new).expect("a diff");
+    let g4 = group_set("sg-default", EtherType::V4);
+    let g6 = group_set("sg-default", EtherType::V6);
+    for line in d.lines() {
+        assert!(
+            line.starts_with(&format!("add element inet kuryr {g4} "))
+                || line.starts_with(&format!("add element inet kuryr {g6} "))
+                || line.starts_with(&format!("delete element inet kuryr {g4} "))
+                || line.starts_with(&format!("delete element inet kuryr {g6} ")),
+            "not an element update: {line:?}\n{d}"
+        );
+    }
+    nft.apply(&d).await.expect("apply diff");
+    assert!(t.ping('c', t.v4('a')));
+    assert!(t.ping('c', t.v6('a')));
+    assert!(t.tcp('c', 'b', t.v4('b'), 7001));
+
+    // and leaves it again
+    let d = diff(&new, &old).expect("a diff");
+    assert!(
+        d.lines().all(|l| l.contains(" element inet kuryr g")),
+        "{d}"
+    );
+    nft.apply(&d).await.expect("apply diff back");
+    // conntrack remembers the old ping flow; a new protocol is a new flow
+    assert!(!t.tcp_once('c', 'b', t.v4('b'), 7002));
+    assert!(!t.ping_once('c', t.v6('b')));
+    assert!(t.ping('a', t.v4('b')));
+
+    // the state diffs lead to is exactly what render gives
+    assert_diff_equals_render(&nft, &old, &new).await;
+    assert_diff_equals_render(&nft, &new, &old).await;
+}
+
+#[tokio::test]
+async fn egress_restriction_and_ipv6_rule() {
+    let t = Topo::new(&['a', 'b']);
+    let nft = t.host.nft();
+    let a_rules = vec![
+        rule(
+            Direction::Egress,
+            EtherType::V4,
+            Some(6),
+            (Some(8080), Some(8081)),
+            Remote::Prefix(net(&format!("{}/32", t.v4('b')))),
+        ),
+        rule(
+            Direction::Egress,
+            EtherType::V6,
+            Some(58),
+            (Some(128), None),
+            Remote::Prefix(net("fd78::/64")),
+        ),
+    ];
+    let rs = Ruleset {
+        networks: zone(),
+        ports: vec![t.port('a', a_rules), t.port('b', allow_all())],
+        groups: BTreeMap::new(),
+    };
+    nft.apply(&render(&rs)).await.expect("apply");
+    assert!(t.tcp('a', 'b', t.v4('b'), 8081));
+    assert!(!t.tcp_once('a', 'b', t.v4('b'), 9090));
+    assert!(!t.ping_once('a', t.v4('b')));
+    // IPv6: only echo requests (ICMPv6 type 128) go out
+    assert!(t.ping('a', t.v6('b')));
+    assert!(!t.tcp_once('a', 'b', t.v6('b'), 8081));
+    // b's ingress is open but a's replies are established: b reaches a? a's ingress
+    // has no rule, so new inbound is dropped
+    assert!(!t.ping_once('b', t.v4('a')));
+    assert!(!t.ping_once('b', t.v6('a')));
+}
+
+#[tokio::test]
+async fn anti_spoofing_cuts_off_changed_ip_or_mac() {
+    let t = Topo::new(&['a', 'b']);
+    let nft = t.host.nft();
+    let rs = Ruleset {
+        networks: zone(),
+        ports: vec![t.port('a', allow_all()), t.port('b', allow_all())],
+        groups: BTreeMap::new(),
+    };
+    nft.apply(&render(&rs)).await.expect("apply");
+    assert!(t.ping('a', t.v4('b')));
+    assert!(t.ping('a', t.v6('b')));
+    let a = t.ct('a');
+
+    // a takes another IPv4 address
+    a.ip(&["addr", "del", "10.78.0.1/24", "dev", "eth0"]);
+    a.ip(&["addr", "add", "10.78.0.99/24", "dev", "eth0"]);
+    assert!(!t.ping_once('a', t.v4('b')));
+    a.ip(&["addr", "del", "10.78.0.99/24", "dev", "eth0"]);
+    a.ip(&["addr", "add", "10.78.0.1/24", "dev", "eth0"]);
+    assert!(t.ping('a', t.v4('b')));
+
+    // a sends from another IPv6 address
+    a.ip(&["addr", "add", "fd78::99/64", "dev", "eth0", "nodad"]);
+    assert!(!a.exec(&["ping", "-c1", "-W1", "-q", "-I", "fd78::99", t.v6('b')]));
+    a.ip(&["addr", "del", "fd78::99/64", "dev", "eth0"]);
+
+    // a changes its MAC
+    a.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:99"]);
+    assert!(!t.ping_once('a', t.v4('b')));
+    assert!(!t.ping_once('a', t.v6('b')));
+    a.ip(&["link", "set", "eth0", "address", &mac(1).to_string()]);
+    assert!(t.ping('a', t.v4('b')));
+
+    // an allowed address pair makes the other address legitimate
+    let mut rs2 = rs.clone();
+    rs2.ports[0].allowed_address_pairs.push(AddressPair {
+        ip: net("10.78.0.96/29"),
+        mac: None,
+    });
+    nft.apply(&diff(&rs, &rs2).expect("a diff"))
+        .await
+        .expect("apply diff");
+    a.ip(&["addr", "del", "10.78.0.1/24", "dev", "eth0"]);
+    a.ip(&["addr", "add", "10.78.0.99/24", "dev", "eth0"]);
+    assert!(t.ping('a', t.v4('b')));
+}
+
+#[tokio::test]
+async fn port_security_false_passes_everything() {
+    let t = Topo::new(&['a', 'b', 'c']);
+    let nft = t.host.nft();
+    let mut open = t.port('a', vec![]);
+    open.port_security = false;
+    let rs = Ruleset {
+        networks: zone(),
+        ports: vec![open, t.port('b', allow_all()), t.port('c', vec![])],
+        groups: BTreeMap::new(),
+    };
+    nft.apply(&render(&rs)).await.expect("apply");
+    // c (port security on, no rules) takes no new connection
+    assert!(!t.ping_once('b', t.v4('c')));
+    // a (port security off) takes everything, and may send from any address
+    assert!(t.ping('b', t.v4('a')));
+    assert!(t.ping('b', t.v6('a')));
+    assert!(t.tcp('b', 'a', t.v4('a'), 7003));
+    let a = t.ct('a');
+    a.ip(&["addr", "add", "10.78.0.42/24", "dev", "eth0"]);
+    assert!(a.exec(&["ping", "-c1", "-W1", "-q", "-I", "10.78.0.42", t.v4('b')]));
+    a.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:77"]);
+    t.ct('b').ip(&["neigh", "flush", "all"]);
+    assert!(t.ping('a', t.v4('b')));
+}
+
+/// Two networks with the same CIDR on one host: conntrack zones keep them apart.
+#[tokio::test]
+async fn overlapping_networks_are_kept_apart_by_zones() {
+    let t = Topo::new(&['a', 'b']);
+    // a second bridge with two containers using the very same addresses
+    let host = &t.host;
+    host.ip(&["link", "add", "brqnet2", "type", "bridge"]);
+    host.ip(&["link", "set", "brqnet2", "up"]);
+    let mut others = vec![];
+    for (n, l) in [(1u8, 'x'), (2u8, 'y')] {
+        let ct = TestNs::new();
+        let tap = format!("tap{l}");
+        host.ip(&[
+            "link", "add", &tap, "type", "veth", "peer", "name", "eth0", "netns", &ct.name,
+        ]);
+        ct.ip(&["link", "set", "eth0", "address", &mac(0x10 + n).to_string()]);
+        ct.ip(&["link", "set", "eth0", "up"]);
+        ct.ip(&["addr", "add", &format!("10.78.0.{n}/24"), "dev", "eth0"]);
+        host.ip(&["link", "set", &tap, "master", "brqnet2"]);
+        host.ip(&["link", "set", &tap, "up"]);
+        others.push(ct);
+    }
+    let nft = host.nft();
+    let mut x = t.port('a', vec![]);
+    x.id = "port-x".into();
+    x.tap = "tapx".into();
+    x.bridge = "brqnet2".into();
+    x.mac = mac(0x11);
+    x.rules = default_rules("sg-x");
+    let mut y = x.clone();
+    y.id = "port-y".into();
+    y.tap = "tapy".into();
+    y.mac = mac(0x12);
+    y.ips = vec![ip("10.78.0.2"), ip("fd78::2")];
+    let rs = Ruleset {
+        networks: vec![
+            NetworkZone {
+                bridge: BRIDGE.into(),
+                zone: 1,
+            },
+            NetworkZone {
+                bridge: "brqnet2".into(),
+                zone: 2,
+            },
+        ],
+        // a allows everything in; b allows nothing in (established only)
+        ports: vec![t.port('a', allow_all()), t.port('b', egress_only()), x, y],
+        groups: BTreeMap::from([(
+            "sg-x".to_string(),
+            GroupMembers {
+                v4: BTreeSet::from([net("10.78.0.1/32"), net("10.78.0.2/32")]),
+                v6: BTreeSet::new(),
+            },
+        )]),
+    };
+    nft.apply(&render(&rs)).await.expect("apply");
+    // a probe table of the test's own, counting forwarded packets per zone
+    nft.apply(
+        "table inet probe {\n\tchain f {\n\t\ttype filter hook forward priority 10; policy accept;\n\t\tct zone 1 counter\n\t\tct zone 2 counter\n\t}\n}\n",
+    )
+    .await
+    .expect("probe table");
+    assert!(t.ping('b', t.v4('a')));
+    assert!(!t.ping_once('a', t.v4('b')));
+    // x and y use the same addresses in their own network and zone
+    assert!(ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &others[0].name,
+            "ping",
+            "-c1",
+            "-W1",
+            "10.78.0.2"
+        ]
+    ));
+    assert!(ok(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &others[1].name,
+            "ping",
+            "-c1",
+            "-W1",
+            "10.78.0.1"
+        ]
+    ));
+    let probe: Value = serde_json::from_str(
+        &nft.run(&["-j", "list", "table", "inet", "probe"], None)
+            .await
+            .expect("list probe"),
+    )
+    .expect("json");
+    let counts: Vec<u64> = probe["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .filter_map(|r| {
+            r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e.get("counter")?.get("packets")?.as_u64())
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{probe}");
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "zone 1 and 2 packets: {counts:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Text vs JSON (run with: cargo test --release -p kuryr-dataplane --test nft
+// bench_text_vs_json -- --ignored --nocapture)
+
+fn big_ruleset(ports: usize) -> Ruleset {
+    let mut rs = Ruleset {
+        networks: (0..10)
+            .map(|n| NetworkZone {
+                bridge: format!("brqnet{n}"),
+                zone: n as u16 + 1,
+            })
+            .collect(),
+        ..Ruleset::default()
+    };
+    let mut members = GroupMembers::default();
+    for i in 0..ports {
+        let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
+        let v4 = ip(&format!("10.{hi}.{}.{lo}", i % 10));
+        let v6 = ip(&format!("fd00::{hi:x}:{lo:x}"));
+        members.v4.insert(IpNet::from(v4));
+        members.v6.insert(IpNet::from(v6));
+        let mut rules = default_rules("sg-default");
+        rules.push(rule(
+            Direction::Ingress,
+            EtherType::V4,
+            Some(6),
+            (Some(22), Some(22)),
+            Remote::Prefix(net("192.168.0.0/16")),
+        ));
+        rules.push(rule(
+            Direction::Ingress,
+            EtherType::V4,
+            Some(1),
+            (None, None),
+            Remote::Any,
+        ));
+        rs.ports.push(PortFilter {
+            id: format!("00000000-0000-0000-0000-{i:012}"),
+            tap: format!("tap{i:011}"),
+            bridge: format!("brqnet{}", i % 10),
+            mac: MacAddr([0xfa, 0x16, 0x3e, 0, (i >> 8) as u8, i as u8]),
+            ips: vec![v4, v6],
+            allowed_address_pairs: vec![],
+            port_security: true,
+            rules,
+        });
+    }
+    rs.groups.insert("sg-default".into(), members);
+    rs
+}
+
+async fn timed(nft: &Nft, args: &[&str], script: &str) -> Duration {
+    let start = Instant::now();
+    nft.run(args, Some(script))
+        .await
+        .unwrap_or_else(|e| panic!("nft {args:?}: {e}"));
+    start.elapsed()
+}
+
+#[tokio::test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn bench_text_vs_json() {
+    let ns = TestNs::new();
+    let nft = ns.nft();
+
+    // full ruleset, 1,000 ports: text as rendered; JSON as nft itself lists it
+    let rs = big_ruleset(1000);
+    let text = render(&rs);
+    nft.apply(&text).await.expect("apply text");
+    let mut json: Value = serde_json::from_str(
+        &nft.run(&["-j", "list", "ruleset"], None)
+            .await
+            .expect("list"),
+    )
+    .expect("json");
+    strip_handles(&mut json);
+    if let Some(a) = json["nftables"].as_array_mut() {
+        a.retain(|o| o.get("metainfo").is_none());
+    }
+    let delete = r#"{"nftables":[{"add":{"table":{"family":"bridge","name":"kuryr"}}},{"delete":{"table":{"family":"bridge","name":"kuryr"}}},{"add":{"table":{"family":"inet","name":"kuryr"}}},{"delete":{"table":{"family":"inet","name":"kuryr"}}}]}"#;
+    let json_full = json.to_string();
+    let mut t_text = vec![];
+    let mut t_json = vec![];
+    for _ in 0..3 {
+        nft.remove_all().await.expect("remove");
+        t_text.push(timed(&nft, &["-f", "-"], &text).await);
+        nft.run(&["-j", "-f", "-"], Some(delete))
+            .await
+            .expect("json delete");
+        t_json.push(timed(&nft, &["-j", "-f", "-"], &json_full).await);
+    }
+    println!(
+        "full ruleset, 1000 ports: text {} bytes {:?}; JSON {} bytes {:?}",
+        text.len(),
+        t_text,
+        json_full.len(),
+        t_json
+    );
+    let listed_json = kernel_state(&nft).await;
+    nft.apply(&text).await.expect("apply text");
+    assert_eq!(
+        listed_json,
+        kernel_state(&nft).await,
+        "JSON and text give the same"
+    );
+
+    // a 1,000-member group update (one new group of 1000 members, then removed)
+    let g = group_set("sg-default", EtherType::V4);
+    let elems: Vec<String> = (0..1000)
+        .map(|i| format!("172.16.{}.{}", i / 250, i % 250 + 1))
+        .collect();
+    let text_add = format!("add element inet kuryr {g} {{ {} }}\n", elems.join(", "));
+    let text_del = format!("delete element inet kuryr {g} {{ {} }}\n", elems.join(", "));
+    let json_elems: Vec<Value> = elems.iter().map(|e| Value::String(e.clone())).collect();
+    let json_op = |op: &str| {
+        serde_json::json!({"nftables": [{op: {"element": {
+            "family": "inet", "table": "kuryr", "name": g, "elem": json_elems
+        }}}]})
+        .to_string()
+    };
+    let (json_add, json_del) = (json_op("add"), json_op("delete"));
+    let mut tt = vec![];
+    let mut tj = vec![];
+    for _ in 0..3 {
+        tt.push(timed(&nft, &["-f", "-"], &text_add).await);
+        timed(&nft, &["-f", "-"], &text_del).await;
+        tj.push(timed(&nft, &["-j", "-f", "-"], &json_add).await);
+        timed(&nft, &["-j", "-f", "-"], &json_del).await;
+    }
+    println!("1000-member group add: text {tt:?}; JSON {tj:?}");
+    // and the same through diff()
+    let mut new = rs.clone();
+    if let Some(m) = new.groups.get_mut("sg-default") {
+        for e in &elems {
+            m.v4.insert(net(&format!("{e}/32")));
+        }
+    }
+    let start = Instant::now();
+    let d = diff(&rs, &new).expect("a diff");
+    let t_diff = start.elapsed();
+    let t_apply = timed(&nft, &["-f", "-"], &d).await;
+    let start = Instant::now();
+    let r = render(&rs);
+    println!(
+        "diff() of 1000 members: compute {t_diff:?}, apply {t_apply:?}, {} lines; render() of 1000 ports: {:?}",
+        d.lines().count(),
+        start.elapsed()
+    );
+    assert!(!r.is_empty());
+}
