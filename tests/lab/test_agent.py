@@ -255,6 +255,12 @@ def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
     time.sleep(2)
     lab.agents["h1"].kill9()
     lab.agents["h2"].kill9()
+    # While h1's agent is down, things appear that no port owns: the restarted
+    # agent removes them (and nothing else).
+    lab.exec("h1", "ip", "link", "add", "brqdeadbeef000", "type", "bridge")
+    lab.exec("h1", "ip", "link", "add", "tapdeadbeef000", "type", "veth", "peer", "name", "xpeer")
+    lab.exec("h1", "nft", "add", "chain", "inet", "kuryr", "in_stray")
+    lab.exec("h1", "ip", "link", "add", "keepme0", "type", "bridge")
     time.sleep(1)
     lab.agents["h1"].start()
     lab.agents["h2"].start()
@@ -269,6 +275,10 @@ def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
     assert got >= sent * 0.95, out
     # After the restart the state is the same: still bound, still pinging.
     assert lab.ping(c1, dst)
+    lab.wait_for(lambda: not {"brqdeadbeef000", "tapdeadbeef000"} & {
+        l["ifname"] for l in lab.links("h1")}, 10, "stray kuryr-named links to be removed")
+    assert "in_stray" not in lab.exec("h1", "nft", "list", "table", "inet", "kuryr")
+    assert "keepme0" in {l["ifname"] for l in lab.links("h1")}
     # Delete everything: nothing kuryr made is left on either host (while ports
     # exist, the same check does see their objects).
     assert leftovers(lab, "h1") and leftovers(lab, "h2")
@@ -280,11 +290,51 @@ def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
 
 
 def leftovers(lab, host):
-    """kuryr links and per-port/per-group nft objects still on a host."""
+    """kuryr links, per-port chains, per-group sets, and any element left in kuryr's
+    sets and maps on a host (the tables and their base chains stay)."""
     links, objects = lab.kuryr_objects(host)
-    per_object = [o for o in objects
-                  if "rule" not in o and not re.match(
-                      r"^(forward|prerouting|zone|zones|egress4|egress6|ingress4|ingress6|spoof)$",
-                      (o.get("chain") or o.get("set") or o.get("map") or {}).get("name", ""))]
-    elements = [o for o in objects if "map" in o and o["map"].get("elem")]
-    return links + per_object + elements
+    left = list(links)
+    for o in objects:
+        kind = next((k for k in ("chain", "set", "map") if k in o), None)
+        if kind is None:
+            continue
+        name = o[kind].get("name", "")
+        if kind == "chain" and re.match(r"^(in|out|spoof)_", name):
+            left.append(f"chain {name}")
+        if kind == "set" and re.match(r"^g[46]_", name):
+            left.append(f"set {name}")
+        if kind in ("set", "map") and o[kind].get("elem"):
+            left.append(f"{kind} {name} elements {o[kind]['elem']}")
+    return left
+
+
+def test_server_down_keeps_dataplane_and_agents_resume(fresh_lab):
+    lab = fresh_lab
+    v4, _ = cidr_block()
+    net, _ = lab.network(name("net"), f"{v4}.0/24")
+    p1, p2 = lab.port(net), lab.port(net)
+    c1, c2 = name("c1"), name("c2")
+    lab.add_container(c1)
+    lab.add_container(c2)
+    lab.bind("h1", p1, c1)
+    lab.bind("h2", p2, c2)
+    dst = p2["fixed_ips"][0]["ip_address"]
+    assert lab.ping_eventually(c1, dst)
+    lab.server.kill9()
+    # No server: traffic flows, the agents keep running and retry.
+    assert lab.ping(c1, dst, count=10)
+    time.sleep(3)
+    for h in ("h1", "h2"):
+        assert lab.agents[h].proc.poll() is None, lab.agents[h].log()
+    lab.server.start()
+    lab.wait_for(lambda: lab.curl_status("GET", "/identity/v3") == 200, 30,
+                 "the server to come back", lab.server)
+    # The agents resume their watch from the revision they had (not from 0) and work.
+    lab.wait_for(lambda: re.search(r"watching this host's view since=[1-9]", lab.agents["h2"].log())
+                 is not None and lab.agent_call("h2", "GET", "/v1/health")["synced"], 30,
+                 "h2 to resume its watch")
+    p3 = lab.port(net)
+    c3 = name("c3")
+    lab.add_container(c3)
+    lab.bind("h2", p3, c3)
+    assert lab.ping_eventually(c1, p3["fixed_ips"][0]["ip_address"])

@@ -150,6 +150,7 @@ fn valid_ifname(name: &str) -> bool {
 
 impl Agent {
     pub async fn new(cfg: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
+        enable_bridge_netfilter().await?;
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
         let netlink = Netlink::current()?;
@@ -623,6 +624,42 @@ pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
     );
     engine.remove_all().await?;
     StateFile::new(&cfg.state_dir).save(&LocalState::default())?;
+    Ok(())
+}
+
+/// Security groups are stateful through br_netfilter: bridged IP traffic must go
+/// through the inet hooks (and conntrack) of this namespace. These sysctls are per
+/// network namespace; the module may need loading first.
+async fn enable_bridge_netfilter() -> anyhow::Result<()> {
+    const SYSCTLS: [&str; 2] = [
+        "/proc/sys/net/bridge/bridge-nf-call-iptables",
+        "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+    ];
+    if !std::path::Path::new(SYSCTLS[0]).exists() {
+        let status = tokio::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+            .await;
+        if !matches!(status, Ok(s) if s.success()) {
+            anyhow::bail!(
+                "br_netfilter is not available (modprobe br_netfilter failed): stateful \
+                 security groups on bridged traffic need it"
+            );
+        }
+    }
+    for path in SYSCTLS {
+        if std::fs::read_to_string(path)
+            .map(|v| v.trim() == "1")
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|e| anyhow::anyhow!("setting {path} to 1: {e}"))?;
+        tracing::info!(
+            sysctl = path,
+            "enabled so that bridged traffic is filtered statefully"
+        );
+    }
     Ok(())
 }
 
