@@ -133,6 +133,9 @@ class Lab:
         sh("ip", "-n", lab, "link", "add", "br-u", "type", "bridge")
         sh("ip", "-n", lab, "addr", "add", f"{UNDERLAY}.1/24", "dev", "br-u")
         sh("ip", "-n", lab, "link", "set", "br-u", "up")
+        # A second, address-less segment for flat networks (physnet1 = eth1 on hosts).
+        sh("ip", "-n", lab, "link", "add", "br-flat", "type", "bridge")
+        sh("ip", "-n", lab, "link", "set", "br-flat", "up")
         for i, h in enumerate(self.hosts, start=1):
             host = self.add_ns(h)
             # Created inside the lab namespace, peer born in the host namespace.
@@ -141,6 +144,9 @@ class Lab:
             sh("ip", "-n", lab, "link", "set", f"u-{h}", "master", "br-u", "up")
             sh("ip", "-n", host, "addr", "add", f"{UNDERLAY}.{10 + i}/24", "dev", "eth0")
             sh("ip", "-n", host, "link", "set", "eth0", "up")
+            sh("ip", "-n", lab, "link", "add", f"f-{h}", "type", "veth",
+               "peer", "name", "eth1", "netns", host)
+            sh("ip", "-n", lab, "link", "set", f"f-{h}", "master", "br-flat", "up")
         self.server = Process(
             "server",
             ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", f"{UNDERLAY}.1:9696",
@@ -167,7 +173,7 @@ class Lab:
              "--underlay-ip", f"{UNDERLAY}.{10 + i}", "--underlay-interface", "eth0",
              "--socket", self.agent_socket(host),
              "--state-dir", os.path.join(self.dir, f"{host}-state"),
-             "--report-interval", "1", *extra],
+             "--report-interval", "1", "--physical-interface-mappings", "physnet1:eth1", *extra],
             env, os.path.join(self.dir, f"{host}.log"))
         return self.agents[host]
 

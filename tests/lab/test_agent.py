@@ -338,3 +338,27 @@ def test_server_down_keeps_dataplane_and_agents_resume(fresh_lab):
     lab.add_container(c3)
     lab.bind("h2", p3, c3)
     assert lab.ping_eventually(c1, p3["fixed_ips"][0]["ip_address"])
+
+
+def test_flat_network_bridges_the_mapped_host_interface(lab):
+    v4, _ = cidr_block()
+    net, _ = lab.network(name("flat"), f"{v4}.0/24", **{
+        "provider:network_type": "flat", "provider:physical_network": "physnet1"})
+    assert net["mtu"] == 1500
+    p1, p2 = lab.port(net), lab.port(net)
+    c1, c2 = name("c1"), name("c2")
+    lab.add_container(c1)
+    lab.add_container(c2)
+    lab.bind("h1", p1, c1)
+    lab.bind("h3", p2, c2)
+    bridge = f"brq{net['id'][:11]}"
+    assert {l["ifname"]: l for l in lab.links("h1")}["eth1"].get("master") == bridge
+    assert not [l for l in lab.links("h1") if l["ifname"].startswith("vxlan-")
+                and l.get("master") == bridge]
+    assert lab.ping_eventually(c1, p2["fixed_ips"][0]["ip_address"])
+    for p in (p1, p2):
+        lab.api("DELETE", f"/ports/{p['id']}", expect=204)
+    # The bridge goes; the host interface stays, released.
+    lab.wait_for(lambda: bridge not in {l["ifname"] for l in lab.links("h1")}, 10,
+                 "the flat network's bridge to go")
+    assert "master" not in {l["ifname"]: l for l in lab.links("h1")}["eth1"]
