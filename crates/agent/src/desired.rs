@@ -446,3 +446,236 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
     d.ruleset.networks.sort_by(|a, b| a.bridge.cmp(&b.bridge));
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Binding;
+    use kuryr_model::{HostFrame, HostIds, HostObjects, HostVtep};
+    use serde_json::{Value, json};
+
+    const NET: &str = "11111111-2222-3333-4444-555555555555";
+    const SUB4: &str = "aaaaaaaa-0000-0000-0000-000000000004";
+    const SUB6: &str = "aaaaaaaa-0000-0000-0000-000000000006";
+    const SG: &str = "bbbbbbbb-0000-0000-0000-000000000001";
+    const WEB: &str = "bbbbbbbb-0000-0000-0000-000000000002";
+
+    fn std_attrs() -> Value {
+        json!({"project_id": "p", "description": "", "tags": [], "created_at": "",
+               "updated_at": "", "revision_number": 1})
+    }
+
+    fn merge(mut a: Value, b: Value) -> Value {
+        if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+            a.extend(b);
+        }
+        a
+    }
+
+    fn network() -> kuryr_model::Network {
+        serde_json::from_value(merge(
+            std_attrs(),
+            json!({
+            "id": NET, "name": "n", "admin_state_up": true, "shared": false, "mtu": 1450,
+            "router:external": false, "provider:network_type": "vxlan",
+            "provider:physical_network": null, "provider:segmentation_id": 77,
+            "port_security_enabled": true, "is_default": false, "status": "ACTIVE"}),
+        ))
+        .unwrap()
+    }
+
+    fn subnet(id: &str, cidr: &str, gw: &str, v: u8, routes: Value) -> Subnet {
+        serde_json::from_value(merge(
+            std_attrs(),
+            json!({
+            "id": id, "name": "s", "network_id": NET, "ip_version": v, "cidr": cidr,
+            "gateway_ip": gw, "allocation_pools": [], "dns_nameservers": [],
+            "host_routes": routes, "enable_dhcp": true, "ipv6_address_mode": null,
+            "ipv6_ra_mode": null, "subnetpool_id": null}),
+        ))
+        .unwrap()
+    }
+
+    fn port(id: &str, host: &str, mac: &str, ips: &[(&str, &str)], sgs: &[&str]) -> Port {
+        let fixed: Vec<Value> = ips
+            .iter()
+            .map(|(s, ip)| json!({"subnet_id": s, "ip_address": ip}))
+            .collect();
+        serde_json::from_value(merge(
+            std_attrs(),
+            json!({
+            "id": id, "name": "", "network_id": NET, "mac_address": mac,
+            "admin_state_up": true, "status": "DOWN", "device_id": "", "device_owner": "",
+            "fixed_ips": fixed, "security_groups": sgs, "port_security_enabled": true,
+            "allowed_address_pairs": [], "binding:host_id": host, "binding:vif_type": "unbound",
+            "binding:vnic_type": "normal"}),
+        ))
+        .unwrap()
+    }
+
+    fn rule(
+        id: &str,
+        sg: &str,
+        dir: &str,
+        proto: Option<&str>,
+        remote_group: Option<&str>,
+    ) -> SecurityGroupRule {
+        serde_json::from_value(merge(
+            std_attrs(),
+            json!({
+            "id": id, "security_group_id": sg, "direction": dir, "ethertype": "IPv4",
+            "protocol": proto, "port_range_min": null, "port_range_max": null,
+            "remote_ip_prefix": null, "remote_group_id": remote_group}),
+        ))
+        .unwrap()
+    }
+
+    fn mirror() -> HostMirror {
+        let mut m = HostMirror::new();
+        m.apply(HostFrame {
+            revision: 5,
+            present: Some(HostIds::default()),
+            put: HostObjects {
+                networks: vec![network()],
+                subnets: vec![
+                    subnet(
+                        SUB4,
+                        "10.0.0.0/24",
+                        "10.0.0.1",
+                        4,
+                        json!([{"destination": "192.168.0.0/16", "nexthop": "10.0.0.254"}]),
+                    ),
+                    subnet(SUB6, "fd00::/64", "fd00::1", 6, json!([])),
+                ],
+                ports: vec![
+                    port(
+                        "local-port-0001",
+                        "h1",
+                        "fa:16:3e:00:00:01",
+                        &[(SUB4, "10.0.0.5"), (SUB6, "fd00::5")],
+                        &[SG],
+                    ),
+                    port(
+                        "remote-port-001",
+                        "h2",
+                        "fa:16:3e:00:00:02",
+                        &[(SUB4, "10.0.0.6")],
+                        &[WEB],
+                    ),
+                    port(
+                        "unbound-port-01",
+                        "",
+                        "fa:16:3e:00:00:03",
+                        &[(SUB4, "10.0.0.7")],
+                        &[WEB],
+                    ),
+                ],
+                security_groups: vec![],
+                security_group_rules: vec![
+                    rule("r1", SG, "ingress", Some("icmp"), Some(WEB)),
+                    rule("r2", SG, "egress", None, None),
+                ],
+                vteps: vec![HostVtep {
+                    host: "h2".into(),
+                    tunneling_ip: "10.99.0.12".into(),
+                }],
+            },
+            delete: HostIds::default(),
+        });
+        m
+    }
+
+    fn bound_state() -> LocalState {
+        let mut s = LocalState::default();
+        s.bindings.insert(
+            "local-port-0001".into(),
+            Binding {
+                netns: "/run/netns/c1".into(),
+                ifname: "eth0".into(),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn local_port_gets_addresses_routes_and_names() {
+        let m = mirror();
+        let mut s = bound_state();
+        let d = crate::desired_for("h1", &m, &mut s);
+        let p = &d.ports["local-port-0001"];
+        assert_eq!(p.tap, "taplocal-port-");
+        assert_eq!(p.bridge, "brq11111111-22");
+        assert_eq!(p.mtu, 1450);
+        let addrs: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.5/24", "fd00::5/64"]);
+        let routes: Vec<String> = p
+            .routes
+            .iter()
+            .map(|r| format!("{} via {:?}", r.dest, r.gateway))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                "0.0.0.0/0 via Some(10.0.0.1)",
+                "192.168.0.0/16 via Some(10.0.0.254)",
+                "::/0 via Some(fd00::1)",
+            ]
+        );
+        assert_eq!(d.networks[NET].kind, NetKind::Vxlan { vni: 77 });
+        assert_eq!(s.zones[NET], 1);
+    }
+
+    #[test]
+    fn remote_ports_become_fdb_neighbour_and_flood_entries() {
+        let m = mirror();
+        let d = crate::desired_for("h1", &m, &mut bound_state());
+        let r = &d.networks[NET].remote;
+        let vtep: IpAddr = "10.99.0.12".parse().unwrap();
+        let mac: MacAddr = "fa:16:3e:00:00:02".parse().unwrap();
+        assert_eq!(r.fdb, BTreeSet::from([(mac, vtep)]));
+        assert_eq!(r.flood, BTreeSet::from([vtep]));
+        // The unbound port has no host: no entry anywhere.
+        assert_eq!(r.neighbours.len(), 1);
+        assert_eq!(r.neighbours[&"10.0.0.6".parse::<IpAddr>().unwrap()], mac);
+    }
+
+    #[test]
+    fn rules_and_remote_group_members() {
+        let m = mirror();
+        let d = crate::desired_for("h1", &m, &mut bound_state());
+        let pf = &d.ruleset.ports[0];
+        assert!(pf.port_security);
+        assert_eq!(pf.rules.len(), 2);
+        let icmp = pf
+            .rules
+            .iter()
+            .find(|r| r.direction == nft::Direction::Ingress)
+            .unwrap();
+        assert_eq!(icmp.protocol, Some(1));
+        assert_eq!(icmp.remote, nft::Remote::Group(WEB.into()));
+        let members = &d.ruleset.groups[WEB];
+        let v4: Vec<String> = members.v4.iter().map(|n| n.to_string()).collect();
+        assert_eq!(v4, ["10.0.0.6/32", "10.0.0.7/32"]);
+    }
+
+    #[test]
+    fn nothing_without_a_binding_or_on_another_host() {
+        let m = mirror();
+        let d = crate::desired_for("h1", &m, &mut LocalState::default());
+        assert!(d.ports.is_empty() && d.networks.is_empty());
+        let mut s = bound_state();
+        let d = crate::desired_for("h3", &m, &mut s);
+        assert!(d.ports.is_empty());
+        assert!(d.waiting["local-port-0001"].contains("bound to host \"h1\""));
+        assert!(s.zones.is_empty());
+    }
+
+    #[test]
+    fn protocol_names_and_numbers() {
+        assert_eq!(protocol_number("tcp", false), Some(6));
+        assert_eq!(protocol_number("icmp", true), Some(58));
+        assert_eq!(protocol_number("ipv6-icmp", true), Some(58));
+        assert_eq!(protocol_number("132", false), Some(132));
+        assert_eq!(protocol_number("bogus", false), None);
+    }
+}
