@@ -52,7 +52,13 @@ mod tests {
     fn round_trip_and_rejects() {
         let m: MacAddr = "FA:16:3e:00:0a:ff".parse().unwrap();
         assert_eq!(m.to_string(), "fa:16:3e:00:0a:ff");
-        for bad in ["", "fa:16:3e:00:0a", "fa:16:3e:00:0a:ff:01", "fa:16:3e:00:0a:fg", "fa:16:3e:00:0a:123"] {
+        for bad in [
+            "",
+            "fa:16:3e:00:0a",
+            "fa:16:3e:00:0a:ff:01",
+            "fa:16:3e:00:0a:fg",
+            "fa:16:3e:00:0a:123",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }
