@@ -30,7 +30,7 @@ def lab():
 @pytest.fixture
 def fresh_lab():
     """A lab of its own, for tests that kill or stop agents."""
-    lab = Lab(hosts=2)
+    lab = Lab(hosts=3)
     _LABS.append(lab)
     try:
         yield lab

@@ -129,6 +129,7 @@ def test_bind_realizes_ports_with_addresses_routes_mtu_and_overlay(lab):
     lab.api("DELETE", f"/ports/{p3['id']}", expect=204)
     lab.wait_for(lambda: f"tap{p3['id'][:11]}" not in {l["ifname"] for l in lab.links("h2")},
                  10, "the deleted port's tap to go")
+    assert p3["id"] not in [b["port_id"] for b in lab.agent_call("h2", "GET", "/v1/ports")["bindings"]]
     # ... and h1 forgets h2 for this network (no port there any more).
     lab.wait_for(lambda: not any(
         e.get("dst") == "10.99.0.12"
@@ -226,7 +227,7 @@ def test_agent_list_shows_hosts_and_a_stopped_agent_goes_dead(fresh_lab):
     lab = fresh_lab
     agents = lab.openstack("network", "agent", "list")
     by_host = {a["Host"]: a for a in agents}
-    assert set(by_host) == {"h1", "h2"}
+    assert set(by_host) == {"h1", "h2", "h3"}
     assert all(a["Alive"] is True for a in agents), agents
     assert all(a["Agent Type"] == "Kuryr agent" for a in agents)
     shown = lab.openstack("network", "agent", "show", by_host["h1"]["ID"])

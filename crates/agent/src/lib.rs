@@ -262,6 +262,7 @@ impl Agent {
                                         .reset();
                                     break;
                                 }
+                                self.forget_removed_ports(&delta.removed.ports);
                                 self.mirror_changed.send_modify(|n| *n += 1);
                                 if !delta.is_empty() || delta.resync {
                                     self.converge_wanted.notify_one();
@@ -294,6 +295,23 @@ impl Agent {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// A bound port that left this host's view was deleted or moved to another host:
+    /// its binding goes (the next pass removes its interface).
+    fn forget_removed_ports(&self, removed: &[String]) {
+        let mut state = lock(&self.state);
+        let before = state.bindings.len();
+        state.bindings.retain(|id, _| !removed.contains(id));
+        if state.bindings.len() != before {
+            tracing::info!(
+                count = before - state.bindings.len(),
+                "bindings of ports deleted or moved away released"
+            );
+            if let Err(e) = self.save_state(&state) {
+                tracing::warn!(error = %e, "could not save the agent state");
+            }
         }
     }
 
