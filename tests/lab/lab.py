@@ -255,7 +255,9 @@ class Lab:
                               "-p", str(port), "-e", "echo", "hello"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-        time.sleep(0.2)
+        # Listening before anyone connects (a negative check must not pass vacuously).
+        self.wait_for(lambda: self.exec(name, "ss", "-Hltn", f"sport = :{port}").strip() != "",
+                      10, f"nc to listen on port {port} in {name}")
         return p
 
     def tcp_connects(self, src, ip, port):
