@@ -473,6 +473,9 @@ def report(res):
                   f"    {ch['rounds']} rounds; one nft poll costs {fmt(ch['poll_ms'])} ms "
                   f"(the resolution); errors: {len(ch['errors'])}"]
     for sec, err in res.get("errors", {}).items():
+        if sec == "interrupted":
+            lines += ["", "!! interrupted: the sections above are those that finished"]
+            continue
         lines += ["", f"!! {sec} failed: {err.strip().splitlines()[-1] if err.strip() else err}"]
     lines.append("=" * 72)
     return "\n".join(lines)
@@ -538,6 +541,9 @@ def main():
         log("interrupted; closing the lab")
         res["errors"]["interrupted"] = "interrupted"
     finally:
+        # A second Ctrl-C must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         if bench:
             bench.kill_procs()
         if lab:
