@@ -4,7 +4,7 @@ import time
 
 import requests
 
-from conftest import Creds, Server, osc, token_for, unique
+from cloud import Creds, Server, osc, token_for, unique
 
 
 # A1 -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Magnum) use it: password login, CRUD, tags, filters, pagination, isolation."""
 import openstack
 import pytest
 
-from conftest import unique
+from cloud import unique
 
 
 def connect(creds):

@@ -104,6 +104,7 @@ class Lab:
         self.namespaces = []
         self.server = None
         self.agents = {}
+        # `=` form on the command line: a random password may start with '-'.
         self.password = secrets.token_urlsafe(12)
         self.url = f"http://{UNDERLAY}.1:9696"
         self.auth_url = f"{self.url}/identity/v3"
@@ -150,7 +151,7 @@ class Lab:
         self.server = Process(
             "server",
             ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", f"{UNDERLAY}.1:9696",
-             "--data-dir", os.path.join(self.dir, "server"), "--admin-password", self.password,
+             "--data-dir", os.path.join(self.dir, "server"), f"--admin-password={self.password}",
              "--agent-down-time", "3", "--watch-keepalive", "2", *server_args],
             dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
             os.path.join(self.dir, "server.log"))

@@ -72,8 +72,9 @@ impl Engine {
     /// One convergence pass. Per-port problems (a namespace that is gone, a name
     /// taken inside it) fail that port only; host-wide ones fail the pass.
     pub async fn converge(&mut self, d: &Desired) -> Result<Pass, EngineError> {
+        let started = std::time::Instant::now();
         let mut pass = Pass::default();
-        let mut links: HashMap<String, Link> = self
+        let links: HashMap<String, Link> = self
             .netlink
             .links()
             .await?
@@ -88,9 +89,11 @@ impl Engine {
             bridges.insert(n.id.clone(), br);
         }
 
+        let t_links = started.elapsed();
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
         self.apply_rules(&d.ruleset).await?;
+        let t_rules = started.elapsed();
 
         for p in d.ports.values() {
             let Some(&bridge) = bridges.get(&p.network_id) else {
@@ -128,13 +131,8 @@ impl Engine {
                 _ => None,
             }))
             .collect();
-        links = self
-            .netlink
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
+        // The dump from the start of the pass is enough: whatever this pass created
+        // is wanted.
         for prefix in ["tap", "vxlan-", "brq"] {
             for l in links.values() {
                 if l.name.starts_with(prefix) && is_ours(l) && !wanted.contains(&l.name) {
@@ -146,6 +144,13 @@ impl Engine {
         self.applied_ports.retain(|id, _| d.ports.contains_key(id));
         self.applied_remote
             .retain(|id, _| d.networks.contains_key(id));
+        tracing::debug!(
+            links_ms = t_links.as_secs_f64() * 1e3,
+            rules_ms = (t_rules - t_links).as_secs_f64() * 1e3,
+            rest_ms = (started.elapsed() - t_rules).as_secs_f64() * 1e3,
+            ports = d.ports.len(),
+            "convergence pass"
+        );
         Ok(pass)
     }
 
@@ -336,6 +341,7 @@ impl Engine {
             Some(old) => nft::diff(old, want),
         };
         if let Some(script) = script {
+            tracing::trace!(%script, "nft transaction");
             if let Err(e) = self.nft.apply(&script).await {
                 // Next pass starts from a full replace: the kernel state is unknown.
                 self.applied_rules = None;

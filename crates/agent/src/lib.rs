@@ -510,6 +510,7 @@ impl Agent {
     }
 
     async fn realize_bound(&self, port: &Port) -> Result<BindResult, AgentError> {
+        let started = std::time::Instant::now();
         let claimed = if port.host_id == self.cfg.host {
             port.clone()
         } else {
@@ -518,9 +519,18 @@ impl Agent {
                 .await
                 .map_err(|e| from_client("claiming the port for this host", e))?
         };
+        let t_claim = started.elapsed();
         self.wait_for_port(&port.id, claimed.revision_number)
             .await?;
+        let t_watch = started.elapsed();
         let desired = self.converge_once().await?;
+        tracing::info!(
+            port = %port.id,
+            claim_ms = t_claim.as_secs_f64() * 1e3,
+            watch_ms = (t_watch - t_claim).as_secs_f64() * 1e3,
+            converge_ms = (started.elapsed() - t_watch).as_secs_f64() * 1e3,
+            "port bound"
+        );
         if let Some(why) = desired.waiting.get(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} cannot be realized: {why}",

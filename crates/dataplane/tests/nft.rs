@@ -471,7 +471,8 @@ fn render_is_deterministic_and_names_things_by_id() {
         "set g6_sg-1 {",
         // referenced but without members: still exists, empty
         "set g4_sg-2 {",
-        "elements = { 10.0.0.4/31 }",
+        // adjacent members stay separate elements (one update per member)
+        "elements = { 10.0.0.4,\n\t\t\t10.0.0.5 }",
         "meta nfproto ipv4 meta l4proto tcp th dport 22 ip saddr 192.168.0.0/16 accept",
         "meta nfproto ipv4 ip saddr @g4_sg-1 accept",
         "meta nfproto ipv6 meta l4proto ipv6-icmp icmpv6 type 128 icmpv6 code 0 return",
