@@ -38,7 +38,15 @@ pub struct Engine {
     applied_rules: Option<Ruleset>,
     applied_ports: HashMap<String, PortDesired>,
     applied_remote: HashMap<String, RemoteL2>,
+    /// Links as last read (a full dump now and then, lookups by name between).
+    known: HashMap<String, Link>,
+    full_dump_at: Option<std::time::Instant>,
+    /// Link names the last pass wanted: one gone means a full dump and a sweep.
+    last_wanted: BTreeSet<String>,
 }
+
+/// How often a pass re-reads every link even when nothing is to be removed.
+const FULL_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Links kuryr made, by name and kind: a `tap*` that is a veth, a `vxlan-*` that is
 /// a vxlan device, a `brq*` that is a bridge. (Nova's `tap*` are tun devices.)
@@ -66,6 +74,9 @@ impl Engine {
             applied_rules: None,
             applied_ports: HashMap::new(),
             applied_remote: HashMap::new(),
+            known: HashMap::new(),
+            full_dump_at: None,
+            last_wanted: BTreeSet::new(),
         }
     }
 
@@ -74,13 +85,45 @@ impl Engine {
     pub async fn converge(&mut self, d: &Desired) -> Result<Pass, EngineError> {
         let started = std::time::Instant::now();
         let mut pass = Pass::default();
-        let links: HashMap<String, Link> = self
-            .netlink
-            .links()
-            .await?
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
+        let wanted: BTreeSet<String> = d
+            .ports
+            .values()
+            .map(|p| p.tap.clone())
+            .chain(d.networks.values().map(|n| n.bridge.clone()))
+            .chain(d.networks.values().filter_map(|n| match &n.kind {
+                NetKind::Vxlan { vni } => Some(vxlan_name(*vni)),
+                // Not ours, never removed: listed so that it is looked up.
+                NetKind::Flat { interface } => Some(interface.clone()),
+                NetKind::Local => None,
+            }))
             .collect();
+        // A full dump of the links when something may have to go (and now and then,
+        // to notice changes made behind our back); otherwise only the links this
+        // pass needs and has not seen, looked up by name. Dumps grow with the number
+        // of ports; lookups don't.
+        let full = self
+            .full_dump_at
+            .is_none_or(|t| t.elapsed() > FULL_RESYNC)
+            || !self.last_wanted.is_subset(&wanted);
+        if full {
+            self.known = self
+                .netlink
+                .links()
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect();
+            self.full_dump_at = Some(std::time::Instant::now());
+        } else {
+            for name in &wanted {
+                if !self.known.contains_key(name)
+                    && let Some(l) = self.netlink.link_by_name(name).await?
+                {
+                    self.known.insert(name.clone(), l);
+                }
+            }
+        }
+        let links = self.known.clone();
 
         // Networks: bridge, then its uplink (vxlan or a host interface).
         let mut bridges: HashMap<String, u32> = HashMap::new();
@@ -99,6 +142,7 @@ impl Engine {
             let Some(&bridge) = bridges.get(&p.network_id) else {
                 continue;
             };
+            let in_place_before = self.applied_ports.get(&p.id) == Some(p);
             match self.ensure_port(p, bridge, links.get(&p.tap)).await {
                 Ok(()) => {
                     pass.realized.insert(p.id.clone());
@@ -107,6 +151,10 @@ impl Engine {
                     self.applied_ports.remove(&p.id);
                     pass.failed.insert(p.id.clone(), e);
                 }
+            }
+            if !in_place_before {
+                // Created or changed: read it back by name next time.
+                self.known.remove(&p.tap);
             }
         }
 
@@ -119,28 +167,20 @@ impl Engine {
             }
         }
 
-        // Remove what kuryr made and nothing wants: taps first (that also removes
-        // the container end), then vxlan devices, then bridges.
-        let wanted: BTreeSet<String> = d
-            .ports
-            .values()
-            .map(|p| p.tap.clone())
-            .chain(d.networks.values().map(|n| n.bridge.clone()))
-            .chain(d.networks.values().filter_map(|n| match n.kind {
-                NetKind::Vxlan { vni } => Some(vxlan_name(vni)),
-                _ => None,
-            }))
-            .collect();
+        // Remove what kuryr made and nothing wants (only on a fresh dump): taps first
+        // (that also removes the container end), then vxlan devices, then bridges.
         // The dump from the start of the pass is enough: whatever this pass created
         // is wanted.
         for prefix in ["tap", "vxlan-", "brq"] {
             for l in links.values() {
-                if l.name.starts_with(prefix) && is_ours(l) && !wanted.contains(&l.name) {
+                if full && l.name.starts_with(prefix) && is_ours(l) && !wanted.contains(&l.name) {
                     tracing::info!(link = %l.name, "removing a link no port owns");
                     self.netlink.delete_link(l.index).await?;
+                    self.known.remove(&l.name);
                 }
             }
         }
+        self.last_wanted = wanted;
         self.applied_ports.retain(|id, _| d.ports.contains_key(id));
         self.applied_remote
             .retain(|id, _| d.networks.contains_key(id));
@@ -161,7 +201,10 @@ impl Engine {
     ) -> Result<u32, EngineError> {
         let bridge = match links.get(&n.bridge) {
             Some(l) if l.up && l.mtu == n.mtu && l.kind.as_deref() == Some("bridge") => l.index,
-            _ => self.netlink.ensure_bridge(&n.bridge, n.mtu).await?.index,
+            _ => {
+                self.known.remove(&n.bridge);
+                self.netlink.ensure_bridge(&n.bridge, n.mtu).await?.index
+            }
         };
         match &n.kind {
             NetKind::Vxlan { vni } => {
@@ -181,6 +224,7 @@ impl Engine {
                 });
                 if !ok {
                     self.applied_remote.remove(&n.id);
+                    self.known.remove(&name);
                     self.netlink
                         .ensure_vxlan(&VxlanSpec {
                             name,
@@ -197,6 +241,7 @@ impl Engine {
             NetKind::Flat { interface } => match links.get(interface) {
                 Some(l) if l.master == Some(bridge) && l.up => {}
                 Some(l) => {
+                    self.known.remove(interface);
                     self.netlink.set_master(l.index, bridge).await?;
                     self.netlink.set_up(l.index).await?;
                 }

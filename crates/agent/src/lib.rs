@@ -117,6 +117,15 @@ pub struct BindingView {
     pub waiting: Option<String>,
 }
 
+/// What a finished convergence pass did, and from which mirror generation.
+#[derive(Debug, Clone, Default)]
+struct PassReport {
+    generation: u64,
+    ports: BTreeMap<String, desired::PortDesired>,
+    /// port → why it is not realized.
+    problems: BTreeMap<String, String>,
+}
+
 pub struct Agent {
     cfg: AgentConfig,
     client: Client,
@@ -127,6 +136,8 @@ pub struct Agent {
     mirror_changed: tokio::sync::watch::Sender<u64>,
     engine: tokio::sync::Mutex<Engine>,
     converge_wanted: tokio::sync::Notify,
+    /// The outcome of each finished pass, for binds waiting on one.
+    passes: tokio::sync::watch::Sender<PassReport>,
     /// Result of the last pass: realized ports and why others are not.
     last: Mutex<(BTreeSet<String>, BTreeMap<String, String>)>,
     /// Ports this process has reported ACTIVE (or seen ACTIVE on the server).
@@ -172,6 +183,7 @@ impl Agent {
             cfg.vxlan_port,
         );
         let (mirror_changed, _) = tokio::sync::watch::channel(0);
+        let (passes, _) = tokio::sync::watch::channel(PassReport::default());
         Ok(Arc::new(Agent {
             cfg,
             client,
@@ -181,6 +193,7 @@ impl Agent {
             mirror_changed,
             engine: tokio::sync::Mutex::new(engine),
             converge_wanted: tokio::sync::Notify::new(),
+            passes,
             last: Mutex::new(Default::default()),
             reported: Mutex::new(BTreeSet::new()),
             started_at: chrono_now(),
@@ -331,8 +344,11 @@ impl Agent {
     /// mirror holds a complete view (never tear down from an empty one).
     pub async fn converge_once(&self) -> Result<desired::Desired, AgentError> {
         let mut engine = self.engine.lock().await;
-        let desired = {
+        let (desired, generation) = {
             let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+            // Read under the mirror lock: the counter is bumped after a frame is
+            // applied, so the mirror holds at least this generation.
+            let generation = *self.mirror_changed.borrow();
             if !mirror.is_synced() {
                 return Err(AgentError::Unavailable(
                     "no complete view from the server yet".into(),
@@ -351,7 +367,7 @@ impl Agent {
             {
                 return Err(AgentError::Unavailable(e.to_string()));
             }
-            d
+            (d, generation)
         };
         let pass = engine
             .converge(&desired)
@@ -374,6 +390,11 @@ impl Agent {
                 self.report_active(port, &d.bridge).await;
             }
         }
+        self.passes.send_replace(PassReport {
+            generation,
+            ports: desired.ports.clone(),
+            problems: lock(&self.last).1.clone(),
+        });
         Ok(desired)
     }
 
@@ -411,7 +432,8 @@ impl Agent {
     }
 
     /// Waits until the mirror shows `port_id` on this host at `revision_number` or later.
-    async fn wait_for_port(&self, port_id: &str, revision_number: u64) -> Result<(), AgentError> {
+    /// Returns the mirror generation the port was seen at.
+    async fn wait_for_port(&self, port_id: &str, revision_number: u64) -> Result<u64, AgentError> {
         let mut changed = self.mirror_changed.subscribe();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -422,7 +444,7 @@ impl Agent {
                         p.host_id == self.cfg.host && p.revision_number >= revision_number
                     })
                 {
-                    return Ok(());
+                    return Ok(*self.mirror_changed.borrow());
                 }
             }
             if tokio::time::timeout_at(deadline, changed.changed())
@@ -520,10 +542,28 @@ impl Agent {
                 .map_err(|e| from_client("claiming the port for this host", e))?
         };
         let t_claim = started.elapsed();
-        self.wait_for_port(&port.id, claimed.revision_number)
+        let seen = self
+            .wait_for_port(&port.id, claimed.revision_number)
             .await?;
         let t_watch = started.elapsed();
-        let desired = self.converge_once().await?;
+        // The convergence loop realizes the port (it was woken by the same frame):
+        // wait for a pass that started from a mirror holding it, rather than running
+        // a second pass of our own.
+        let mut passes = self.passes.subscribe();
+        self.converge_wanted.notify_one();
+        let report = tokio::time::timeout(
+            Duration::from_secs(15),
+            passes.wait_for(|r| r.generation >= seen),
+        )
+        .await
+        .map_err(|_| {
+            AgentError::Unavailable(format!(
+                "port {} was not realized within 15 s (see the agent log)",
+                port.id
+            ))
+        })?
+        .map_err(|_| AgentError::Unavailable("the agent is shutting down".into()))?
+        .clone();
         tracing::info!(
             port = %port.id,
             claim_ms = t_claim.as_secs_f64() * 1e3,
@@ -531,22 +571,15 @@ impl Agent {
             converge_ms = (started.elapsed() - t_watch).as_secs_f64() * 1e3,
             "port bound"
         );
-        if let Some(why) = desired.waiting.get(&port.id) {
+        if let Some(why) = report.problems.get(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} cannot be realized: {why}",
                 port.id
             )));
         }
-        if let Some(why) = lock(&self.last).1.get(&port.id) {
-            return Err(AgentError::Unavailable(format!(
-                "port {} cannot be realized: {why}",
-                port.id
-            )));
-        }
-        let d = desired
-            .ports
-            .get(&port.id)
-            .ok_or_else(|| AgentError::Unavailable(format!("port {} was not realized", port.id)))?;
+        let d = report.ports.get(&port.id).ok_or_else(|| {
+            AgentError::Unavailable(format!("port {} was not realized", port.id))
+        })?;
         if !lock(&self.reported).contains(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} is up but the server did not take its ACTIVE status",
