@@ -101,9 +101,7 @@ impl Engine {
         // to notice changes made behind our back); otherwise only the links this
         // pass needs and has not seen, looked up by name. Dumps grow with the number
         // of ports; lookups don't.
-        let full = self
-            .full_dump_at
-            .is_none_or(|t| t.elapsed() > FULL_RESYNC)
+        let full = self.full_dump_at.is_none_or(|t| t.elapsed() > FULL_RESYNC)
             || !self.last_wanted.is_subset(&wanted);
         if full {
             self.known = self

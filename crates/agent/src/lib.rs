@@ -262,11 +262,15 @@ impl Agent {
                         match tokio::time::timeout(silence, stream.next()).await {
                             Ok(Some(Ok(frame))) => {
                                 backoff = Duration::from_millis(200);
-                                let delta = self
-                                    .mirror
-                                    .write()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .apply(frame);
+                                let delta = {
+                                    let mut mirror =
+                                        self.mirror.write().unwrap_or_else(|p| p.into_inner());
+                                    let delta = mirror.apply(frame);
+                                    // Bumped under the lock: whoever reads the mirror
+                                    // reads the generation that matches it.
+                                    self.mirror_changed.send_modify(|n| *n += 1);
+                                    delta
+                                };
                                 if delta.missing != Default::default() {
                                     tracing::warn!("watch resumed with gaps; starting over from 0");
                                     self.mirror
@@ -276,7 +280,6 @@ impl Agent {
                                     break;
                                 }
                                 self.forget_removed_ports(&delta.removed.ports);
-                                self.mirror_changed.send_modify(|n| *n += 1);
                                 if !delta.is_empty() || delta.resync {
                                     self.converge_wanted.notify_one();
                                 }
@@ -346,8 +349,7 @@ impl Agent {
         let mut engine = self.engine.lock().await;
         let (desired, generation) = {
             let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
-            // Read under the mirror lock: the counter is bumped after a frame is
-            // applied, so the mirror holds at least this generation.
+            // Read under the mirror lock, where the watch bumps it with each frame.
             let generation = *self.mirror_changed.borrow();
             if !mirror.is_synced() {
                 return Err(AgentError::Unavailable(
@@ -577,9 +579,10 @@ impl Agent {
                 port.id
             )));
         }
-        let d = report.ports.get(&port.id).ok_or_else(|| {
-            AgentError::Unavailable(format!("port {} was not realized", port.id))
-        })?;
+        let d = report
+            .ports
+            .get(&port.id)
+            .ok_or_else(|| AgentError::Unavailable(format!("port {} was not realized", port.id)))?;
         if !lock(&self.reported).contains(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} is up but the server did not take its ACTIVE status",
