@@ -35,7 +35,7 @@ pub struct Engine {
     underlay_ifindex: Option<u32>,
     vxlan_port: u16,
     /// What the last successful pass applied, so unchanged things are not re-read.
-    applied_rules: Option<Ruleset>,
+    applied_rules: Option<(Ruleset, nft::Compiled)>,
     applied_ports: HashMap<String, PortDesired>,
     applied_remote: HashMap<String, RemoteL2>,
     /// Links as last read (a full dump now and then, lookups by name between).
@@ -379,9 +379,13 @@ impl Engine {
     /// The first pass replaces kuryr's tables whole (one atomic transaction, which
     /// leaves conntrack and so established flows alone); later passes apply a diff.
     async fn apply_rules(&mut self, want: &Ruleset) -> Result<(), EngineError> {
-        let script = match &self.applied_rules {
-            None => Some(nft::render(want)),
-            Some(old) => nft::diff(old, want),
+        let (script, compiled) = match &self.applied_rules {
+            Some((old, _)) if old == want => return Ok(()),
+            None => (Some(nft::render(want)), nft::compile(want)),
+            Some((_, old)) => {
+                let new = nft::compile(want);
+                (nft::diff_compiled(old, &new), new)
+            }
         };
         if let Some(script) = script {
             tracing::trace!(%script, "nft transaction");
@@ -390,8 +394,8 @@ impl Engine {
                 self.applied_rules = None;
                 return Err(e.into());
             }
-            self.applied_rules = Some(want.clone());
         }
+        self.applied_rules = Some((want.clone(), compiled));
         Ok(())
     }
 

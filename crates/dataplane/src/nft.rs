@@ -767,7 +767,21 @@ fn diff_map<K: Ord, V: PartialEq>(
 /// flushed and refilled; ports coming or going add or delete chains and map
 /// elements; zones are map elements; sets come and go with their groups.
 pub fn diff(old: &Ruleset, new: &Ruleset) -> Option<String> {
-    let (o, n) = (Model::build(old), Model::build(new));
+    diff_compiled(&compile(old), &compile(new))
+}
+
+/// A ruleset resolved for [`diff_compiled`]: keeping the one last applied saves
+/// resolving it again on every change (the cost grows with the number of ports).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Compiled(Model);
+
+pub fn compile(rs: &Ruleset) -> Compiled {
+    Compiled(Model::build(rs))
+}
+
+/// [`diff`] of two compiled rulesets.
+pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
+    let (o, n) = (&old.0, &new.0);
     if o == n {
         return None;
     }
