@@ -162,6 +162,18 @@ fn valid_ifname(name: &str) -> bool {
 impl Agent {
     pub async fn new(cfg: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
         enable_bridge_netfilter().await?;
+        // Fail at start, clearly, rather than on every convergence pass.
+        match tokio::process::Command::new(&cfg.nft_binary)
+            .arg("--version")
+            .output()
+            .await
+        {
+            Ok(out) if out.status.success() => {}
+            _ => anyhow::bail!(
+                "cannot run {} (security groups need it): install Debian's nftables or pass --nft",
+                cfg.nft_binary.display()
+            ),
+        }
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
         let netlink = Netlink::current()?;
