@@ -15,8 +15,21 @@ OPENSTACK=${OPENSTACK_BIN:-$PWD/.venv/bin/openstack}
 
 HOST=kuryr-demo-host
 WORK=$(mktemp -d /tmp/kuryr-demo.XXXXXX)
+stop_up() {
+  # SIGTERM, as a user's Ctrl-C; SIGKILL only if it does not stop in 10 s.
+  [ -n "${UP_PID:-}" ] || return 0
+  kill "$UP_PID" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$UP_PID" 2>/dev/null; then
+    echo "kuryr up did not stop on SIGTERM; killing it" >&2
+    kill -9 "$UP_PID" 2>/dev/null || true
+    UP_STUCK=1
+  fi
+  wait "$UP_PID" 2>/dev/null || true
+  UP_PID=
+}
 cleanup() {
-  [ -n "${UP_PID:-}" ] && kill "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true
+  stop_up
   for ns in kuryr-demo-c1 kuryr-demo-c2 "$HOST"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
@@ -31,7 +44,7 @@ ip netns add kuryr-demo-c1
 ip netns add kuryr-demo-c2
 
 echo "== kuryr up (server + agent) inside $HOST"
-in_host "$KURYR" up --data-dir "$WORK/data" --agent-socket "$WORK/agent.sock" \
+ip netns exec "$HOST" "$KURYR" up --data-dir "$WORK/data" --agent-socket "$WORK/agent.sock" \
   --host demo-host >"$WORK/up.log" 2>&1 &
 UP_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/agent.sock" ] && break; sleep 0.1; done
@@ -65,4 +78,7 @@ echo "blocked, as the security group says."
 echo "== unbind and clean up"
 "$KURYR" port unbind "$P1" --socket "$WORK/agent.sock"
 "$KURYR" port unbind "$P2" --socket "$WORK/agent.sock"
+echo "== stop kuryr up"
+stop_up
+[ -z "${UP_STUCK:-}" ] || exit 1
 echo "demo done"

@@ -231,6 +231,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         },
     };
     let app = kuryr_api::app(store, config).await?;
+    let networking = app.networking.clone();
     tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
     if let Some(u) = up_args.filter(|u| !u.no_agent) {
         let agent_args = agent_cmd::AgentArgs {
@@ -274,8 +275,12 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     if up {
         print_usage(&args, &public_url)?;
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+    axum::serve(listener, app.router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Host watches never end by themselves; graceful shutdown waits for them.
+            networking.close_watches();
+        })
         .await?;
     tracing::info!("kuryr server stopped");
     Ok(())

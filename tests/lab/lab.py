@@ -78,13 +78,16 @@ class Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def stop(self):
+    def stop(self, timeout=10):
+        """SIGTERM; True if the process ended within `timeout` (else it is killed)."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill9()
+                return False
+        return True
 
     def log(self, tail=150):
         try:

@@ -232,7 +232,7 @@ def test_agent_list_shows_hosts_and_a_stopped_agent_goes_dead(fresh_lab):
     assert all(a["Agent Type"] == "Kuryr agent" for a in agents)
     shown = lab.openstack("network", "agent", "show", by_host["h1"]["ID"])
     assert shown["configuration"]["tunneling_ip"] == "10.99.0.11"
-    lab.agents["h2"].stop()
+    assert lab.agents["h2"].stop(timeout=10), "agent did not stop on SIGTERM"
     lab.wait_for(lambda: {a["Host"]: a["Alive"] for a in
                           lab.openstack("network", "agent", "list")}["h2"] is False,
                  15, "h2 to be shown dead")
@@ -321,7 +321,8 @@ def test_server_down_keeps_dataplane_and_agents_resume(fresh_lab):
     lab.bind("h2", p2, c2)
     dst = p2["fixed_ips"][0]["ip_address"]
     assert lab.ping_eventually(c1, dst)
-    lab.server.kill9()
+    # SIGTERM with agents watching: the server ends their streams and exits.
+    assert lab.server.stop(timeout=10), "kuryr server did not stop on SIGTERM:\n" + lab.server.log()
     # No server: traffic flows, the agents keep running and retry.
     assert lab.ping(c1, dst, count=10)
     time.sleep(3)

@@ -20,8 +20,14 @@ pub struct ServerConfig {
     pub networking: NetworkingConfig,
 }
 
+/// The HTTP application and the handle that ends its long-lived streams.
+pub struct App {
+    pub router: Router,
+    pub networking: Arc<Networking>,
+}
+
 /// Starts the services over `store` and returns the HTTP application.
-pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<Router> {
+pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<App> {
     let identity = Identity::start(store.clone(), config.identity.clone()).await?;
     let networking = Networking::start(store, identity.clone(), config.networking.clone()).await?;
     let request_ids = axum::middleware::from_fn(
@@ -34,9 +40,10 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
             resp
         },
     );
-    Ok(Router::new()
+    let router = Router::new()
         .nest("/identity", identity.router())
         .nest("/networking", networking.router())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .layer(request_ids))
+        .layer(request_ids);
+    Ok(App { router, networking })
 }

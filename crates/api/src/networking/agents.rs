@@ -478,10 +478,15 @@ async fn watch(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     let mut changes = net.changes.subscribe();
     let keepalive = net.config.watch_keepalive;
+    let mut closing = net.closing.subscribe();
     tokio::spawn(async move {
         let mut sent = Sent::default();
         let mut since = Some(params.since);
         loop {
+            let closed = *closing.borrow();
+            if closed {
+                return;
+            }
             let frame = {
                 let db = net.db();
                 let revision = *net.applied.borrow();
@@ -501,6 +506,7 @@ async fn watch(
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = closing.changed() => return,
                     got = tokio::time::timeout(keepalive, changes.recv()) => match got {
                         Err(_) => {
                             let ka = HostFrame { revision: *net.applied.borrow(), ..Default::default() };

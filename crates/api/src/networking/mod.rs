@@ -54,6 +54,9 @@ pub struct Networking {
     /// The keys each applied batch changed (empty: everything may have changed), for
     /// host watches to decide whether to recompute their view.
     changes: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
+    /// Set when the server shuts down: host watches end, so that graceful shutdown
+    /// (which waits for open responses) can finish.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Guard keys (addresses, MACs, VNIs) picked by requests in flight and not yet
     /// visible in `db`, so that concurrent requests here pick different ones.
     reserved: Mutex<HashSet<String>>,
@@ -81,11 +84,13 @@ impl Networking {
         }
         let (applied, _) = tokio::sync::watch::channel(rev);
         let (changes, _) = tokio::sync::broadcast::channel(1024);
+        let (closing, _) = tokio::sync::watch::channel(false);
         let this = Arc::new(Networking {
             store,
             db: RwLock::new(db),
             applied,
             changes,
+            closing,
             reserved: Mutex::new(HashSet::new()),
             hints: Mutex::new(HashMap::new()),
             identity,
@@ -175,6 +180,11 @@ impl Networking {
         self.applied.send_replace(rev);
         let _ = self.changes.send(Arc::new(Vec::new()));
         Some(rev + 1)
+    }
+
+    /// Ends every host watch (their agents reconnect to another replica or later).
+    pub fn close_watches(&self) {
+        self.closing.send_replace(true);
     }
 
     pub fn db(&self) -> RwLockReadGuard<'_, Db> {
