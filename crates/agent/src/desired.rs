@@ -585,6 +585,15 @@ mod tests {
         m
     }
 
+    fn desired_for(host: &str, view: &HostMirror, state: &mut LocalState) -> Desired {
+        compute(Inputs {
+            host,
+            view,
+            state,
+            interface_mappings: &BTreeMap::new(),
+        })
+    }
+
     fn bound_state() -> LocalState {
         let mut s = LocalState::default();
         s.bindings.insert(
@@ -601,7 +610,7 @@ mod tests {
     fn local_port_gets_addresses_routes_and_names() {
         let m = mirror();
         let mut s = bound_state();
-        let d = crate::desired_for("h1", &m, &mut s);
+        let d = desired_for("h1", &m, &mut s);
         let p = &d.ports["local-port-0001"];
         assert_eq!(p.tap, "taplocal-port-");
         assert_eq!(p.bridge, "brq11111111-22");
@@ -628,7 +637,7 @@ mod tests {
     #[test]
     fn remote_ports_become_fdb_neighbour_and_flood_entries() {
         let m = mirror();
-        let d = crate::desired_for("h1", &m, &mut bound_state());
+        let d = desired_for("h1", &m, &mut bound_state());
         let r = &d.networks[NET].remote;
         let vtep: IpAddr = "10.99.0.12".parse().unwrap();
         let mac: MacAddr = "fa:16:3e:00:00:02".parse().unwrap();
@@ -642,7 +651,7 @@ mod tests {
     #[test]
     fn rules_and_remote_group_members() {
         let m = mirror();
-        let d = crate::desired_for("h1", &m, &mut bound_state());
+        let d = desired_for("h1", &m, &mut bound_state());
         let pf = &d.ruleset.ports[0];
         assert!(pf.port_security);
         assert_eq!(pf.rules.len(), 2);
@@ -661,10 +670,10 @@ mod tests {
     #[test]
     fn nothing_without_a_binding_or_on_another_host() {
         let m = mirror();
-        let d = crate::desired_for("h1", &m, &mut LocalState::default());
+        let d = desired_for("h1", &m, &mut LocalState::default());
         assert!(d.ports.is_empty() && d.networks.is_empty());
         let mut s = bound_state();
-        let d = crate::desired_for("h3", &m, &mut s);
+        let d = desired_for("h3", &m, &mut s);
         assert!(d.ports.is_empty());
         assert!(d.waiting["local-port-0001"].contains("bound to host \"h1\""));
         assert!(s.zones.is_empty());

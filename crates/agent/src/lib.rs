@@ -26,7 +26,7 @@ use kuryr_model::{AgentReport, Port};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::desired::{Desired, Inputs};
+use crate::desired::Inputs;
 use crate::engine::Engine;
 use crate::state::{Binding, LocalState, StateFile};
 
@@ -124,6 +124,8 @@ struct PassReport {
     ports: BTreeMap<String, desired::PortDesired>,
     /// port → why it is not realized.
     problems: BTreeMap<String, String>,
+    /// Ports whose interface is in place.
+    realized: BTreeSet<String>,
 }
 
 pub struct Agent {
@@ -138,8 +140,6 @@ pub struct Agent {
     converge_wanted: tokio::sync::Notify,
     /// The outcome of each finished pass, for binds waiting on one.
     passes: tokio::sync::watch::Sender<PassReport>,
-    /// Result of the last pass: realized ports and why others are not.
-    last: Mutex<(BTreeSet<String>, BTreeMap<String, String>)>,
     /// Ports this process has reported ACTIVE (or seen ACTIVE on the server).
     reported: Mutex<BTreeSet<String>>,
     started_at: i64,
@@ -206,9 +206,8 @@ impl Agent {
             engine: tokio::sync::Mutex::new(engine),
             converge_wanted: tokio::sync::Notify::new(),
             passes,
-            last: Mutex::new(Default::default()),
             reported: Mutex::new(BTreeSet::new()),
-            started_at: chrono_now(),
+            started_at: unix_now(),
         }))
     }
 
@@ -236,7 +235,7 @@ impl Agent {
                 tunneling_ip: self.cfg.underlay_ip.to_string(),
                 interface_mappings: self.cfg.interface_mappings.clone(),
                 started_at_unix: self.started_at,
-                devices: lock(&self.last).0.len() as u64,
+                devices: self.passes.borrow().realized.len() as u64,
             };
             match self.client.heartbeat(&report).await {
                 Ok(_) if failing => {
@@ -391,13 +390,6 @@ impl Agent {
         for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
             tracing::warn!(port = %port, reason = %why, "port not realized");
         }
-        *lock(&self.last) = (
-            pass.realized.clone(),
-            pass.failed
-                .into_iter()
-                .chain(desired.waiting.clone())
-                .collect(),
-        );
         lock(&self.reported).retain(|p| pass.realized.contains(p));
         for port in &pass.realized {
             if let Some(d) = desired.ports.get(port) {
@@ -407,7 +399,12 @@ impl Agent {
         self.passes.send_replace(PassReport {
             generation,
             ports: desired.ports.clone(),
-            problems: lock(&self.last).1.clone(),
+            problems: pass
+                .failed
+                .into_iter()
+                .chain(desired.waiting.clone())
+                .collect(),
+            realized: pass.realized,
         });
         Ok(desired)
     }
@@ -661,7 +658,7 @@ impl Agent {
 
     pub fn bindings(&self) -> Vec<BindingView> {
         let state = lock(&self.state);
-        let last = lock(&self.last);
+        let last = self.passes.borrow();
         state
             .bindings
             .iter()
@@ -669,8 +666,8 @@ impl Agent {
                 port_id: id.clone(),
                 netns: b.netns.clone(),
                 ifname: b.ifname.clone(),
-                realized: last.0.contains(id),
-                waiting: last.1.get(id).cloned(),
+                realized: last.realized.contains(id),
+                waiting: last.problems.get(id).cloned(),
             })
             .collect()
     }
@@ -682,7 +679,7 @@ impl Agent {
             "synced": m.is_synced(),
             "revision": m.revision(),
             "bindings": lock(&self.state).bindings.len(),
-            "realized": lock(&self.last).0.len(),
+            "realized": self.passes.borrow().realized.len(),
         })
     }
 }
@@ -739,19 +736,9 @@ async fn enable_bridge_netfilter() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn chrono_now() -> i64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Computes the desired state without an agent (for tests and `--dry-run` style tools).
-pub fn desired_for(host: &str, view: &HostMirror, state: &mut LocalState) -> Desired {
-    desired::compute(Inputs {
-        host,
-        view,
-        state,
-        interface_mappings: &BTreeMap::new(),
-    })
 }
