@@ -73,6 +73,8 @@ pub struct PortDesired {
     pub tap: String,
     pub netns: PathBuf,
     pub ifname: String,
+    /// The container end is made here and handed over (Docker); never touched after.
+    pub handoff: bool,
     pub mac: MacAddr,
     pub mtu: u32,
     pub addresses: Vec<IpNet>,
@@ -373,6 +375,7 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
                 tap,
                 netns: b.netns.clone(),
                 ifname: b.ifname.clone(),
+                handoff: b.handoff,
                 mac,
                 mtu: net.mtu,
                 addresses,
@@ -601,6 +604,7 @@ mod tests {
             Binding {
                 netns: "/run/netns/c1".into(),
                 ifname: "eth0".into(),
+                ..Default::default()
             },
         );
         s

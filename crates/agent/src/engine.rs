@@ -261,8 +261,12 @@ impl Engine {
         if in_place && self.applied_ports.get(&p.id) == Some(p) {
             return Ok(());
         }
-        let ns = NetNs::open(&p.netns)
-            .map_err(|e| format!("container namespace {}: {e}", p.netns.display()))?;
+        let ns = if p.handoff {
+            NetNs::current()
+        } else {
+            NetNs::open(&p.netns)
+        }
+        .map_err(|e| format!("container namespace {}: {e}", p.netns.display()))?;
         match tap {
             None => {
                 self.netlink
@@ -307,6 +311,11 @@ impl Engine {
                         .map_err(|e| e.to_string())?;
                 }
             }
+        }
+        if p.handoff {
+            // Docker moves the container end into its sandbox and configures it.
+            self.applied_ports.insert(p.id.clone(), p.clone());
+            return Ok(());
         }
         let inside = Netlink::in_namespace(&ns).map_err(|e| e.to_string())?;
         if tap.is_some()

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::desired::Inputs;
 use crate::engine::Engine;
-use crate::state::{Binding, LocalState, StateFile};
+use crate::state::{Binding, LocalState, PublishedPort, StateFile};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -484,11 +484,6 @@ impl Agent {
         netns: PathBuf,
         ifname: String,
     ) -> Result<BindResult, AgentError> {
-        if !kuryr_model::input::is_uuid(port_id) {
-            return Err(AgentError::BadRequest(format!(
-                "{port_id:?} is not a port id (a UUID)"
-            )));
-        }
         if !valid_ifname(&ifname) {
             return Err(AgentError::BadRequest(format!(
                 "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
@@ -503,10 +498,41 @@ impl Agent {
         let binding = Binding {
             netns: netns.clone(),
             ifname: ifname.clone(),
+            ..Default::default()
         };
+        self.bind_as(port_id, binding).await
+    }
+
+    /// Binds a port Docker's way: the container end is created in this agent's own
+    /// namespace as `ifname` (bare: MAC and MTU) for Docker to move into its sandbox.
+    pub async fn bind_handoff(
+        &self,
+        port_id: &str,
+        ifname: String,
+    ) -> Result<BindResult, AgentError> {
+        if !valid_ifname(&ifname) {
+            return Err(AgentError::BadRequest(format!(
+                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
+            )));
+        }
+        let binding = Binding {
+            netns: PathBuf::from("/proc/self/ns/net"),
+            ifname,
+            handoff: true,
+            published: Vec::new(),
+        };
+        self.bind_as(port_id, binding).await
+    }
+
+    async fn bind_as(&self, port_id: &str, binding: Binding) -> Result<BindResult, AgentError> {
+        if !kuryr_model::input::is_uuid(port_id) {
+            return Err(AgentError::BadRequest(format!(
+                "{port_id:?} is not a port id (a UUID)"
+            )));
+        }
         let existing = lock(&self.state).bindings.get(port_id).cloned();
         if let Some(b) = &existing
-            && *b != binding
+            && !b.same_place(&binding)
         {
             return Err(AgentError::Conflict(format!(
                 "port {port_id} is already bound on this host to {} in {}",
@@ -654,6 +680,47 @@ impl Agent {
             Err(e) => return Err(from_client("releasing the port on the server", e)),
         }
         Ok(true)
+    }
+
+    /// Replaces the host ports published to a bound port, and returns once a
+    /// convergence pass has applied them.
+    pub async fn set_published(
+        &self,
+        port_id: &str,
+        published: Vec<PublishedPort>,
+    ) -> Result<(), AgentError> {
+        {
+            let mut state = lock(&self.state);
+            let taken: Vec<&PublishedPort> = state
+                .bindings
+                .iter()
+                .filter(|(id, _)| id.as_str() != port_id)
+                .flat_map(|(_, b)| b.published.iter())
+                .collect();
+            if let Some(clash) = published.iter().find(|p| {
+                taken.iter().any(|t| {
+                    t.protocol == p.protocol
+                        && t.host_port == p.host_port
+                        && (t.host_ip.is_none() || p.host_ip.is_none() || t.host_ip == p.host_ip)
+                })
+            }) {
+                return Err(AgentError::Conflict(format!(
+                    "host port {}/{} is already published on this host",
+                    clash.host_port, clash.protocol
+                )));
+            }
+            let Some(b) = state.bindings.get_mut(port_id) else {
+                return Err(AgentError::NotFound(format!(
+                    "port {port_id} is not bound on this host"
+                )));
+            };
+            if b.published == published {
+                return Ok(());
+            }
+            b.published = published;
+            self.save_state(&state)?;
+        }
+        self.converge_once().await.map(|_| ())
     }
 
     pub fn bindings(&self) -> Vec<BindingView> {

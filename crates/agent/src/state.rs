@@ -9,12 +9,42 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
     /// The container's network namespace (a path like /run/netns/X or /proc/PID/ns/net).
     pub netns: PathBuf,
     /// The interface name inside it.
     pub ifname: String,
+    /// Docker's way: the container end is made in the agent's own namespace under
+    /// `ifname`, bare (MAC and MTU only), and Docker moves it into the sandbox and
+    /// configures it. The agent never touches that end again; `netns` is unused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
+    /// Host ports forwarded to this port (Docker's `-p`), kept with the binding so
+    /// that they survive restarts and go with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
+}
+
+impl Binding {
+    /// Where the interface is, without what is published on it: two binds of a port
+    /// are the same if this is.
+    pub fn same_place(&self, other: &Binding) -> bool {
+        self.netns == other.netns && self.ifname == other.ifname && self.handoff == other.handoff
+    }
+}
+
+/// One published port: traffic to `host_port` on this host's addresses (or only
+/// `host_ip`) is sent to `container_ip:container_port`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
+    pub host_port: u16,
+    pub container_ip: std::net::IpAddr,
+    pub container_port: u16,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -136,6 +166,7 @@ mod tests {
             Binding {
                 netns: "/run/netns/x".into(),
                 ifname: "eth0".into(),
+                ..Default::default()
             },
         );
         f.save(&s).unwrap();
