@@ -1,0 +1,362 @@
+"""The Docker test lab: tests/lab's namespaces, plus a real dockerd in every host.
+
+    lab namespace     the underlay bridge and `kuryr server` (as in tests/lab)
+    host namespaces   a `kuryr agent` serving the libnetwork plugin `kuryr` on
+                      <lab dir>/<host>-d/plugins/kuryr.sock, and a dockerd of its own
+
+Each dockerd runs in its host's network namespace but in a private mount namespace
+(`nsenter --net=... unshare -m --propagation private`; `ip netns exec` would mount a
+fresh /sys that hides the cgroup mounts dockerd needs), where the host's plugin
+directory is bind-mounted on /run/docker/plugins and a tmpfs covers /run/containerd
+(containerd's shim sockets). Its data root, exec root, pid file, socket and trust key
+live in <lab dir>/<host>-d; its containers' cgroups under /kuryr-<prefix>-<host>.
+Nothing is mounted in the machine's own mount namespace: the mounts vanish with the
+daemon. `docker(host, ...)` runs /usr/bin/docker against a host's daemon.
+
+A DockerLab whose test process died is swept by the next one: its daemons, their
+containerd and shims (found by their command lines, which name the lab's directory)
+and its containers (by cgroup) are killed, the cgroups and directories removed.
+"""
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "lab"))
+
+from lab import KURYR_BIN, PIDS_DIR, Lab, Process, sh  # noqa: E402
+
+DOCKER = os.environ.get("DOCKER_BIN", "/usr/bin/docker")
+DOCKERD = os.environ.get("DOCKERD_BIN", "/usr/sbin/dockerd")
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+IMAGE = "kuryr/busybox"
+CGROUP_ROOT = "/sys/fs/cgroup"
+# The lab directory is /tmp/kuryr-<prefix>-XXXXXXXX (tempfile); docker dirs are <host>-d.
+_OURS = re.compile(r"/kuryr-(kl[0-9a-f]{6})-[^/\s]*/(h\d+)-d/")
+_LABDIR = re.compile(r"(/[^\s=]*/kuryr-(kl[0-9a-f]{6})-[^/\s]*)/")
+
+
+def plugin_available():
+    """True if this kuryr binary serves the Docker plugin (`kuryr agent --docker-socket`)."""
+    try:
+        out = sh(KURYR_BIN, "agent", "--help", check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--docker-socket" in out
+
+
+def _lab_alive(prefix):
+    try:
+        pid = int(open(os.path.join(PIDS_DIR, prefix)).read().strip())
+        os.kill(pid, 0)
+        return True
+    except PermissionError:
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _our_processes():
+    """(pid, prefix, host, cmdline) of every dockerd, containerd and shim of a DockerLab
+    (host is None for the lab's kuryr server and agents, which name the lab directory)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        cmd = _cmdline(entry)
+        if re.search(r"(^|/)(dockerd|containerd|containerd-shim\S*)\s", cmd):
+            m = _OURS.search(cmd)
+            if m:
+                out.append((int(entry), m.group(1), m.group(2), cmd))
+        elif re.search(r"(^|/)kuryr (server|agent)\s", cmd):
+            m = _LABDIR.search(cmd)
+            if m:
+                out.append((int(entry), m.group(2), None, cmd))
+    return out
+
+
+def _cgroup_dirs(name):
+    """The directories of cgroup `name` (a top-level name) in every hierarchy."""
+    dirs = []
+    try:
+        hierarchies = os.listdir(CGROUP_ROOT)
+    except OSError:
+        return dirs
+    for h in hierarchies:
+        d = os.path.join(CGROUP_ROOT, h, name)
+        if os.path.isdir(d):
+            dirs.append(d)
+    return dirs
+
+
+def _kill_cgroup_tree(name):
+    """SIGKILLs every process in cgroup `name` (and below), then removes the cgroups."""
+    for _ in range(50):
+        pids = set()
+        for top in _cgroup_dirs(name):
+            for root, _dirs, files in os.walk(top):
+                if "cgroup.procs" in files:
+                    try:
+                        pids.update(int(p) for p in open(os.path.join(root, "cgroup.procs"))
+                                    .read().split())
+                    except (OSError, ValueError):
+                        pass
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.1)
+    for top in _cgroup_dirs(name):
+        for root, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+
+
+def _kill_pids(pids, timeout=5):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(os.path.exists(f"/proc/{p}") and
+                                         not _is_zombie(p) for p in pids):
+        time.sleep(0.05)
+
+
+def _is_zombie(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def sweep_stale_dockerlabs():
+    """Kills the daemons, shims, containers and kuryr processes of DockerLabs whose test
+    process is gone, and removes their cgroups and directories (tests/lab's sweep, which
+    runs next, deletes their namespaces)."""
+    stale = {}  # prefix -> {"pids": [...], "hosts": set(), "dirs": set()}
+    def entry(prefix):
+        return stale.setdefault(prefix, {"pids": [], "hosts": set(), "dirs": set()})
+    for pid, prefix, host, cmd in _our_processes():
+        if _lab_alive(prefix):
+            continue
+        e = entry(prefix)
+        e["pids"].append(pid)
+        if host:
+            e["hosts"].add(host)
+        m = _LABDIR.search(cmd)
+        if m:
+            e["dirs"].add(m.group(1))
+    for h in os.listdir(CGROUP_ROOT) if os.path.isdir(CGROUP_ROOT) else []:
+        try:
+            names = os.listdir(os.path.join(CGROUP_ROOT, h))
+        except OSError:
+            continue
+        for n in names:
+            m = re.match(r"^kuryr-(kl[0-9a-f]{6})-(h\d+)$", n)
+            if m and not _lab_alive(m.group(1)):
+                entry(m.group(1))["hosts"].add(m.group(2))
+    for prefix, e in stale.items():
+        _kill_pids(e["pids"])
+        for host in e["hosts"]:
+            _kill_cgroup_tree(f"kuryr-{prefix}-{host}")
+        if not os.environ.get("KURYR_LAB_KEEP"):
+            for d in e["dirs"]:
+                if any(n.endswith("-d") for n in os.listdir(d) if os.path.isdir(d)):
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+def build_image_tar(path):
+    """A tarball of a root filesystem holding static busybox and its applets."""
+    applets = sh(BUSYBOX, "--list").split()
+    with tarfile.open(path, "w") as tar:
+        def add_dir(name, mode=0o755):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode = tarfile.DIRTYPE, mode
+            tar.addfile(ti)
+        for d in ("bin", "dev", "etc", "proc", "sys", "root", "var", "www"):
+            add_dir(d)
+        add_dir("tmp", 0o1777)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for a in applets:
+            if a == "busybox":
+                continue
+            ti = tarfile.TarInfo(f"bin/{a}")
+            ti.type, ti.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(ti)
+        for name, text in (("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+                           ("etc/group", "root:x:0:\n"),
+                           ("www/index.html", "hello from kuryr\n")):
+            data = text.encode()
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = len(data), 0o644
+            tar.addfile(ti, io.BytesIO(data))
+
+
+class DockerLab(Lab):
+    """A Lab whose hosts also run dockerd, with kuryr's agent serving the plugin."""
+
+    def __init__(self, hosts=2, agent_args=(), server_args=(), plugin=None):
+        sweep_stale_dockerlabs()
+        self.dockerds = {}
+        self.plugin = plugin_available() if plugin is None else plugin
+        super().__init__(hosts=hosts, agent_args=agent_args, server_args=server_args)
+        try:
+            tar = os.path.join(self.dir, "busybox.tar")
+            build_image_tar(tar)
+            for h in self.hosts:
+                self.start_dockerd(h)
+            for h in self.hosts:
+                self.wait_dockerd(h)
+                with open(tar, "rb") as f:
+                    self.docker(h, "import", "-c", 'CMD ["sh"]', "-", IMAGE, input=f.read())
+        except BaseException:
+            self.close()
+            raise
+
+    # ---------------------------------------------------------------- paths
+
+    def docker_dir(self, host):
+        return os.path.join(self.dir, f"{host}-d")
+
+    def plugin_dir(self, host):
+        return os.path.join(self.docker_dir(host), "plugins")
+
+    def plugin_socket(self, host):
+        return os.path.join(self.plugin_dir(host), "kuryr.sock")
+
+    def docker_socket(self, host):
+        return os.path.join(self.docker_dir(host), "docker.sock")
+
+    def cgroup_parent(self, host):
+        return f"kuryr-{self.prefix}-{host}"
+
+    # ---------------------------------------------------------------- the agent
+
+    def start_agent(self, host, *extra):
+        os.makedirs(self.plugin_dir(host), exist_ok=True)
+        if self.plugin:
+            extra = ("--docker-socket", self.plugin_socket(host), *extra)
+        return super().start_agent(host, *extra)
+
+    def wait_agent_ready(self, host, timeout=30):
+        super().wait_agent_ready(host, timeout)
+        if self.plugin:
+            self.wait_for(lambda: os.path.exists(self.plugin_socket(host)), timeout,
+                          f"agent {host} to serve the Docker plugin", self.agents[host])
+
+    # ---------------------------------------------------------------- dockerd
+
+    def start_dockerd(self, host):
+        d = self.docker_dir(host)
+        for sub in ("plugins", "root", "exec", "cli"):
+            os.makedirs(os.path.join(d, sub), exist_ok=True)
+        with open(os.path.join(d, "daemon.json"), "w") as f:
+            json.dump({"deprecated-key-path": os.path.join(d, "key.json"),
+                       "shutdown-timeout": 2, "userland-proxy": False}, f)
+        inner = (
+            "set -e; mkdir -p /run/docker/plugins /run/containerd; "
+            f"mount --bind {d}/plugins /run/docker/plugins; "
+            "mount -t tmpfs tmpfs /run/containerd; "
+            f"exec {DOCKERD} --config-file {d}/daemon.json --data-root {d}/root "
+            f"--exec-root {d}/exec --pidfile {d}/docker.pid -H unix://{d}/docker.sock "
+            f"--cgroup-parent /{self.cgroup_parent(host)} "
+            "--storage-driver=vfs --iptables=false --ip6tables=false --bridge=none "
+            "--ip-forward=false --ip-masq=false")
+        self.dockerds[host] = Process(
+            f"dockerd-{host}",
+            ["nsenter", f"--net=/run/netns/{self.ns(host)}", "unshare", "-m",
+             "--propagation", "private", "sh", "-c", inner],
+            dict(os.environ), os.path.join(self.dir, f"{host}-dockerd.log"))
+        return self.dockerds[host]
+
+    def wait_dockerd(self, host, timeout=60):
+        def up():
+            p = subprocess.run([DOCKER, "-H", f"unix://{self.docker_socket(host)}", "version",
+                                "-f", "{{.Server.Version}}"], capture_output=True, text=True,
+                               env=self.docker_env(host), timeout=10)
+            return p.returncode == 0
+        self.wait_for(up, timeout, f"dockerd on {host}", self.dockerds[host])
+
+    def stop_dockerd(self, host, timeout=15):
+        """Removes every container, then SIGTERM (SIGKILL after `timeout`) and sweeps
+        what may outlive the daemon (shims, container processes, cgroups)."""
+        p = self.dockerds.pop(host, None)
+        if p is None:
+            return
+        if p.proc.poll() is None:
+            try:
+                ids = self.docker_proc(host, "ps", "-aq", timeout=30).stdout.split()
+                if ids:
+                    self.docker_proc(host, "rm", "-f", *ids, timeout=120)
+            except subprocess.TimeoutExpired:
+                pass
+        p.stop(timeout=timeout)
+        leftovers = [pid for pid, prefix, h, _ in _our_processes()
+                     if prefix == self.prefix and h == host]
+        _kill_pids(leftovers)
+        _kill_cgroup_tree(self.cgroup_parent(host))
+
+    def close(self):
+        for h in list(getattr(self, "dockerds", {})):
+            try:
+                self.stop_dockerd(h)
+            except Exception as e:  # keep closing the rest
+                print(f"stopping dockerd on {h}: {e}", file=sys.stderr)
+        if hasattr(self, "prefix") and not os.environ.get("KURYR_LAB_KEEP"):
+            for h in self.hosts:
+                shutil.rmtree(self.docker_dir(h), ignore_errors=True)
+        super().close()
+
+    def logs(self):
+        out = [super().logs()]
+        for p in getattr(self, "dockerds", {}).values():
+            out.append(f"----- {p.name} ({p.log_path}) -----\n{p.log(60)}")
+        return "\n".join(out)
+
+    # ---------------------------------------------------------------- the docker CLI
+
+    def docker_env(self, host):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env["DOCKER_CONFIG"] = os.path.join(self.docker_dir(host), "cli")
+        return env
+
+    def docker_proc(self, host, *args, timeout=120, input=None):
+        """/usr/bin/docker against `host`'s daemon; the CompletedProcess (text)."""
+        p = subprocess.run([DOCKER, "-H", f"unix://{self.docker_socket(host)}",
+                            *map(str, args)], capture_output=True, timeout=timeout,
+                           env=self.docker_env(host), input=input,
+                           stdin=None if input is not None else subprocess.DEVNULL)
+        return subprocess.CompletedProcess(p.args, p.returncode,
+                                           p.stdout.decode(errors="replace"),
+                                           p.stderr.decode(errors="replace"))
+
+    def docker(self, host, *args, timeout=120, input=None):
+        """/usr/bin/docker against `host`'s daemon; its stdout, stripped. Raises on failure."""
+        p = self.docker_proc(host, *args, timeout=timeout, input=input)
+        if p.returncode != 0:
+            raise RuntimeError(f"docker {' '.join(map(str, args))} on {host} exited "
+                               f"{p.returncode}:\n{p.stderr}{p.stdout}")
+        return p.stdout.strip()
