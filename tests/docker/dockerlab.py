@@ -24,10 +24,13 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
+import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "lab"))
@@ -188,8 +191,23 @@ def sweep_stale_dockerlabs():
                     shutil.rmtree(d, ignore_errors=True)
 
 
+def _is_static(path):
+    """True if the ELF file has no program interpreter (a static executable)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
 def build_image_tar(path):
     """A tarball of a root filesystem holding static busybox and its applets."""
+    if not _is_static(BUSYBOX):
+        raise RuntimeError(f"{BUSYBOX} is not a static executable (install busybox-static)")
     applets = sh(BUSYBOX, "--list").split()
     with tarfile.open(path, "w") as tar:
         def add_dir(name, mode=0o755):
@@ -360,3 +378,167 @@ class DockerLab(Lab):
             raise RuntimeError(f"docker {' '.join(map(str, args))} on {host} exited "
                                f"{p.returncode}:\n{p.stderr}{p.stdout}")
         return p.stdout.strip()
+
+    # ---------------------------------------------------------------- containers
+
+    def run(self, host, net, *args, name=None, cmd=("sleep", "3600")):
+        """`docker run -d --net NET [args] kuryr/busybox CMD` on host; returns the name."""
+        name = name or unique("c")
+        net_args = ("--net", net) if net else ()
+        self.docker(host, "run", "-d", "--name", name, *net_args, *args, IMAGE, *cmd)
+        return name
+
+    def inspect(self, host, *what):
+        data = json.loads(self.docker(host, "inspect", *what))
+        return data[0] if len(what) == 1 else data
+
+    def endpoint(self, host, container, net):
+        """The container's endpoint on `net` as `docker inspect` shows it."""
+        return self.inspect(host, container)["NetworkSettings"]["Networks"][net]
+
+    def network_id(self, host, net):
+        return self.docker(host, "network", "inspect", "-f", "{{.Id}}", net)
+
+    def cexec(self, host, container, *cmd, check=True, timeout=60):
+        """A command inside a container (`docker exec`); its stdout."""
+        p = self.docker_proc(host, "exec", container, *cmd, timeout=timeout)
+        if check and p.returncode != 0:
+            raise RuntimeError(f"docker exec {container} {' '.join(map(str, cmd))} on {host} "
+                               f"exited {p.returncode}:\n{p.stderr}{p.stdout}")
+        return p.stdout if check else p
+
+    def cping(self, host, container, ip, count=1, wait=1):
+        """True if `container` gets an answer from ip (busybox ping inside it)."""
+        flag = ["-6"] if ":" in ip else []
+        p = self.cexec(host, container, "ping", *flag, "-c", count, "-W", wait, ip,
+                       check=False, timeout=30 + count)
+        return p.returncode == 0
+
+    def cping_eventually(self, host, container, ip, timeout=8):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.cping(host, container, ip):
+                return True
+        return False
+
+    def cnever_pings(self, host, container, ip, attempts=3):
+        return not any(self.cping(host, container, ip) for _ in range(attempts))
+
+    def iface(self, host, container, ifname="eth0"):
+        """What a container sees of one interface: mac, mtu, addresses, routes."""
+        out = self.cexec(host, container, "sh", "-c",
+                         f"cat /sys/class/net/{ifname}/address /sys/class/net/{ifname}/mtu; "
+                         f"echo ---; ip -o addr show dev {ifname}; echo ---; ip route; "
+                         "echo ---; ip -6 route")
+        head, addrs, r4, r6 = out.split("---\n")
+        mac, mtu = head.split()
+        found = re.findall(r"\binet6?\s+(\S+)", addrs)
+        return {"mac": mac, "mtu": int(mtu), "addresses": found,
+                "routes4": [l.strip() for l in r4.splitlines() if l.strip()],
+                "routes6": [l.strip() for l in r6.splitlines() if l.strip()]}
+
+    def remove_all(self):
+        """Removes every container, then every non-builtin network, on every host (the
+        hosts in reverse order: a network adopted on h2 goes before h1's own)."""
+        for h in self.hosts:
+            if h in self.dockerds:
+                ids = self.docker_proc(h, "ps", "-aq").stdout.split()
+                if ids:
+                    self.docker_proc(h, "rm", "-f", *ids)
+        for _ in range(3):
+            left = False
+            for h in reversed(self.hosts):
+                if h not in self.dockerds:
+                    continue
+                nets = self.docker_proc(h, "network", "ls", "-q", "--filter",
+                                        "type=custom").stdout.split()
+                for n in nets:
+                    left |= self.docker_proc(h, "network", "rm", n).returncode != 0
+            if not left:
+                return
+
+    def kuryr_network(self, host, *args, name=None):
+        """`docker network create -d kuryr --ipam-driver kuryr ARGS NAME`; (name, Docker id)."""
+        name = name or unique("n")
+        self.docker(host, "network", "create", "-d", "kuryr", "--ipam-driver", "kuryr", *args,
+                    name)
+        return name, self.network_id(host, name)
+
+    def shared_network(self, cidr_prefix):
+        """One Neutron network seen by both hosts' Docker: created on h1, adopted on h2 with
+        neutron.net.uuid (a local-scope network exists per daemon). Returns (name, net)."""
+        name, did = self.kuryr_network("h1", "--subnet", f"{cidr_prefix}.0/24",
+                                       "--gateway", f"{cidr_prefix}.1")
+        [net] = self.neutron_networks_of(did)
+        self.kuryr_network("h2", "--subnet", f"{cidr_prefix}.0/24",
+                           "--gateway", f"{cidr_prefix}.1",
+                           "-o", f"neutron.net.uuid={net['id']}", name=name)
+        return name, net
+
+    def assert_port(self, host, container, net_name, net):
+        """Asserts that the container's (IPv4) endpoint on `net_name` is a kuryr port on
+        `net`, bound to `host`, with the endpoint's address and MAC, and ACTIVE.
+        Returns (endpoint as Docker shows it, port)."""
+        ep = self.endpoint(host, container, net_name)
+        [port] = self.ports_of_endpoint(ep["EndpointID"])
+        assert port["network_id"] == net["id"]
+        assert port["device_owner"] == "compute:kuryr"
+        assert port["binding:host_id"] == host
+        assert f"kuryr.net.uuid.lh:{ep['EndpointID'][:32]}" in port["tags"]
+        assert f"kuryr.net.uuid.uh:{ep['EndpointID'][32:]}" in port["tags"]
+        assert [f["ip_address"] for f in port["fixed_ips"]] == [ep["IPAddress"]]
+        assert port["mac_address"] == ep["MacAddress"]
+        self.wait_for(lambda: self.get(f"/ports/{port['id']}")["port"]["status"] == "ACTIVE",
+                      10, f"port {port['id']} to be ACTIVE")
+        return ep, port
+
+    # ---------------------------------------------------------------- Neutron views
+
+    def get(self, path, **query):
+        """GET on the Neutron API with query parameters; the JSON body (raises unless 200)."""
+        if query:
+            path += "?" + urllib.parse.urlencode(query)
+        return self.api("GET", path, expect=200)[1]
+
+    def neutron_networks_of(self, docker_id):
+        """Neutron networks tagged with a Docker network id (both halves)."""
+        tags = f"kuryr.net.uuid.lh:{docker_id[:32]},kuryr.net.uuid.uh:{docker_id[32:64]}"
+        return self.get("/networks", tags=tags)["networks"]
+
+    def subnets_of(self, net_id):
+        return self.get("/subnets", network_id=net_id)["subnets"]
+
+    def pools_named(self, name):
+        return self.get("/subnetpools", name=name)["subnetpools"]
+
+    def ports_of_endpoint(self, endpoint_id):
+        return self.get("/ports", device_id=endpoint_id)["ports"]
+
+    def leftovers(self, host):
+        """kuryr links, per-port chains, per-group sets, and elements of kuryr's sets and
+        maps left on a host (the tables and their base chains stay)."""
+        links, objects = self.kuryr_objects(host)
+        left = list(links)
+        for o in objects:
+            kind = next((k for k in ("chain", "set", "map") if k in o), None)
+            if kind is None:
+                continue
+            name = o[kind].get("name", "")
+            if kind == "chain" and re.match(r"^(in|out|spoof)_", name):
+                left.append(f"chain {name}")
+            if kind == "set" and re.match(r"^g[46]_", name):
+                left.append(f"set {name}")
+            if kind in ("set", "map") and o[kind].get("elem"):
+                left.append(f"{kind} {name} elements {o[kind]['elem']}")
+        return left
+
+
+def unique(kind):
+    return f"t-{kind}-{uuid.uuid4().hex[:6]}"
+
+
+def cidr_block():
+    """A /24 prefix of 10.0.0.0/8 and a /64-able IPv6 prefix that this test alone uses."""
+    n = uuid.uuid4().int
+    return (f"10.{100 + n % 100}.{(n >> 8) % 250}",
+            f"fd{(n >> 16) % 256:02x}:{(n >> 24) % 65536:x}")
