@@ -45,6 +45,7 @@ ip netns add kuryr-demo-c2
 
 echo "== kuryr up (server + agent) inside $HOST"
 ip netns exec "$HOST" "$KURYR" up --data-dir "$WORK/data" --agent-socket "$WORK/agent.sock" \
+  --docker-socket "$WORK/plugins/kuryr.sock" \
   --host demo-host >"$WORK/up.log" 2>&1 &
 UP_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/agent.sock" ] && break; sleep 0.1; done

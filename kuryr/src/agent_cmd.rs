@@ -58,6 +58,34 @@ pub struct AgentArgs {
     /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
     #[arg(long)]
     pub cleanup: bool,
+
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}
+
+/// Docker's libnetwork plugin `kuryr` (network and IPAM driver), served by the agent.
+#[derive(Args, Clone, Debug)]
+pub struct DockerArgs {
+    /// The plugin's unix socket (Docker finds plugins by name in /run/docker/plugins).
+    #[arg(long, default_value = kuryr_docker::DEFAULT_SOCKET)]
+    pub docker_socket: PathBuf,
+
+    /// Serve the plugin on TCP instead (e.g. 127.0.0.1:23750, kuryr-libnetwork's),
+    /// announced to Docker by --docker-spec-file.
+    #[arg(long)]
+    pub docker_listen: Option<std::net::SocketAddr>,
+
+    /// The spec file written for --docker-listen.
+    #[arg(long, default_value = "/usr/lib/docker/plugins/kuryr/kuryr.spec")]
+    pub docker_spec_file: PathBuf,
+
+    /// The network driver's scope: local, or global (swarm: AllocateNetwork/FreeNetwork).
+    #[arg(long, default_value = "local", env = "CAPABILITY_SCOPE")]
+    pub docker_scope: kuryr_docker::Scope,
+
+    /// Do not serve the Docker plugin.
+    #[arg(long)]
+    pub no_docker: bool,
 }
 
 fn parse_mapping(s: &str) -> Result<(String, String), String> {
@@ -115,7 +143,32 @@ pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> any
     let client = Client::new(creds, ClientConfig::default())?;
     tracing::info!(host = %cfg.host, underlay = %cfg.underlay_ip, "kuryr agent starting");
     let agent = Agent::new(cfg, client).await?;
-    agent.run(crate::shutdown_signal()).await
+    // One signal stops both the agent's API and the plugin.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if !args.docker.no_docker {
+        let plugin = kuryr_docker::Plugin::new(agent.clone(), args.docker.docker_scope);
+        let listen = match args.docker.docker_listen {
+            Some(addr) => kuryr_docker::Listen::Tcp {
+                addr,
+                spec_file: args.docker.docker_spec_file.clone(),
+            },
+            None => kuryr_docker::Listen::Unix(args.docker.docker_socket.clone()),
+        };
+        let stop = stopped(stop_rx.clone());
+        let docker = tokio::spawn(kuryr_docker::serve(plugin, listen, stop));
+        let agent_run = agent.run(stopped(stop_rx));
+        let (a, d) = tokio::join!(agent_run, docker);
+        a?;
+        return d.map_err(|e| anyhow::anyhow!("the Docker plugin task failed: {e}"))?;
+    }
+    agent.run(stopped(stop_rx)).await
 }
 
 #[derive(Subcommand)]

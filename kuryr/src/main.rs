@@ -113,6 +113,9 @@ struct UpArgs {
     /// Run only the server, no agent on this host.
     #[arg(long)]
     no_agent: bool,
+
+    #[command(flatten)]
+    docker: agent_cmd::DockerArgs,
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -246,6 +249,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             nft: "nft".into(),
             os_cloud: None,
             cleanup: false,
+            docker: u.docker,
         };
         let creds = kuryr_client::Credentials {
             auth: kuryr_client::AuthMethod::Password(kuryr_client::PasswordAuth {

@@ -177,7 +177,11 @@ class Lab:
              "--underlay-ip", f"{UNDERLAY}.{10 + i}", "--underlay-interface", "eth0",
              "--socket", self.agent_socket(host),
              "--state-dir", os.path.join(self.dir, f"{host}-state"),
-             "--report-interval", "1", "--physical-interface-mappings", "physnet1:eth1", *extra],
+             "--report-interval", "1", "--physical-interface-mappings", "physnet1:eth1",
+             # The Docker plugin only where a test asks for it (its default socket
+             # is a machine-wide path).
+             *([] if any(str(a).startswith("--docker") for a in extra) else ["--no-docker"]),
+             *extra],
             env, os.path.join(self.dir, f"{host}.log"))
         return self.agents[host]
 

@@ -215,6 +215,27 @@ impl Agent {
         &self.cfg
     }
 
+    /// The server connection (shared with the Docker plugin and the CNI daemon).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A port of this host's view and the subnets of its addresses, as the watch
+    /// delivered them (no server round trip); `None` if the view does not hold it.
+    pub fn view_port(&self, port_id: &str) -> Option<(Port, Vec<kuryr_model::Subnet>)> {
+        let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+        let port = m.ports.get(port_id)?.clone();
+        let mut subnets = Vec::new();
+        for f in &port.fixed_ips {
+            if let Some(s) = m.subnets.get(&f.subnet_id)
+                && !subnets.iter().any(|x: &kuryr_model::Subnet| x.id == s.id)
+            {
+                subnets.push(s.clone());
+            }
+        }
+        Some((port, subnets))
+    }
+
     /// Runs the agent: heartbeats, the watch, convergence and the local API, until
     /// `shutdown` resolves. The dataplane stays as it is on return.
     pub async fn run(
@@ -555,6 +576,9 @@ impl Agent {
             let mut state = lock(&self.state);
             state.bindings.insert(port_id.to_string(), binding);
             self.save_state(&state)?;
+            // A new input of the passes: only a pass that starts after this counts
+            // (the port may already be in the view, claimed when it was made).
+            self.mirror_changed.send_modify(|n| *n += 1);
         }
         match self.realize_bound(&port).await {
             Ok(r) => Ok(r),

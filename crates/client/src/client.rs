@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kuryr_model::{Agent, AgentReport, Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use kuryr_model::{
+    Agent, AgentReport, Network, Port, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool,
+};
 use reqwest::{Method, StatusCode, Url, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -489,6 +491,49 @@ impl Client {
     ) -> Result<Vec<SecurityGroupRule>> {
         self.list_keyed("security-group-rules", "security_group_rules", filters)
             .await
+    }
+
+    pub async fn update_subnet(&self, id: &str, attrs: Value) -> Result<Subnet> {
+        self.update("subnets", "subnet", id, attrs).await
+    }
+
+    pub async fn get_subnetpool(&self, id: &str) -> Result<SubnetPool> {
+        self.get_one("subnetpools", id, "subnetpool").await
+    }
+
+    pub async fn list_subnetpools(&self, filters: &[(&str, &str)]) -> Result<Vec<SubnetPool>> {
+        self.list("subnetpools", filters).await
+    }
+
+    pub async fn create_subnetpool(&self, attrs: Value) -> Result<SubnetPool> {
+        self.create("subnetpools", "subnetpool", attrs).await
+    }
+
+    pub async fn delete_subnetpool(&self, id: &str) -> Result<()> {
+        self.delete("subnetpools", id).await
+    }
+
+    pub async fn create_security_group(&self, attrs: Value) -> Result<SecurityGroup> {
+        self.create("security-groups", "security_group", attrs)
+            .await
+    }
+
+    pub async fn delete_security_group(&self, id: &str) -> Result<()> {
+        self.delete("security-groups", id).await
+    }
+
+    pub async fn create_security_group_rule(&self, attrs: Value) -> Result<SecurityGroupRule> {
+        self.create("security-group-rules", "security_group_rule", attrs)
+            .await
+    }
+
+    /// Replaces every tag of a resource (`PUT /v2.0/{collection}/{id}/tags`): one
+    /// call, whatever the number of tags added or removed.
+    pub async fn set_tags(&self, collection: &str, id: &str, tags: &[String]) -> Result<()> {
+        let path = format!("/{collection}/{}/tags", encode_segment(id));
+        let body = json!({ "tags": tags });
+        self.call(Method::PUT, &path, &[], Some(&body)).await?;
+        Ok(())
     }
 
     /// Lists `/{collection}` (the JSON key is `key`), following Neutron's
