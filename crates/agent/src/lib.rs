@@ -747,6 +747,25 @@ impl Agent {
         self.converge_once().await.map(|_| ())
     }
 
+    /// Forgets a binding without waiting for the kernel: the interface goes with the
+    /// next pass, which this wakes. For callers that settle the port on the server
+    /// themselves (Docker's DeleteEndpoint, then ReleaseAddress deletes the port).
+    /// Returns whether the port was bound here.
+    pub fn release(&self, port_id: &str) -> Result<bool, AgentError> {
+        let removed = {
+            let mut state = lock(&self.state);
+            let removed = state.bindings.remove(port_id).is_some();
+            if removed {
+                self.save_state(&state)?;
+            }
+            removed
+        };
+        if removed {
+            self.converge_wanted.notify_one();
+        }
+        Ok(removed)
+    }
+
     pub fn bindings(&self) -> Vec<BindingView> {
         let state = lock(&self.state);
         let last = self.passes.borrow();

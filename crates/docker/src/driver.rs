@@ -517,10 +517,21 @@ impl Plugin {
             self.cache().endpoints.remove(&req.endpoint_id);
             return Ok(json!({}));
         };
+        // The interface goes in the background (a veth, and with the network's last
+        // port its bridge, take tens of ms to delete); Docker need not wait for it.
         self.agent
-            .unbind(&port.id)
-            .await
+            .release(&port.id)
             .map_err(|e| PluginError::agent("unbinding the port", e))?;
+        let unbound = json!({
+            "binding:host_id": "",
+            "status": "DOWN",
+            "binding:vif_type": "unbound",
+            "binding:vif_details": {},
+        });
+        match self.client.update_port(&port.id, unbound).await {
+            Ok(_) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
+            Err(e) => return Err(PluginError::neutron("unbinding the port", e)),
+        }
         let ep_tags = id_tags(&req.endpoint_id);
         let tags: Vec<String> = port
             .tags
