@@ -293,7 +293,8 @@ class DockerLab(Lab):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         with open(os.path.join(d, "daemon.json"), "w") as f:
             json.dump({"deprecated-key-path": os.path.join(d, "key.json"),
-                       "shutdown-timeout": 2, "userland-proxy": False}, f)
+                       "shutdown-timeout": 2, "userland-proxy": False,
+                       "log-level": "warn"}, f)
         inner = (
             "set -e; mkdir -p /run/docker/plugins /run/containerd; "
             f"mount --bind {d}/plugins /run/docker/plugins; "

@@ -164,25 +164,44 @@ def test_run_with_ip_reuses_an_unbound_port(dlab):
                                "-o", f"neutron.net.uuid={net['id']}")
     c = dlab.run("h1", dn, "--ip", f"{v4}.50")
     ep = dlab.endpoint("h1", c, dn)
-    # The container has the existing port: its MAC, bound here, ACTIVE, tagged.
-    assert ep["MacAddress"] == existing["mac_address"]
-    assert dlab.iface("h1", c)["mac"] == existing["mac_address"]
+    # The container has the existing port (no second one): bound here, ACTIVE, tagged,
+    # with the container's MAC (kuryr-libnetwork sets Docker's MAC on a reused port).
+    assert [p["id"] for p in dlab.get("/ports", network_id=net["id"])["ports"]] == [
+        existing["id"]]
     dlab.wait_for(lambda: dlab.get(f"/ports/{existing['id']}")["port"]["status"] == "ACTIVE",
                   10, "the adopted port to be ACTIVE")
     port = dlab.get(f"/ports/{existing['id']}")["port"]
     assert port["binding:host_id"] == "h1"
+    assert port["device_id"] == ep["EndpointID"]
     assert "kuryr.port.existing" in port["tags"]
-    assert [p["id"] for p in dlab.get("/ports", network_id=net["id"])["ports"]] == [
-        existing["id"]]
+    assert port["fixed_ips"] == existing["fixed_ips"]
+    assert dlab.iface("h1", c)["mac"] == port["mac_address"] == ep["MacAddress"]
     other = dlab.run("h1", dn)
     assert dlab.cping_eventually("h1", other, f"{v4}.50")
 
-    # Removing the container leaves the port, unbound, with its address and MAC.
+    # Removing the container leaves the port, unbound, with its address.
     dlab.docker("h1", "rm", "-f", c)
     port = dlab.get(f"/ports/{existing['id']}")["port"]
     assert port["binding:host_id"] == ""
     assert port["fixed_ips"] == existing["fixed_ips"]
-    assert port["mac_address"] == existing["mac_address"]
     # ... and it can be used again.
     c2 = dlab.run("h1", dn, "--ip", f"{v4}.50")
-    assert dlab.endpoint("h1", c2, dn)["MacAddress"] == existing["mac_address"]
+    assert dlab.get(f"/ports/{existing['id']}")["port"]["device_id"] == dlab.endpoint(
+        "h1", c2, dn)["EndpointID"]
+
+
+def test_an_existing_subnet_selected_without_subnet_flag(dlab):
+    # kuryr's IPAM takes the CIDR from the selected subnet when --subnet is not given.
+    v4, _ = cidr_block()
+    net = dlab.create("networks", {"name": unique("net")})
+    sub = subnet(dlab, net, f"{v4}.0/24", 4, gateway_ip=f"{v4}.254")
+    dn, _ = dlab.kuryr_network("h1", "-o", f"neutron.net.uuid={net['id']}",
+                               "-o", f"neutron.subnet.uuid={sub['id']}",
+                               "--ipam-opt", f"neutron.subnet.uuid={sub['id']}")
+    config = dlab.inspect("h1", dn)["IPAM"]["Config"]
+    assert config[0]["Subnet"] == f"{v4}.0/24", config
+    c = dlab.run("h1", dn)
+    ep = dlab.endpoint("h1", c, dn)
+    assert ep["IPAddress"].startswith(f"{v4}.") and ep["Gateway"] == f"{v4}.254"
+    [port] = dlab.ports_of_endpoint(ep["EndpointID"])
+    assert port["fixed_ips"][0]["subnet_id"] == sub["id"]

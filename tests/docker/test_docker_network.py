@@ -1,6 +1,8 @@
 """`docker network create/rm -d kuryr`: the Neutron objects behind a Docker network
 (SCENARIOS.md B1, B2)."""
 
+import json
+
 from dockerlab import cidr_block
 
 
@@ -11,7 +13,7 @@ def test_network_create_and_rm_map_to_neutron_network_pool_and_subnet(dlab):
     assert len(did) == 64
 
     # What Docker shows: the kuryr drivers and the requested subnet.
-    shown = dlab.inspect("h1", "--type", "network", name)
+    shown = json.loads(dlab.docker("h1", "network", "inspect", name))[0]
     assert shown["Driver"] == "kuryr" and shown["IPAM"]["Driver"] == "kuryr"
     assert shown["IPAM"]["Config"] == [{"Subnet": cidr, "Gateway": f"{v4}.1"}]
     assert shown["Scope"] == "local"
@@ -91,3 +93,26 @@ def test_dual_stack_network_gives_containers_both_families(dlab):
     assert dlab.neutron_networks_of(did) == []
     assert dlab.pools_named(f"kuryrPool-{cidr6}") == []
     assert dlab.pools_named(f"kuryrPool-{cidr4}") == []
+
+
+def test_a_failed_create_leaves_nothing_behind(dlab):
+    v4, _ = cidr_block()
+    networks = len(dlab.get("/networks")["networks"])
+    # An adopted network that does not exist.
+    p = dlab.docker_proc("h1", "network", "create", "-d", "kuryr", "--ipam-driver", "kuryr",
+                         "--subnet", f"{v4}.0/24", "-o",
+                         "neutron.net.uuid=6f1b1f5e-0000-4000-8000-000000000000", "bad1")
+    assert p.returncode != 0 and "6f1b1f5e-0000-4000-8000-000000000000" in p.stderr, p.stderr
+    # A subnet pool that does not exist.
+    p = dlab.docker_proc("h1", "network", "create", "-d", "kuryr", "--ipam-driver", "kuryr",
+                         "--subnet", f"{v4}.0/24", "-o", "neutron.pool.name=no-such-pool",
+                         "--ipam-opt", "neutron.pool.name=no-such-pool", "bad2")
+    assert p.returncode != 0 and "no-such-pool" in p.stderr, p.stderr
+    # No subnet at all: kuryr's IPAM says what it needs.
+    p = dlab.docker_proc("h1", "network", "create", "-d", "kuryr", "--ipam-driver", "kuryr",
+                         "bad3")
+    assert p.returncode != 0 and "--subnet" in p.stderr, p.stderr
+    assert dlab.docker("h1", "network", "ls", "-q", "--filter", "driver=kuryr") == ""
+    assert len(dlab.get("/networks")["networks"]) == networks
+    assert dlab.pools_named(f"kuryrPool-{v4}.0/24") == []
+    assert dlab.get("/subnets", cidr=f"{v4}.0/24")["subnets"] == []
