@@ -77,8 +77,13 @@ pub(crate) fn parse_ip(what: &str, s: &str) -> PluginResult<Option<IpAddr>> {
         .map_err(|_| PluginError::BadRequest(format!("{what} {s:?} is not an IP address")))
 }
 
+/// Neutron's default gateway: the first address after the network's own.
 fn first_host(net: &IpNet) -> Option<IpAddr> {
-    net.hosts().next()
+    let next = match net.network() {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).checked_add(1)?.into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).checked_add(1)?.into()),
+    };
+    net.contains(&next).then_some(next)
 }
 
 impl Plugin {
@@ -623,6 +628,55 @@ impl Plugin {
                 e,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_gateway_is_the_first_address_after_the_network() {
+        let g = |c: &str| first_host(&c.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(g("10.1.0.0/24").as_deref(), Some("10.1.0.1"));
+        assert_eq!(g("fd00:5::/64").as_deref(), Some("fd00:5::1"));
+        assert_eq!(g("10.1.0.7/32"), None);
+    }
+
+    #[test]
+    fn options_select_per_ip_version() {
+        let opts: BTreeMap<String, String> = [
+            ("neutron.subnet.uuid", "s4"),
+            ("neutron.subnet.v6.name", "s6"),
+            ("neutron.pool.v6.uuid", "p6"),
+            ("neutron.net.shared", "True"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let v4 = Selection::from_options(&opts, false).unwrap();
+        assert_eq!(v4.subnet_uuid.as_deref(), Some("s4"));
+        assert!(v4.pool_uuid.is_none() && v4.shared);
+        let v6 = Selection::from_options(&opts, true).unwrap();
+        assert_eq!(v6.subnet_name.as_deref(), Some("s6"));
+        assert_eq!(v6.pool_uuid.as_deref(), Some("p6"));
+        let bad: BTreeMap<String, String> =
+            [("neutron.net.shared".to_string(), "maybe".to_string())].into();
+        assert!(Selection::from_options(&bad, false).is_err());
+    }
+
+    #[test]
+    fn addresses_as_docker_writes_them() {
+        assert_eq!(parse_ip("a", "").unwrap(), None);
+        assert_eq!(
+            parse_ip("a", "10.0.0.5/24").unwrap(),
+            "10.0.0.5".parse().ok()
+        );
+        assert!(parse_ip("a", "10.0.0.500").is_err());
+        assert_eq!(
+            parse_cidr("p", "10.0.0.5/24").unwrap().to_string(),
+            "10.0.0.0/24"
+        );
     }
 }
 
