@@ -522,6 +522,16 @@ impl Plugin {
         self.agent
             .release(&port.id)
             .map_err(|e| PluginError::agent("unbinding the port", e))?;
+        if port.name == format!("{}-port", req.endpoint_id) && crate::ipam::is_ours(&port) {
+            // Made by CreateEndpoint for Docker's own IPAM: no ReleaseAddress will
+            // come to this plugin for it.
+            match self.client.delete_port(&port.id).await {
+                Ok(()) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
+                Err(e) => return Err(PluginError::neutron("deleting the port", e)),
+            }
+            self.cache().endpoints.remove(&req.endpoint_id);
+            return Ok(json!({}));
+        }
         let unbound = json!({
             "binding:host_id": "",
             "status": "DOWN",
