@@ -515,6 +515,31 @@ class DockerLab(Lab):
     def ports_of_endpoint(self, endpoint_id):
         return self.get("/ports", device_id=endpoint_id)["ports"]
 
+    def kuryr_neutron_objects(self):
+        """What kuryr's plugin creates in Neutron, by its names: networks, subnets, pools,
+        endpoint ports (or ports it still owns), exposed-ports groups."""
+        found = set()
+        for n in self.get("/networks")["networks"]:
+            if n["name"].startswith("kuryr-net-") or any(
+                    t.startswith("kuryr.") for t in n.get("tags", [])):
+                found.add(f"network {n['id']} {n['name']} {n.get('tags')}")
+        for s in self.get("/subnets")["subnets"]:
+            if s["name"].startswith("kuryr-subnet-"):
+                found.add(f"subnet {s['id']} {s['name']}")
+        for p in self.get("/subnetpools")["subnetpools"]:
+            if p["name"].startswith("kuryrPool-") or "kuryr.subnetpool.existing" in p.get(
+                    "tags", []):
+                found.add(f"subnetpool {p['id']} {p['name']}")
+        for p in self.get("/ports")["ports"]:
+            if p["device_owner"] == "compute:kuryr" or p["binding:host_id"] or any(
+                    t.startswith("kuryr.") for t in p.get("tags", [])):
+                found.add(f"port {p['id']} owner={p['device_owner']!r} "
+                          f"host={p['binding:host_id']!r} tags={p.get('tags')}")
+        for g in self.get("/security-groups")["security_groups"]:
+            if g["name"].endswith("-exposed_ports"):
+                found.add(f"security group {g['id']} {g['name']}")
+        return found
+
     def leftovers(self, host):
         """kuryr links, per-port chains, per-group sets, and elements of kuryr's sets and
         maps left on a host (the tables and their base chains stay)."""
