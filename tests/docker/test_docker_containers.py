@@ -108,3 +108,37 @@ def test_connect_and_disconnect_a_running_container(dlab):
     assert nb not in dlab.inspect("h1", c)["NetworkSettings"]["Networks"]
     # Still on the first network.
     assert dlab.ports_of_endpoint(dlab.endpoint("h1", c, na)["EndpointID"])
+
+
+def test_subnet_host_routes_become_container_routes(dlab):
+    v4, _ = cidr_block()
+    name, did = dlab.kuryr_network("h1", "--subnet", f"{v4}.0/24", "--gateway", f"{v4}.1")
+    [net] = dlab.neutron_networks_of(did)
+    [subnet] = dlab.subnets_of(net["id"])
+    dlab.api("PUT", f"/subnets/{subnet['id']}", {"subnet": {"host_routes": [
+        {"destination": "192.168.77.0/24", "nexthop": f"{v4}.254"}]}}, expect=200)
+    c = dlab.run("h1", name)
+    seen = dlab.iface("h1", c)
+    assert any(r.startswith(f"192.168.77.0/24 via {v4}.254 ") for r in seen["routes4"]), seen
+    assert any(r.startswith(f"default via {v4}.1 ") for r in seen["routes4"]), seen
+
+
+def test_stop_and_start_gives_the_container_a_working_port_again(dlab):
+    v4, _ = cidr_block()
+    name, did = dlab.kuryr_network("h1", "--subnet", f"{v4}.0/24", "--gateway", f"{v4}.1")
+    [net] = dlab.neutron_networks_of(did)
+    c = dlab.run("h1", name)
+    peer = dlab.run("h1", name)
+    peer_ip = dlab.endpoint("h1", peer, name)["IPAddress"]
+    ep_before, _ = dlab.assert_port("h1", c, name, net)
+
+    # A stopped container has no endpoint, so no port.
+    dlab.docker("h1", "stop", "-t", "0", c)
+    assert dlab.ports_of_endpoint(ep_before["EndpointID"]) == []
+    dlab.docker("h1", "start", c)
+    ep_after, _ = dlab.assert_port("h1", c, name, net)
+    assert dlab.cping_eventually("h1", c, peer_ip)
+    dlab.docker("h1", "restart", "-t", "0", c)
+    ep_again, _ = dlab.assert_port("h1", c, name, net)
+    assert dlab.cping_eventually("h1", c, peer_ip)
+    assert len(dlab.get("/ports", network_id=net["id"])["ports"]) == 2
