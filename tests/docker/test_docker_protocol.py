@@ -117,3 +117,53 @@ def test_bad_requests_get_an_err_and_create_nothing(dlab):
 def test_discovery_notifications_are_accepted(dlab, path):
     code, body, _ = call(dlab, path, {"DiscoveryType": 1, "DiscoveryData": {}})
     assert code == 200 and body == {}, (code, body)
+
+
+def test_calls_repeated_as_docker_retries_them_are_idempotent(dlab):
+    """Docker repeats a call whose answer it did not get: each repeat answers the same
+    and creates nothing twice."""
+    v4, _ = cidr_block()
+    net_id, ep_id = "a" * 63 + "1", "b" * 63 + "2"
+    pool_req = {"AddressSpace": "no_address_space", "Pool": f"{v4}.0/24", "SubPool": "",
+                "Options": {}, "V6": False}
+    pools = [call(dlab, "/IpamDriver.RequestPool", pool_req) for _ in range(2)]
+    assert [c for c, _, _ in pools] == [200, 200], pools
+    pool_id = pools[0][1]["PoolID"]
+    assert pools[1][1]["PoolID"] == pool_id and pools[0][1]["Pool"] == f"{v4}.0/24"
+    gw = call(dlab, "/IpamDriver.RequestAddress", {
+        "PoolID": pool_id, "Address": "",
+        "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    assert gw[0] == 200 and gw[1]["Address"] == f"{v4}.1/24", gw
+    create = {"NetworkID": net_id, "Options": {"com.docker.network.generic": {}},
+              "IPv4Data": [{"AddressSpace": "no_address_space", "Pool": f"{v4}.0/24",
+                            "Gateway": f"{v4}.1/24"}], "IPv6Data": []}
+    for _ in range(2):
+        code, body, _ = call(dlab, "/NetworkDriver.CreateNetwork", create)
+        assert code == 200, body
+    [net] = dlab.neutron_networks_of(net_id)
+    assert len(dlab.subnets_of(net["id"])) == 1
+
+    mac = "02:42:0a:0b:0c:0d"
+    addrs = [call(dlab, "/IpamDriver.RequestAddress", {
+        "PoolID": pool_id, "Address": f"{v4}.20",
+        "Options": {"com.docker.network.endpoint.macaddress": mac}}) for _ in range(2)]
+    assert [(c, b.get("Address")) for c, b, _ in addrs] == [(200, f"{v4}.20/24")] * 2, addrs
+    endpoint = {"NetworkID": net_id, "EndpointID": ep_id, "Options": {},
+                "Interface": {"Address": f"{v4}.20/24", "AddressIPv6": "", "MacAddress": mac}}
+    for _ in range(2):
+        code, body, _ = call(dlab, "/NetworkDriver.CreateEndpoint", endpoint)
+        assert code == 200, body
+    ports = dlab.get("/ports", network_id=net["id"])["ports"]
+    assert len(ports) == 1 and ports[0]["device_id"] == ep_id, ports
+
+    for path, body in (("/NetworkDriver.DeleteEndpoint", {"NetworkID": net_id,
+                                                          "EndpointID": ep_id}),
+                       ("/IpamDriver.ReleaseAddress", {"PoolID": pool_id,
+                                                       "Address": f"{v4}.20"}),
+                       ("/NetworkDriver.DeleteNetwork", {"NetworkID": net_id}),
+                       ("/IpamDriver.ReleasePool", {"PoolID": pool_id})):
+        for attempt in range(2):
+            code, answer, _ = call(dlab, path, body)
+            assert code == 200, f"{path} (attempt {attempt + 1}) -> {code} {answer}"
+    assert dlab.neutron_networks_of(net_id) == []
+    assert dlab.pools_named(f"kuryrPool-{v4}.0/24") == []
