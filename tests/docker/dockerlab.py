@@ -289,6 +289,11 @@ class DockerLab(Lab):
 
     def start_dockerd(self, host):
         d = self.docker_dir(host)
+        # containerd's socket under the exec root is the longest unix socket path (108 max).
+        longest = os.path.join(d, "exec", "containerd", "containerd.sock.ttrpc")
+        if len(longest) > 100:
+            raise RuntimeError(f"{longest} is too long for a unix socket: set TMPDIR to a "
+                               "short directory (the lab's directory is made under it)")
         for sub in ("plugins", "root", "exec", "cli"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         with open(os.path.join(d, "daemon.json"), "w") as f:
