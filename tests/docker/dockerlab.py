@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -54,6 +55,18 @@ def plugin_available():
     except (OSError, subprocess.SubprocessError):
         return False
     return "--docker-socket" in out
+
+
+def _listening(path):
+    """True if something accepts connections on the unix socket `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 def _lab_alive(prefix):
@@ -236,10 +249,11 @@ def build_image_tar(path):
 class DockerLab(Lab):
     """A Lab whose hosts also run dockerd, with kuryr's agent serving the plugin."""
 
-    def __init__(self, hosts=2, agent_args=(), server_args=(), plugin=None):
+    def __init__(self, hosts=2, agent_args=(), server_args=(), plugin=True):
+        """`plugin=False` starts the agents without the Docker plugin (--no-docker)."""
         sweep_stale_dockerlabs()
         self.dockerds = {}
-        self.plugin = plugin_available() if plugin is None else plugin
+        self.plugin = plugin
         super().__init__(hosts=hosts, agent_args=agent_args, server_args=server_args)
         try:
             tar = os.path.join(self.dir, "busybox.tar")
@@ -277,12 +291,15 @@ class DockerLab(Lab):
         os.makedirs(self.plugin_dir(host), exist_ok=True)
         if self.plugin:
             extra = ("--docker-socket", self.plugin_socket(host), *extra)
+        else:
+            extra = ("--no-docker", *extra)
         return super().start_agent(host, *extra)
 
     def wait_agent_ready(self, host, timeout=30):
         super().wait_agent_ready(host, timeout)
         if self.plugin:
-            self.wait_for(lambda: os.path.exists(self.plugin_socket(host)), timeout,
+            # Listening, not just present: a killed agent leaves its socket file behind.
+            self.wait_for(lambda: _listening(self.plugin_socket(host)), timeout,
                           f"agent {host} to serve the Docker plugin", self.agents[host])
 
     # ---------------------------------------------------------------- dockerd
