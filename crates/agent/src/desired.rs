@@ -13,7 +13,7 @@ use kuryr_dataplane::netlink::RouteSpec;
 use kuryr_dataplane::nft;
 use kuryr_model::{Port, SecurityGroupRule, Subnet};
 
-use crate::state::LocalState;
+use crate::state::{LocalState, PublishedPort};
 
 /// `brq<network-id[:11]>`, as Neutron's Linux bridge agent names it.
 pub fn bridge_name(network_id: &str) -> String {
@@ -63,6 +63,14 @@ pub struct NetDesired {
     pub mtu: u32,
     pub kind: NetKind,
     pub remote: RemoteL2,
+    /// Addresses the bridge holds: the gateway address of each subnet with one
+    /// (with the subnet's prefix), while ports of the network bound here have
+    /// published host ports (the forwarded traffic is routed onto the bridge, and
+    /// the containers' replies go to their gateway); none otherwise.
+    pub gateways: Vec<IpNet>,
+    /// The gateway addresses of all the network's subnets: found on the bridge and
+    /// not wanted, they are removed (as are addresses marked as kuryr's).
+    pub subnet_gateways: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +254,49 @@ fn routes_for(p: &Port, subnets: &BTreeMap<&str, &Subnet>) -> Vec<RouteSpec> {
     routes
 }
 
+/// The gateway address (with the subnet's prefix) of each subnet of the network
+/// that has one, sorted.
+fn gateways_of(network_id: &str, view: &HostMirror) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = view
+        .subnets
+        .values()
+        .filter(|s| s.network_id == network_id)
+        .filter_map(|s| {
+            let prefix = s.cidr.parse::<IpNet>().ok()?.prefix_len();
+            IpNet::new(s.gateway_ip?, prefix).ok()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A published host port of a port with addresses `ips` on `bridge`, checked: a
+/// protocol nft can forward, and a container address that is the port's own.
+fn published_of(
+    pp: &PublishedPort,
+    ips: &[IpAddr],
+    bridge: &str,
+) -> Result<nft::Published, String> {
+    let protocol = match pp.protocol.to_ascii_lowercase().as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "sctp" => 132,
+        other => return Err(format!("protocol {other:?} cannot be published")),
+    };
+    if !ips.contains(&pp.container_ip) {
+        return Err(format!("{} is not an address of the port", pp.container_ip));
+    }
+    Ok(nft::Published {
+        bridge: bridge.to_string(),
+        protocol,
+        host_ip: pp.host_ip,
+        host_port: pp.host_port,
+        container_ip: pp.container_ip,
+        container_port: pp.container_port,
+    })
+}
+
 pub fn compute(inp: Inputs<'_>) -> Desired {
     let view = inp.view;
     let mut d = Desired::default();
@@ -254,6 +305,8 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
 
     // Local ports: bound here by us, and the server agrees they are on this host.
     let bindings = inp.state.bindings.clone();
+    // Networks with published host ports here.
+    let mut publishing = BTreeSet::new();
     for (port_id, b) in &bindings {
         let Some(p) = view.ports.get(port_id) else {
             d.waiting
@@ -336,6 +389,8 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
                 mtu: net.mtu,
                 kind,
                 remote: RemoteL2::default(),
+                gateways: Vec::new(),
+                subnet_gateways: gateways_of(&net.id, view),
             });
         if !d.ruleset.networks.iter().any(|z| z.bridge == bridge) {
             d.ruleset.networks.push(nft::NetworkZone {
@@ -361,11 +416,20 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             tap: tap.clone(),
             bridge: bridge.clone(),
             mac,
-            ips,
+            ips: ips.clone(),
             allowed_address_pairs: address_pairs(p),
             port_security,
             rules,
         });
+        for pp in &b.published {
+            match published_of(pp, &ips, &bridge) {
+                Ok(x) => {
+                    publishing.insert(net.id.clone());
+                    d.ruleset.published.push(x);
+                }
+                Err(why) => tracing::warn!(port = %p.id, mapping = ?pp, "{why}; not published"),
+            }
+        }
         d.ports.insert(
             p.id.clone(),
             PortDesired {
@@ -383,6 +447,16 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             },
         );
     }
+    for id in &publishing {
+        if let Some(n) = d.networks.get_mut(id) {
+            n.gateways = n.subnet_gateways.clone();
+            if n.gateways.is_empty() {
+                tracing::warn!(network = %id,
+                    "published ports on a network whose subnets have no gateway: replies cannot return");
+            }
+        }
+    }
+    d.ruleset.published.sort();
     // Zones of networks no longer here are released.
     let here: BTreeSet<String> = d.networks.keys().cloned().collect();
     inp.state.zones.retain(|n, _| here.contains(n));
@@ -453,7 +527,7 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Binding;
+    use crate::state::{Binding, PublishedPort};
     use kuryr_model::{HostFrame, HostIds, HostObjects, HostVtep};
     use serde_json::{Value, json};
 
@@ -681,6 +755,80 @@ mod tests {
         assert!(d.ports.is_empty());
         assert!(d.waiting["local-port-0001"].contains("bound to host \"h1\""));
         assert!(s.zones.is_empty());
+    }
+
+    fn publish(proto: &str, host: Option<&str>, hport: u16, to: &str, port: u16) -> PublishedPort {
+        PublishedPort {
+            protocol: proto.into(),
+            host_ip: host.map(|h| h.parse().unwrap()),
+            host_port: hport,
+            container_ip: to.parse().unwrap(),
+            container_port: port,
+        }
+    }
+
+    #[test]
+    fn published_ports_become_dnat_entries_and_gateways() {
+        let m = mirror();
+        // nothing published: the gateways are known, not wanted
+        let d = desired_for("h1", &m, &mut bound_state());
+        let n = &d.networks[NET];
+        assert!(n.gateways.is_empty() && d.ruleset.published.is_empty());
+        let all: Vec<String> = n.subnet_gateways.iter().map(|g| g.to_string()).collect();
+        assert_eq!(all, ["10.0.0.1/24", "fd00::1/64"]);
+
+        let mut s = bound_state();
+        s.bindings.get_mut("local-port-0001").unwrap().published = vec![
+            publish("tcp", None, 8080, "10.0.0.5", 80),
+            publish("UDP", Some("192.0.2.1"), 53, "10.0.0.5", 5353),
+            publish("sctp", None, 9, "fd00::5", 9),
+            // not the port's address, not a protocol that has ports: left out
+            publish("tcp", None, 8081, "10.0.0.6", 80),
+            publish("icmp", None, 8082, "10.0.0.5", 80),
+        ];
+        let d = desired_for("h1", &m, &mut s);
+        let got: Vec<String> = d
+            .ruleset
+            .published
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {:?}:{} -> {}:{}",
+                    p.bridge, p.protocol, p.host_ip, p.host_port, p.container_ip, p.container_port
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "brq11111111-22 6 None:8080 -> 10.0.0.5:80",
+                "brq11111111-22 17 Some(192.0.2.1):53 -> 10.0.0.5:5353",
+                "brq11111111-22 132 None:9 -> fd00::5:9",
+            ]
+        );
+        let n = &d.networks[NET];
+        assert_eq!(n.gateways, n.subnet_gateways);
+        assert_eq!(n.gateways.len(), 2);
+        // the network's zone is there for them
+        assert!(
+            d.ruleset
+                .networks
+                .iter()
+                .any(|z| z.bridge == "brq11111111-22")
+        );
+
+        // only left-out mappings: no gateways
+        s.bindings.get_mut("local-port-0001").unwrap().published =
+            vec![publish("tcp", None, 8081, "10.0.0.6", 80)];
+        let d = desired_for("h1", &m, &mut s);
+        assert!(d.networks[NET].gateways.is_empty() && d.ruleset.published.is_empty());
+
+        // a published port whose binding is not realized (moved to another host)
+        // publishes nothing
+        s.bindings.get_mut("local-port-0001").unwrap().published =
+            vec![publish("tcp", None, 8080, "10.0.0.5", 80)];
+        let d = desired_for("h3", &m, &mut s);
+        assert!(d.ruleset.published.is_empty() && d.networks.is_empty());
     }
 
     #[test]

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
-use kuryr_dataplane::netlink::{Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
+use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use kuryr_dataplane::netns::NetNs;
 use kuryr_dataplane::nft::{self, Nft, Ruleset};
 
@@ -43,7 +44,18 @@ pub struct Engine {
     full_dump_at: Option<std::time::Instant>,
     /// Link names the last pass wanted: one gone means a full dump and a sweep.
     last_wanted: BTreeSet<String>,
+    /// Gateway addresses by network as last converged on its bridge.
+    applied_gateways: HashMap<String, Vec<IpNet>>,
+    /// Forwarding (IPv4, IPv6) seen on since the last full pass.
+    forwarding: (bool, bool),
 }
+
+/// IFA_PROTO of the addresses kuryr puts on bridges ('k'), so that they are told
+/// from anyone else's across restarts.
+pub const ADDRESS_PROTOCOL: u8 = 0x6b;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IP6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// How often a pass re-reads every link even when nothing is to be removed.
 const FULL_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
@@ -77,6 +89,8 @@ impl Engine {
             known: HashMap::new(),
             full_dump_at: None,
             last_wanted: BTreeSet::new(),
+            applied_gateways: HashMap::new(),
+            forwarding: (false, false),
         }
     }
 
@@ -130,6 +144,14 @@ impl Engine {
             bridges.insert(n.id.clone(), br);
         }
 
+        // Published ports: the gateways their traffic is routed through, and
+        // forwarding, before the rules that send traffic there.
+        self.ensure_gateways(d, &bridges, full).await;
+        if full {
+            self.forwarding = (false, false);
+        }
+        self.ensure_forwarding(&d.ruleset.published);
+
         let t_links = started.elapsed();
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
@@ -182,6 +204,8 @@ impl Engine {
         self.applied_ports.retain(|id, _| d.ports.contains_key(id));
         self.applied_remote
             .retain(|id, _| d.networks.contains_key(id));
+        self.applied_gateways
+            .retain(|id, _| d.networks.contains_key(id));
         tracing::debug!(
             links_ms = t_links.as_secs_f64() * 1e3,
             rules_ms = (t_rules - t_links).as_secs_f64() * 1e3,
@@ -201,6 +225,10 @@ impl Engine {
             Some(l) if l.up && l.mtu == n.mtu && l.kind.as_deref() == Some("bridge") => l.index,
             _ => {
                 self.known.remove(&n.bridge);
+                if !links.contains_key(&n.bridge) {
+                    // A new bridge holds no address yet.
+                    self.applied_gateways.remove(&n.id);
+                }
                 self.netlink.ensure_bridge(&n.bridge, n.mtu).await?.index
             }
         };
@@ -335,6 +363,115 @@ impl Engine {
         Ok(())
     }
 
+    /// Converges the addresses of the bridges whose wanted gateways changed (all of
+    /// them on a full pass) from one dump of the namespace's addresses: missing
+    /// gateways are added (marked [`ADDRESS_PROTOCOL`]; the bridge's MAC is pinned
+    /// first, so that the containers' gateway MAC does not follow the ports), and
+    /// kuryr's addresses no longer wanted removed: those marked as kuryr's and the
+    /// gateway addresses of the network's subnets. Anything else on the bridge is
+    /// left alone. Failures are logged and retried on the next pass.
+    async fn ensure_gateways(&mut self, d: &Desired, bridges: &HashMap<String, u32>, full: bool) {
+        let todo: Vec<&NetDesired> = d
+            .networks
+            .values()
+            .filter(|n| full || self.applied_gateways.get(&n.id) != Some(&n.gateways))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let all = match self.netlink.all_addresses().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read addresses; gateways retried next pass");
+                return;
+            }
+        };
+        for n in todo {
+            let Some(&index) = bridges.get(&n.id) else {
+                continue;
+            };
+            match self.converge_gateways(n, index, &all).await {
+                Ok(()) => {
+                    self.applied_gateways
+                        .insert(n.id.clone(), n.gateways.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(network = %n.id, bridge = %n.bridge, error = %e,
+                        "gateway addresses failed; retried next pass");
+                    self.applied_gateways.remove(&n.id);
+                }
+            }
+        }
+    }
+
+    async fn converge_gateways(
+        &mut self,
+        n: &NetDesired,
+        index: u32,
+        all: &[AddressEntry],
+    ) -> Result<(), NetlinkError> {
+        let have: Vec<&AddressEntry> = all.iter().filter(|a| a.index == index).collect();
+        for a in &have {
+            let ours = a.protocol == Some(ADDRESS_PROTOCOL) || n.subnet_gateways.contains(&a.net);
+            if ours && !n.gateways.contains(&a.net) {
+                tracing::info!(bridge = %n.bridge, address = %a.net, "removing a gateway address");
+                self.netlink.delete_address(index, a.net).await?;
+            }
+        }
+        let missing: Vec<IpNet> = n
+            .gateways
+            .iter()
+            .filter(|g| !have.iter().any(|a| a.net == **g))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if let Some(mac) = self
+            .netlink
+            .link_by_name(&n.bridge)
+            .await?
+            .and_then(|l| l.mac)
+        {
+            self.netlink.set_mac(index, mac).await?;
+        }
+        for g in missing {
+            tracing::info!(bridge = %n.bridge, address = %g, "adding a gateway address (published ports)");
+            self.netlink
+                .add_address_with_protocol(index, g, ADDRESS_PROTOCOL)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Turns forwarding on in this namespace while ports are published: IPv4 for
+    /// any mapping, IPv6 only with an IPv6 one. Never turns it off (others on the
+    /// host may need it, as Docker leaves it on). Note that IPv6 forwarding makes the
+    /// host ignore router advertisements on interfaces with `accept_ra` 1.
+    fn ensure_forwarding(&mut self, published: &[nft::Published]) {
+        let v4 = published.iter().any(|p| p.container_ip.is_ipv4());
+        let v6 = published.iter().any(|p| p.container_ip.is_ipv6());
+        for (want, done, path) in [
+            (v4, &mut self.forwarding.0, IP_FORWARD),
+            (v6, &mut self.forwarding.1, IP6_FORWARDING),
+        ] {
+            if !want || *done {
+                continue;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(v) if v.trim() == "1" => *done = true,
+                _ => match std::fs::write(path, "1") {
+                    Ok(()) => {
+                        tracing::info!(sysctl = path, "enabled for published ports");
+                        *done = true;
+                    }
+                    Err(e) => tracing::warn!(sysctl = path, error = %e,
+                        "cannot enable forwarding: published ports will not be reachable"),
+                },
+            }
+        }
+    }
+
     /// Static FDB and neighbour entries on the network's vxlan device, converged
     /// against what the kernel holds.
     async fn ensure_remote(&mut self, n: &NetDesired, vni: u32) -> Result<(), EngineError> {
@@ -414,5 +551,350 @@ impl Engine {
         self.nft.remove_all().await?;
         self.applied_rules = None;
         Ok(())
+    }
+}
+
+/// The engine on a real kernel (run as root): a "host" namespace the test makes,
+/// entered by a thread of its own that runs the engine; a container namespace the
+/// port is bound into and a client namespace on the host's `eth0`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::PortDesired;
+    use kuryr_dataplane::netlink::RouteSpec;
+    use kuryr_dataplane::netns::{self, NetNs};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A namespace's name (cheap to move into the engine's thread).
+    #[derive(Clone)]
+    struct Name(String);
+
+    impl Name {
+        fn path(&self) -> String {
+            format!("/run/netns/{}", self.0)
+        }
+        fn ip(&self, args: &[&str]) -> String {
+            let mut full = vec!["-n", &self.0];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        }
+        fn exec(&self, args: &[&str]) -> String {
+            let mut full = vec!["netns", "exec", &self.0];
+            full.extend_from_slice(args);
+            run("ip", &full)
+        }
+    }
+
+    /// A namespace of this test, deleted on drop.
+    struct Ns(Name);
+
+    impl Ns {
+        fn new(tag: &str) -> Ns {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let name = format!("kt-eng-{}-{tag}-{nanos:x}", std::process::id());
+            run("ip", &["netns", "add", &name]);
+            let ns = Ns(Name(name));
+            ns.0.ip(&["link", "set", "lo", "up"]);
+            ns
+        }
+    }
+
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.0.0])
+                .status();
+        }
+    }
+
+    fn run(cmd: &str, args: &[&str]) -> String {
+        let out = Command::new(cmd)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether `client` gets data through `to:port` to a listener on `listen` in
+    /// `server` (busybox nc; two tries, the first may wait for ARP/ND).
+    fn connects(server: &Name, listen: u16, client: &Name, to: &str, port: u16) -> bool {
+        (0..2).any(|_| {
+            let mut srv = Command::new("ip")
+                .args(["netns", "exec", &server.0, "busybox", "nc", "-l", "-p"])
+                .arg(listen.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nc server");
+            std::thread::sleep(Duration::from_millis(150));
+            let _ = Command::new("ip")
+                .args(["netns", "exec", &client.0, "sh", "-c"])
+                .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_millis(800);
+            while Instant::now() < deadline && matches!(srv.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = srv.kill();
+            let out = srv.wait_with_output().map(|o| o.stdout).unwrap_or_default();
+            String::from_utf8_lossy(&out).contains("kuryr-hello")
+        })
+    }
+
+    const BR: &str = "brqkt-eng";
+
+    fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let gateways = vec![net("10.78.1.254/24"), net("fd78:1::fe/64")];
+        let mut d = Desired::default();
+        d.networks.insert(
+            "net-1".into(),
+            NetDesired {
+                id: "net-1".into(),
+                bridge: BR.into(),
+                mtu: 1500,
+                kind: NetKind::Local,
+                remote: RemoteL2::default(),
+                gateways: if published.is_empty() {
+                    vec![]
+                } else {
+                    gateways.clone()
+                },
+                subnet_gateways: gateways,
+            },
+        );
+        let mac: MacAddr = "fa:16:3e:00:01:05".parse().unwrap();
+        d.ports.insert(
+            "port-1".into(),
+            PortDesired {
+                id: "port-1".into(),
+                network_id: "net-1".into(),
+                bridge: BR.into(),
+                tap: "tapkt-eng1".into(),
+                netns: ct.path().into(),
+                ifname: "eth0".into(),
+                handoff: false,
+                mac,
+                mtu: 1500,
+                addresses: vec![net("10.78.1.5/24"), net("fd78:1::5/64")],
+                routes: vec![
+                    RouteSpec {
+                        dest: net("0.0.0.0/0"),
+                        gateway: Some("10.78.1.254".parse().unwrap()),
+                    },
+                    RouteSpec {
+                        dest: net("::/0"),
+                        gateway: Some("fd78:1::fe".parse().unwrap()),
+                    },
+                ],
+            },
+        );
+        let any = |d: nft::Direction, e: nft::EtherType, proto: Option<u8>, port: Option<u16>| {
+            nft::Rule {
+                direction: d,
+                ethertype: e,
+                protocol: proto,
+                port_range_min: port,
+                port_range_max: port,
+                remote: nft::Remote::Any,
+            }
+        };
+        let mut rules = vec![];
+        for e in [nft::EtherType::V4, nft::EtherType::V6] {
+            rules.push(any(nft::Direction::Egress, e, None, None));
+            rules.push(any(nft::Direction::Ingress, e, Some(6), Some(80)));
+        }
+        d.ruleset.networks.push(nft::NetworkZone {
+            bridge: BR.into(),
+            zone: 1,
+        });
+        d.ruleset.ports.push(nft::PortFilter {
+            id: "port-1".into(),
+            tap: "tapkt-eng1".into(),
+            bridge: BR.into(),
+            mac,
+            ips: vec!["10.78.1.5".parse().unwrap(), "fd78:1::5".parse().unwrap()],
+            allowed_address_pairs: vec![],
+            port_security: true,
+            rules,
+        });
+        d.ruleset.published = published
+            .iter()
+            .map(|(hport, to)| nft::Published {
+                bridge: BR.into(),
+                protocol: 6,
+                host_ip: None,
+                host_port: *hport,
+                container_ip: to.parse().unwrap(),
+                container_port: 80,
+            })
+            .collect();
+        d
+    }
+
+    /// Runs `f` with a fresh engine on a thread inside `host`.
+    fn with_engine<T: Send + 'static>(
+        host: &Name,
+        f: impl AsyncFnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> T {
+        let ns = NetNs::open(host.path()).expect("open host namespace");
+        netns::run_in(&ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut engine = Engine::new(
+                    Netlink::current().expect("netlink"),
+                    Nft::new(),
+                    "10.79.1.1".parse().unwrap(),
+                    None,
+                    4789,
+                );
+                f(&mut engine).await
+            })
+        })
+        .expect("run in the host namespace")
+    }
+
+    fn converge(host: &Name, d: Desired) -> Pass {
+        with_engine(host, async move |e: &mut Engine| {
+            e.converge(&d).await.expect("converge")
+        })
+    }
+
+    fn bridge_addresses(host: &Name) -> Vec<String> {
+        let out = host.ip(&["-o", "addr", "show", "dev", BR]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l
+                    .split_whitespace()
+                    .skip_while(|w| *w != "inet" && *w != "inet6");
+                w.next()?;
+                w.next().map(str::to_string)
+            })
+            .filter(|a| !a.starts_with("fe80:"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Published ports through the engine: gateway addresses on the bridge (and
+    /// only kuryr's removed), forwarding on, DNAT from a client and from the host;
+    /// one mapping removed, then the last; then, by fresh engines (agent restarts),
+    /// what the bridge holds is read back.
+    #[test]
+    fn published_ports_through_the_engine() {
+        let (host_ns, ct_ns, client_ns) = (Ns::new("h"), Ns::new("c"), Ns::new("x"));
+        let (host, ct, client) = (host_ns.0.clone(), ct_ns.0.clone(), client_ns.0.clone());
+        host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
+        host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"]);
+        host.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
+        ]);
+        host.ip(&["addr", "add", "10.79.1.1/24", "dev", "eth0"]);
+        host.ip(&["addr", "add", "fd79:1::1/64", "dev", "eth0", "nodad"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["addr", "add", "10.79.1.2/24", "dev", "eth0"]);
+        client.ip(&["addr", "add", "fd79:1::2/64", "dev", "eth0", "nodad"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        let both = [(8080, "10.78.1.5"), (8080, "fd78:1::5")];
+
+        // One engine through the changes (incremental passes). Blocking checks on
+        // its thread are fine: nothing else runs there meanwhile.
+        let h = host.clone();
+        with_engine(&host, async move |e: &mut Engine| {
+            let (host, ct, client) = (h, ct, client);
+            // bound, nothing published: no gateway, forwarding left as it is
+            let pass = e.converge(&desired(&ct, &[])).await.expect("converge");
+            assert!(pass.realized.contains("port-1"), "{:?}", pass.failed);
+            assert!(bridge_addresses(&host).is_empty());
+            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "0");
+            // an address someone else put on the bridge is left alone throughout
+            host.ip(&["addr", "add", "192.0.2.9/32", "dev", BR]);
+
+            e.converge(&desired(&ct, &both)).await.expect("converge");
+            assert_eq!(
+                bridge_addresses(&host),
+                ["10.78.1.254/24", "192.0.2.9/32", "fd78:1::fe/64"]
+            );
+            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "1");
+            assert_eq!(host.exec(&["cat", IP6_FORWARDING]).trim(), "1");
+            // marked as kuryr's (iproute2 6.1 does not show IFA_PROTO: read here)
+            let br = e.netlink.link_by_name(BR).await.unwrap().unwrap().index;
+            let mut marked: Vec<(String, Option<u8>)> = e
+                .netlink
+                .all_addresses()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|a| a.index == br && !a.net.to_string().starts_with("fe80:"))
+                .map(|a| (a.net.to_string(), a.protocol))
+                .collect();
+            marked.sort();
+            let k = Some(ADDRESS_PROTOCOL);
+            assert_eq!(
+                marked,
+                [
+                    ("10.78.1.254/24".to_string(), k),
+                    ("192.0.2.9/32".to_string(), None),
+                    ("fd78:1::fe/64".to_string(), k)
+                ]
+            );
+            assert!(connects(&ct, 80, &client, "10.79.1.1", 8080));
+            assert!(connects(&ct, 80, &client, "fd79:1::1", 8080));
+            assert!(connects(&ct, 80, &host, "10.79.1.1", 8080));
+            // the gateway MAC is pinned: a port with a lower MAC does not change it
+            let mac = |h: &Name| h.ip(&["-br", "link", "show", BR]);
+            let before = mac(&host);
+            host.ip(&[
+                "link", "add", "tmp-low", "type", "veth", "peer", "name", "tmp-peer",
+            ]);
+            host.ip(&["link", "set", "tmp-low", "address", "02:00:00:00:00:01"]);
+            host.ip(&["link", "set", "tmp-low", "master", BR]);
+            assert_eq!(mac(&host), before);
+            host.ip(&["link", "del", "tmp-low"]);
+
+            // the IPv6 mapping goes: the gateways stay for the other
+            e.converge(&desired(&ct, &both[..1]))
+                .await
+                .expect("converge");
+            assert!(!connects(&ct, 80, &client, "fd79:1::1", 8080));
+            assert!(connects(&ct, 80, &client, "10.79.1.1", 8080));
+            assert_eq!(bridge_addresses(&host).len(), 3);
+
+            // the last one goes: kuryr's addresses and chains go, forwarding stays
+            e.converge(&desired(&ct, &[])).await.expect("converge");
+            assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
+            assert!(!connects(&ct, 80, &client, "10.79.1.1", 8080));
+            let rules = host.exec(&["nft", "list", "table", "inet", "kuryr"]);
+            assert!(!rules.contains("pub"), "{rules}");
+            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "1");
+        });
+
+        // Restarts: published again by one engine; the next one, whose view no
+        // longer has the subnet (only the mark tells the address is kuryr's), and
+        // nothing published, removes it.
+        converge(&host, desired(&ct_ns.0, &both[..1]));
+        assert_eq!(bridge_addresses(&host).len(), 3);
+        let mut gone_subnet = desired(&ct_ns.0, &[]);
+        if let Some(n) = gone_subnet.networks.get_mut("net-1") {
+            n.subnet_gateways.clear();
+        }
+        converge(&host, gone_subnet);
+        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
+        drop((host_ns, ct_ns, client_ns));
     }
 }

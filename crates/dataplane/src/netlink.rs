@@ -20,6 +20,9 @@
 //! - Additions: [`NetlinkError::errno`] and [`NetlinkError::is_exists`] (EEXIST from
 //!   [`Netlink::create_veth`]), `NetNs::try_clone`; [`VethSpec`] is `Clone` but not
 //!   `PartialEq` (it borrows a `NetNs`).
+//! - For published ports (gateway addresses on bridges): [`Netlink::all_addresses`]
+//!   (one dump, with IFA_PROTO), [`Netlink::add_address_with_protocol`] and
+//!   [`Netlink::set_mac`].
 //! - [`VxlanSpec::port`] must be the real port (e.g. 4789), not 0: the kernel reports
 //!   its default for 0, which would never match and recreate the device each time.
 
@@ -34,7 +37,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
     NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, NlasIterator,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol,
+};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -109,6 +114,16 @@ pub struct Link {
     /// IFF_UP (administratively up; says nothing about carrier).
     pub up: bool,
     pub vxlan: Option<VxlanInfo>,
+}
+
+/// One address of [`Netlink::all_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressEntry {
+    /// The link it is on.
+    pub index: u32,
+    pub net: IpNet,
+    /// IFA_PROTO, if the kernel reported one.
+    pub protocol: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,6 +568,16 @@ impl Netlink {
             .await
     }
 
+    /// Sets a link's MAC address. On a bridge this also pins it: the bridge no longer
+    /// takes the lowest MAC of its ports (even when set to the one it has).
+    pub async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        self.set_link(&format!("setting the MAC of link {index} to {mac}"), msg)
+            .await
+    }
+
     /// Deletes a link (for a veth, both ends go). A missing link is success.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
@@ -780,6 +805,56 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address in the namespace, with its link and IFA_PROTO (who added it,
+    /// when the kernel reports it: Linux 6.1 and later).
+    pub async fn all_addresses(&self) -> Result<Vec<AddressEntry>, NetlinkError> {
+        let replies = self
+            .request(
+                "listing addresses",
+                NLM_F_DUMP,
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let mut ip = None;
+            let mut protocol = None;
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(l) => ip = Some(*l),
+                    AddressAttribute::Address(l) if ip.is_none() => ip = Some(*l),
+                    AddressAttribute::Protocol(p) => protocol = Some(u8::from(*p)),
+                    _ => {}
+                }
+            }
+            if let Some(net) = ip.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) {
+                out.push(AddressEntry {
+                    index: a.header.index,
+                    net,
+                    protocol,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Netlink::add_address`] marked with IFA_PROTO `protocol`, so that whoever
+    /// added it can tell it from others' (older kernels ignore the mark).
+    pub async fn add_address_with_protocol(
+        &self,
+        index: u32,
+        addr: IpNet,
+        protocol: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = Self::address_message(index, addr);
+        msg.attributes
+            .push(AddressAttribute::Protocol(AddressProtocol::from(protocol)));
+        self.new_address(index, addr, msg).await
+    }
+
     fn address_message(index: u32, addr: IpNet) -> AddressMessage {
         let mut msg = AddressMessage::default();
         msg.header.family = family_of(addr.addr());
@@ -793,7 +868,16 @@ impl Netlink {
     /// Adds an address; IPv6 ones get IFA_F_NODAD so they are usable at once. An
     /// existing address is success.
     pub async fn add_address(&self, index: u32, addr: IpNet) -> Result<(), NetlinkError> {
-        let mut msg = Self::address_message(index, addr);
+        self.new_address(index, addr, Self::address_message(index, addr))
+            .await
+    }
+
+    async fn new_address(
+        &self,
+        index: u32,
+        addr: IpNet,
+        mut msg: AddressMessage,
+    ) -> Result<(), NetlinkError> {
         if addr.addr().is_ipv6() {
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));

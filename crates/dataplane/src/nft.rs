@@ -1,4 +1,4 @@
-//! Neutron security groups on nftables.
+//! Neutron security groups, and host ports published to containers, on nftables.
 //!
 //! [`render`] turns the desired state of one host ([`Ruleset`]) into one nft script
 //! that atomically replaces kuryr's two tables; [`diff`] gives the smallest script
@@ -28,12 +28,53 @@
 //!   set g4_<sg>, g6_<sg>                          remote-group members (interval sets)
 //!   map egress4/6   ifname . addr : verdict       bridge . source : jump out_<port>
 //!   map ingress4/6  ifname . addr : verdict       bridge . dest   : jump in_<port>
+//!   set bridged     ifname . ifname               "brqA" . "brqA": in and out the same bridge
 //!   chain zone      (prerouting, raw)             ct zone set iifname map @zones
-//!   chain forward   (forward, filter)             on brq* only: established/related
-//!                   accept, invalid drop, ICMPv6 ND/MLD accept, egress vmaps, ingress vmaps
+//!   chain forward   (forward, filter)             in or out of brq* only: established/related
+//!                   accept, invalid drop, routed (not in @bridged) and not DNAT'd drop,
+//!                   ICMPv6 ND/MLD accept, egress vmaps, ingress vmaps
 //!   chain out_<port>   DHCP client implicit, each rule `return`, then drop
 //!   chain in_<port>    DHCP replies implicit, each rule `accept`, then drop
+//!  only while host ports are published (Ruleset::published):
+//!   set pub4/pub6   addr . inet_proto . port      0.0.0.0/0 . tcp . 8080 (any address) or
+//!                                                 192.0.2.1 . tcp . 8080 (intervals)
+//!   map pub_zone4/6 same key : ct zone            the zone of the container's network
+//!   map pub_dnat4/6 same key : addr . port        the container's address and port
+//!   chain pub_zone     (prerouting, raw - 1)      key in @pubN, not loopback, fib daddr type
+//!   chain pub_zone_out (output, raw)              local: ct zone set from @pub_zoneN
+//!   chain pub_dnat     (prerouting, dstnat)       same match: dnat to @pub_dnatN
+//!   chain pub_dnat_out (output, -100)
+//!   chain pub_input    (input, filter)            from brq*: established/related, ICMPv6,
+//!                                                 echo requests; anything else drop
 //! ```
+//!
+//! # Published ports
+//!
+//! A host port is forwarded by DNAT in prerouting (traffic arriving on any of the
+//! host's addresses, `fib daddr type local`, or only on the given one) and in output
+//! (clients on the host itself). Conntrack zones are per bridge, so a forwarded
+//! connection would arrive in zone 0 (from eth0) and its replies in the network's zone
+//! (from the bridge) and miss their NAT entry: `pub_zone` gives packets to a
+//! published host port the network's zone before conntrack, ahead of `zone` (of two
+//! `ct zone set` on one packet, the first counts). The DNAT'd packet is then routed
+//! onto the bridge (the agent puts the subnets' gateway addresses on it) and
+//! filtered by the port's ingress rules in `forward`; the replies come back through
+//! the gateway. A container on the same network using HOST_IP:HOST_PORT (hairpin)
+//! needs nothing more: the DNAT'd packet is bridged to the target, and br_netfilter
+//! un-NATs the target's bridged reply (checked on kernel 6.18). Routing into, out of
+//! or between kuryr bridges is allowed only for DNAT'd connections, so gateway
+//! addresses do not make the host a router for containers; `pub_input` keeps
+//! containers from opening connections to the host through them.
+//!
+//! Loopback host addresses are never forwarded (`-p 127.0.0.1:...` is left out with a
+//! warning): a packet from 127.0.0.1 cannot leave on the bridge without
+//! `route_localnet`, which would open the host's loopback services to containers.
+//! Host-originated traffic (the host's own clients of a published port included) is
+//! not subject to security groups, as before. A packet arriving for a published
+//! host port is put in the network's zone even when it belongs to a connection the
+//! host itself opened from that local port (an ephemeral port that is also
+//! published): that connection then breaks. Two networks with the same CIDR cannot
+//! both publish on one host (their gateway routes collide).
 //!
 //! # Names
 //!
@@ -78,7 +119,8 @@
 //! - Bridges and taps whose names are not valid interface names (1-15 bytes of ASCII
 //!   letters, digits, `-_.@`) are skipped with a warning.
 //! - Conntrack zones are per bridge, so the host namespace must not route between two
-//!   kuryr bridges (routers live in their own namespaces).
+//!   kuryr bridges (routers live in their own namespaces): `forward` drops routed
+//!   traffic that is not a DNAT'd connection of a published port.
 //! - [`diff`] assumes the kernel holds exactly `old` (as applied by [`render`] or an
 //!   earlier diff); if an apply fails, re-apply [`render`] of the desired state.
 
@@ -103,6 +145,26 @@ pub struct Ruleset {
     pub ports: Vec<PortFilter>,
     /// Remote-group members by security-group id.
     pub groups: BTreeMap<String, GroupMembers>,
+    /// Host ports forwarded to ports on this host (Docker's `-p`). While there are
+    /// none, the NAT, raw-output and input chains are not there at all.
+    pub published: Vec<Published>,
+}
+
+/// One host port forwarded (DNAT) to a port on this host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Published {
+    /// The bridge of the port's network; its conntrack zone (from
+    /// [`Ruleset::networks`]) is given to the forwarded connections.
+    pub bridge: String,
+    /// IP protocol: 6 (tcp), 17 (udp) or 132 (sctp).
+    pub protocol: u8,
+    /// Only traffic to this host address; `None` (or an unspecified address): to
+    /// any address of this host of the container address's family, loopback
+    /// excepted.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_ip: IpAddr,
+    pub container_port: u16,
 }
 
 /// One kuryr bridge and the conntrack zone of its network.
@@ -290,6 +352,222 @@ struct Model {
     vmaps: BTreeMap<&'static str, BTreeMap<(String, IpNet), String>>,
     /// inet-table port chains (in_*, out_*) and their rules.
     ichains: BTreeMap<String, Vec<String>>,
+    /// Published host ports; `None` when there are none (no chains for them then).
+    published: Option<PubModel>,
+}
+
+/// Published host ports of one family: `host . proto . port` (the key of the
+/// `pub*` set and maps) → (conntrack zone, `container_ip . port`).
+type PubMap = BTreeMap<String, (u16, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct PubModel {
+    v4: PubMap,
+    v6: PubMap,
+}
+
+/// The sets and maps of published ports: kind, name, type, family, and whether
+/// elements carry the zone (`Some(true)`), the target (`Some(false)`) or nothing.
+const PUB_OBJECTS: [(&str, &str, &str, EtherType, Option<bool>); 6] = [
+    (
+        "set",
+        "pub4",
+        "type ipv4_addr . inet_proto . inet_service",
+        EtherType::V4,
+        None,
+    ),
+    (
+        "set",
+        "pub6",
+        "type ipv6_addr . inet_proto . inet_service",
+        EtherType::V6,
+        None,
+    ),
+    (
+        "map",
+        "pub_zone4",
+        "typeof ip daddr . meta l4proto . th dport : ct zone",
+        EtherType::V4,
+        Some(true),
+    ),
+    (
+        "map",
+        "pub_zone6",
+        "typeof ip6 daddr . meta l4proto . th dport : ct zone",
+        EtherType::V6,
+        Some(true),
+    ),
+    (
+        "map",
+        "pub_dnat4",
+        "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+        EtherType::V4,
+        Some(false),
+    ),
+    (
+        "map",
+        "pub_dnat6",
+        "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+        EtherType::V6,
+        Some(false),
+    ),
+];
+
+const PUB_ZONE: [&str; 2] = [
+    "ip daddr . meta l4proto . th dport @pub4 ip daddr != 127.0.0.0/8 fib daddr type local \
+     ct zone set ip daddr . meta l4proto . th dport map @pub_zone4",
+    "ip6 daddr . meta l4proto . th dport @pub6 ip6 daddr != ::1 fib daddr type local \
+     ct zone set ip6 daddr . meta l4proto . th dport map @pub_zone6",
+];
+
+const PUB_DNAT: [&str; 2] = [
+    "meta l4proto { tcp, udp, sctp } ip daddr != 127.0.0.0/8 fib daddr type local \
+     dnat ip to ip daddr . meta l4proto . th dport map @pub_dnat4",
+    "meta l4proto { tcp, udp, sctp } ip6 daddr != ::1 fib daddr type local \
+     dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub_dnat6",
+];
+
+/// Containers reach the host only with what the host started, ICMPv6 (neighbour
+/// discovery for the gateway) and echo requests to the gateway.
+const PUB_INPUT: [&str; 5] = [
+    "iifname != \"brq*\" return",
+    "ct state established,related accept",
+    "meta l4proto ipv6-icmp accept",
+    "icmp type echo-request accept",
+    "drop",
+];
+
+/// The base chains of published ports, present only while something is
+/// published: name, hook, rules. `pub_zone` runs before `zone` (the first `ct
+/// zone set` of a packet is the one that counts).
+const PUB_CHAINS: [(&str, &str, &[&str]); 5] = [
+    (
+        "pub_zone",
+        "type filter hook prerouting priority -301; policy accept;",
+        &PUB_ZONE,
+    ),
+    (
+        "pub_zone_out",
+        "type filter hook output priority -300; policy accept;",
+        &PUB_ZONE,
+    ),
+    (
+        "pub_dnat",
+        "type nat hook prerouting priority -100; policy accept;",
+        &PUB_DNAT,
+    ),
+    (
+        "pub_dnat_out",
+        "type nat hook output priority -100; policy accept;",
+        &PUB_DNAT,
+    ),
+    (
+        "pub_input",
+        "type filter hook input priority 0; policy accept;",
+        &PUB_INPUT,
+    ),
+];
+
+impl PubModel {
+    fn build(list: &[Published], zones: &BTreeMap<String, u16>) -> Option<PubModel> {
+        let host_of = |p: &Published| p.host_ip.filter(|ip| !ip.is_unspecified());
+        // Any-address mappings first: a specific address under one is left out.
+        let mut sorted: Vec<&Published> = list.iter().collect();
+        sorted.sort_by_key(|p| (host_of(p).is_some(), *p));
+        let mut m = PubModel::default();
+        let mut any: BTreeSet<(EtherType, u8, u16)> = BTreeSet::new();
+        for p in sorted {
+            let proto = match p.protocol {
+                6 => "tcp",
+                17 => "udp",
+                132 => "sctp",
+                other => {
+                    tracing::warn!(
+                        protocol = other,
+                        host_port = p.host_port,
+                        "only tcp, udp and sctp ports can be published; left out"
+                    );
+                    continue;
+                }
+            };
+            let Some(&zone) = zones.get(&p.bridge) else {
+                tracing::warn!(bridge = %p.bridge, host_port = p.host_port,
+                    "published port on a bridge with no conntrack zone; left out");
+                continue;
+            };
+            let fam = fam_of(&host_net(p.container_ip));
+            let host = host_of(p);
+            if let Some(h) = host {
+                if fam_of(&host_net(h)) != fam {
+                    tracing::warn!(host_ip = %h, container_ip = %p.container_ip,
+                        "published host address of another family than the container's; left out");
+                    continue;
+                }
+                if h.is_loopback() {
+                    tracing::warn!(host_ip = %h, host_port = p.host_port,
+                        "loopback host addresses cannot be published by DNAT; left out");
+                    continue;
+                }
+            }
+            let slot = (fam, p.protocol, p.host_port);
+            let key_host = match (host, fam) {
+                (Some(h), _) => h.to_string(),
+                (None, EtherType::V4) => "0.0.0.0/0".to_string(),
+                (None, EtherType::V6) => "::/0".to_string(),
+            };
+            let key = format!("{key_host} . {proto} . {}", p.host_port);
+            let map = match fam {
+                EtherType::V4 => &mut m.v4,
+                EtherType::V6 => &mut m.v6,
+            };
+            if any.contains(&slot) || map.contains_key(&key) {
+                tracing::warn!(%key, container_ip = %p.container_ip,
+                    "host port already published; left out");
+                continue;
+            }
+            if host.is_none() {
+                any.insert(slot);
+            }
+            map.insert(
+                key,
+                (zone, format!("{} . {}", p.container_ip, p.container_port)),
+            );
+        }
+        (!m.v4.is_empty() || !m.v6.is_empty()).then_some(m)
+    }
+
+    /// One of [`PUB_OBJECTS`] as key → data text (empty for the sets).
+    fn projection(&self, fam: EtherType, data: Option<bool>) -> BTreeMap<&str, String> {
+        let map = match fam {
+            EtherType::V4 => &self.v4,
+            EtherType::V6 => &self.v6,
+        };
+        map.iter()
+            .map(|(k, (zone, target))| {
+                let v = match data {
+                    None => String::new(),
+                    Some(true) => zone.to_string(),
+                    Some(false) => target.clone(),
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+
+    /// The elements of one of [`PUB_OBJECTS`] as nft text.
+    fn elements(&self, fam: EtherType, data: Option<bool>) -> Vec<String> {
+        let map = match fam {
+            EtherType::V4 => &self.v4,
+            EtherType::V6 => &self.v6,
+        };
+        map.iter()
+            .map(|(k, (zone, target))| match data {
+                None => k.clone(),
+                Some(true) => format!("{k} : {zone}"),
+                Some(false) => format!("{k} : {target}"),
+            })
+            .collect()
+    }
 }
 
 fn rule_match(rule: &Rule) -> Option<String> {
@@ -471,6 +749,7 @@ impl Model {
             }
             m.zones.entry(n.bridge.clone()).or_insert(n.zone);
         }
+        m.published = PubModel::build(&rs.published, &m.zones);
         let mut referenced = BTreeSet::new();
         let mut candidates: BTreeMap<(&'static str, String), Vec<Candidate>> = BTreeMap::new();
         let mut seen = BTreeSet::new();
@@ -577,14 +856,19 @@ fn vmap_elem((bridge, net): &(String, IpNet)) -> String {
     format!("\"{bridge}\" . {}", elem(net))
 }
 
+fn bridged_elem(bridge: &String) -> String {
+    format!("\"{bridge}\" . \"{bridge}\"")
+}
+
 fn join_elems(items: impl IntoIterator<Item = String>) -> String {
     items.into_iter().collect::<Vec<_>>().join(",\n\t\t\t")
 }
 
-const FORWARD: [&str; 8] = [
-    "iifname != \"brq*\" return",
+const FORWARD: [&str; 9] = [
+    "iifname != \"brq*\" oifname != \"brq*\" return",
     "ct state established,related accept",
     "ct state invalid drop",
+    "iifname . oifname != @bridged ct status & dnat == 0 drop",
     "icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, \
      mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report } accept",
     "iifname . ip saddr vmap @egress4",
@@ -637,6 +921,15 @@ fn render_model(m: &Model) -> String {
         );
     }
     s.push_str("\t}\n");
+    s.push_str("\tset bridged {\n\t\ttype ifname . ifname\n");
+    if !m.zones.is_empty() {
+        let _ = writeln!(
+            s,
+            "\t\telements = {{ {} }}",
+            join_elems(m.zones.keys().map(bridged_elem))
+        );
+    }
+    s.push_str("\t}\n");
     for (name, (fam, elems)) in &m.sets {
         let _ = writeln!(
             s,
@@ -671,6 +964,16 @@ fn render_model(m: &Model) -> String {
         }
         s.push_str("\t}\n");
     }
+    if let Some(p) = &m.published {
+        for (kind, name, ty, fam, data) in PUB_OBJECTS {
+            let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}\n\t\tflags interval");
+            let elems = p.elements(fam, data);
+            if !elems.is_empty() {
+                let _ = writeln!(s, "\t\telements = {{ {} }}", join_elems(elems));
+            }
+            s.push_str("\t}\n");
+        }
+    }
     s.push_str(
         "\tchain zone {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\
          \t\tct zone set iifname map @zones\n\t}\n",
@@ -680,6 +983,15 @@ fn render_model(m: &Model) -> String {
         let _ = writeln!(s, "\t\t{r}");
     }
     s.push_str("\t}\n");
+    if m.published.is_some() {
+        for (name, hook, rules) in PUB_CHAINS {
+            let _ = writeln!(s, "\tchain {name} {{\n\t\t{hook}");
+            for r in rules {
+                let _ = writeln!(s, "\t\t{r}");
+            }
+            s.push_str("\t}\n");
+        }
+    }
     for (chain, rules) in &m.ichains {
         write_chain(&mut s, chain, rules);
     }
@@ -803,8 +1115,32 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
             }
         }
     }
+    if let (None, Some(p)) = (&o.published, &n.published) {
+        for (kind, name, ty, fam, data) in PUB_OBJECTS {
+            let _ = writeln!(
+                s,
+                "add {kind} inet {TABLE} {name} {{ {ty}; flags interval; }}"
+            );
+            let elems = p.elements(fam, data);
+            if !elems.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {TABLE} {name} {{ {} }}",
+                    elems.join(", ")
+                );
+            }
+        }
+    }
     // 2. Chains: new ones created, changed ones refilled.
     let gone_i = diff_chains(&mut s, "inet", &o.ichains, &n.ichains);
+    if o.published.is_none() && n.published.is_some() {
+        for (name, hook, rules) in PUB_CHAINS {
+            let _ = writeln!(s, "add chain inet {TABLE} {name} {{ {hook} }}");
+            for r in rules {
+                let _ = writeln!(s, "add rule inet {TABLE} {name} {r}");
+            }
+        }
+    }
     // 3. Members of sets that stay.
     for (name, (_, elems)) in &n.sets {
         let Some((_, old_elems)) = o.sets.get(name) else {
@@ -845,6 +1181,68 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         |b| format!("\"{b}\""),
         |z| z.to_string(),
     );
+    let dels: Vec<String> = o
+        .zones
+        .keys()
+        .filter(|b| !n.zones.contains_key(*b))
+        .map(bridged_elem)
+        .collect();
+    let adds: Vec<String> = n
+        .zones
+        .keys()
+        .filter(|b| !o.zones.contains_key(*b))
+        .map(bridged_elem)
+        .collect();
+    if !dels.is_empty() {
+        let _ = writeln!(
+            s,
+            "delete element inet {TABLE} bridged {{ {} }}",
+            dels.join(", ")
+        );
+    }
+    if !adds.is_empty() {
+        let _ = writeln!(
+            s,
+            "add element inet {TABLE} bridged {{ {} }}",
+            adds.join(", ")
+        );
+    }
+    if let (Some(op), Some(np)) = (&o.published, &n.published) {
+        for (_, name, _, fam, data) in PUB_OBJECTS {
+            let (old_e, new_e) = (op.projection(fam, data), np.projection(fam, data));
+            let elem = |k: &str, v: &str| {
+                if v.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{k} : {v}")
+                }
+            };
+            let dels: Vec<&str> = old_e
+                .iter()
+                .filter(|(k, v)| new_e.get(*k) != Some(v))
+                .map(|(k, _)| *k)
+                .collect();
+            let adds: Vec<String> = new_e
+                .iter()
+                .filter(|(k, v)| old_e.get(*k) != Some(v))
+                .map(|(k, v)| elem(k, v))
+                .collect();
+            if !dels.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "delete element inet {TABLE} {name} {{ {} }}",
+                    dels.join(", ")
+                );
+            }
+            if !adds.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {TABLE} {name} {{ {} }}",
+                    adds.join(", ")
+                );
+            }
+        }
+    }
     let none = BTreeSet::new();
     for (name, _, _) in BSETS {
         let (old_e, new_e) = (
@@ -887,6 +1285,14 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
     for name in o.sets.keys() {
         if !n.sets.contains_key(name) {
             let _ = writeln!(s, "delete set inet {TABLE} {name}");
+        }
+    }
+    if o.published.is_some() && n.published.is_none() {
+        for (name, _, _) in PUB_CHAINS {
+            let _ = writeln!(s, "delete chain inet {TABLE} {name}");
+        }
+        for (kind, name, _, _, _) in PUB_OBJECTS {
+            let _ = writeln!(s, "delete {kind} inet {TABLE} {name}");
         }
     }
     if s.is_empty() { None } else { Some(s) }

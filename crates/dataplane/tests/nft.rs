@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::nft::{
-    AddressPair, Direction, EtherType, GroupMembers, NetworkZone, Nft, PortFilter, Remote, Rule,
-    Ruleset, diff, egress_chain, group_set, ingress_chain, render,
+    AddressPair, Direction, EtherType, GroupMembers, NetworkZone, Nft, PortFilter, Published,
+    Remote, Rule, Ruleset, diff, egress_chain, group_set, ingress_chain, render,
 };
 use serde_json::Value;
 
@@ -107,6 +107,43 @@ fn net(s: &str) -> IpNet {
     s.parse().expect("test cidr")
 }
 
+/// Whether a TCP connection from namespace `client` to `to:port` carries data to a
+/// listener on port `listen` in namespace `server` (busybox nc on both ends).
+fn tcp_between(server: &TestNs, listen: u16, client: &TestNs, to: &str, port: u16) -> bool {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &server.name, "busybox", "nc", "-l", "-p"])
+        .arg(listen.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nc server");
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &client.name, "sh", "-c"])
+        .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = server.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.kill();
+    let out = server
+        .wait_with_output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    String::from_utf8_lossy(&out).contains("kuryr-hello")
+}
+
+/// [`tcp_between`], tried twice (the first connection may wait for ARP/ND).
+fn connects(server: &TestNs, listen: u16, client: &TestNs, to: &str, port: u16) -> bool {
+    (0..2).any(|_| tcp_between(server, listen, client, to, port))
+}
+
 /// A host namespace with bridge `brqnet1` and one container namespace per port.
 struct Topo {
     host: TestNs,
@@ -170,42 +207,7 @@ impl Topo {
     }
 
     fn tcp_once(&self, from: char, to_ct: char, to: &str, port: u16) -> bool {
-        let p = port.to_string();
-        let mut server = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ct(to_ct).name,
-                "busybox",
-                "nc",
-                "-l",
-                "-p",
-                &p,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nc server");
-        std::thread::sleep(Duration::from_millis(150));
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ct(from).name, "sh", "-c"])
-            .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {p}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_millis(800);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = server.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = server.kill();
-        let out = server
-            .wait_with_output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        String::from_utf8_lossy(&out).contains("kuryr-hello")
+        tcp_between(self.ct(to_ct), port, self.ct(from), to, port)
     }
 
     fn port(&self, l: char, rules: Vec<Rule>) -> PortFilter {
@@ -445,6 +447,7 @@ fn sample() -> Ruleset {
             },
         ],
         groups,
+        published: vec![],
     }
 }
 
@@ -577,6 +580,153 @@ fn bad_names_and_impossible_rules_are_left_out() {
     assert_eq!(group_set("x y", EtherType::V6), "g6_x_20y");
 }
 
+fn publish(
+    bridge: &str,
+    protocol: u8,
+    host: Option<&str>,
+    host_port: u16,
+    to: &str,
+    port: u16,
+) -> Published {
+    Published {
+        bridge: bridge.into(),
+        protocol,
+        host_ip: host.map(ip),
+        host_port,
+        container_ip: ip(to),
+        container_port: port,
+    }
+}
+
+#[test]
+fn published_ports_render_as_map_elements_and_chains() {
+    let mut rs = sample();
+    let s = render(&rs);
+    assert!(
+        !s.contains("pub"),
+        "nothing published, no chains for it:\n{s}"
+    );
+    assert!(
+        s.contains("elements = { \"brqaaaa\" . \"brqaaaa\" }"),
+        "{s}"
+    );
+    rs.published = vec![
+        publish("brqaaaa", 6, None, 8080, "10.0.0.5", 80),
+        publish("brqaaaa", 17, Some("192.0.2.1"), 5353, "10.0.0.5", 53),
+        publish("brqaaaa", 6, None, 8080, "fd00::5", 80),
+        // an unspecified host address is any address
+        publish("brqaaaa", 132, Some("::"), 9000, "fd00::5", 9),
+        // left out: under the any-address mapping of the same port, the same host
+        // port again, loopback, another family, not tcp/udp/sctp, no zone
+        publish("brqaaaa", 6, Some("192.0.2.1"), 8080, "10.0.0.6", 81),
+        publish("brqaaaa", 6, None, 8080, "10.0.0.6", 82),
+        publish("brqaaaa", 6, Some("127.0.0.1"), 8081, "10.0.0.5", 80),
+        publish("brqaaaa", 6, Some("192.0.2.1"), 8082, "fd00::5", 80),
+        publish("brqaaaa", 1, None, 8083, "10.0.0.5", 80),
+        publish("brqnone", 6, None, 8084, "10.0.0.5", 80),
+    ];
+    let s = render(&rs);
+    for needle in [
+        "set pub4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t\telements = { 0.0.0.0/0 . tcp . 8080,\n\t\t\t192.0.2.1 . udp . 5353 }",
+        "0.0.0.0/0 . tcp . 8080 : 7",
+        "0.0.0.0/0 . tcp . 8080 : 10.0.0.5 . 80",
+        "192.0.2.1 . udp . 5353 : 10.0.0.5 . 53",
+        "::/0 . tcp . 8080 : fd00::5 . 80",
+        "::/0 . sctp . 9000 : fd00::5 . 9",
+        "chain pub_zone {\n\t\ttype filter hook prerouting priority -301;",
+        "chain pub_zone_out {\n\t\ttype filter hook output priority -300;",
+        "chain pub_dnat {\n\t\ttype nat hook prerouting priority -100;",
+        "chain pub_dnat_out {\n\t\ttype nat hook output priority -100;",
+        "chain pub_input {\n\t\ttype filter hook input priority 0;",
+        "fib daddr type local ct zone set ip daddr . meta l4proto . th dport map @pub_zone4",
+        "dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub_dnat6",
+    ] {
+        assert!(s.contains(needle), "render lacks {needle:?}:\n{s}");
+    }
+    for absent in ["10.0.0.6", "8081", "8082", "8083", "8084", "brqnone"] {
+        assert!(!s.contains(absent), "{absent} should be left out:\n{s}");
+    }
+    // the order mappings come in does not matter
+    let mut reversed = rs.clone();
+    reversed.published.reverse();
+    assert_eq!(render(&reversed), s);
+    // only left-out mappings: as if nothing were published
+    let mut bad = sample();
+    bad.published = vec![publish("brqaaaa", 6, Some("127.0.0.1"), 80, "10.0.0.5", 80)];
+    assert_eq!(render(&bad), render(&sample()));
+}
+
+#[test]
+fn diff_of_published_ports() {
+    let old = sample();
+    let mut new = old.clone();
+    new.published = vec![
+        publish("brqaaaa", 6, None, 8080, "10.0.0.5", 80),
+        publish("brqaaaa", 6, None, 8080, "fd00::5", 80),
+    ];
+    // the first one: sets and maps, then the chains that use them; nothing else
+    let d = diff(&old, &new).expect("a diff");
+    let pos = |d: &str, s: &str| d.find(s).unwrap_or_else(|| panic!("{s:?} not in\n{d}"));
+    assert!(pos(&d, "add map inet kuryr pub_dnat4") < pos(&d, "add chain inet kuryr pub_dnat {"));
+    assert!(d.contains(
+        "add chain inet kuryr pub_zone { type filter hook prerouting priority -301; policy accept; }"
+    ));
+    assert!(d.contains("add element inet kuryr pub_dnat6 { ::/0 . tcp . 8080 : fd00::5 . 80 }"));
+    assert!(d.lines().all(|l| l.contains(" pub")), "{d}");
+
+    // more or changed mappings: element updates only; the zone stays
+    let mut moved = new.clone();
+    moved.published[0].container_port = 81;
+    moved.published.push(publish(
+        "brqaaaa",
+        17,
+        Some("192.0.2.1"),
+        53,
+        "10.0.0.5",
+        53,
+    ));
+    let d = diff(&new, &moved).expect("a diff");
+    for line in d.lines() {
+        assert!(
+            line.starts_with("add element inet kuryr pub")
+                || line.starts_with("delete element inet kuryr pub"),
+            "not an element update: {line:?}\n{d}"
+        );
+    }
+    assert!(d.contains("delete element inet kuryr pub_dnat4 { 0.0.0.0/0 . tcp . 8080 }"));
+    assert!(d.contains("add element inet kuryr pub_dnat4 { 0.0.0.0/0 . tcp . 8080 : 10.0.0.5 . 81, 192.0.2.1 . udp . 53 : 10.0.0.5 . 53 }"), "{d}");
+    assert!(
+        d.contains("add element inet kuryr pub4 { 192.0.2.1 . udp . 53 }"),
+        "{d}"
+    );
+    assert!(!d.contains("delete element inet kuryr pub_zone4"), "{d}");
+
+    // the last one goes: chains first, then what they used
+    let d = diff(&moved, &old).expect("a diff");
+    assert!(
+        pos(&d, "delete chain inet kuryr pub_dnat\n") < pos(&d, "delete map inet kuryr pub_dnat4")
+    );
+    assert!(d.contains("delete set inet kuryr pub6"), "{d}");
+    assert!(d.lines().all(|l| l.contains(" pub")), "{d}");
+
+    // networks come and go in the bridged set with their zones
+    let mut two = old.clone();
+    two.networks.push(NetworkZone {
+        bridge: "brqbbbb".into(),
+        zone: 3,
+    });
+    let d = diff(&old, &two).expect("a diff");
+    assert!(
+        d.contains("add element inet kuryr bridged { \"brqbbbb\" . \"brqbbbb\" }"),
+        "{d}"
+    );
+    let d = diff(&two, &old).expect("a diff");
+    assert!(
+        d.contains("delete element inet kuryr bridged { \"brqbbbb\" . \"brqbbbb\" }"),
+        "{d}"
+    );
+}
+
 /// Syntax and semantics of render and diff against the kernel, in an empty namespace.
 #[tokio::test]
 async fn kernel_accepts_render_and_diffs() {
@@ -604,6 +754,21 @@ async fn kernel_accepts_render_and_diffs() {
     v.ports[1].port_security = true;
     v.ports[0].tap = "tapnew".into();
     variants.push(v);
+    // published ports come, change and go
+    let mut p = rs.clone();
+    p.published = vec![
+        publish("brqaaaa", 6, None, 8080, "10.0.0.5", 80),
+        publish("brqaaaa", 17, Some("192.0.2.1"), 53, "10.0.0.5", 53),
+        publish("brqaaaa", 132, None, 9, "fd00::5", 9),
+    ];
+    nft.check(&render(&p))
+        .await
+        .expect("render with published passes nft -c");
+    variants.push(p.clone());
+    p.published[0].container_port = 81;
+    p.published.remove(1);
+    p.networks[0].zone = 4;
+    variants.push(p);
     for old in &variants {
         for new in &variants {
             assert_diff_equals_render(&nft, old, new).await;
@@ -676,6 +841,7 @@ async fn default_group_port_rules_and_established() {
             t.port('c', c_rules),
         ],
         groups: BTreeMap::from([("sg-default".to_string(), t.members(&['a', 'b']))]),
+        published: vec![],
     };
     nft.apply(&render(&rs)).await.expect("apply");
 
@@ -715,6 +881,7 @@ async fn remote_group_membership_follows_diff() {
             ("sg-default".to_string(), t.members(&['a', 'b'])),
             ("sg-other".to_string(), t.members(&['c'])),
         ]),
+        published: vec![],
     };
     nft.apply(&render(&old)).await.expect("apply");
     assert!(t.ping('b', t.v4('a')));
@@ -783,6 +950,7 @@ async fn egress_restriction_and_ipv6_rule() {
         networks: zone(),
         ports: vec![t.port('a', a_rules), t.port('b', allow_all())],
         groups: BTreeMap::new(),
+        published: vec![],
     };
     nft.apply(&render(&rs)).await.expect("apply");
     assert!(t.tcp('a', 'b', t.v4('b'), 8081));
@@ -805,6 +973,7 @@ async fn anti_spoofing_cuts_off_changed_ip_or_mac() {
         networks: zone(),
         ports: vec![t.port('a', allow_all()), t.port('b', allow_all())],
         groups: BTreeMap::new(),
+        published: vec![],
     };
     nft.apply(&render(&rs)).await.expect("apply");
     assert!(t.ping('a', t.v4('b')));
@@ -855,6 +1024,7 @@ async fn port_security_false_passes_everything() {
         networks: zone(),
         ports: vec![open, t.port('b', allow_all()), t.port('c', vec![])],
         groups: BTreeMap::new(),
+        published: vec![],
     };
     nft.apply(&render(&rs)).await.expect("apply");
     // c (port security on, no rules) takes no new connection
@@ -869,6 +1039,165 @@ async fn port_security_false_passes_everything() {
     a.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:77"]);
     t.ct('b').ip(&["neigh", "flush", "all"]);
     assert!(t.ping('a', t.v4('b')));
+}
+
+/// Published host ports (Docker's `-p`) on real traffic. The host namespace gets what
+/// the agent gives it (gateway addresses on the bridge, forwarding on) and a client
+/// namespace on its `eth0` (10.79.0.0/24, fd79::/64). The client reaches container a
+/// through the host's address, the host through its own address, container b
+/// through the host (hairpin); a's ingress rules still decide; nothing but the
+/// published port is routed to or from the containers; a mapping removed is closed.
+#[tokio::test]
+async fn published_ports_forward_to_the_container_and_go_away() {
+    let t = Topo::new(&['a', 'b']);
+    let host = &t.host;
+    let nft = host.nft();
+    host.ip(&["addr", "add", "10.78.0.254/24", "dev", BRIDGE]);
+    host.ip(&["addr", "add", "fd78::fe/64", "dev", BRIDGE, "nodad"]);
+    assert!(host.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    assert!(host.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]));
+    for l in ['a', 'b'] {
+        t.ct(l)
+            .ip(&["route", "add", "default", "via", "10.78.0.254"]);
+        t.ct(l)
+            .ip(&["-6", "route", "add", "default", "via", "fd78::fe"]);
+    }
+    let client = TestNs::new();
+    client.ip(&["link", "set", "lo", "up"]);
+    host.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &client.name,
+    ]);
+    host.ip(&["addr", "add", "10.79.0.1/24", "dev", "eth0"]);
+    host.ip(&["addr", "add", "fd79::1/64", "dev", "eth0", "nodad"]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    client.ip(&["addr", "add", "10.79.0.2/24", "dev", "eth0"]);
+    client.ip(&["addr", "add", "fd79::2/64", "dev", "eth0", "nodad"]);
+    client.ip(&["link", "set", "eth0", "up"]);
+    // The client could route to the containers directly; only the published port
+    // may pass.
+    client.ip(&["route", "add", "10.78.0.0/24", "via", "10.79.0.1"]);
+    client.ip(&["-6", "route", "add", "fd78::/64", "via", "fd79::1"]);
+
+    // a: egress anywhere, ingress tcp 80 (what Docker's exposed-ports group allows)
+    let mut a_rules = egress_only();
+    for et in [EtherType::V4, EtherType::V6] {
+        a_rules.push(rule(
+            Direction::Ingress,
+            et,
+            Some(6),
+            (Some(80), Some(80)),
+            Remote::Any,
+        ));
+    }
+    let base = Ruleset {
+        networks: zone(),
+        ports: vec![t.port('a', a_rules), t.port('b', egress_only())],
+        groups: BTreeMap::new(),
+        published: vec![],
+    };
+    let mut rs = base.clone();
+    rs.published = vec![
+        publish(BRIDGE, 6, None, 8080, t.v4('a'), 80),
+        publish(BRIDGE, 6, None, 8080, t.v6('a'), 80),
+        publish(BRIDGE, 6, Some("10.79.0.1"), 8081, t.v4('a'), 80),
+    ];
+    nft.apply(&render(&base)).await.expect("apply base");
+    let a = t.ct('a');
+    assert!(
+        !tcp_between(a, 80, &client, "10.79.0.1", 8080),
+        "nothing published yet"
+    );
+    nft.apply(&diff(&base, &rs).expect("a diff"))
+        .await
+        .expect("publish");
+
+    assert!(connects(a, 80, &client, "10.79.0.1", 8080), "client, IPv4");
+    assert!(connects(a, 80, &client, "fd79::1", 8080), "client, IPv6");
+    assert!(
+        connects(a, 80, &client, "10.79.0.1", 8081),
+        "client, given address"
+    );
+    // any address of the host, but the 8081 mapping only on 10.79.0.1
+    assert!(connects(a, 80, &client, "10.78.0.254", 8080));
+    assert!(!tcp_between(a, 80, &client, "10.78.0.254", 8081));
+    // both directions of the forwarded connection were in the network's zone
+    let ct = run(
+        "ip",
+        &["netns", "exec", &host.name, "cat", "/proc/net/nf_conntrack"],
+    );
+    assert!(
+        ct.lines()
+            .any(|l| l.contains("dport=8080") && l.contains("zone=1") && l.contains("ASSURED")),
+        "{ct}"
+    );
+    assert!(
+        connects(a, 80, host, "10.79.0.1", 8080),
+        "the host itself, IPv4"
+    );
+    assert!(
+        connects(a, 80, host, "fd79::1", 8080),
+        "the host itself, IPv6"
+    );
+    assert!(
+        connects(a, 80, t.ct('b'), "10.79.0.1", 8080),
+        "hairpin, IPv4"
+    );
+    assert!(connects(a, 80, t.ct('b'), "fd79::1", 8080), "hairpin, IPv6");
+
+    // nothing else is routed: not the client to a's address, not a to the client,
+    // and the containers reach the host only for ICMP
+    assert!(!tcp_between(a, 80, &client, t.v4('a'), 80));
+    assert!(!tcp_between(a, 80, &client, t.v6('a'), 80));
+    assert!(!tcp_between(&client, 7070, a, "10.79.0.2", 7070));
+    assert!(!tcp_between(host, 7071, a, "10.78.0.254", 7071));
+    assert!(t.ping('a', "10.78.0.254"));
+    assert!(t.ping('a', "fd78::fe"));
+
+    // a's ingress rules still apply to what is forwarded
+    let mut closed = rs.clone();
+    closed.ports[0]
+        .rules
+        .retain(|r| r.direction == Direction::Egress);
+    nft.apply(&diff(&rs, &closed).expect("a diff"))
+        .await
+        .expect("close port 80");
+    assert!(!tcp_between(a, 80, &client, "10.79.0.1", 8080));
+    nft.apply(&diff(&closed, &rs).expect("a diff"))
+        .await
+        .expect("open port 80");
+    assert!(connects(a, 80, &client, "10.79.0.1", 8080));
+
+    // one mapping removed: that one is closed, the others stay
+    let mut fewer = rs.clone();
+    fewer.published.remove(1);
+    nft.apply(&diff(&rs, &fewer).expect("a diff"))
+        .await
+        .expect("unpublish one");
+    assert!(!tcp_between(a, 80, &client, "fd79::1", 8080));
+    assert!(connects(a, 80, &client, "10.79.0.1", 8080));
+    // the last one removed: all gone, chains included
+    nft.apply(&diff(&fewer, &base).expect("a diff"))
+        .await
+        .expect("unpublish all");
+    assert!(!tcp_between(a, 80, &client, "10.79.0.1", 8080));
+    assert!(!tcp_between(a, 80, &client, "10.79.0.1", 8081));
+    assert!(!tcp_between(a, 80, host, "10.79.0.1", 8080));
+    let listed = nft
+        .run(&["list", "table", "inet", "kuryr"], None)
+        .await
+        .expect("list");
+    assert!(!listed.contains("pub"), "{listed}");
+    assert_diff_equals_render(&nft, &base, &rs).await;
+    assert_diff_equals_render(&nft, &rs, &base).await;
 }
 
 /// Two networks with the same CIDR on one host: conntrack zones keep them apart.
@@ -925,6 +1254,7 @@ async fn overlapping_networks_are_kept_apart_by_zones() {
                 v6: BTreeSet::new(),
             },
         )]),
+        published: vec![],
     };
     nft.apply(&render(&rs)).await.expect("apply");
     // a probe table of the test's own, counting forwarded packets per zone
