@@ -102,7 +102,7 @@ def test_expose_adds_an_ingress_rule_for_the_exposed_ports_only(dlab):
 
 
 def host_fetch(lab, host, ip, port):
-    """curl from a lab host's own namespace (not a container)."""
+    """curl from a lab namespace (a host's own, not a container's)."""
     p = subprocess.run(["ip", "netns", "exec", lab.ns(host), "curl", "-s", "-m", "3",
                         f"http://{ip}:{port}/"], capture_output=True, text=True, timeout=30)
     return p.stdout if p.returncode == 0 else ""
@@ -122,6 +122,9 @@ def test_publish_maps_a_host_port_to_the_container(dlab):
     while not body and time.time() < deadline:
         body = host_fetch(dlab, "h2", "10.99.0.11", 18080)
     assert "hello from kuryr" in body
+    # From outside the hosts (the lab namespace) and from the host itself, too.
+    assert "hello from kuryr" in host_fetch(dlab, "lab", "10.99.0.11", 18080)
+    assert "hello from kuryr" in host_fetch(dlab, "h1", "10.99.0.11", 18080)
     # -p exposes the container port too.
     srv_port = port_of(dlab, "h1", srv, name)
     [sg] = dlab.get("/security-groups", name=f"{srv_port['id']}-exposed_ports")["security_groups"]
