@@ -546,6 +546,36 @@ impl Agent {
     }
 
     async fn bind_as(&self, port_id: &str, binding: Binding) -> Result<BindResult, AgentError> {
+        self.bind_with(port_id, binding, None).await
+    }
+
+    /// [`Agent::bind_handoff`] for a caller that has just read or written the port
+    /// (the Docker plugin): no second read.
+    pub async fn bind_handoff_port(
+        &self,
+        port: &Port,
+        ifname: String,
+    ) -> Result<BindResult, AgentError> {
+        if !valid_ifname(&ifname) {
+            return Err(AgentError::BadRequest(format!(
+                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
+            )));
+        }
+        let binding = Binding {
+            netns: PathBuf::from("/proc/self/ns/net"),
+            ifname,
+            handoff: true,
+            published: Vec::new(),
+        };
+        self.bind_with(&port.id, binding, Some(port)).await
+    }
+
+    async fn bind_with(
+        &self,
+        port_id: &str,
+        binding: Binding,
+        known: Option<&Port>,
+    ) -> Result<BindResult, AgentError> {
         if !kuryr_model::input::is_uuid(port_id) {
             return Err(AgentError::BadRequest(format!(
                 "{port_id:?} is not a port id (a UUID)"
@@ -561,11 +591,14 @@ impl Agent {
                 b.netns.display()
             )));
         }
-        let port = self
-            .client
-            .get_port(port_id)
-            .await
-            .map_err(|e| from_client("reading the port", e))?;
+        let port = match known {
+            Some(p) => p.clone(),
+            None => self
+                .client
+                .get_port(port_id)
+                .await
+                .map_err(|e| from_client("reading the port", e))?,
+        };
         if !port.host_id.is_empty() && port.host_id != self.cfg.host {
             return Err(AgentError::Conflict(format!(
                 "port {port_id} is bound to host {}",
@@ -764,6 +797,11 @@ impl Agent {
             self.converge_wanted.notify_one();
         }
         Ok(removed)
+    }
+
+    /// Whether a port is bound on this host.
+    pub fn is_bound(&self, port_id: &str) -> bool {
+        lock(&self.state).bindings.contains_key(port_id)
     }
 
     pub fn bindings(&self) -> Vec<BindingView> {

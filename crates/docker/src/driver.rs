@@ -443,23 +443,29 @@ impl Plugin {
                     || p.host_id != self.host
                     || p.device_owner != DEVICE_OWNER
                     || attrs.get("mac_address").is_some();
-                let p = if needs_update {
-                    self.client
-                        .update_port(&p.id, attrs)
-                        .await
-                        .map_err(|e| PluginError::neutron("claiming the port", e))?
-                } else {
-                    p
+                // The claim and the endpoint's tags are independent writes: at once.
+                let mut tags = p.tags.clone();
+                tags.extend(ep_tags.iter().filter(|t| !p.tags.contains(t)).cloned());
+                let claim = async {
+                    if needs_update {
+                        self.client.update_port(&p.id, attrs).await.map(Some)
+                    } else {
+                        Ok(None)
+                    }
                 };
-                if !ep_tags.iter().all(|t| p.tags.contains(t)) {
-                    let mut tags = p.tags.clone();
-                    tags.extend(ep_tags.iter().cloned());
-                    self.client
-                        .set_tags("ports", &p.id, &tags)
-                        .await
-                        .map_err(|e| PluginError::neutron("tagging the port", e))?;
+                let tag = async {
+                    if tags.len() != p.tags.len() {
+                        self.client.set_tags("ports", &p.id, &tags).await
+                    } else {
+                        Ok(())
+                    }
+                };
+                let (claimed, tagged) = tokio::join!(claim, tag);
+                tagged.map_err(|e| PluginError::neutron("tagging the port", e))?;
+                match claimed.map_err(|e| PluginError::neutron("claiming the port", e))? {
+                    Some(updated) => Port { tags, ..updated },
+                    None => Port { tags, ..p },
                 }
-                p
             }
             // Docker's own IPAM chose the address: the port is made here.
             None => {
@@ -490,7 +496,7 @@ impl Plugin {
             .endpoints
             .insert(req.endpoint_id.clone(), port.id.clone());
         self.agent
-            .bind_handoff(&port.id, container_ifname(&port.id))
+            .bind_handoff_port(&port, container_ifname(&port.id))
             .await
             .map_err(|e| PluginError::agent("binding the port", e))?;
         // Docker chose the MAC (the IPAM driver asks it to); the port has it. Only
@@ -532,27 +538,8 @@ impl Plugin {
             self.cache().endpoints.remove(&req.endpoint_id);
             return Ok(json!({}));
         }
-        let unbound = json!({
-            "binding:host_id": "",
-            "status": "DOWN",
-            "binding:vif_type": "unbound",
-            "binding:vif_details": {},
-        });
-        match self.client.update_port(&port.id, unbound).await {
-            Ok(_) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
-            Err(e) => return Err(PluginError::neutron("unbinding the port", e)),
-        }
-        let ep_tags = id_tags(&req.endpoint_id);
-        let tags: Vec<String> = port
-            .tags
-            .iter()
-            .filter(|t| !ep_tags.contains(t))
-            .cloned()
-            .collect();
-        match self.client.set_tags("ports", &port.id, &tags).await {
-            Ok(()) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
-            Err(e) => return Err(PluginError::neutron("untagging the port", e)),
-        }
+        // Docker's ReleaseAddress follows at once and settles the port on the
+        // server: ours are deleted, adopted ones given back unbound and untagged.
         self.cache().endpoints.remove(&req.endpoint_id);
         Ok(json!({}))
     }

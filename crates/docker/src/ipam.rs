@@ -447,6 +447,15 @@ impl Plugin {
         subnet: &Subnet,
         addr: Option<IpAddr>,
     ) -> PluginResult<Port> {
+        if is_ours(&port) && !port.device_id.is_empty() {
+            // An endpoint's port: the address is in use.
+            return Err(PluginError::Conflict(format!(
+                "address {} is in use by endpoint {} (port {})",
+                addr.map(|a| a.to_string()).unwrap_or_default(),
+                port.device_id,
+                port.id
+            )));
+        }
         if is_ours(&port) {
             if port.fixed_ips.iter().any(|f| f.subnet_id == subnet.id) {
                 return Ok(port); // a retried request
@@ -518,6 +527,13 @@ impl Plugin {
             if p.tags.iter().any(|t| t == PORT_EXISTING_TAG) {
                 self.give_back(&p).await?;
             } else if is_ours(&p) {
+                let elsewhere = !p.host_id.is_empty() && p.host_id != self.host;
+                if elsewhere || self.agent.is_bound(&p.id) {
+                    // Still an endpoint's (here or on another host): Docker releases an
+                    // address only after DeleteEndpoint, so this is not its port.
+                    tracing::warn!(port = %p.id, address = %addr, "not releasing an address in use");
+                    continue;
+                }
                 match self.client.delete_port(&p.id).await {
                     Ok(()) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
                     Err(e) => return Err(PluginError::neutron("deleting the port", e)),
