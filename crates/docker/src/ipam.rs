@@ -647,6 +647,18 @@ impl Plugin {
     }
 }
 
+pub(crate) fn first_prefix(p: &SubnetPool) -> Option<IpNet> {
+    p.prefixes
+        .first()
+        .and_then(|c| c.parse::<IpNet>().ok())
+        .map(|n| n.trunc())
+}
+
+/// A port kuryr made for Docker (not one it adopted).
+pub(crate) fn is_ours(p: &Port) -> bool {
+    p.tags.iter().any(|t| t == DEVICE_OWNER) && !p.tags.iter().any(|t| t == PORT_EXISTING_TAG)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -694,16 +706,4 @@ mod tests {
             "10.0.0.0/24"
         );
     }
-}
-
-pub(crate) fn first_prefix(p: &SubnetPool) -> Option<IpNet> {
-    p.prefixes
-        .first()
-        .and_then(|c| c.parse::<IpNet>().ok())
-        .map(|n| n.trunc())
-}
-
-/// A port kuryr made for Docker (not one it adopted).
-pub(crate) fn is_ours(p: &Port) -> bool {
-    p.tags.iter().any(|t| t == DEVICE_OWNER) && !p.tags.iter().any(|t| t == PORT_EXISTING_TAG)
 }
