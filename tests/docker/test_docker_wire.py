@@ -1,15 +1,18 @@
-"""IPv6-only networks and the global scope, at the protocol level.
+"""What Docker 20.10's CLI cannot show, at the protocol level: IPv6-only networks, the
+global scope, and the plugin on TCP announced by a spec file.
 
 Docker 20.10 (Debian's) always asks for an IPv4 pool, so it cannot make an IPv6-only
 network; newer Docker (`docker network create --ipv4=false --ipv6`) sends what this test
 sends: RequestPool(V6) only and a CreateNetwork with empty IPv4Data. The interfaces
 are then moved into container namespaces as dockerd does with Join's SrcName."""
 
+import contextlib
 import json
 import os
 import secrets
 import subprocess
 import tempfile
+import time
 
 from dockerlab import KURYR_BIN, sh
 
@@ -110,28 +113,54 @@ def test_ipv6_only_network_end_to_end(dlab):
     ok(sock, "/IpamDriver.ReleasePool", {"PoolID": pool["PoolID"]})
 
 
-def test_global_scope_allocates_networks():
-    """`--docker-scope global`: the capability says so, and AllocateNetwork /
-    FreeNetwork (called by a swarm manager) answer. Neither needs the server, so this
-    agent runs alone in a namespace of its own."""
+@contextlib.contextmanager
+def lone_agent(*args, wait_for):
+    """A `kuryr agent` alone in a namespace of its own, with no server (the plugin
+    calls used here need none); `wait_for(dir)` names the file its readiness shows in."""
     ns = "kdg" + secrets.token_hex(3)
-    d = tempfile.mkdtemp(prefix="kuryr-scope-")
-    sock = os.path.join(d, "kuryr.sock")
+    d = tempfile.mkdtemp(prefix="kuryr-lone-")
     sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
     proc = None
     try:
         env = dict(os.environ, OS_AUTH_URL="http://127.0.0.1:9/identity/v3",
                    OS_USERNAME="nobody", OS_PASSWORD="x", OS_PROJECT_NAME="none")
         proc = subprocess.Popen(["ip", "netns", "exec", ns, KURYR_BIN, "agent", "--host", "g",
                                  "--underlay-ip", "127.0.0.1", "--socket", f"{d}/agent.sock",
-                                 "--state-dir", f"{d}/state", "--docker-socket", sock,
-                                 "--docker-scope", "global"],
+                                 "--state-dir", f"{d}/state",
+                                 *[a.replace("{dir}", d) for a in args]],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         for _ in range(100):
-            if os.path.exists(sock):
+            if os.path.exists(wait_for(d)):
                 break
-            subprocess.run(["sleep", "0.1"])
+            time.sleep(0.1)
+        yield ns, d
+    finally:
+        if proc:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=10)
+        sh("ip", "netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", d])
+
+
+def test_tcp_with_a_spec_file():
+    """kuryr-libnetwork's form: the plugin on TCP, announced by a spec file with its URL
+    (dockerd reads /usr/lib/docker/plugins/kuryr/kuryr.spec)."""
+    with lone_agent("--docker-listen", "127.0.0.1:0", "--docker-spec-file", "{dir}/kuryr.spec",
+                    wait_for=lambda d: f"{d}/kuryr.spec") as (ns, d):
+        url = open(f"{d}/kuryr.spec").read().strip()
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0"), url
+        out = sh("ip", "netns", "exec", ns, "curl", "-s", "-X", "POST", f"{url}/Plugin.Activate")
+        assert sorted(json.loads(out)["Implements"]) == ["IpamDriver", "NetworkDriver"]
+
+
+def test_global_scope_allocates_networks():
+    """`--docker-scope global`: the capability says so, and AllocateNetwork /
+    FreeNetwork (called by a swarm manager) answer."""
+    with lone_agent("--docker-socket", "{dir}/kuryr.sock", "--docker-scope", "global",
+                    wait_for=lambda d: f"{d}/kuryr.sock") as (_, d):
+        sock = f"{d}/kuryr.sock"
         assert plugin(sock, "/NetworkDriver.GetCapabilities") == (
             200, {"Scope": "global", "ConnectivityScope": "global"})
         net_id = secrets.token_hex(32)
@@ -142,9 +171,3 @@ def test_global_scope_allocates_networks():
         assert plugin(sock, "/NetworkDriver.FreeNetwork", {"NetworkID": net_id}) == (200, {})
         code, reply = plugin(sock, "/NetworkDriver.FreeNetwork", {"NetworkID": "nope"})
         assert code == 400 and "NetworkID" in reply["Err"], reply
-    finally:
-        if proc:
-            os.killpg(proc.pid, 15)
-            proc.wait(timeout=10)
-        sh("ip", "netns", "del", ns, check=False)
-        subprocess.run(["rm", "-rf", d])
