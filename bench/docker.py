@@ -434,7 +434,8 @@ def main():
     prefix = labdir = None
     try:
         log("building the Docker lab (1 host: kuryr server, agent with the plugin, dockerd)")
-        lab = dockerlab.DockerLab(hosts=1)
+        # The agent as deployed (the lab's default for tests is --network-linger 0).
+        lab = dockerlab.DockerLab(hosts=1, agent_args=("--network-linger", "60"))
         prefix, labdir = lab.prefix, lab.dir
         res["environment"]["docker_version"] = lab.docker(HOST, "version", "-f",
                                                           "{{.Server.Version}}")

@@ -55,6 +55,11 @@ pub struct AgentArgs {
     #[arg(long, env = "OS_CLOUD")]
     pub os_cloud: Option<String>,
 
+    /// Seconds a network's bridge and vxlan device stay after its last port on this
+    /// host is gone (a port coming back soon reuses them).
+    #[arg(long, default_value_t = 60)]
+    pub network_linger: u64,
+
     /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -120,6 +125,7 @@ impl AgentArgs {
                 .cloned()
                 .collect::<BTreeMap<_, _>>(),
             nft_binary: self.nft.clone(),
+            network_linger: Duration::from_secs(self.network_linger),
         }
     }
 }

@@ -247,6 +247,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             report_interval: 10,
             physical_interface_mappings: Vec::new(),
             nft: "nft".into(),
+            network_linger: 60,
             os_cloud: None,
             cleanup: false,
             docker: u.docker,

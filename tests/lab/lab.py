@@ -181,6 +181,8 @@ class Lab:
              # The Docker plugin only where a test asks for it (its default socket
              # is a machine-wide path).
              *([] if any(str(a).startswith("--docker") for a in extra) else ["--no-docker"]),
+             # Links of a network go with its last port, as the tests expect.
+             *([] if "--network-linger" in map(str, extra) else ["--network-linger", "0"]),
              *extra],
             env, os.path.join(self.dir, f"{host}.log"))
         return self.agents[host]

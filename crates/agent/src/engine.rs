@@ -48,6 +48,12 @@ pub struct Engine {
     applied_gateways: HashMap<String, Vec<IpNet>>,
     /// Forwarding (IPv4, IPv6) seen on since the last full pass.
     forwarding: (bool, bool),
+    /// How long a network's bridge and vxlan device outlive its last port here, and
+    /// since when each unwanted one is waiting: a network whose only container is
+    /// restarted, or used by `docker run --rm` in a loop, keeps them instead of
+    /// paying their deletion (kernel grace periods, tens of ms) and creation each time.
+    linger: std::time::Duration,
+    lingering: HashMap<String, std::time::Instant>,
 }
 
 /// IFA_PROTO of the addresses kuryr puts on bridges ('k'), so that they are told
@@ -76,6 +82,7 @@ impl Engine {
         underlay_ip: IpAddr,
         underlay_ifindex: Option<u32>,
         vxlan_port: u16,
+        linger: std::time::Duration,
     ) -> Engine {
         Engine {
             netlink,
@@ -91,7 +98,15 @@ impl Engine {
             last_wanted: BTreeSet::new(),
             applied_gateways: HashMap::new(),
             forwarding: (false, false),
+            linger,
+            lingering: HashMap::new(),
         }
+    }
+
+    /// When a lingering bridge or vxlan device is due for removal (the agent runs a
+    /// pass then).
+    pub fn next_wakeup(&self) -> Option<std::time::Instant> {
+        self.lingering.values().map(|t| *t + self.linger).min()
     }
 
     /// One convergence pass. Per-port problems (a namespace that is gone, a name
@@ -116,7 +131,8 @@ impl Engine {
         // pass needs and has not seen, looked up by name. Dumps grow with the number
         // of ports; lookups don't.
         let full = self.full_dump_at.is_none_or(|t| t.elapsed() > FULL_RESYNC)
-            || !self.last_wanted.is_subset(&wanted);
+            || !self.last_wanted.is_subset(&wanted)
+            || self.next_wakeup().is_some_and(|t| t <= started);
         if full {
             self.known = self
                 .netlink
@@ -191,12 +207,23 @@ impl Engine {
         // (that also removes the container end), then vxlan devices, then bridges.
         // The dump from the start of the pass is enough: whatever this pass created
         // is wanted.
+        self.lingering.retain(|name, _| !wanted.contains(name));
+        if full {
+            self.lingering.retain(|name, _| links.contains_key(name));
+        }
         for prefix in ["tap", "vxlan-", "brq"] {
             for l in links.values() {
                 if full && l.name.starts_with(prefix) && is_ours(l) && !wanted.contains(&l.name) {
+                    if prefix != "tap" && !self.linger.is_zero() {
+                        let since = *self.lingering.entry(l.name.clone()).or_insert(started);
+                        if since.elapsed() < self.linger {
+                            continue;
+                        }
+                    }
                     tracing::info!(link = %l.name, "removing a link no port owns");
                     self.netlink.delete_link(l.index).await?;
                     self.known.remove(&l.name);
+                    self.lingering.remove(&l.name);
                 }
             }
         }
@@ -748,6 +775,14 @@ mod tests {
         host: &Name,
         f: impl AsyncFnOnce(&mut Engine) -> T + Send + 'static,
     ) -> T {
+        with_engine_lingering(host, Duration::ZERO, f)
+    }
+
+    fn with_engine_lingering<T: Send + 'static>(
+        host: &Name,
+        linger: Duration,
+        f: impl AsyncFnOnce(&mut Engine) -> T + Send + 'static,
+    ) -> T {
         let ns = NetNs::open(host.path()).expect("open host namespace");
         netns::run_in(&ns, move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -761,6 +796,7 @@ mod tests {
                     "10.79.1.1".parse().unwrap(),
                     None,
                     4789,
+                    linger,
                 );
                 f(&mut engine).await
             })
@@ -795,6 +831,43 @@ mod tests {
     /// only kuryr's removed), forwarding on, DNAT from a client and from the host;
     /// one mapping removed, then the last; then, by fresh engines (agent restarts),
     /// what the bridge holds is read back.
+    #[test]
+    fn network_links_linger_after_the_last_port() {
+        let (host_ns, ct_ns) = (Ns::new("h"), Ns::new("c"));
+        let (host, ct) = (host_ns.0.clone(), ct_ns.0.clone());
+        let h = host.clone();
+        with_engine_lingering(
+            &host,
+            Duration::from_millis(400),
+            async move |e: &mut Engine| {
+                let bridge = async |e: &mut Engine| e.netlink.link_by_name(BR).await.unwrap();
+                let pass = e.converge(&desired(&ct, &[])).await.expect("converge");
+                assert!(pass.realized.contains("port-1"), "{:?}", pass.failed);
+                let first = bridge(e).await.expect("bridge").index;
+                // The last port goes: its tap at once, the bridge only later.
+                e.converge(&Desired::default()).await.expect("converge");
+                assert!(
+                    e.netlink
+                        .link_by_name("tapkt-eng1")
+                        .await
+                        .unwrap()
+                        .is_none()
+                );
+                assert!(bridge(e).await.is_some() && e.next_wakeup().is_some());
+                // A port coming back meanwhile reuses it.
+                e.converge(&desired(&ct, &[])).await.expect("converge");
+                assert_eq!(bridge(e).await.expect("bridge").index, first);
+                assert!(e.next_wakeup().is_none());
+                e.converge(&Desired::default()).await.expect("converge");
+                let due = e.next_wakeup().expect("lingering");
+                tokio::time::sleep_until(due.into()).await;
+                e.converge(&Desired::default()).await.expect("converge");
+                assert!(bridge(e).await.is_none(), "{}", h.ip(&["-br", "link"]));
+                assert!(e.next_wakeup().is_none());
+            },
+        );
+    }
+
     #[test]
     fn published_ports_through_the_engine() {
         let (host_ns, ct_ns, client_ns) = (Ns::new("h"), Ns::new("c"), Ns::new("x"));

@@ -47,6 +47,8 @@ pub struct AgentConfig {
     /// physical network → host interface, for flat networks.
     pub interface_mappings: BTreeMap<String, String>,
     pub nft_binary: PathBuf,
+    /// How long a network's bridge and vxlan device stay after its last port here.
+    pub network_linger: Duration,
 }
 
 /// Errors of the local API, each with the HTTP status the socket answers with.
@@ -193,6 +195,7 @@ impl Agent {
             cfg.underlay_ip,
             underlay_ifindex,
             cfg.vxlan_port,
+            cfg.network_linger,
         );
         let (mirror_changed, _) = tokio::sync::watch::channel(0);
         let (passes, _) = tokio::sync::watch::channel(PassReport::default());
@@ -365,7 +368,14 @@ impl Agent {
 
     async fn converge_loop(self: Arc<Self>) {
         loop {
-            self.converge_wanted.notified().await;
+            let due = self.engine.lock().await.next_wakeup();
+            match due {
+                Some(at) => tokio::select! {
+                    _ = self.converge_wanted.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                },
+                None => self.converge_wanted.notified().await,
+            }
             if let Err(e) = self.converge_once().await {
                 tracing::warn!(error = %e, "convergence failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -842,6 +852,7 @@ pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
         cfg.underlay_ip,
         None,
         cfg.vxlan_port,
+        Duration::ZERO,
     );
     engine.remove_all().await?;
     StateFile::new(&cfg.state_dir).save(&LocalState::default())?;
