@@ -35,15 +35,18 @@
 //!                   ICMPv6 ND/MLD accept, egress vmaps, ingress vmaps
 //!   chain out_<port>   DHCP client implicit, each rule `return`, then drop
 //!   chain in_<port>    DHCP replies implicit, each rule `accept`, then drop
-//!  only while host ports are published (Ruleset::published):
-//!   set pub4/pub6   addr . inet_proto . port      0.0.0.0/0 . tcp . 8080 (any address) or
-//!                                                 192.0.2.1 . tcp . 8080 (intervals)
-//!   map pub_zone4/6 same key : ct zone            the zone of the container's network
-//!   map pub_dnat4/6 same key : addr . port        the container's address and port
-//!   chain pub_zone     (prerouting, raw - 1)      key in @pubN, not loopback, fib daddr type
-//!   chain pub_zone_out (output, raw)              local: ct zone set from @pub_zoneN
-//!   chain pub_dnat     (prerouting, dstnat)       same match: dnat to @pub_dnatN
+//!  only while host ports are published (Ruleset::published), all hashed:
+//!   set pub_ports   inet_proto . port             tcp . 8080: every published one
+//!   map pub_zone_any4/6   proto . port : ct zone  mappings for every host address
+//!   map pub_zone_ip4/6    addr . proto . port : ct zone   for one host address
+//!   map pub_dnat_any4/6   proto . port : addr . port      the container's address
+//!   map pub_dnat_ip4/6    addr . proto . port : addr . port
+//!   chain pub_zone     (prerouting, raw - 1)      proto . dport in @pub_ports, fib daddr
+//!   chain pub_zone_out (output, raw)              type local: jump pub_zone_set
+//!   chain pub_zone_set not loopback; ct zone set from the _ip map, else the _any one
+//!   chain pub_dnat     (prerouting, dstnat)       same test: jump pub_dnat_to
 //!   chain pub_dnat_out (output, -100)
+//!   chain pub_dnat_to  not loopback; dnat to the _ip map's target, else the _any one's
 //!   chain pub_input    (input, filter)            from brq*: established/related, ICMPv6,
 //!                                                 echo requests; anything else drop
 //! ```
@@ -59,12 +62,18 @@
 //! `ct zone set` on one packet, the first counts). The DNAT'd packet is then routed
 //! onto the bridge (the agent puts the subnets' gateway addresses on it) and
 //! filtered by the port's ingress rules in `forward`; the replies come back through
-//! the gateway. A container on the same network using HOST_IP:HOST_PORT (hairpin)
-//! needs nothing more: the DNAT'd packet is bridged to the target, and br_netfilter
-//! un-NATs the target's bridged reply (checked on kernel 6.18). Routing into, out of
+//! the gateway; the host must forward (the agent turns `ip_forward` on). A container
+//! on the same network using HOST_IP:HOST_PORT (hairpin) needs nothing more: the
+//! DNAT'd packet is bridged to the target, and br_netfilter un-NATs the target's
+//! bridged reply (checked on kernel 6.18; not without forwarding). Routing into, out of
 //! or between kuryr bridges is allowed only for DNAT'd connections, so gateway
 //! addresses do not make the host a router for containers; `pub_input` keeps
 //! containers from opening connections to the host through them.
+//!
+//! Every packet that reaches the host meets `pub_zone` (raw, before conntrack): its
+//! first test is one hash lookup of protocol and port, so that cost does not grow
+//! with the number of mappings (interval sets did: 1,000 mappings as `addr/0 .
+//! proto . port` intervals cut bridged throughput between two containers by ~60%).
 //!
 //! Loopback host addresses are never forwarded (`-p 127.0.0.1:...` is left out with a
 //! warning): a packet from 127.0.0.1 cannot leave on the bridge without
@@ -79,7 +88,8 @@
 //! # Names
 //!
 //! Chains are `in_<port id>`, `out_<port id>`; sets are `g4_<sg id>` / `g6_<sg id>`;
-//! full ids are used. Characters other than ASCII letters, digits and `-` are
+//! full ids are used; published ports use the fixed names `bridged`, `pub_*`, which
+//! cannot clash with those. Characters other than ASCII letters, digits and `-` are
 //! escaped as `_` + two hex digits per byte (so `_` itself becomes `_5f`): Neutron
 //! UUIDs come out unchanged and the mapping is injective. Escaped ids are cut at
 //! 200 bytes (nft's limit is 255).
@@ -356,75 +366,87 @@ struct Model {
     published: Option<PubModel>,
 }
 
-/// Published host ports of one family: `host . proto . port` (the key of the
-/// `pub*` set and maps) → (conntrack zone, `container_ip . port`).
-type PubMap = BTreeMap<String, (u16, String)>;
-
+/// Published host ports as the elements of each of [`PUB_OBJECTS`], by name:
+/// key → data, as nft text (data empty in the set).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct PubModel {
-    v4: PubMap,
-    v6: PubMap,
+    objects: BTreeMap<&'static str, BTreeMap<String, String>>,
 }
 
-/// The sets and maps of published ports: kind, name, type, family, and whether
-/// elements carry the zone (`Some(true)`), the target (`Some(false)`) or nothing.
-const PUB_OBJECTS: [(&str, &str, &str, EtherType, Option<bool>); 6] = [
-    (
-        "set",
-        "pub4",
-        "type ipv4_addr . inet_proto . inet_service",
-        EtherType::V4,
-        None,
-    ),
-    (
-        "set",
-        "pub6",
-        "type ipv6_addr . inet_proto . inet_service",
-        EtherType::V6,
-        None,
-    ),
+/// The set and maps of published ports: kind, name, type. All hashed (exact
+/// keys, no intervals): a lookup costs the same with one mapping or thousands.
+/// `_any` maps hold the mappings for every host address (keyed by protocol and
+/// port), `_ip` maps those for one host address.
+const PUB_OBJECTS: [(&str, &str, &str); 9] = [
+    ("set", "pub_ports", "type inet_proto . inet_service"),
     (
         "map",
-        "pub_zone4",
+        "pub_zone_ip4",
         "typeof ip daddr . meta l4proto . th dport : ct zone",
-        EtherType::V4,
-        Some(true),
     ),
     (
         "map",
-        "pub_zone6",
+        "pub_zone_ip6",
         "typeof ip6 daddr . meta l4proto . th dport : ct zone",
-        EtherType::V6,
-        Some(true),
     ),
     (
         "map",
-        "pub_dnat4",
+        "pub_zone_any4",
+        "typeof meta l4proto . th dport : ct zone",
+    ),
+    (
+        "map",
+        "pub_zone_any6",
+        "typeof meta l4proto . th dport : ct zone",
+    ),
+    (
+        "map",
+        "pub_dnat_ip4",
         "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
-        EtherType::V4,
-        Some(false),
     ),
     (
         "map",
-        "pub_dnat6",
+        "pub_dnat_ip6",
         "type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
-        EtherType::V6,
-        Some(false),
+    ),
+    (
+        "map",
+        "pub_dnat_any4",
+        "type inet_proto . inet_service : ipv4_addr . inet_service",
+    ),
+    (
+        "map",
+        "pub_dnat_any6",
+        "type inet_proto . inet_service : ipv6_addr . inet_service",
     ),
 ];
 
-const PUB_ZONE: [&str; 2] = [
-    "ip daddr . meta l4proto . th dport @pub4 ip daddr != 127.0.0.0/8 fib daddr type local \
-     ct zone set ip daddr . meta l4proto . th dport map @pub_zone4",
-    "ip6 daddr . meta l4proto . th dport @pub6 ip6 daddr != ::1 fib daddr type local \
-     ct zone set ip6 daddr . meta l4proto . th dport map @pub_zone6",
+/// Packets to a published protocol and port on a local address (the cheap test
+/// first: every packet meets it) get their zone in `pub_zone_set`.
+const PUB_ZONE: [&str; 1] =
+    ["meta l4proto . th dport @pub_ports fib daddr type local jump pub_zone_set"];
+
+/// Not loopback; the address's own mapping before an any-address one (of two `ct
+/// zone set`, the first counts; a key not in a map ends that rule).
+const PUB_ZONE_SET: [&str; 6] = [
+    "ip daddr 127.0.0.0/8 return",
+    "ip6 daddr ::1 return",
+    "ct zone set ip daddr . meta l4proto . th dport map @pub_zone_ip4",
+    "ct zone set ip6 daddr . meta l4proto . th dport map @pub_zone_ip6",
+    "meta nfproto ipv4 ct zone set meta l4proto . th dport map @pub_zone_any4",
+    "meta nfproto ipv6 ct zone set meta l4proto . th dport map @pub_zone_any6",
 ];
 
-const PUB_DNAT: [&str; 2] = [
-    "meta l4proto { tcp, udp, sctp } ip daddr != 127.0.0.0/8 fib daddr type local \
-     dnat ip to ip daddr . meta l4proto . th dport map @pub_dnat4",
-    "meta l4proto { tcp, udp, sctp } ip6 daddr != ::1 fib daddr type local \
-     dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub_dnat6",
+const PUB_DNAT: [&str; 1] =
+    ["meta l4proto . th dport @pub_ports fib daddr type local jump pub_dnat_to"];
+
+const PUB_DNAT_TO: [&str; 6] = [
+    "ip daddr 127.0.0.0/8 return",
+    "ip6 daddr ::1 return",
+    "meta l4proto { tcp, udp, sctp } dnat ip to ip daddr . meta l4proto . th dport map @pub_dnat_ip4",
+    "meta l4proto { tcp, udp, sctp } dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub_dnat_ip6",
+    "meta l4proto { tcp, udp, sctp } meta nfproto ipv4 dnat ip to meta l4proto . th dport map @pub_dnat_any4",
+    "meta l4proto { tcp, udp, sctp } meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @pub_dnat_any6",
 ];
 
 /// Containers reach the host only with what the host started, ICMPv6 (neighbour
@@ -437,33 +459,35 @@ const PUB_INPUT: [&str; 5] = [
     "drop",
 ];
 
-/// The base chains of published ports, present only while something is
-/// published: name, hook, rules. `pub_zone` runs before `zone` (the first `ct
-/// zone set` of a packet is the one that counts).
-const PUB_CHAINS: [(&str, &str, &[&str]); 5] = [
+/// The chains of published ports, present only while something is published:
+/// name, hook (`None`: a regular chain, jumped to), rules; in creation order.
+/// `pub_zone` runs before `zone` (the first `ct zone set` of a packet counts).
+const PUB_CHAINS: [(&str, Option<&str>, &[&str]); 7] = [
+    ("pub_zone_set", None, &PUB_ZONE_SET),
+    ("pub_dnat_to", None, &PUB_DNAT_TO),
     (
         "pub_zone",
-        "type filter hook prerouting priority -301; policy accept;",
+        Some("type filter hook prerouting priority -301; policy accept;"),
         &PUB_ZONE,
     ),
     (
         "pub_zone_out",
-        "type filter hook output priority -300; policy accept;",
+        Some("type filter hook output priority -300; policy accept;"),
         &PUB_ZONE,
     ),
     (
         "pub_dnat",
-        "type nat hook prerouting priority -100; policy accept;",
+        Some("type nat hook prerouting priority -100; policy accept;"),
         &PUB_DNAT,
     ),
     (
         "pub_dnat_out",
-        "type nat hook output priority -100; policy accept;",
+        Some("type nat hook output priority -100; policy accept;"),
         &PUB_DNAT,
     ),
     (
         "pub_input",
-        "type filter hook input priority 0; policy accept;",
+        Some("type filter hook input priority 0; policy accept;"),
         &PUB_INPUT,
     ),
 ];
@@ -474,8 +498,14 @@ impl PubModel {
         // Any-address mappings first: a specific address under one is left out.
         let mut sorted: Vec<&Published> = list.iter().collect();
         sorted.sort_by_key(|p| (host_of(p).is_some(), *p));
-        let mut m = PubModel::default();
+        let mut m = PubModel {
+            objects: PUB_OBJECTS
+                .iter()
+                .map(|(_, name, _)| (*name, BTreeMap::new()))
+                .collect(),
+        };
         let mut any: BTreeSet<(EtherType, u8, u16)> = BTreeSet::new();
+        let mut empty = true;
         for p in sorted {
             let proto = match p.protocol {
                 6 => "tcp",
@@ -509,18 +539,23 @@ impl PubModel {
                     continue;
                 }
             }
+            let port = format!("{proto} . {}", p.host_port);
+            let (key, kind) = match host {
+                Some(h) => (format!("{h} . {port}"), "ip"),
+                None => (port.clone(), "any"),
+            };
+            let f = match fam {
+                EtherType::V4 => 4,
+                EtherType::V6 => 6,
+            };
+            let (zone_map, dnat_map) =
+                (format!("pub_zone_{kind}{f}"), format!("pub_dnat_{kind}{f}"));
             let slot = (fam, p.protocol, p.host_port);
-            let key_host = match (host, fam) {
-                (Some(h), _) => h.to_string(),
-                (None, EtherType::V4) => "0.0.0.0/0".to_string(),
-                (None, EtherType::V6) => "::/0".to_string(),
-            };
-            let key = format!("{key_host} . {proto} . {}", p.host_port);
-            let map = match fam {
-                EtherType::V4 => &mut m.v4,
-                EtherType::V6 => &mut m.v6,
-            };
-            if any.contains(&slot) || map.contains_key(&key) {
+            let taken = m
+                .objects
+                .get(dnat_map.as_str())
+                .is_some_and(|e| e.contains_key(&key));
+            if any.contains(&slot) || taken {
                 tracing::warn!(%key, container_ip = %p.container_ip,
                     "host port already published; left out");
                 continue;
@@ -528,45 +563,42 @@ impl PubModel {
             if host.is_none() {
                 any.insert(slot);
             }
-            map.insert(
-                key,
-                (zone, format!("{} . {}", p.container_ip, p.container_port)),
-            );
+            let target = format!("{} . {}", p.container_ip, p.container_port);
+            for (name, value) in [
+                ("pub_ports", (port.clone(), String::new())),
+                (zone_map.as_str(), (key.clone(), zone.to_string())),
+                (dnat_map.as_str(), (key.clone(), target)),
+            ] {
+                if let Some(e) = m.objects.get_mut(name) {
+                    e.insert(value.0, value.1);
+                }
+            }
+            empty = false;
         }
-        (!m.v4.is_empty() || !m.v6.is_empty()).then_some(m)
+        (!empty).then_some(m)
     }
 
-    /// One of [`PUB_OBJECTS`] as key → data text (empty for the sets).
-    fn projection(&self, fam: EtherType, data: Option<bool>) -> BTreeMap<&str, String> {
-        let map = match fam {
-            EtherType::V4 => &self.v4,
-            EtherType::V6 => &self.v6,
-        };
-        map.iter()
-            .map(|(k, (zone, target))| {
-                let v = match data {
-                    None => String::new(),
-                    Some(true) => zone.to_string(),
-                    Some(false) => target.clone(),
-                };
-                (k.as_str(), v)
-            })
-            .collect()
+    /// The elements of one of [`PUB_OBJECTS`] as key → data.
+    fn projection(&self, name: &str) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.objects.get(name).unwrap_or(&EMPTY)
     }
 
     /// The elements of one of [`PUB_OBJECTS`] as nft text.
-    fn elements(&self, fam: EtherType, data: Option<bool>) -> Vec<String> {
-        let map = match fam {
-            EtherType::V4 => &self.v4,
-            EtherType::V6 => &self.v6,
-        };
-        map.iter()
-            .map(|(k, (zone, target))| match data {
-                None => k.clone(),
-                Some(true) => format!("{k} : {zone}"),
-                Some(false) => format!("{k} : {target}"),
-            })
+    fn elements(&self, name: &str) -> Vec<String> {
+        self.projection(name)
+            .iter()
+            .map(|(k, v)| pub_elem(k, v))
             .collect()
+    }
+}
+
+/// An element of a published-port set (`v` empty) or map.
+fn pub_elem(k: &str, v: &str) -> String {
+    if v.is_empty() {
+        k.to_string()
+    } else {
+        format!("{k} : {v}")
     }
 }
 
@@ -965,9 +997,9 @@ fn render_model(m: &Model) -> String {
         s.push_str("\t}\n");
     }
     if let Some(p) = &m.published {
-        for (kind, name, ty, fam, data) in PUB_OBJECTS {
-            let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}\n\t\tflags interval");
-            let elems = p.elements(fam, data);
+        for (kind, name, ty) in PUB_OBJECTS {
+            let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}");
+            let elems = p.elements(name);
             if !elems.is_empty() {
                 let _ = writeln!(s, "\t\telements = {{ {} }}", join_elems(elems));
             }
@@ -985,7 +1017,10 @@ fn render_model(m: &Model) -> String {
     s.push_str("\t}\n");
     if m.published.is_some() {
         for (name, hook, rules) in PUB_CHAINS {
-            let _ = writeln!(s, "\tchain {name} {{\n\t\t{hook}");
+            let _ = writeln!(s, "\tchain {name} {{");
+            if let Some(hook) = hook {
+                let _ = writeln!(s, "\t\t{hook}");
+            }
             for r in rules {
                 let _ = writeln!(s, "\t\t{r}");
             }
@@ -1116,12 +1151,9 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         }
     }
     if let (None, Some(p)) = (&o.published, &n.published) {
-        for (kind, name, ty, fam, data) in PUB_OBJECTS {
-            let _ = writeln!(
-                s,
-                "add {kind} inet {TABLE} {name} {{ {ty}; flags interval; }}"
-            );
-            let elems = p.elements(fam, data);
+        for (kind, name, ty) in PUB_OBJECTS {
+            let _ = writeln!(s, "add {kind} inet {TABLE} {name} {{ {ty}; }}");
+            let elems = p.elements(name);
             if !elems.is_empty() {
                 let _ = writeln!(
                     s,
@@ -1135,7 +1167,14 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
     let gone_i = diff_chains(&mut s, "inet", &o.ichains, &n.ichains);
     if o.published.is_none() && n.published.is_some() {
         for (name, hook, rules) in PUB_CHAINS {
-            let _ = writeln!(s, "add chain inet {TABLE} {name} {{ {hook} }}");
+            match hook {
+                Some(hook) => {
+                    let _ = writeln!(s, "add chain inet {TABLE} {name} {{ {hook} }}");
+                }
+                None => {
+                    let _ = writeln!(s, "add chain inet {TABLE} {name}");
+                }
+            }
             for r in rules {
                 let _ = writeln!(s, "add rule inet {TABLE} {name} {r}");
             }
@@ -1208,24 +1247,17 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         );
     }
     if let (Some(op), Some(np)) = (&o.published, &n.published) {
-        for (_, name, _, fam, data) in PUB_OBJECTS {
-            let (old_e, new_e) = (op.projection(fam, data), np.projection(fam, data));
-            let elem = |k: &str, v: &str| {
-                if v.is_empty() {
-                    k.to_string()
-                } else {
-                    format!("{k} : {v}")
-                }
-            };
+        for (_, name, _) in PUB_OBJECTS {
+            let (old_e, new_e) = (op.projection(name), np.projection(name));
             let dels: Vec<&str> = old_e
                 .iter()
                 .filter(|(k, v)| new_e.get(*k) != Some(v))
-                .map(|(k, _)| *k)
+                .map(|(k, _)| k.as_str())
                 .collect();
             let adds: Vec<String> = new_e
                 .iter()
                 .filter(|(k, v)| old_e.get(*k) != Some(v))
-                .map(|(k, v)| elem(k, v))
+                .map(|(k, v)| pub_elem(k, v))
                 .collect();
             if !dels.is_empty() {
                 let _ = writeln!(
@@ -1288,10 +1320,10 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         }
     }
     if o.published.is_some() && n.published.is_none() {
-        for (name, _, _) in PUB_CHAINS {
+        for (name, _, _) in PUB_CHAINS.iter().rev() {
             let _ = writeln!(s, "delete chain inet {TABLE} {name}");
         }
-        for (kind, name, _, _, _) in PUB_OBJECTS {
+        for (kind, name, _) in PUB_OBJECTS {
             let _ = writeln!(s, "delete {kind} inet {TABLE} {name}");
         }
     }

@@ -627,19 +627,22 @@ fn published_ports_render_as_map_elements_and_chains() {
     ];
     let s = render(&rs);
     for needle in [
-        "set pub4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval\n\t\telements = { 0.0.0.0/0 . tcp . 8080,\n\t\t\t192.0.2.1 . udp . 5353 }",
-        "0.0.0.0/0 . tcp . 8080 : 7",
-        "0.0.0.0/0 . tcp . 8080 : 10.0.0.5 . 80",
+        "set pub_ports {\n\t\ttype inet_proto . inet_service\n\t\telements = { sctp . 9000,\n\t\t\ttcp . 8080,\n\t\t\tudp . 5353 }",
+        "map pub_zone_any4 {\n\t\ttypeof meta l4proto . th dport : ct zone\n\t\telements = { tcp . 8080 : 7 }",
+        "map pub_dnat_any4 {\n\t\ttype inet_proto . inet_service : ipv4_addr . inet_service\n\t\telements = { tcp . 8080 : 10.0.0.5 . 80 }",
+        "192.0.2.1 . udp . 5353 : 7",
         "192.0.2.1 . udp . 5353 : 10.0.0.5 . 53",
-        "::/0 . tcp . 8080 : fd00::5 . 80",
-        "::/0 . sctp . 9000 : fd00::5 . 9",
+        "tcp . 8080 : fd00::5 . 80",
+        "sctp . 9000 : fd00::5 . 9",
         "chain pub_zone {\n\t\ttype filter hook prerouting priority -301;",
         "chain pub_zone_out {\n\t\ttype filter hook output priority -300;",
         "chain pub_dnat {\n\t\ttype nat hook prerouting priority -100;",
         "chain pub_dnat_out {\n\t\ttype nat hook output priority -100;",
         "chain pub_input {\n\t\ttype filter hook input priority 0;",
-        "fib daddr type local ct zone set ip daddr . meta l4proto . th dport map @pub_zone4",
-        "dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub_dnat6",
+        "chain pub_zone_set {\n\t\tip daddr 127.0.0.0/8 return",
+        "meta l4proto . th dport @pub_ports fib daddr type local jump pub_zone_set",
+        "ct zone set ip daddr . meta l4proto . th dport map @pub_zone_ip4",
+        "dnat ip6 to meta l4proto . th dport map @pub_dnat_any6",
     ] {
         assert!(s.contains(needle), "render lacks {needle:?}:\n{s}");
     }
@@ -667,11 +670,16 @@ fn diff_of_published_ports() {
     // the first one: sets and maps, then the chains that use them; nothing else
     let d = diff(&old, &new).expect("a diff");
     let pos = |d: &str, s: &str| d.find(s).unwrap_or_else(|| panic!("{s:?} not in\n{d}"));
-    assert!(pos(&d, "add map inet kuryr pub_dnat4") < pos(&d, "add chain inet kuryr pub_dnat {"));
+    assert!(
+        pos(&d, "add map inet kuryr pub_dnat_any4") < pos(&d, "add chain inet kuryr pub_dnat_to\n")
+    );
+    assert!(
+        pos(&d, "add chain inet kuryr pub_dnat_to\n") < pos(&d, "add chain inet kuryr pub_dnat {")
+    );
     assert!(d.contains(
         "add chain inet kuryr pub_zone { type filter hook prerouting priority -301; policy accept; }"
     ));
-    assert!(d.contains("add element inet kuryr pub_dnat6 { ::/0 . tcp . 8080 : fd00::5 . 80 }"));
+    assert!(d.contains("add element inet kuryr pub_dnat_any6 { tcp . 8080 : fd00::5 . 80 }"));
     assert!(d.lines().all(|l| l.contains(" pub")), "{d}");
 
     // more or changed mappings: element updates only; the zone stays
@@ -693,20 +701,35 @@ fn diff_of_published_ports() {
             "not an element update: {line:?}\n{d}"
         );
     }
-    assert!(d.contains("delete element inet kuryr pub_dnat4 { 0.0.0.0/0 . tcp . 8080 }"));
-    assert!(d.contains("add element inet kuryr pub_dnat4 { 0.0.0.0/0 . tcp . 8080 : 10.0.0.5 . 81, 192.0.2.1 . udp . 53 : 10.0.0.5 . 53 }"), "{d}");
     assert!(
-        d.contains("add element inet kuryr pub4 { 192.0.2.1 . udp . 53 }"),
+        d.contains("delete element inet kuryr pub_dnat_any4 { tcp . 8080 }"),
         "{d}"
     );
-    assert!(!d.contains("delete element inet kuryr pub_zone4"), "{d}");
+    assert!(
+        d.contains("add element inet kuryr pub_dnat_any4 { tcp . 8080 : 10.0.0.5 . 81 }"),
+        "{d}"
+    );
+    assert!(
+        d.contains("add element inet kuryr pub_dnat_ip4 { 192.0.2.1 . udp . 53 : 10.0.0.5 . 53 }"),
+        "{d}"
+    );
+    assert!(
+        d.contains("add element inet kuryr pub_ports { udp . 53 }"),
+        "{d}"
+    );
+    assert!(!d.contains("pub_zone_any4"), "{d}");
 
     // the last one goes: chains first, then what they used
     let d = diff(&moved, &old).expect("a diff");
     assert!(
-        pos(&d, "delete chain inet kuryr pub_dnat\n") < pos(&d, "delete map inet kuryr pub_dnat4")
+        pos(&d, "delete chain inet kuryr pub_dnat\n")
+            < pos(&d, "delete chain inet kuryr pub_dnat_to\n")
     );
-    assert!(d.contains("delete set inet kuryr pub6"), "{d}");
+    assert!(
+        pos(&d, "delete chain inet kuryr pub_dnat_to\n")
+            < pos(&d, "delete map inet kuryr pub_dnat_any4")
+    );
+    assert!(d.contains("delete set inet kuryr pub_ports"), "{d}");
     assert!(d.lines().all(|l| l.contains(" pub")), "{d}");
 
     // networks come and go in the bridged set with their zones
@@ -1480,4 +1503,124 @@ async fn bench_text_vs_json() {
         start.elapsed()
     );
     assert!(!r.is_empty());
+}
+
+/// Cost of published ports (run with: cargo test --release -p kuryr-dataplane --test
+/// nft bench_published -- --ignored --nocapture): apply times of the first mapping
+/// (sets, maps and chains), one more among N, N at once, and the last going; and
+/// the per-packet cost for traffic that is not published (bridged iperf3 between
+/// two containers, without and with 1,000 mappings present).
+#[tokio::test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn bench_published() {
+    let t = Topo::new(&['a', 'b']);
+    let nft = t.host.nft();
+    let base = Ruleset {
+        networks: zone(),
+        ports: vec![t.port('a', allow_all()), t.port('b', allow_all())],
+        groups: BTreeMap::new(),
+        published: vec![],
+    };
+    let with = |n: u16| {
+        let mut rs = base.clone();
+        rs.published = (0..n)
+            .map(|i| publish(BRIDGE, 6, None, 10000 + i, t.v4('a'), 5201))
+            .collect();
+        rs
+    };
+    let timed_apply = async |script: &str| {
+        let start = Instant::now();
+        nft.apply(script).await.expect("apply");
+        start.elapsed()
+    };
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut first, mut more, mut last) = (vec![], vec![], vec![]);
+    for _ in 0..5 {
+        nft.apply(&render(&base)).await.expect("base");
+        first.push(timed_apply(&diff(&base, &with(1)).expect("d")).await);
+        more.push(timed_apply(&diff(&with(1), &with(2)).expect("d")).await);
+        nft.apply(&render(&with(1000))).await.expect("1000");
+        let d = diff(&with(1000), &with(1001)).expect("d");
+        let one_of_1000 = timed_apply(&d).await;
+        more.push(one_of_1000);
+        last.push(timed_apply(&diff(&with(1001), &base).expect("d")).await);
+    }
+    let mut all = vec![];
+    for _ in 0..3 {
+        nft.apply(&render(&base)).await.expect("base");
+        all.push(timed_apply(&diff(&base, &with(1000)).expect("d")).await);
+    }
+    println!(
+        "apply (median): first mapping {:?}; one more (of 1 or 1000) {:?}; 1000 at once {:?}; all 1001 removed {:?}",
+        median(first),
+        median(more),
+        median(all),
+        median(last)
+    );
+
+    // bridged throughput a -> b, not published: without, then with 1000 mappings
+    // b -> a bridged, and through a published port (b to the host's address on
+    // the bridge, DNAT'd to a: the published path, hairpin)
+    t.host.ip(&["addr", "add", "10.78.0.254/24", "dev", BRIDGE]);
+    assert!(t.host.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    for _ in 0..2 {
+        let a = t.v4('a');
+        let without = iperf_gbps(&t, &nft, &base, 'b', 'a', a, 5201).await;
+        let with_1 = iperf_gbps(&t, &nft, &with(1), 'b', 'a', a, 5201).await;
+        let with_1000 = iperf_gbps(&t, &nft, &with(1000), 'b', 'a', a, 5201).await;
+        let pub_1 = iperf_gbps(&t, &nft, &with(1), 'b', 'a', "10.78.0.254", 10000).await;
+        let pub_1000 = iperf_gbps(&t, &nft, &with(1000), 'b', 'a', "10.78.0.254", 10000).await;
+        println!(
+            "TCP b -> a, best of 3 (Gbit/s): bridged {without:.2} without published ports, \
+             {with_1:.2} with 1, {with_1000:.2} with 1000; through the published port \
+             {pub_1:.2} with 1, {pub_1000:.2} with 1000"
+        );
+    }
+}
+
+/// Best of three 3-second iperf3 runs from `from` to `to:port` (the server in
+/// `server`, on 5201) under `rs`, in Gbit/s.
+async fn iperf_gbps(
+    t: &Topo,
+    nft: &Nft,
+    rs: &Ruleset,
+    from: char,
+    server: char,
+    to: &str,
+    port: u16,
+) -> f64 {
+    nft.apply(&render(rs)).await.expect("apply");
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let mut srv = Command::new("ip")
+            .args(["netns", "exec", &t.ct(server).name, "iperf3", "-s", "-1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 server");
+        std::thread::sleep(Duration::from_millis(200));
+        let port = port.to_string();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &t.ct(from).name, "iperf3", "-c", to, "-p"])
+            .args([port.as_str(), "-t", "3", "-J", "--connect-timeout", "2000"])
+            .output()
+            .expect("iperf3 client");
+        let _ = srv.kill();
+        let _ = srv.wait();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if bps == 0.0 {
+            eprintln!(
+                "iperf3 to {to}:{port} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        best = best.max(bps / 1e9);
+    }
+    best
 }
