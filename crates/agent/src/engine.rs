@@ -45,7 +45,7 @@ pub struct Engine {
     /// Link names the last pass wanted: one gone means a full dump and a sweep.
     last_wanted: BTreeSet<String>,
     /// Gateway addresses by network as last converged on its bridge.
-    applied_gateways: HashMap<String, Vec<IpNet>>,
+    applied_gateways: HashMap<String, (String, Vec<IpNet>)>,
     /// Forwarding (IPv4, IPv6) seen on since the last full pass.
     forwarding: (bool, bool),
     /// How long a network's bridge and vxlan device outlive its last port here, and
@@ -162,7 +162,7 @@ impl Engine {
 
         // Published ports: the gateways their traffic is routed through, and
         // forwarding, before the rules that send traffic there.
-        self.ensure_gateways(d, &bridges, full).await;
+        self.ensure_gateways(d, &bridges, &links, full).await;
         if full {
             self.forwarding = (false, false);
         }
@@ -396,14 +396,43 @@ impl Engine {
     /// first, so that the containers' gateway MAC does not follow the ports), and
     /// kuryr's addresses no longer wanted removed: those marked as kuryr's and the
     /// gateway addresses of the network's subnets. Anything else on the bridge is
-    /// left alone. Failures are logged and retried on the next pass.
-    async fn ensure_gateways(&mut self, d: &Desired, bridges: &HashMap<String, u32>, full: bool) {
+    /// left alone. A bridge no network wants any more (lingering before its
+    /// removal) loses kuryr's addresses at once. Failures are logged and retried on
+    /// the next pass.
+    async fn ensure_gateways(
+        &mut self,
+        d: &Desired,
+        bridges: &HashMap<String, u32>,
+        links: &HashMap<String, Link>,
+        full: bool,
+    ) {
         let todo: Vec<&NetDesired> = d
             .networks
             .values()
-            .filter(|n| full || self.applied_gateways.get(&n.id) != Some(&n.gateways))
+            .filter(|n| {
+                full || self.applied_gateways.get(&n.id).map(|(_, g)| g) != Some(&n.gateways)
+            })
             .collect();
-        if todo.is_empty() {
+        // Bridges that held gateways for a network gone from here, and on a full
+        // pass every kuryr bridge no network wants.
+        let wanted: BTreeSet<&str> = d.networks.values().map(|n| n.bridge.as_str()).collect();
+        let mut stale: BTreeMap<&str, (u32, &[IpNet])> = BTreeMap::new();
+        for (id, (bridge, gateways)) in &self.applied_gateways {
+            if !d.networks.contains_key(id)
+                && !gateways.is_empty()
+                && let Some(l) = links.get(bridge)
+            {
+                stale.insert(bridge, (l.index, gateways));
+            }
+        }
+        if full {
+            for l in links.values() {
+                if l.name.starts_with("brq") && is_ours(l) && !wanted.contains(l.name.as_str()) {
+                    stale.entry(&l.name).or_insert((l.index, &[]));
+                }
+            }
+        }
+        if todo.is_empty() && stale.is_empty() {
             return;
         }
         let all = match self.netlink.all_addresses().await {
@@ -413,6 +442,16 @@ impl Engine {
                 return;
             }
         };
+        for (bridge, (index, gateways)) in stale {
+            for a in all.iter().filter(|a| a.index == index) {
+                if a.protocol == Some(ADDRESS_PROTOCOL) || gateways.contains(&a.net) {
+                    tracing::info!(%bridge, address = %a.net, "removing a gateway address");
+                    if let Err(e) = self.netlink.delete_address(index, a.net).await {
+                        tracing::warn!(%bridge, error = %e, "removing a gateway address failed");
+                    }
+                }
+            }
+        }
         for n in todo {
             let Some(&index) = bridges.get(&n.id) else {
                 continue;
@@ -420,7 +459,7 @@ impl Engine {
             match self.converge_gateways(n, index, &all).await {
                 Ok(()) => {
                     self.applied_gateways
-                        .insert(n.id.clone(), n.gateways.clone());
+                        .insert(n.id.clone(), (n.bridge.clone(), n.gateways.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(network = %n.id, bridge = %n.bridge, error = %e,
@@ -827,10 +866,6 @@ mod tests {
         v
     }
 
-    /// Published ports through the engine: gateway addresses on the bridge (and
-    /// only kuryr's removed), forwarding on, DNAT from a client and from the host;
-    /// one mapping removed, then the last; then, by fresh engines (agent restarts),
-    /// what the bridge holds is read back.
     #[test]
     fn network_links_linger_after_the_last_port() {
         let (host_ns, ct_ns) = (Ns::new("h"), Ns::new("c"));
@@ -868,6 +903,11 @@ mod tests {
         );
     }
 
+    /// Published ports through the engine: gateway addresses on the bridge (and
+    /// only kuryr's removed), forwarding on, DNAT from a client and from the host;
+    /// one mapping removed, then the last; then, by fresh engines (agent restarts),
+    /// what the bridge holds is read back; a bridge lingering after its network's
+    /// last port keeps none of kuryr's addresses.
     #[test]
     fn published_ports_through_the_engine() {
         let (host_ns, ct_ns, client_ns) = (Ns::new("h"), Ns::new("c"), Ns::new("x"));
@@ -967,6 +1007,25 @@ mod tests {
             n.subnet_gateways.clear();
         }
         converge(&host, gone_subnet);
+        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
+
+        // The port goes with its mapping while the bridge lingers: the gateways go
+        // at once, from the same engine and, after a restart, from a fresh one.
+        let linger = Duration::from_secs(60);
+        let c = ct_ns.0.clone();
+        with_engine_lingering(&host, linger, async move |e: &mut Engine| {
+            e.converge(&desired(&c, &both[..1]))
+                .await
+                .expect("converge");
+            e.converge(&Desired::default()).await.expect("converge");
+        });
+        assert!(host.ip(&["-br", "link", "show", BR]).contains(BR));
+        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
+        converge(&host, desired(&ct_ns.0, &both[..1]));
+        with_engine_lingering(&host, linger, async move |e: &mut Engine| {
+            e.converge(&Desired::default()).await.expect("converge");
+        });
+        assert!(host.ip(&["-br", "link", "show", BR]).contains(BR));
         assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
         drop((host_ns, ct_ns, client_ns));
     }
