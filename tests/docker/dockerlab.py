@@ -318,9 +318,10 @@ class DockerLab(Lab):
                        "shutdown-timeout": 2, "userland-proxy": False,
                        "log-level": "warn"}, f)
         inner = (
-            "set -e; mkdir -p /run/docker/plugins /run/containerd; "
+            # A /run of its own (private mount namespace): the plugin directory
+            # dockerd looks in, containerd's state, nothing made in the machine's /run.
+            "set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/docker/plugins /run/containerd; "
             f"mount --bind {d}/plugins /run/docker/plugins; "
-            "mount -t tmpfs tmpfs /run/containerd; "
             f"exec {DOCKERD} --config-file {d}/daemon.json --data-root {d}/root "
             f"--exec-root {d}/exec --pidfile {d}/docker.pid -H unix://{d}/docker.sock "
             f"--cgroup-parent /{self.cgroup_parent(host)} "
