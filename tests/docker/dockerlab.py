@@ -563,24 +563,6 @@ class DockerLab(Lab):
                 found.add(f"security group {g['id']} {g['name']}")
         return found
 
-    def leftovers(self, host):
-        """kuryr links, per-port chains, per-group sets, and elements of kuryr's sets and
-        maps left on a host (the tables and their base chains stay)."""
-        links, objects = self.kuryr_objects(host)
-        left = list(links)
-        for o in objects:
-            kind = next((k for k in ("chain", "set", "map") if k in o), None)
-            if kind is None:
-                continue
-            name = o[kind].get("name", "")
-            if kind == "chain" and re.match(r"^(in|out|spoof)_", name):
-                left.append(f"chain {name}")
-            if kind == "set" and re.match(r"^g[46]_", name):
-                left.append(f"set {name}")
-            if kind in ("set", "map") and o[kind].get("elem"):
-                left.append(f"{kind} {name} elements {o[kind]['elem']}")
-        return left
-
 
 def unique(kind):
     return f"t-{kind}-{uuid.uuid4().hex[:6]}"

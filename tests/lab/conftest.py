@@ -12,10 +12,7 @@ from lab import Lab  # noqa: E402
 _LABS = []
 
 
-@pytest.fixture(scope="session")
-def lab():
-    """Server + three agents in namespaces, shared by the tests of one worker.
-    Each test makes its own networks and containers."""
+def _a_lab():
     if os.geteuid() != 0:
         pytest.fail("the lab needs root (network namespaces)")
     lab = Lab(hosts=3)
@@ -27,16 +24,17 @@ def lab():
         lab.close()
 
 
+@pytest.fixture(scope="session")
+def lab():
+    """Server + three agents in namespaces, shared by the tests of one worker.
+    Each test makes its own networks and containers."""
+    yield from _a_lab()
+
+
 @pytest.fixture
 def fresh_lab():
     """A lab of its own, for tests that kill or stop agents."""
-    lab = Lab(hosts=3)
-    _LABS.append(lab)
-    try:
-        yield lab
-    finally:
-        _LABS.remove(lab)
-        lab.close()
+    yield from _a_lab()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -405,3 +405,21 @@ class Lab:
                    and (o.get("chain") or o.get("set") or o.get("map") or o.get("rule") or {})
                    .get("table") == "kuryr"]
         return names, objects
+
+    def leftovers(self, host):
+        """kuryr links, per-port chains, per-group sets, and any element left in kuryr's
+        sets and maps on a host (the tables and their base chains stay)."""
+        links, objects = self.kuryr_objects(host)
+        left = list(links)
+        for o in objects:
+            kind = next((k for k in ("chain", "set", "map") if k in o), None)
+            if kind is None:
+                continue
+            name = o[kind].get("name", "")
+            if kind == "chain" and re.match(r"^(in|out|spoof)_", name):
+                left.append(f"chain {name}")
+            if kind == "set" and re.match(r"^g[46]_", name):
+                left.append(f"set {name}")
+            if kind in ("set", "map") and o[kind].get("elem"):
+                left.append(f"{kind} {name} elements {o[kind]['elem']}")
+        return left

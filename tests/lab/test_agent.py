@@ -239,8 +239,9 @@ def test_agent_list_shows_hosts_and_a_stopped_agent_goes_dead(fresh_lab):
     assert {a["Host"]: a["Alive"] for a in lab.openstack("network", "agent", "list")}["h1"] is True
 
 
-def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
-    lab = fresh_lab
+def pinging_across_hosts(lab):
+    """A network with a container on h1 and one on h2 that ping each other:
+    (network, port 1, port 2, container 1, container 2, container 2's address)."""
     v4, _ = cidr_block()
     net, _ = lab.network(name("net"), f"{v4}.0/24")
     p1, p2 = lab.port(net), lab.port(net)
@@ -251,6 +252,12 @@ def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
     lab.bind("h2", p2, c2)
     dst = p2["fixed_ips"][0]["ip_address"]
     assert lab.ping_eventually(c1, dst)
+    return net, p1, p2, c1, c2, dst
+
+
+def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
+    lab = fresh_lab
+    net, p1, p2, c1, c2, dst = pinging_across_hosts(lab)
     pinger = subprocess.Popen(["ip", "netns", "exec", lab.ns(c1), "ping", "-i", "0.05", "-c", "200",
                                "-W", "1", dst], stdout=subprocess.PIPE, text=True)
     time.sleep(2)
@@ -282,45 +289,17 @@ def test_kill9_agent_during_pings_then_nothing_left(fresh_lab):
     assert "keepme0" in {l["ifname"] for l in lab.links("h1")}
     # Delete everything: nothing kuryr made is left on either host (while ports
     # exist, the same check does see their objects).
-    assert leftovers(lab, "h1") and leftovers(lab, "h2")
+    assert lab.leftovers("h1") and lab.leftovers("h2")
     for p in (p1, p2):
         lab.api("DELETE", f"/ports/{p['id']}", expect=204)
     lab.api("DELETE", f"/networks/{net['id']}", expect=204)
     for h in ("h1", "h2"):
-        lab.wait_for(lambda h=h: not leftovers(lab, h), 10, f"{h} to remove every kuryr object")
-
-
-def leftovers(lab, host):
-    """kuryr links, per-port chains, per-group sets, and any element left in kuryr's
-    sets and maps on a host (the tables and their base chains stay)."""
-    links, objects = lab.kuryr_objects(host)
-    left = list(links)
-    for o in objects:
-        kind = next((k for k in ("chain", "set", "map") if k in o), None)
-        if kind is None:
-            continue
-        name = o[kind].get("name", "")
-        if kind == "chain" and re.match(r"^(in|out|spoof)_", name):
-            left.append(f"chain {name}")
-        if kind == "set" and re.match(r"^g[46]_", name):
-            left.append(f"set {name}")
-        if kind in ("set", "map") and o[kind].get("elem"):
-            left.append(f"{kind} {name} elements {o[kind]['elem']}")
-    return left
+        lab.wait_for(lambda h=h: not lab.leftovers(h), 10, f"{h} to remove every kuryr object")
 
 
 def test_server_down_keeps_dataplane_and_agents_resume(fresh_lab):
     lab = fresh_lab
-    v4, _ = cidr_block()
-    net, _ = lab.network(name("net"), f"{v4}.0/24")
-    p1, p2 = lab.port(net), lab.port(net)
-    c1, c2 = name("c1"), name("c2")
-    lab.add_container(c1)
-    lab.add_container(c2)
-    lab.bind("h1", p1, c1)
-    lab.bind("h2", p2, c2)
-    dst = p2["fixed_ips"][0]["ip_address"]
-    assert lab.ping_eventually(c1, dst)
+    net, p1, p2, c1, c2, dst = pinging_across_hosts(lab)
     # SIGTERM with agents watching: the server ends their streams and exits.
     assert lab.server.stop(timeout=10), "kuryr server did not stop on SIGTERM:\n" + lab.server.log()
     # No server: traffic flows, the agents keep running and retry.

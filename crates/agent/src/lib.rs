@@ -515,11 +515,6 @@ impl Agent {
         netns: PathBuf,
         ifname: String,
     ) -> Result<BindResult, AgentError> {
-        if !valid_ifname(&ifname) {
-            return Err(AgentError::BadRequest(format!(
-                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
-            )));
-        }
         if let Err(e) = NetNs::open(&netns) {
             return Err(AgentError::BadRequest(format!(
                 "{} is not a network namespace: {e}",
@@ -527,50 +522,21 @@ impl Agent {
             )));
         }
         let binding = Binding {
-            netns: netns.clone(),
-            ifname: ifname.clone(),
+            netns,
+            ifname,
             ..Default::default()
         };
-        self.bind_as(port_id, binding).await
+        self.bind_with(port_id, binding, None).await
     }
 
     /// Binds a port Docker's way: the container end is created in this agent's own
     /// namespace as `ifname` (bare: MAC and MTU) for Docker to move into its sandbox.
+    /// `port` is the port as the caller just read or wrote it (no second read).
     pub async fn bind_handoff(
-        &self,
-        port_id: &str,
-        ifname: String,
-    ) -> Result<BindResult, AgentError> {
-        if !valid_ifname(&ifname) {
-            return Err(AgentError::BadRequest(format!(
-                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
-            )));
-        }
-        let binding = Binding {
-            netns: PathBuf::from("/proc/self/ns/net"),
-            ifname,
-            handoff: true,
-            published: Vec::new(),
-        };
-        self.bind_as(port_id, binding).await
-    }
-
-    async fn bind_as(&self, port_id: &str, binding: Binding) -> Result<BindResult, AgentError> {
-        self.bind_with(port_id, binding, None).await
-    }
-
-    /// [`Agent::bind_handoff`] for a caller that has just read or written the port
-    /// (the Docker plugin): no second read.
-    pub async fn bind_handoff_port(
         &self,
         port: &Port,
         ifname: String,
     ) -> Result<BindResult, AgentError> {
-        if !valid_ifname(&ifname) {
-            return Err(AgentError::BadRequest(format!(
-                "invalid interface name {ifname:?}: 1 to 15 printable characters, no '/' or ':'"
-            )));
-        }
         let binding = Binding {
             netns: PathBuf::from("/proc/self/ns/net"),
             ifname,
@@ -589,6 +555,12 @@ impl Agent {
         if !kuryr_model::input::is_uuid(port_id) {
             return Err(AgentError::BadRequest(format!(
                 "{port_id:?} is not a port id (a UUID)"
+            )));
+        }
+        if !valid_ifname(&binding.ifname) {
+            return Err(AgentError::BadRequest(format!(
+                "invalid interface name {:?}: 1 to 15 printable characters, no '/' or ':'",
+                binding.ifname
             )));
         }
         let existing = lock(&self.state).bindings.get(port_id).cloned();

@@ -94,26 +94,30 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let path = agent.config().socket.clone();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            anyhow::bail!(
-                "another agent is listening on {}; stop it or pass --socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(&path)?;
-    }
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    let listener = listen_unix(&path, "another agent; stop it or pass --socket").await?;
     tracing::info!(socket = %path.display(), "agent API ready");
     let served = axum::serve(listener, router(agent))
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = std::fs::remove_file(&path);
     Ok(served?)
+}
+
+/// A root-only unix socket at `path`. A stale socket file (no one listening) is
+/// replaced; a live one is an error naming `owner`.
+pub async fn listen_unix(path: &Path, owner: &str) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("{} is in use by {owner}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
 }
 
 /// A client of the local API (the `kuryr port` commands; the Docker plugin and CNI

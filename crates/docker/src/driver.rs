@@ -10,7 +10,7 @@ use kuryr_agent::state::PublishedPort;
 use kuryr_model::{Network, Port, Subnet};
 use serde_json::{Value, json};
 
-use crate::ipam::{Selection, parse_bool, parse_cidr, parse_ip};
+use crate::ipam::{Selection, parse_bool, parse_cidr, parse_ip, the_one_named};
 use crate::protocol::{self, EXPOSED_PORTS, GENERIC_OPTIONS, PORT_MAP};
 use crate::{
     DEVICE_OWNER, NET_EXISTING_TAG, NET_PREFIX, NET_TAG_LH, NET_TAG_UH, Plugin, PluginError,
@@ -193,24 +193,12 @@ impl Plugin {
                 .await
                 .map_err(|e| PluginError::neutron(&format!("network {id}"), e))?
         } else if let Some(name) = generic.get("neutron.net.name") {
-            let mut found = self
+            let found = self
                 .client
                 .list_networks(&[("name", name)])
                 .await
                 .map_err(|e| PluginError::neutron("listing networks", e))?;
-            match found.len() {
-                1 => found.remove(0),
-                0 => {
-                    return Err(PluginError::NotFound(format!(
-                        "Neutron network named {name:?} does not exist"
-                    )));
-                }
-                n => {
-                    return Err(PluginError::Conflict(format!(
-                        "{n} Neutron networks are named {name:?}: select one by neutron.net.uuid"
-                    )));
-                }
-            }
+            the_one_named(found, "net", name)?
         } else {
             return Ok(None);
         };
@@ -496,7 +484,7 @@ impl Plugin {
             .endpoints
             .insert(req.endpoint_id.clone(), port.id.clone());
         self.agent
-            .bind_handoff_port(&port, container_ifname(&port.id))
+            .bind_handoff(&port, container_ifname(&port.id))
             .await
             .map_err(|e| PluginError::agent("binding the port", e))?;
         // Docker chose the MAC (the IPAM driver asks it to); the port has it. Only

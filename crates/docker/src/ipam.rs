@@ -102,15 +102,7 @@ impl Plugin {
                 .list_subnets(&[("name", name)])
                 .await
                 .map_err(|e| PluginError::neutron("listing subnets", e))?;
-            return match found.len() {
-                1 => Ok(found.into_iter().next()),
-                0 => Err(PluginError::NotFound(format!(
-                    "Neutron subnet named {name:?} does not exist"
-                ))),
-                n => Err(PluginError::Conflict(format!(
-                    "{n} Neutron subnets are named {name:?}: select one by neutron.subnet.uuid"
-                ))),
-            };
+            return the_one_named(found, "subnet", name).map(Some);
         }
         Ok(None)
     }
@@ -130,12 +122,7 @@ impl Plugin {
                 .list_subnetpools(&[("name", name)])
                 .await
                 .map_err(|e| PluginError::neutron("listing subnet pools", e))?;
-            return match found.len() {
-                0 => Err(PluginError::NotFound(format!(
-                    "Specified pool name({name}) does not exist."
-                ))),
-                _ => Ok(found.into_iter().next()),
-            };
+            return the_one_named(found, "pool", name).map(Some);
         }
         Ok(None)
     }
@@ -644,6 +631,20 @@ impl Plugin {
                 e,
             )),
         }
+    }
+}
+
+/// The single Neutron object a `neutron.<kind>.name` option names (names need not
+/// be unique in Neutron; an ambiguous one is refused, not guessed).
+pub(crate) fn the_one_named<T>(mut found: Vec<T>, kind: &str, name: &str) -> PluginResult<T> {
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(PluginError::NotFound(format!(
+            "Neutron {kind} named {name:?} does not exist"
+        ))),
+        n => Err(PluginError::Conflict(format!(
+            "{n} Neutron {kind}s are named {name:?}: select one by neutron.{kind}.uuid"
+        ))),
     }
 }
 

@@ -399,8 +399,7 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .with_state(plugin)
 }
 
-/// Serves the plugin until `shutdown`. A stale unix socket (no one listening) is
-/// replaced; a live one is an error.
+/// Serves the plugin until `shutdown`.
 pub async fn serve(
     plugin: Arc<Plugin>,
     listen: Listen,
@@ -409,19 +408,11 @@ pub async fn serve(
     let app = router(plugin);
     match listen {
         Listen::Unix(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            if path.exists() {
-                if tokio::net::UnixStream::connect(&path).await.is_ok() {
-                    anyhow::bail!(
-                        "another process serves the Docker plugin on {}",
-                        path.display()
-                    );
-                }
-                std::fs::remove_file(&path)?;
-            }
-            let listener = tokio::net::UnixListener::bind(&path)?;
+            let listener = kuryr_agent::local::listen_unix(
+                &path,
+                "another Docker plugin; stop it or pass --docker-socket",
+            )
+            .await?;
             tracing::info!(socket = %path.display(), "Docker plugin kuryr ready (NetworkDriver, IpamDriver)");
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
