@@ -118,9 +118,12 @@ def test_remote_group_membership_is_live(lab):
     lab.api("PUT", f"/ports/{c2['id']}",
             {"port": {"security_groups": [clients["id"]]}}, expect=200)
     assert lab.ping_eventually(cc2, ip4(w))
-    # c1 leaves it: cut off.
+    # c1 leaves it: once h1 has applied that (tens of ms later; a ping sent at once
+    # may still pass, CI saw one), cut off.
     lab.api("PUT", f"/ports/{c1['id']}",
             {"port": {"security_groups": [outsider_sg["id"]]}}, expect=200)
+    lab.wait_for(lambda: ip4(c1) not in lab.exec("h1", "nft", "list", "table", "inet", "kuryr"),
+                 10, "h1 to drop c1 from the clients set")
     assert lab.never_pings(cc1, ip4(w))
     rules = lab.exec("h1", "nft", "list", "table", "inet", "kuryr")
     assert ip4(c2) in rules and ip4(c1) not in rules
