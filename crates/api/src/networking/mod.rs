@@ -4,6 +4,7 @@
 mod agents;
 mod db;
 mod networks;
+pub mod policy;
 mod ports;
 mod query;
 mod quotas;
@@ -299,32 +300,51 @@ trait NowOrNever: futures::Stream + Unpin {
 }
 impl<S: futures::Stream + Unpin> NowOrNever for S {}
 
-/// The caller of a Neutron request.
+/// The caller of a Neutron request, with Keystone's implied roles expanded
+/// (admin → manager → member → reader), as a Keystone token lists them.
 #[derive(Debug, Clone)]
-pub struct Ctx(pub AuthContext);
+pub struct Ctx {
+    pub auth: AuthContext,
+    roles: HashSet<String>,
+}
 
 impl Ctx {
+    pub fn new(auth: AuthContext) -> Self {
+        let mut roles: HashSet<String> = auth.roles.iter().cloned().collect();
+        for (prior, implied) in [
+            ("admin", "manager"),
+            ("manager", "member"),
+            ("member", "reader"),
+        ] {
+            if roles.contains(prior) {
+                roles.insert(implied.to_string());
+            }
+        }
+        Ctx { auth, roles }
+    }
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains(role)
+    }
     pub fn is_admin(&self) -> bool {
-        self.0.is_admin()
+        self.has_role("admin")
     }
     pub fn project(&self) -> &str {
-        &self.0.project_id
+        &self.auth.project_id
     }
-    /// Readers may look but not change anything.
-    pub fn can_write(&self) -> bool {
-        self.0.roles.iter().any(|r| r == "admin" || r == "member")
-    }
-    pub fn check_write(&self) -> Result<(), NeutronError> {
-        if self.can_write() {
-            Ok(())
-        } else {
-            Err(NeutronError::forbidden(
-                "rule:create is disallowed by policy: readers cannot change resources",
-            ))
+    /// A credential attribute, for `project_id:%(...)s`-style checks.
+    pub fn credential(&self, key: &str) -> Option<&str> {
+        match key {
+            "project_id" | "tenant_id" | "tenant" => Some(&self.auth.project_id),
+            "user_id" => Some(&self.auth.user_id),
+            _ => None,
         }
     }
-    pub fn owns(&self, project_id: &str) -> bool {
-        self.is_admin() || self.project() == project_id
+    /// The hosts this caller is the agent of (`kuryr_agent:<host>` roles).
+    pub fn agent_hosts(&self) -> impl Iterator<Item = &str> {
+        self.roles
+            .iter()
+            .filter_map(|r| r.strip_prefix(policy::AGENT_ROLE_PREFIX))
+            .filter(|h| !h.is_empty())
     }
 }
 
@@ -366,7 +386,7 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
             }
         }
     };
-    req.extensions_mut().insert(Ctx(ctx));
+    req.extensions_mut().insert(Ctx::new(ctx));
     next.run(req).await
 }
 

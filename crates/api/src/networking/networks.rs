@@ -16,17 +16,8 @@ fn flat_key(physnet: &str) -> String {
     format!("/neutron/flat/{physnet}")
 }
 
-fn admin_only(ctx: &Ctx, attr: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(NeutronError::forbidden(format!(
-            "(rule:create_network and rule:create_network:{attr}) is disallowed by policy"
-        ))))
-    }
-}
-
-/// The project a new resource belongs to: the caller's, or any project for an admin.
+/// The project a new resource belongs to: the caller's unless given (only admins may
+/// give another: the resource layer checks that before any create).
 pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
     let p = input.string("project_id", 255)?;
     let t = input.string("tenant_id", 255)?;
@@ -37,13 +28,7 @@ pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
             "'project_id' and 'tenant_id' do not match",
         )));
     }
-    match p.or(t) {
-        Some(p) if p != ctx.project() && !ctx.is_admin() => Err(ApiError(NeutronError::forbidden(
-            "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin privileges",
-        ))),
-        Some(p) => Ok(p),
-        None => Ok(ctx.project().to_string()),
-    }
+    Ok(p.or(t).unwrap_or_else(|| ctx.project().to_string()))
 }
 
 impl Resource for Network {
@@ -56,8 +41,12 @@ impl Resource for Network {
 
     standard_fields!(networks);
 
-    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
-        ctx.owns(&self.project_id) || self.shared || self.router_external
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        vec![
+            ("shared", Value::Bool(false)),
+            ("router:external", Value::Bool(false)),
+            ("is_default", Value::Bool(false)),
+        ]
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let subnets = db
@@ -110,11 +99,6 @@ impl Resource for Network {
         let port_security = input.boolean("port_security_enabled")?;
         input.ignore(&["availability_zone_hints", "is_default"]);
         input.finish()?;
-        if (shared.is_some() || external.is_some()) && !ctx.is_admin() {
-            return Err(ApiError(NeutronError::forbidden(
-                "rule:update_network:shared is disallowed by policy",
-            )));
-        }
         let max_mtu = net.config.underlay_mtu;
         resource::update_with::<Network, _>(net, ctx, id, if_match, |db, n| {
             if let Some(v) = &name {
@@ -228,15 +212,6 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     input.ignore(&["availability_zone_hints"]);
     input.finish()?;
 
-    if shared {
-        admin_only(ctx, "shared")?;
-    }
-    if external {
-        admin_only(ctx, "router:external")?;
-    }
-    if network_type.is_some() || physical_network.is_some() || segmentation_id.is_some() {
-        admin_only(ctx, "provider:network_type")?;
-    }
     let network_type = network_type.unwrap_or_else(|| "vxlan".into());
     if !NETWORK_TYPES.contains(&network_type.as_str()) {
         return Err(ApiError(NeutronError::invalid_input(format!(

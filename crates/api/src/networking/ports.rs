@@ -18,6 +18,7 @@ use super::db::{Db, Entry, Table, keys};
 use super::networks::{find_network, owner_project};
 use super::resource::{self, Resource, check_quota, clean_tags, encode, key, standard_fields};
 use super::security_groups::ensure_default_sg;
+use super::subnets::network_facts;
 use super::{ApiError, ApiResult, Ctx, Networking, Shared, new_id, now};
 
 /// Membership of a port in a security group; a group cannot be deleted while any exist.
@@ -73,16 +74,6 @@ struct PortSpec {
     port_security: Option<bool>,
     pairs: Vec<AddressPair>,
     tags: Vec<String>,
-}
-
-fn admin_attr(ctx: &Ctx, attr: &str, verb: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(NeutronError::forbidden(format!(
-            "(rule:{verb}_port and rule:{verb}_port:{attr}) is disallowed by policy"
-        ))))
-    }
 }
 
 fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> {
@@ -234,14 +225,6 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
         .map(parse_profile)
         .transpose()?;
     let vnic_type = input.string("binding:vnic_type", 64)?;
-    for (attr, given) in [
-        ("binding:host_id", host_id.is_some()),
-        ("binding:profile", profile.is_some()),
-    ] {
-        if given {
-            admin_attr(ctx, attr, "create")?;
-        }
-    }
     if let Some(v) = &vnic_type
         && v != "normal"
     {
@@ -636,13 +619,53 @@ impl Resource for Port {
 
     standard_fields!(ports);
 
-    fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
-        // The network's owner sees the ports on it, as in Neutron.
-        ctx.owns(&self.project_id)
-            || db
-                .networks
-                .get(&self.network_id)
-                .is_some_and(|n| ctx.owns(&n.value.project_id))
+    fn related(&self, db: &Db) -> Vec<(&'static str, Value)> {
+        network_facts(db, &self.network_id)
+    }
+    fn create_target(
+        db: &Db,
+        ctx: &Ctx,
+        item: &Map<String, Value>,
+    ) -> ApiResult<Map<String, Value>> {
+        let Some(Value::String(network_id)) = item.get("network_id") else {
+            return Err(ApiError(NeutronError::bad_request(
+                "Failed to parse request. Required attribute 'network_id' not specified",
+            )));
+        };
+        // A network the caller cannot see does not exist for it.
+        find_network(db, ctx, network_id)?;
+        let mut t = resource::item_target(ctx, item);
+        for (k, v) in network_facts(db, network_id) {
+            t.insert(k.to_string(), v);
+        }
+        for (k, v) in [("device_owner", ""), ("binding:host_id", "")] {
+            t.entry(k).or_insert_with(|| Value::String(v.to_string()));
+        }
+        Ok(t)
+    }
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        vec![
+            ("device_owner", Value::String(String::new())),
+            ("device_id", Value::String(String::new())),
+            ("binding:vnic_type", Value::String("normal".into())),
+        ]
+    }
+    fn update_facts(&self, body: &Map<String, Value>) -> Vec<(&'static str, Value)> {
+        // What an agent may touch: the binding of ports on its own host.
+        let binding_only = body.keys().all(|k| {
+            matches!(
+                k.as_str(),
+                "binding:host_id"
+                    | "status"
+                    | "binding:vif_type"
+                    | "binding:vif_details"
+                    | "binding:profile"
+            )
+        });
+        vec![
+            ("kuryr:prior_host", Value::String(self.host_id.clone())),
+            ("kuryr:binding_only", Value::Bool(binding_only)),
+        ]
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         if let Some(ids) = q.filter("id") {
@@ -804,17 +827,6 @@ impl Resource for Port {
         let status = input.string("status", 16)?;
         input.ignore(&["binding:vnic_type", "extra_dhcp_opts"]);
         input.finish()?;
-        for (attr, given) in [
-            ("binding:host_id", host_id.is_some()),
-            ("binding:profile", profile.is_some()),
-            ("binding:vif_type", vif_type.is_some()),
-            ("binding:vif_details", vif_details.is_some()),
-            ("status", status.is_some()),
-        ] {
-            if given {
-                admin_attr(ctx, attr, "update")?;
-            }
-        }
         if let Some(s) = &status
             && !["ACTIVE", "DOWN", "BUILD", "ERROR"].contains(&s.as_str())
         {
