@@ -80,6 +80,14 @@ struct ServerArgs {
     #[arg(long, default_value = "1:65535", value_parser = parse_range)]
     vni_range: (u32, u32),
 
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = kuryr_api::limits::DEFAULT_MAX_REQUEST_BODY)]
+    max_request_body: usize,
+
+    /// The most resources one bulk create may hold.
+    #[arg(long, default_value_t = 1000)]
+    max_bulk: usize,
+
     /// Revisions of change history kept so that watchers can resume.
     #[arg(long, default_value_t = 100_000)]
     history: u64,
@@ -231,8 +239,11 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             auth_mode,
             agent_down_time: Duration::from_secs(args.agent_down_time),
             watch_keepalive: Duration::from_secs(args.watch_keepalive.max(1)),
+            max_bulk: args.max_bulk,
         },
+        max_request_body: args.max_request_body,
     };
+    let mut fatal = store.fatal();
     let app = kuryr_api::app(store, config).await?;
     let networking = app.networking.clone();
     tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
@@ -280,13 +291,33 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     if up {
         print_usage(&args, &public_url)?;
     }
+    // A store that failed a commit refuses writes until it is reopened: stop (non-zero)
+    // so that the supervisor (systemd, Kubernetes) restarts kuryr on a reopened store,
+    // rather than answering 503 forever.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        if let Ok(reason) = fatal.wait_for(Option::is_some).await {
+            let _ = failed_tx.send(reason.clone().unwrap_or_default());
+        }
+    });
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let failed_seen = failed.clone();
     axum::serve(listener, app.router)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Ok(reason) = failed_rx => {
+                    tracing::error!(%reason, "the store failed a commit; stopping so that kuryr is restarted on a reopened store");
+                    *failed_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
+            }
             // Host watches never end by themselves; graceful shutdown waits for them.
             networking.close_watches();
         })
         .await?;
+    if let Some(reason) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        anyhow::bail!("the store failed a commit ({reason}); restart kuryr to reopen it");
+    }
     tracing::info!("kuryr server stopped");
     Ok(())
 }

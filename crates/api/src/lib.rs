@@ -2,6 +2,7 @@
 //! under `/networking`, on one listener, backed by a [`kuryr_store::Store`].
 
 pub mod identity;
+pub mod limits;
 pub mod networking;
 
 use std::sync::Arc;
@@ -18,6 +19,8 @@ pub use networking::{Networking, NetworkingConfig};
 pub struct ServerConfig {
     pub identity: IdentityConfig,
     pub networking: NetworkingConfig,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: usize,
 }
 
 /// The HTTP application and the handle that ends its long-lived streams.
@@ -44,6 +47,14 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
         .nest("/identity", identity.router())
         .nest("/networking", networking.router())
         .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_request_body,
+            limits::limit_body,
+        ))
+        // The limit above is the one that answers; axum's own must not be lower.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.max_request_body,
+        ))
         .layer(request_ids);
     Ok(App { router, networking })
 }

@@ -93,6 +93,8 @@ struct Inner {
     live: broadcast::Sender<Arc<Change>>,
     /// Latest committed revision; only stored after its commit is durable.
     revision: Arc<AtomicU64>,
+    /// Set by the writer when a commit fails (redb then refuses writes until reopened).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Drop for Inner {
@@ -147,7 +149,9 @@ impl EmbeddedStore {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let revision_pub = Arc::new(AtomicU64::new(revision));
         let retention = history_retention.max(1);
+        let (fatal, _) = tokio::sync::watch::channel(None);
         let writer = Writer {
+            fatal: fatal.clone(),
             db: db.clone(),
             live: live.clone(),
             revision_pub: revision_pub.clone(),
@@ -167,6 +171,7 @@ impl EmbeddedStore {
                 writer: Some(writer),
                 live,
                 revision: revision_pub,
+                fatal,
             }),
         })
     }
@@ -333,6 +338,7 @@ fn decode_changes(rev: Revision, row: &[u8], prefix: &str, out: &mut Vec<Event>)
 
 struct Writer {
     db: Arc<Database>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     live: broadcast::Sender<Arc<Change>>,
     revision_pub: Arc<AtomicU64>,
     /// Latest durable revision. Advanced only after a successful commit.
@@ -389,6 +395,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, transactions = batch.len(), "store commit failed");
+                self.fatal.send_replace(Some(e.to_string()));
                 for req in batch.drain(..) {
                     let _ = req.reply.send(Err(StoreError::Io(e.to_string())));
                 }
@@ -684,6 +691,10 @@ impl Watch {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.fatal.subscribe()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         // A point read is a few page lookups, cheaper than a hop to the blocking pool.
         let r = self.inner.db.begin_read().map_err(io)?;
@@ -827,6 +838,7 @@ mod tests {
         let s = EmbeddedStore::start(db, 100).expect("start");
         let ok = s.txn(Txn::new().put("/k", "v")).await.expect("first put");
         assert_eq!(ok, TxnOutcome::Committed(1));
+        assert!(s.fatal().borrow().is_none());
         let mut w = s.watch("/", 0).await.expect("watch");
 
         fail.store(true, Ordering::SeqCst);
@@ -840,6 +852,7 @@ mod tests {
         }
         assert_eq!(s.current_revision().await.expect("rev"), 1);
         assert!(s.get("/f/0").await.expect("get").is_none());
+        assert!(s.fatal().borrow().is_some(), "the owner is told to restart");
 
         // redb refuses to write after a failed commit until the file is reopened (the
         // page cache can no longer be trusted), so the store keeps failing writes

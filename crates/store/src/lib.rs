@@ -141,4 +141,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every change under `prefix` with revision `>= from_revision`, then live changes.
     /// A stream item `Err` ends the stream.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
+
+    /// Becomes `Some(reason)` when the store can no longer commit without being
+    /// reopened (the embedded store after a failed commit): its owner should stop so
+    /// that a supervisor restarts it on a reopened store.
+    fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>>;
 }

@@ -46,6 +46,8 @@ pub struct NetworkingConfig {
     pub agent_down_time: Duration,
     /// How often a host watch sends a keepalive frame when nothing changed.
     pub watch_keepalive: Duration,
+    /// The most resources one bulk create may hold.
+    pub max_bulk: usize,
 }
 
 pub struct Networking {
@@ -223,16 +225,12 @@ impl Networking {
         }
     }
 
-    /// Reserves guard keys for a request in flight; false if one is already taken.
-    pub fn reserve(&self, keys: &[String]) -> bool {
-        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.iter().any(|k| r.contains(k)) {
-            return false;
+    /// A guard for the keys one request in flight picks (see [`Reservation`]).
+    pub fn reservation(&self) -> Reservation<'_> {
+        Reservation {
+            net: self,
+            keys: Vec::new(),
         }
-        for k in keys {
-            r.insert(k.clone());
-        }
-        true
     }
 
     pub fn is_reserved(&self, key: &str) -> bool {
@@ -242,11 +240,12 @@ impl Networking {
             .contains(key)
     }
 
-    pub fn release(&self, keys: &[String]) {
-        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        for k in keys {
-            r.remove(k);
-        }
+    /// How many keys requests in flight hold (0 when the server is idle).
+    pub fn reserved_count(&self) -> usize {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn hint(&self, subnet: &str) -> Option<IpAddr> {
@@ -289,6 +288,45 @@ impl Networking {
             .route("/", get(versions))
             .nest("/v2.0", v2)
             .with_state(self.clone())
+    }
+}
+
+/// Guard keys (addresses, MACs, VNIs) held by one request in flight, so that
+/// concurrent requests pick different ones before either commits. They are given
+/// back when the guard is dropped: after the commit, on an error, and when the
+/// request is cancelled mid-way because its client went away.
+pub struct Reservation<'a> {
+    net: &'a Networking,
+    keys: Vec<String>,
+}
+
+impl Reservation<'_> {
+    /// Takes `key` for this request; false if this or another request holds it.
+    pub fn take(&mut self, key: String) -> bool {
+        let mut r = self.net.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.insert(key.clone()) {
+            return false;
+        }
+        self.keys.push(key);
+        true
+    }
+
+    pub fn holds(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
+    /// Gives everything back (a retry starts from scratch).
+    pub fn clear(&mut self) {
+        let mut r = self.net.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        for k in self.keys.drain(..) {
+            r.remove(&k);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -417,6 +455,14 @@ fn noauth_context(h: &HeaderMap) -> AuthContext {
 /// A Neutron error as an HTTP response.
 #[derive(Debug)]
 pub struct ApiError(pub NeutronError);
+
+impl ApiError {
+    /// The same error under another Neutron `type`.
+    pub fn with_kind(mut self, kind: &'static str) -> Self {
+        self.0.kind = kind;
+        self
+    }
+}
 
 impl From<NeutronError> for ApiError {
     fn from(e: NeutronError) -> Self {

@@ -275,7 +275,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                 1,
             )?;
             let mut txn = Txn::new();
-            let mut reserved = Vec::new();
+            let mut reserved = net.reservation();
             let vni = match (network_type.as_str(), segmentation_id) {
                 ("vxlan", Some(s)) => {
                     let s = s as u32;
@@ -305,10 +305,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             };
             if let Some(v) = vni {
                 let k = keys::vni(v);
-                if !net.reserve(std::slice::from_ref(&k)) {
+                if !reserved.take(k.clone()) {
                     continue;
                 }
-                reserved.push(k.clone());
                 txn = txn.when(Compare::Absent(k.clone())).put(k, id.clone());
             }
             if let (Some(p), "flat") = (&physical_network, network_type.as_str()) {
@@ -345,7 +344,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             .iter()
             .any(|c| matches!(c, Compare::Absent(k) if k.starts_with("/neutron/flat/")));
         let ok = net.commit(txn).await;
-        net.release(&reserved);
+        drop(reserved);
         if ok? {
             return Ok(view_of::<Network>(net, &id));
         }

@@ -19,7 +19,7 @@ use super::networks::{find_network, owner_project};
 use super::resource::{self, Resource, check_quota, clean_tags, encode, key, standard_fields};
 use super::security_groups::ensure_default_sg;
 use super::subnets::network_facts;
-use super::{ApiError, ApiResult, Ctx, Networking, Shared, new_id, now};
+use super::{ApiError, ApiResult, Ctx, Networking, Reservation, Shared, new_id, now};
 
 /// Membership of a port in a security group; a group cannot be deleted while any exist.
 pub fn sg_port_key(sg: &str, port: &str) -> String {
@@ -76,7 +76,16 @@ struct PortSpec {
     tags: Vec<String>,
 }
 
+/// Neutron's `max_fixed_ips_per_port` and `max_allowed_address_pair`.
+pub const MAX_FIXED_IPS: usize = 5;
+pub const MAX_ADDRESS_PAIRS: usize = 10;
+
 fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> {
+    if items.len() > MAX_FIXED_IPS {
+        return Err(ApiError(NeutronError::invalid_input(
+            "Exceeded maximum amount of fixed ips per port",
+        )));
+    }
     let mut out = Vec::new();
     for mut m in items {
         let subnet_id = match m.remove("subnet_id") {
@@ -111,6 +120,13 @@ fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> 
 }
 
 fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
+    if items.len() > MAX_ADDRESS_PAIRS {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "The number of allowed address pair exceeds the maximum {MAX_ADDRESS_PAIRS}."
+        )))
+        .with_kind("AllowedAddressPairExhausted"));
+    }
+    let mut seen = HashSet::new();
     let mut out: Vec<AddressPair> = Vec::new();
     for mut m in items {
         let ip = match m.remove("ip_address") {
@@ -154,7 +170,7 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
             ip_address: ip,
             mac_address: mac,
         };
-        if out.contains(&pair) {
+        if !seen.insert(pair.clone()) {
             return Err(ApiError(NeutronError::bad_request(
                 "Request contains duplicate address pair",
             )));
@@ -162,6 +178,36 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
         out.push(pair);
     }
     Ok(out)
+}
+
+/// `security_groups` of a request: absent, `null` (none) or a list of distinct ids.
+fn parse_groups(v: Option<Value>) -> ApiResult<Option<Vec<String>>> {
+    let v = match v {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(Vec::new())),
+        Some(v) => v,
+    };
+    let mut tmp = Map::new();
+    tmp.insert("security_groups".into(), v);
+    let list = Input::new(tmp)
+        .string_list("security_groups")?
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for id in &list {
+        if !kuryr_model::input::is_uuid(id) {
+            return Err(ApiError(NeutronError::invalid_attr(
+                "security_groups",
+                format!("'{id}' is not a valid UUID"),
+            )));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(ApiError(NeutronError::invalid_attr(
+                "security_groups",
+                format!("Duplicate items in the list: '{id}'"),
+            )));
+        }
+    }
+    Ok(Some(list))
 }
 
 /// Pairs given without a MAC use the port's own, as in Neutron.
@@ -245,29 +291,7 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
         host_id: host_id.unwrap_or_default(),
         profile: profile.unwrap_or_else(|| Value::Object(Map::new())),
         vnic_type: vnic_type.unwrap_or_else(|| "normal".into()),
-        security_groups: match input.take("security_groups") {
-            None => None,
-            Some(Value::Null) => Some(Vec::new()),
-            Some(v) => {
-                let mut tmp = Map::new();
-                tmp.insert("security_groups".into(), v);
-                let mut i = Input::new(tmp);
-                let list = i.string_list("security_groups")?.unwrap_or_default();
-                if let Some(bad) = list.iter().find(|s| !kuryr_model::input::is_uuid(s)) {
-                    return Err(ApiError(NeutronError::invalid_attr(
-                        "security_groups",
-                        format!("'{bad}' is not a valid UUID"),
-                    )));
-                }
-                let mut dedup = Vec::new();
-                for s in list {
-                    if !dedup.contains(&s) {
-                        dedup.push(s);
-                    }
-                }
-                Some(dedup)
-            }
-        },
+        security_groups: parse_groups(input.take("security_groups"))?,
         port_security: input.boolean("port_security_enabled")?,
         pairs: input
             .object_list("allowed_address_pairs")?
@@ -281,24 +305,28 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
     Ok(spec)
 }
 
-/// Allocation state of one create/update attempt: what this attempt has reserved.
+/// Allocation state of one create/update attempt: what this attempt has reserved
+/// (given back when it is dropped, whether the request ends or is cancelled).
 struct Alloc<'a> {
     net: &'a Networking,
-    reserved: Vec<String>,
+    reserved: Reservation<'a>,
 }
 
 impl<'a> Alloc<'a> {
+    fn new(net: &'a Networking) -> Self {
+        Alloc {
+            net,
+            reserved: net.reservation(),
+        }
+    }
+
     fn taken(&self, db: &Db, subnet: &str, ip: &IpAddr) -> bool {
         let k = keys::ip(subnet, ip);
-        db.ip_in_use(subnet, ip) || self.reserved.contains(&k) || self.net.is_reserved(&k)
+        db.ip_in_use(subnet, ip) || self.reserved.holds(&k) || self.net.is_reserved(&k)
     }
 
     fn reserve(&mut self, k: String) -> bool {
-        if self.reserved.contains(&k) || !self.net.reserve(std::slice::from_ref(&k)) {
-            return false;
-        }
-        self.reserved.push(k);
-        true
+        self.reserved.take(k)
     }
 
     /// An explicitly requested address.
@@ -348,10 +376,6 @@ impl<'a> Alloc<'a> {
                 return mac;
             }
         }
-    }
-
-    fn release(self) {
-        self.net.release(&self.reserved);
     }
 }
 
@@ -701,10 +725,7 @@ impl Resource for Port {
             }
         }
         for _ in 0..32 {
-            let mut alloc = Alloc {
-                net,
-                reserved: Vec::new(),
-            };
+            let mut alloc = Alloc::new(net);
             let mut txn = Txn::new();
             let built = {
                 let db = net.db();
@@ -735,15 +756,9 @@ impl Resource for Port {
                         .collect::<ApiResult<Vec<String>>>()
                 })
             };
-            let ids = match built {
-                Ok(ids) => ids,
-                Err(e) => {
-                    alloc.release();
-                    return Err(e);
-                }
-            };
+            let ids = built?;
             let committed = net.commit(txn).await;
-            alloc.release();
+            drop(alloc);
             if committed? {
                 let db = net.db();
                 return Ok(ids
@@ -791,24 +806,7 @@ impl Resource for Port {
             .object_list("fixed_ips")?
             .map(parse_fixed_ips)
             .transpose()?;
-        let groups = match input.take("security_groups") {
-            None => None,
-            Some(Value::Null) => Some(Vec::new()),
-            Some(v) => {
-                let mut tmp = Map::new();
-                tmp.insert("security_groups".into(), v);
-                let list = Input::new(tmp)
-                    .string_list("security_groups")?
-                    .unwrap_or_default();
-                let mut dedup: Vec<String> = Vec::new();
-                for s in list {
-                    if !dedup.contains(&s) {
-                        dedup.push(s);
-                    }
-                }
-                Some(dedup)
-            }
-        };
+        let groups = parse_groups(input.take("security_groups"))?;
         let port_security = input.boolean("port_security_enabled")?;
         let pairs = input
             .object_list("allowed_address_pairs")?
@@ -834,13 +832,9 @@ impl Resource for Port {
                 "Invalid input for status. Reason: '{s}' is not a port status."
             ))));
         }
-        let mut alloc = Alloc {
-            net,
-            reserved: Vec::new(),
-        };
+        let mut alloc = Alloc::new(net);
         let result = resource::update_with::<Port, _>(net, ctx, id, if_match, |db, p| {
             // A retry starts from scratch: drop what the previous attempt reserved.
-            alloc.net.release(&alloc.reserved);
             alloc.reserved.clear();
             let old_exclusive = exclusive_keys(p);
             let old_members = membership_keys(p);
@@ -933,7 +927,7 @@ impl Resource for Port {
             Ok((compares, ops))
         })
         .await;
-        alloc.release();
+        drop(alloc);
         result
     }
 

@@ -352,6 +352,14 @@ async fn create<R: Resource>(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (items, bulk) = unwrap_body(parse_body(&body)?, R::SINGULAR, R::PLURAL)?;
+    if items.len() > net.config.max_bulk {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "A bulk request may create at most {} {}; this one has {}.",
+            net.config.max_bulk,
+            R::PLURAL,
+            items.len()
+        ))));
+    }
     {
         let action = format!("create_{}", R::SINGULAR);
         let defaults = R::create_defaults();
@@ -569,14 +577,29 @@ fn check_tag(tag: &str) -> ApiResult<()> {
 
 /// Validates and de-duplicates a tag list, keeping the order given.
 pub fn clean_tags(tags: Vec<String>) -> ApiResult<Vec<String>> {
-    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    let mut seen = std::collections::HashSet::with_capacity(tags.len());
+    let mut out: Vec<String> = Vec::with_capacity(tags.len().min(MAX_TAGS));
     for t in tags {
         check_tag(&t)?;
-        if !out.contains(&t) {
+        if seen.insert(t.clone()) {
             out.push(t);
+        }
+        if out.len() > MAX_TAGS {
+            return Err(too_many_tags());
         }
     }
     Ok(out)
+}
+
+/// Neutron's per-resource tag limit.
+pub const MAX_TAGS: usize = 50;
+
+fn too_many_tags() -> ApiError {
+    ApiError(NeutronError::new(
+        400,
+        "BadRequest",
+        format!("The number of tags exceed the per-resource limit of {MAX_TAGS}."),
+    ))
 }
 
 fn tags_of<R: Resource>(v: &mut R) -> ApiResult<&mut Vec<String>> {
@@ -673,6 +696,9 @@ async fn add_tag<R: Resource>(
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         let tags = tags_of(v)?;
         if !tags.contains(&tag) {
+            if tags.len() >= MAX_TAGS {
+                return Err(too_many_tags());
+            }
             tags.push(tag.clone());
         }
         Ok((vec![], vec![]))

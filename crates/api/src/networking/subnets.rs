@@ -147,10 +147,10 @@ impl Resource for Subnet {
                 s.allocation_pools = parse_pools(&cidr, p.clone())?;
             }
             if let Some(d) = &dns {
-                s.dns_nameservers = parse_dns(d.clone(), cidr.addr().is_ipv4())?;
+                s.dns_nameservers = parse_dns(d.clone(), cidr.addr().is_ipv4(), Some(&s.id))?;
             }
             if let Some(r) = &routes {
-                s.host_routes = parse_routes(r.clone(), &cidr)?;
+                s.host_routes = parse_routes(r.clone(), &cidr, Some(&s.id))?;
             }
             check_pools_vs_gateway(&s.allocation_pools, s.gateway_ip)?;
             Ok((vec![], vec![]))
@@ -277,7 +277,28 @@ fn check_pools_vs_gateway(pools: &[IpRange], gw: Option<IpAddr>) -> ApiResult<()
     Ok(())
 }
 
-fn parse_dns(items: Vec<String>, v4: bool) -> ApiResult<Vec<String>> {
+/// Neutron's `max_dns_nameservers` and `max_subnet_host_routes`.
+pub const MAX_DNS_NAMESERVERS: usize = 5;
+pub const MAX_HOST_ROUTES: usize = 20;
+
+/// Whose subnet a limit message names: "new subnet" or "subnet <id>".
+fn exhausted(kind: &'static str, what: &str, limit: usize, subnet: Option<&str>) -> ApiError {
+    let target = subnet.map_or_else(|| "new subnet".to_string(), |id| format!("subnet {id}"));
+    ApiError(NeutronError::bad_request(format!(
+        "Unable to complete operation for {target}. The number of {what} exceeds the limit {limit}."
+    )))
+    .with_kind(kind)
+}
+
+fn parse_dns(items: Vec<String>, v4: bool, subnet: Option<&str>) -> ApiResult<Vec<String>> {
+    if items.len() > MAX_DNS_NAMESERVERS {
+        return Err(exhausted(
+            "DNSNameServersExhausted",
+            "DNS nameservers",
+            MAX_DNS_NAMESERVERS,
+            subnet,
+        ));
+    }
     let mut out: Vec<String> = Vec::new();
     for s in items {
         let ip: IpAddr = s.parse().map_err(|_| {
@@ -302,7 +323,19 @@ fn parse_dns(items: Vec<String>, v4: bool) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
-fn parse_routes(items: Vec<Map<String, Value>>, cidr: &IpNet) -> ApiResult<Vec<HostRoute>> {
+fn parse_routes(
+    items: Vec<Map<String, Value>>,
+    cidr: &IpNet,
+    subnet: Option<&str>,
+) -> ApiResult<Vec<HostRoute>> {
+    if items.len() > MAX_HOST_ROUTES {
+        return Err(exhausted(
+            "HostRoutesExhausted",
+            "host routes",
+            MAX_HOST_ROUTES,
+            subnet,
+        ));
+    }
     let mut out: Vec<HostRoute> = Vec::new();
     for mut m in items {
         let dest = m.remove("destination").unwrap_or(Value::Null);
@@ -546,8 +579,8 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                 cidr: cidr.to_string(),
                 gateway_ip,
                 allocation_pools,
-                dns_nameservers: parse_dns(dns_in.clone(), version == 4)?,
-                host_routes: parse_routes(routes_in.clone(), &cidr)?,
+                dns_nameservers: parse_dns(dns_in.clone(), version == 4, None)?,
+                host_routes: parse_routes(routes_in.clone(), &cidr, None)?,
                 enable_dhcp,
                 ipv6_address_mode: addr_mode.clone(),
                 ipv6_ra_mode: ra_mode.clone(),
