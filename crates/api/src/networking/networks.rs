@@ -95,7 +95,7 @@ impl Resource for Network {
         let admin_state_up = input.boolean("admin_state_up")?;
         let shared = input.boolean("shared")?;
         let external = input.boolean("router:external")?;
-        let mtu = input.int("mtu", 68, 65535)?;
+        let mtu = input.int("mtu", 0, 65535)?;
         let port_security = input.boolean("port_security_enabled")?;
         input.ignore(&["availability_zone_hints", "is_default"]);
         input.finish()?;
@@ -133,6 +133,19 @@ impl Resource for Network {
                 n.router_external = v;
             }
             if let Some(v) = mtu {
+                // Neutron takes any MTU; its subnets' IP versions set the floor.
+                let floor = db
+                    .subnets_by_network
+                    .get(&n.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| db.subnets.get(s))
+                    .map(|s| super::subnets::min_mtu(s.value.ip_version))
+                    .max()
+                    .unwrap_or(0);
+                if (v as u32) < floor {
+                    return Err(super::subnets::mtu_conflict(&n.id, floor));
+                }
                 let limit = max_for(&n.network_type, max_mtu);
                 if v as u32 > limit {
                     return Err(ApiError(NeutronError::invalid_input(format!("Requested MTU is too big, maximum is {limit}"))));
@@ -197,7 +210,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let admin_state_up = input.boolean("admin_state_up")?.unwrap_or(true);
     let shared = input.boolean("shared")?.unwrap_or(false);
     let external = input.boolean("router:external")?.unwrap_or(false);
-    let mtu = input.int("mtu", 68, 65535)?;
+    let mtu = input.int("mtu", 0, 65535)?;
     let port_security_enabled = input.boolean("port_security_enabled")?.unwrap_or(true);
     let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
     let network_type = input.string("provider:network_type", 255)?;

@@ -503,10 +503,13 @@ fn check_ip_on_subnet(s: &Subnet, ip: IpAddr) -> ApiResult<()> {
 
 fn check_groups(db: &Db, project: &str, ctx: &Ctx, groups: &[String]) -> ApiResult<Vec<Compare>> {
     let mut compares = Vec::new();
+    let mut kinds = HashSet::new();
     for g in groups {
         match db.security_groups.get(g) {
             Some(e) if ctx.is_admin() || e.value.project_id == project => {
+                // The compare also keeps `stateful` as read until the port commits.
                 compares.push(Compare::ModRevision(key::<SecurityGroup>(g), e.rev));
+                kinds.insert(e.value.stateful);
             }
             _ => {
                 return Err(ApiError(NeutronError::not_found(
@@ -516,6 +519,12 @@ fn check_groups(db: &Db, project: &str, ctx: &Ctx, groups: &[String]) -> ApiResu
                 )));
             }
         }
+    }
+    if kinds.len() > 1 {
+        return Err(ApiError(NeutronError::conflict(
+            "SecurityGroupConflict",
+            "Error Cannot apply both stateful and stateless security groups on the same port at the same time while attempting the operation.",
+        )));
     }
     Ok(compares)
 }

@@ -16,6 +16,32 @@ use super::resource::{
 };
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
+/// The smallest MTU an IP version works with (RFC 791, RFC 8200).
+pub fn min_mtu(ip_version: u8) -> u32 {
+    if ip_version == 6 { 1280 } else { 68 }
+}
+
+pub fn mtu_conflict(network: &str, min: u32) -> ApiError {
+    ApiError(NeutronError::conflict(
+        "NetworkMTUSubnetConflict",
+        format!("MTU of {network} is not valid, subnet requires a minimum of {min}"),
+    ))
+}
+
+/// A subnet's change is a change of its network too (neutron bumps the network's
+/// revision on subnet create, update and delete).
+fn bump_network(db: &Db, id: &str) -> ApiResult<(Vec<Compare>, Vec<kuryr_store::Op>)> {
+    let Some(n) = db.networks.get(id) else {
+        return Ok((vec![], vec![]));
+    };
+    let mut network = (*n.value).clone();
+    network.touch(&now());
+    Ok((
+        vec![Compare::ModRevision(key::<Network>(id), n.rev)],
+        vec![kuryr_store::Op::Put(key::<Network>(id), encode(&network)?)],
+    ))
+}
+
 /// What policy checks of a child of network `id` ask about it.
 pub fn network_facts(db: &Db, id: &str) -> Vec<(&'static str, Value)> {
     match db.networks.get(id) {
@@ -125,7 +151,7 @@ impl Resource for Subnet {
         let routes = input.object_list("host_routes")?;
         input.ignore(&["service_types", "segment_id"]);
         input.finish()?;
-        resource::update_with::<Subnet, _>(net, ctx, id, if_match, |_db, s| {
+        resource::update_with::<Subnet, _>(net, ctx, id, if_match, |db, s| {
             let cidr = parse_cidr(&s.cidr)
                 .ok_or_else(|| ApiError(NeutronError::internal("stored CIDR is invalid")))?;
             if let Some(v) = &name {
@@ -153,7 +179,7 @@ impl Resource for Subnet {
                 s.host_routes = parse_routes(r.clone(), &cidr, Some(&s.id))?;
             }
             check_pools_vs_gateway(&s.allocation_pools, s.gateway_ip)?;
-            Ok((vec![], vec![]))
+            bump_network(db, &s.network_id)
         })
         .await
     }
@@ -170,7 +196,9 @@ impl Resource for Subnet {
                 )));
             }
             // Every allocated address holds a guard key: none may appear meanwhile.
-            Ok((vec![Compare::PrefixEmpty(keys::ip_prefix(&s.id))], vec![]))
+            let (mut compares, ops) = bump_network(db, &s.network_id)?;
+            compares.push(Compare::PrefixEmpty(keys::ip_prefix(&s.id)));
+            Ok((compares, ops))
         })
         .await
     }
@@ -529,6 +557,10 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                         "Cidr {cidr} does not match ip_version {v}"
                     ))));
                 }
+            }
+            let min_mtu = min_mtu(version);
+            if n.value.mtu < min_mtu {
+                return Err(mtu_conflict(&n.value.id, min_mtu));
             }
             if let Some(p) = &pool
                 && p.value.ip_version != version
