@@ -206,6 +206,24 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         .unwrap_or_else(|| format!("http://{bound}"))
         .trim_end_matches('/')
         .to_string();
+    // Serve at once: /healthz answers and /readyz says 503 while the store and the
+    // indexes load; the application takes over when it is built.
+    let startup = kuryr_api::observe::Startup::new();
+    let loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>> = Default::default();
+    let serving = {
+        let loaded = loaded.clone();
+        tokio::spawn(
+            axum::serve(listener, startup.router())
+                .with_graceful_shutdown(async move {
+                    shutdown_signal().await;
+                    // Host watches never end by themselves; graceful shutdown waits for them.
+                    if let Some(networking) = loaded.get() {
+                        networking.close_watches();
+                    }
+                })
+                .into_future(),
+        )
+    };
     let auth_mode = match args.auth.as_str() {
         "noauth" => AuthMode::NoAuth,
         "keystone" => AuthMode::Keystone,
@@ -234,7 +252,8 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         },
     };
     let app = kuryr_api::app(store, config).await?;
-    let networking = app.networking.clone();
+    let _ = loaded.set(app.networking.clone());
+    startup.finish(app.router);
     tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
     if let Some(u) = up_args.filter(|u| !u.no_agent) {
         let agent_args = agent_cmd::AgentArgs {
@@ -280,13 +299,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     if up {
         print_usage(&args, &public_url)?;
     }
-    axum::serve(listener, app.router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Host watches never end by themselves; graceful shutdown waits for them.
-            networking.close_watches();
-        })
-        .await?;
+    serving.await.context("the HTTP server task")??;
     tracing::info!("kuryr server stopped");
     Ok(())
 }

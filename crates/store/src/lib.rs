@@ -141,4 +141,14 @@ pub trait Store: Send + Sync + 'static {
     /// Every change under `prefix` with revision `>= from_revision`, then live changes.
     /// A stream item `Err` ends the stream.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
+
+    /// Whether the store can take writes now (readiness probes). By default: it
+    /// answers a revision query.
+    async fn check(&self) -> Result<()> {
+        self.current_revision().await.map(|_| ())
+    }
+
+    /// Adds what this store measures about itself (commit latency, batch sizes...)
+    /// to `registry`; nothing by default.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

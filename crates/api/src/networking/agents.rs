@@ -472,6 +472,7 @@ async fn watch(
     ctx: Ctx,
     Path(host): Path<String>,
     Query(params): Query<WatchParams>,
+    watches: crate::observe::OpenWatches,
 ) -> ApiResult<Response> {
     admin_only(&ctx, "get_agent")?;
     check_host(&host)?;
@@ -480,6 +481,7 @@ async fn watch(
     let keepalive = net.config.watch_keepalive;
     let mut closing = net.closing.subscribe();
     tokio::spawn(async move {
+        let _open = watches.opened();
         let mut sent = Sent::default();
         let mut since = Some(params.since);
         loop {

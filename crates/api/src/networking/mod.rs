@@ -366,6 +366,7 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
             }
         }
     };
+    crate::observe::record_project(&ctx.project_id);
     req.extensions_mut().insert(Ctx(ctx));
     next.run(req).await
 }
