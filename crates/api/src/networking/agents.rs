@@ -485,6 +485,7 @@ async fn watch(
     ctx: Ctx,
     Path(host): Path<String>,
     Query(params): Query<WatchParams>,
+    watches: crate::observe::OpenWatches,
 ) -> ApiResult<Response> {
     check_host(&host)?;
     authorize_host(&ctx, &host, "kuryr_watch_host")?;
@@ -493,6 +494,7 @@ async fn watch(
     let keepalive = net.config.watch_keepalive;
     let mut closing = net.closing.subscribe();
     tokio::spawn(async move {
+        let _open = watches.opened();
         let mut sent = Sent::default();
         let mut since = Some(params.since);
         loop {

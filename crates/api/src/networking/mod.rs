@@ -424,6 +424,7 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
             }
         }
     };
+    crate::observe::record_project(&ctx.project_id);
     req.extensions_mut().insert(Ctx::new(ctx));
     next.run(req).await
 }
