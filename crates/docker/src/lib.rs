@@ -10,7 +10,9 @@
 //! - IPAM pool → subnet pool `kuryrPool-<cidr>` (PoolID = its id); subnet
 //!   `kuryr-subnet-<cidr>` tagged with the pool id;
 //! - address → port (`compute:kuryr`), endpoint → that port with `device_id` = endpoint
-//!   id, `binding:host_id` = this host and the endpoint's two id halves as tags.
+//!   id and the endpoint's two id halves as tags; the agent then claims it for this
+//!   host (`binding:host_id`, which Neutron lets only admins and services set, so the
+//!   plugin, with a project member's credential, never sets it).
 
 mod driver;
 mod ipam;
@@ -181,9 +183,18 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// The plugin, using the agent's credentials for Neutron.
     pub fn new(agent: Arc<Agent>, scope: Scope) -> Arc<Plugin> {
+        let client = agent.client().clone();
+        Self::with_client(agent, client, scope)
+    }
+
+    /// The plugin with its own Neutron client: it makes networks, subnets and ports
+    /// with it, while the agent claims and binds the ports with its own (a
+    /// host-scoped agent credential may do only that).
+    pub fn with_client(agent: Arc<Agent>, client: Client, scope: Scope) -> Arc<Plugin> {
         Arc::new(Plugin {
-            client: agent.client().clone(),
+            client,
             host: agent.config().host.clone(),
             agent,
             scope,
