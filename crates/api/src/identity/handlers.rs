@@ -26,11 +26,17 @@ pub struct KsError(pub(super) StatusCode, pub(super) String);
 impl IntoResponse for KsError {
     fn into_response(self) -> Response {
         let title = self.0.canonical_reason().unwrap_or("Error");
-        (
+        let mut resp = (
             self.0,
             Json(json!({"error": {"code": self.0.as_u16(), "title": title, "message": self.1}})),
         )
-            .into_response()
+            .into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Only logins are refused this way (too many at once): soon is fine.
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 

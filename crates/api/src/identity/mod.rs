@@ -627,7 +627,11 @@ impl Identity {
         let every = {
             let Some(me) = this.upgrade() else { return };
             let ttl = me.config.token_ttl.as_secs();
-            Duration::from_secs((ttl / 2).clamp(1, 60))
+            let rotation = me
+                .config
+                .signing_key_rotation
+                .map_or(u64::MAX, |r| r.as_secs());
+            Duration::from_secs((ttl.min(rotation) / 2).clamp(1, 60))
         };
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
