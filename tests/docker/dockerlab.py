@@ -287,13 +287,18 @@ class DockerLab(Lab):
 
     # ---------------------------------------------------------------- the agent
 
-    def start_agent(self, host, *extra):
+    def start_agent(self, host, *extra, plugin_admin=False):
+        """The agent with its host-scoped credential; the plugin with a member's of the
+        admin project (`plugin_admin`: with the lab's admin credential instead)."""
         os.makedirs(self.plugin_dir(host), exist_ok=True)
+        env = self.agent_env(host)
         if self.plugin:
             extra = ("--docker-socket", self.plugin_socket(host), *extra)
+            plugin = self.os_env() if plugin_admin else self.credential("plugin", host)
+            env.update({f"KURYR_DOCKER_{k}": v for k, v in plugin.items()})
         else:
             extra = ("--no-docker", *extra)
-        return super().start_agent(host, *extra)
+        return super().start_agent(host, *extra, env=env)
 
     def wait_agent_ready(self, host, timeout=30):
         super().wait_agent_ready(host, timeout)
