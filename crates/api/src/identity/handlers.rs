@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::tokens::{self, TokenClaims};
 use super::{
     AppCred, AuthContext, BUILTIN_ROLES, DOMAIN_ID, DOMAIN_NAME, Identity, Project, Role, User,
-    hash_password, keys, login, new_id,
+    keys, login, new_id,
 };
 
 pub(super) type Shared = Arc<Identity>;
@@ -274,7 +274,7 @@ pub(super) fn busy(e: login::Busy) -> KsError {
             StatusCode::SERVICE_UNAVAILABLE,
             "Too many authentication requests are in progress; retry shortly.".into(),
         ),
-        login::Busy::Join(e) => internal(e),
+        login::Busy::Gone => internal(e),
     }
 }
 
@@ -901,10 +901,7 @@ async fn create_user(
     }
     // Without a password the user can never log in (as in Keystone).
     let hash = match password {
-        Some(p) => tokio::task::spawn_blocking(move || hash_password(&p))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?,
+        Some(p) => id.gate.hash(p).await.map_err(busy)?.map_err(internal)?,
         None => String::new(),
     };
     let u = User {
@@ -955,10 +952,7 @@ async fn update_user(
     let new_password = opt_str(field(&body, "user", "password"), "password")?;
     let password_changed = new_password.is_some();
     if let Some(p) = new_password {
-        u.password_hash = tokio::task::spawn_blocking(move || hash_password(&p))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        u.password_hash = id.gate.hash(p).await.map_err(busy)?.map_err(internal)?;
     }
     if let Some(e) = opt_bool(field(&body, "user", "enabled"), "enabled")? {
         u.enabled = e;

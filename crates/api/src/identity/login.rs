@@ -1,12 +1,13 @@
 //! Secret checks (passwords, application credential secrets) under a bound: argon2
 //! costs ~19 MiB and tens of ms of CPU per check, so at most `concurrency` run at
-//! once, on blocking threads; a few more may wait briefly for a turn, and the rest are
-//! refused at once (503) instead of queueing without bound. Every check costs the
-//! same whether the account exists or not: an unknown name is checked against a dummy
-//! hash of the same parameters.
+//! once, on as many threads of their own (not tokio's blocking pool: each of its many
+//! threads would keep its own malloc arena holding an argon2 block); a few more may
+//! wait briefly for a turn, and the rest are refused at once (503) instead of queueing
+//! without bound. Every check costs the same whether the account exists or not: an
+//! unknown name is checked against a dummy hash of the same parameters.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -37,9 +38,11 @@ impl Default for LoginLimits {
 pub enum Busy {
     #[error("too many logins in progress")]
     Saturated,
-    #[error("the secret check failed to run: {0}")]
-    Join(#[source] tokio::task::JoinError),
+    #[error("the secret check's thread is gone")]
+    Gone,
 }
+
+type Job = Box<dyn FnOnce() + Send>;
 
 pub struct Gate {
     limits: LoginLimits,
@@ -47,6 +50,8 @@ pub struct Gate {
     waiting: AtomicUsize,
     /// An argon2 hash of a random secret, checked when there is no real hash to check.
     dummy: String,
+    /// To the `concurrency` threads that run the checks (they end with the gate).
+    jobs: Mutex<mpsc::Sender<Job>>,
 }
 
 /// Decrements the waiting count however the wait ends (the request may be dropped).
@@ -60,12 +65,52 @@ impl Drop for Waiting<'_> {
 
 impl Gate {
     pub fn new(limits: LoginLimits, dummy: String) -> Gate {
+        let n = limits.concurrency.max(1);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kuryr-login-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a login thread");
+            }
+        }
         Gate {
-            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(n)),
             limits,
             waiting: AtomicUsize::new(0),
             dummy,
+            jobs: Mutex::new(tx),
         }
+    }
+
+    /// Runs `f` on a login thread, holding a turn.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        let permit = self.turn().await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _permit = permit;
+            let _ = tx.send(f());
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job)
+            .map_err(|_| Busy::Gone)?;
+        rx.await.map_err(|_| Busy::Gone)
     }
 
     /// A turn to run one argon2 computation, waiting briefly for it.
@@ -89,25 +134,15 @@ impl Gate {
     pub async fn check(&self, secret: String, hash: Option<String>) -> Result<bool, Busy> {
         let real = hash.filter(|h| !h.is_empty());
         let target = real.clone().unwrap_or_else(|| self.dummy.clone());
-        let permit = self.turn().await?;
-        let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            super::verify_password(&secret, &target)
-        })
-        .await
-        .map_err(Busy::Join)?;
+        let ok = self
+            .run(move || super::verify_password(&secret, &target))
+            .await?;
         Ok(ok && real.is_some())
     }
 
     /// Hashes a new secret under the same bound.
     pub async fn hash(&self, secret: String) -> Result<Result<String, super::IdentityError>, Busy> {
-        let permit = self.turn().await?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            super::hash_password(&secret)
-        })
-        .await
-        .map_err(Busy::Join)
+        self.run(move || super::hash_password(&secret)).await
     }
 
     /// Secret checks waiting for a turn now.
