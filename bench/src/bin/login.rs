@@ -279,7 +279,7 @@ async fn flood_loop(
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let body = if i % 4 == 0 {
+        let body = if i.is_multiple_of(4) {
             login_body("known", "wrong", None)
         } else {
             login_body(&format!("nobody-{me}-{i}"), "x", None)
