@@ -96,6 +96,39 @@ pub struct DockerArgs {
     /// Do not serve the Docker plugin.
     #[arg(long)]
     pub no_docker: bool,
+
+    /// The plugin's own Neutron credentials, from this clouds.yaml entry. Without it,
+    /// `KURYR_DOCKER_OS_*` variables (OS_* with that prefix) when any is set, else the
+    /// agent's credentials. A host-scoped agent credential cannot make networks: give
+    /// the plugin a project member's (`kuryr credential plugin`), or an admin's for
+    /// `neutron.net.shared`.
+    #[arg(long, env = "KURYR_DOCKER_OS_CLOUD")]
+    pub docker_os_cloud: Option<String>,
+}
+
+/// Prefix of the variables that hold the Docker plugin's own credentials.
+const PLUGIN_ENV_PREFIX: &str = "KURYR_DOCKER_";
+
+impl DockerArgs {
+    /// The plugin's own credentials, if it was given any.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        if let Some(cloud) = &self.docker_os_cloud {
+            return Credentials::from_cloud(cloud)
+                .map(Some)
+                .with_context(|| format!("the Docker plugin's credentials (cloud {cloud:?})"));
+        }
+        let prefixed = std::env::vars().any(|(k, v)| {
+            k.starts_with(PLUGIN_ENV_PREFIX)
+                && k[PLUGIN_ENV_PREFIX.len()..].starts_with("OS_")
+                && !v.is_empty()
+        });
+        if !prefixed {
+            return Ok(None);
+        }
+        Credentials::from_vars(|k| std::env::var(format!("{PLUGIN_ENV_PREFIX}{k}")).ok())
+            .map(Some)
+            .context("the Docker plugin's credentials from KURYR_DOCKER_OS_* variables")
+    }
 }
 
 fn parse_mapping(s: &str) -> Result<(String, String), String> {
@@ -135,7 +168,14 @@ impl AgentArgs {
     }
 }
 
-pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> anyhow::Result<()> {
+/// Runs the agent (and the Docker plugin unless disabled). `credentials` override
+/// the agent's OS_* / --os-cloud ones; `plugin_credentials` are the plugin's when it
+/// was given none of its own (see [`DockerArgs::credentials`]).
+pub async fn run_agent(
+    args: AgentArgs,
+    credentials: Option<Credentials>,
+    plugin_credentials: Option<Credentials>,
+) -> anyhow::Result<()> {
     let cfg = args.config();
     if args.cleanup {
         kuryr_agent::cleanup(&cfg).await?;
@@ -167,7 +207,27 @@ pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> any
         let _ = rx.wait_for(|s| *s).await;
     };
     if !args.docker.no_docker {
-        let plugin = kuryr_docker::Plugin::new(agent.clone(), args.docker.docker_scope);
+        let plugin_client = match args.docker.credentials()?.or(plugin_credentials) {
+            Some(c) => Client::new(c, ClientConfig::default())?,
+            None => {
+                if matches!(
+                    agent.client().credentials().auth,
+                    kuryr_client::AuthMethod::ApplicationCredential(_)
+                ) {
+                    tracing::warn!(
+                        "the Docker plugin uses the agent's application credential; if it is \
+                         host-scoped, Docker networks cannot be made: give the plugin its own \
+                         (--docker-os-cloud or KURYR_DOCKER_OS_* variables)"
+                    );
+                }
+                agent.client().clone()
+            }
+        };
+        let plugin = kuryr_docker::Plugin::with_client(
+            agent.clone(),
+            plugin_client,
+            args.docker.docker_scope,
+        );
         let listen = match args.docker.docker_listen {
             Some(addr) => kuryr_docker::Listen::Tcp {
                 addr,

@@ -12,6 +12,7 @@ use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
 mod tls;
+mod credential_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,12 @@ enum Command {
     Port {
         #[command(subcommand)]
         command: agent_cmd::PortCommand,
+    },
+    /// Make application credentials for agents (host-scoped) and Docker plugins
+    /// (project member), with admin credentials (OS_* variables or --os-cloud).
+    Credential {
+        #[command(subcommand)]
+        command: credential_cmd::CredentialCommand,
     },
 }
 
@@ -108,6 +115,40 @@ struct ServerArgs {
     /// Seconds between keepalive frames on an idle host watch.
     #[arg(long, default_value_t = 10)]
     watch_keepalive: u64,
+
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+/// Limits and keys of the built-in identity service.
+#[derive(Args, Clone)]
+struct IdentityArgs {
+    /// Password and secret checks (argon2, ~19 MiB each) running at once; more logins
+    /// wait up to --login-wait-ms for a turn, then get 503 (default: the CPU count).
+    #[arg(long)]
+    login_concurrency: Option<usize>,
+
+    /// Milliseconds a login waits for a turn before it is refused with 503.
+    #[arg(long, default_value_t = 2000)]
+    login_wait_ms: u64,
+
+    /// Seconds after which a new token signing key replaces the current one (the old
+    /// one still verifies its tokens until they expire); 0: only on request
+    /// (POST /identity/v3/OS-KURYR/signing_keys).
+    #[arg(long, default_value_t = 86400)]
+    signing_key_rotation: u64,
+}
+
+impl IdentityArgs {
+    fn login_limits(&self) -> kuryr_api::identity::LoginLimits {
+        let mut l = kuryr_api::identity::LoginLimits::default();
+        if let Some(n) = self.login_concurrency {
+            l.concurrency = n.max(1);
+            l.queue = n.max(1) * 16;
+        }
+        l.wait = Duration::from_millis(self.login_wait_ms);
+        l
+    }
 }
 
 #[derive(Args, Clone)]
@@ -171,8 +212,9 @@ fn main() -> anyhow::Result<()> {
                 let server_args = args.server.clone();
                 server(server_args, Some(args)).await
             }
-            Command::Agent(args) => agent_cmd::run_agent(args, None).await,
+            Command::Agent(args) => agent_cmd::run_agent(args, None, None).await,
             Command::Port { command } => agent_cmd::run_port(command).await,
+            Command::Credential { command } => credential_cmd::run(command).await,
         }
     })
 }
@@ -196,7 +238,7 @@ fn up_password(args: &ServerArgs) -> anyhow::Result<String> {
     Ok(p)
 }
 
-fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -269,6 +311,9 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             token_ttl: Duration::from_secs(args.token_ttl),
             public_url: public_url.clone(),
             region: args.region.clone(),
+            login: args.identity.login_limits(),
+            signing_key_rotation: (args.identity.signing_key_rotation > 0)
+                .then(|| Duration::from_secs(args.identity.signing_key_rotation)),
         },
         networking: NetworkingConfig {
             public_url: public_url.clone(),
@@ -312,7 +357,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             cleanup: false,
             docker: u.docker,
         };
-        let creds = kuryr_client::Credentials {
+        let admin = kuryr_client::Credentials {
             auth: kuryr_client::AuthMethod::Password(kuryr_client::PasswordAuth {
                 auth_url: format!("{public_url}/identity/v3"),
                 user: kuryr_client::Ident::Name {
@@ -332,7 +377,34 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             network_endpoint: None,
         };
         tokio::spawn(async move {
-            if let Err(e) = agent_cmd::run_agent(agent_args, Some(creds)).await {
+            // The agent gets a credential scoped to this host and the plugin a project
+            // member's, both made now through the API this process is about to serve:
+            // the admin password stays with the operator.
+            let run = async {
+                let host = agent_args.config().host;
+                let admin =
+                    kuryr_client::Client::new(admin, kuryr_client::ClientConfig::default())?;
+                let agent = credential_cmd::provision(
+                    &admin,
+                    &credential_cmd::Spec::agent(&host, "service"),
+                )
+                .await
+                .context("making the agent's credential")?;
+                let plugin =
+                    if agent_args.docker.no_docker || agent_args.docker.credentials()?.is_some() {
+                        None
+                    } else {
+                        let made = credential_cmd::provision(
+                            &admin,
+                            &credential_cmd::Spec::plugin(&host, "admin"),
+                        )
+                        .await
+                        .context("making the Docker plugin's credential")?;
+                        Some(made.credentials())
+                    };
+                agent_cmd::run_agent(agent_args, Some(agent.credentials()), plugin).await
+            };
+            if let Err(e) = run.await {
                 tracing::error!(error = format!("{e:#}"), "the agent stopped");
             }
         });

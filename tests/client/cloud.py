@@ -120,3 +120,12 @@ def unique(prefix):
 def password():
     """A random password that cannot be mistaken for a command-line option."""
     return "pw" + secrets.token_urlsafe(12)
+
+
+def make_user(admin, project, role="member"):
+    """A new user with `role` on `project`, as credentials for the CLI."""
+    name = unique("user")
+    pw = password()
+    osc(admin, "user", "create", "--project", project, "--password", pw, name)
+    osc(admin, "role", "add", "--project", project, "--user", name, role, fmt=None)
+    return Creds(admin.server, name, pw, project)

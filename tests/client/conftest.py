@@ -3,8 +3,7 @@ so that `from cloud import ...` cannot pick up another directory's conftest)."""
 
 import pytest
 
-from cloud import Creds, Server, osc, unique
-from cloud import password as cloud_password
+from cloud import Creds, Server, make_user, osc, unique
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +23,6 @@ def network_url(admin):
     catalog = osc(admin, "catalog", "show", "network")
     public = [e for e in catalog["endpoints"] if e["interface"] == "public"]
     return public[0]["url"].rstrip("/") + "/v2.0"
-
-
-def make_user(admin, project, role="member"):
-    name = unique("user")
-    password = cloud_password()
-    osc(admin, "user", "create", "--project", project, "--password", password, name)
-    osc(admin, "role", "add", "--project", project, "--user", name, role, fmt=None)
-    return Creds(admin.server, name, password, project)
 
 
 @pytest.fixture

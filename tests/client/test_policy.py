@@ -6,8 +6,7 @@ the same requests; each refusal has a positive control from a caller who may."""
 import pytest
 import requests
 
-from cloud import CliError, osc, token_for, unique
-from conftest import make_user
+from cloud import CliError, make_user, osc, token_for, unique
 
 MAC = "fa:16:3e:{:02x}:{:02x}:{:02x}"
 

@@ -287,13 +287,18 @@ class DockerLab(Lab):
 
     # ---------------------------------------------------------------- the agent
 
-    def start_agent(self, host, *extra):
+    def start_agent(self, host, *extra, plugin_admin=False):
+        """The agent with its host-scoped credential; the plugin with a member's of the
+        admin project (`plugin_admin`: with the lab's admin credential instead)."""
         os.makedirs(self.plugin_dir(host), exist_ok=True)
+        env = self.agent_env(host)
         if self.plugin:
             extra = ("--docker-socket", self.plugin_socket(host), *extra)
+            plugin = self.os_env() if plugin_admin else self.credential("plugin", host)
+            env.update({f"KURYR_DOCKER_{k}": v for k, v in plugin.items()})
         else:
             extra = ("--no-docker", *extra)
-        return super().start_agent(host, *extra)
+        return super().start_agent(host, *extra, env=env)
 
     def wait_agent_ready(self, host, timeout=30):
         super().wait_agent_ready(host, timeout)
@@ -506,7 +511,7 @@ class DockerLab(Lab):
         ep = self.endpoint(host, container, net_name)
         [port] = self.ports_of_endpoint(ep["EndpointID"])
         assert port["network_id"] == net["id"]
-        assert port["device_owner"] == "compute:kuryr"
+        assert port["device_owner"] == "kuryr:container"
         assert port["binding:host_id"] == host
         assert f"kuryr.net.uuid.lh:{ep['EndpointID'][:32]}" in port["tags"]
         assert f"kuryr.net.uuid.uh:{ep['EndpointID'][32:]}" in port["tags"]
@@ -554,7 +559,7 @@ class DockerLab(Lab):
                     "tags", []):
                 found.add(f"subnetpool {p['id']} {p['name']}")
         for p in self.get("/ports")["ports"]:
-            if p["device_owner"] == "compute:kuryr" or p["binding:host_id"] or any(
+            if p["device_owner"] == "kuryr:container" or p["binding:host_id"] or any(
                     t.startswith("kuryr.") for t in p.get("tags", [])):
                 found.add(f"port {p['id']} owner={p['device_owner']!r} "
                           f"host={p['binding:host_id']!r} tags={p.get('tags')}")

@@ -149,7 +149,7 @@ def test_existing_subnets_by_uuid_and_name_let_docker_networks_overlap(dlab):
     for k in ("x", "y"):
         assert {s["id"] for s in dlab.subnets_of(nets[k]["id"])} == {subs[k, 4]["id"],
                                                                      subs[k, 6]["id"]}
-    assert dlab.get("/ports", device_owner="compute:kuryr")["ports"] == []
+    assert dlab.get("/ports", device_owner="kuryr:container")["ports"] == []
     assert dlab.pools_named(f"kuryrPool-{cidr4}") == []
     assert dlab.pools_named(f"kuryrPool-{cidr6}") == []
 

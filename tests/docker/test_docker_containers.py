@@ -34,7 +34,7 @@ def test_run_with_and_without_ip_gives_the_container_its_port(dlab):
     assert dlab.ports_of_endpoint(ep1["EndpointID"]) == []
     assert dlab.get(f"/ports/{p2['id']}")["port"]["status"] == "ACTIVE"
     dlab.docker("h1", "rm", "-f", c2)
-    assert dlab.get("/ports", network_id=net["id"], device_owner="compute:kuryr")["ports"] == []
+    assert dlab.get("/ports", network_id=net["id"], device_owner="kuryr:container")["ports"] == []
 
     # Nothing kuryr made is left, in Neutron or on the host.
     dlab.docker("h1", "network", "rm", name)

@@ -3,7 +3,7 @@
 
 import json
 
-from dockerlab import cidr_block
+from dockerlab import cidr_block, unique
 
 
 def test_network_create_and_rm_map_to_neutron_network_pool_and_subnet(dlab):
@@ -56,9 +56,24 @@ def test_network_create_and_rm_map_to_neutron_network_pool_and_subnet(dlab):
 
 def test_shared_option_makes_a_shared_network(dlab):
     v4, _ = cidr_block()
-    _, did = dlab.kuryr_network("h1", "--subnet", f"{v4}.0/24", "-o", "neutron.net.shared=true")
-    [net] = dlab.neutron_networks_of(did)
-    assert net["shared"] is True
+    # Sharing a network is an admin's act in Neutron: the plugin's member credential is
+    # refused, with Neutron's reason in Docker's error.
+    p = dlab.docker_proc("h1", "network", "create", "-d", "kuryr", "--ipam-driver", "kuryr",
+                         "--subnet", f"{v4}.0/24", "-o", "neutron.net.shared=true", unique("n"))
+    assert p.returncode != 0 and "shared" in p.stderr.lower(), p.stderr + p.stdout
+    # Given an admin credential, the plugin makes it.
+    dlab.agents["h1"].stop(timeout=10)
+    dlab.start_agent("h1", plugin_admin=True)
+    try:
+        dlab.wait_agent_ready("h1")
+        _, did = dlab.kuryr_network("h1", "--subnet", f"{v4}.0/24",
+                                    "-o", "neutron.net.shared=true")
+        [net] = dlab.neutron_networks_of(did)
+        assert net["shared"] is True
+    finally:
+        dlab.agents["h1"].stop(timeout=10)
+        dlab.start_agent("h1")
+        dlab.wait_agent_ready("h1")
 
 
 def test_dual_stack_network_gives_containers_both_families(dlab):

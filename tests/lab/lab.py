@@ -168,9 +168,39 @@ class Lab:
     def agent_socket(self, host):
         return os.path.join(self.dir, f"{host}.sock")
 
-    def start_agent(self, host, *extra):
+    def credential(self, kind, host, *args):
+        """OS_* variables of a credential `kuryr credential KIND --host HOST` made with the
+        lab's admin (once per lab: making it again replaces it): `agent` is scoped to
+        the host, `plugin` a member of the admin project."""
+        path = os.path.join(self.dir, f"{host}-{kind}.rc")
+        if not os.path.exists(path):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+            env.update(self.os_env())
+            p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), KURYR_BIN, "credential",
+                                kind, "--host", host, "--output", path, *args],
+                               env=env, capture_output=True, text=True, timeout=120,
+                               stdin=subprocess.DEVNULL)
+            if p.returncode != 0:
+                raise RuntimeError(f"kuryr credential {kind} --host {host} exited "
+                                   f"{p.returncode}:\n{p.stderr}")
+        values = {}
+        with open(path) as f:
+            for line in f:
+                if line.startswith("export "):
+                    k, _, v = line[len("export "):].strip().partition("=")
+                    values[k] = v
+        return values
+
+    def agent_env(self, host):
+        """The environment of `host`'s agent: its host-scoped credential, no admin."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("OS_") and not k.startswith("KURYR_DOCKER_OS_")}
+        env.update(self.credential("agent", host), RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        return env
+
+    def start_agent(self, host, *extra, env=None):
         i = self.hosts.index(host) + 1
-        env = dict(os.environ, **self.os_env(), RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env = env or self.agent_env(host)
         self.agents[host] = Process(
             host,
             ["ip", "netns", "exec", self.ns(host), KURYR_BIN, "agent", "--host", host,

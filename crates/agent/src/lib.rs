@@ -708,6 +708,15 @@ impl Agent {
             tracing::warn!(error = %e, "convergence after unbind failed; retried later");
             self.converge_wanted.notify_one();
         }
+        self.unclaim(port_id).await?;
+        Ok(true)
+    }
+
+    /// Tells the server a port is no longer bound on this host (`binding:host_id`
+    /// cleared, `DOWN`, unbound), without touching the kernel. A port that is gone, or
+    /// that this agent may not change (bound to another host under a host-scoped
+    /// credential), is left alone.
+    pub async fn unclaim(&self, port_id: &str) -> Result<(), AgentError> {
         let attrs = json!({
             "binding:host_id": "",
             "status": "DOWN",
@@ -715,10 +724,13 @@ impl Agent {
             "binding:vif_details": {},
         });
         match self.client.update_port(port_id, attrs).await {
-            Ok(_) | Err(ClientError::NotFound { .. }) => {}
-            Err(e) => return Err(from_client("releasing the port on the server", e)),
+            Ok(_) | Err(ClientError::NotFound { .. }) => Ok(()),
+            Err(ClientError::Api { status: 403, .. }) => {
+                tracing::warn!(port = %port_id, "not unbinding a port this agent may not change");
+                Ok(())
+            }
+            Err(e) => Err(from_client("releasing the port on the server", e)),
         }
-        Ok(true)
     }
 
     /// Replaces the host ports published to a bound port, and returns once a

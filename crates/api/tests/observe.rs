@@ -14,12 +14,7 @@ use serde_json::{Value, json};
 
 fn config(url: &str) -> ServerConfig {
     ServerConfig {
-        identity: IdentityConfig {
-            admin_password: Some("test-admin-pw".into()),
-            token_ttl: Duration::from_secs(3600),
-            public_url: url.into(),
-            region: "RegionOne".into(),
-        },
+        identity: IdentityConfig::new(url, Some("test-admin-pw".into())),
         networking: NetworkingConfig {
             public_url: url.into(),
             underlay_mtu: 1500,

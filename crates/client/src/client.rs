@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::creds::{AuthMethod, Credentials, Domain, Ident, PasswordAuth};
+use crate::creds::{AppCredAuth, AppCredRef, AuthMethod, Credentials, Domain, Ident, PasswordAuth};
 use crate::error::ClientError;
 use crate::watch::{self, HostWatch};
 
@@ -156,6 +156,17 @@ impl Client {
         Ok(s)
     }
 
+    /// The HTTP client and the current token (`None` for noauth), for calls outside
+    /// Neutron (Keystone's own API, see `identity.rs`).
+    pub(crate) async fn http_and_token(&self) -> Result<(reqwest::Client, Option<String>)> {
+        let s = self.session().await?;
+        Ok((self.inner.http.clone(), s.token.clone()))
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.config.request_timeout
+    }
+
     /// Forgets `stale` (unless another task already replaced it).
     async fn invalidate(&self, stale: &Arc<Session>) {
         let mut guard = self.inner.session.lock().await;
@@ -180,19 +191,37 @@ impl Client {
                     network_url: v2_url(endpoint),
                 })
             }
-            AuthMethod::Password(p) => self.keystone_token(p).await,
+            AuthMethod::Password(p) => {
+                let who = format!(
+                    "user {} in project {}",
+                    describe(&p.user),
+                    describe(&p.project)
+                );
+                self.keystone_token(&p.auth_url, &token_request(p), &who)
+                    .await
+            }
+            AuthMethod::ApplicationCredential(a) => {
+                let who = match &a.credential {
+                    AppCredRef::Id(id) => format!("application credential {id}"),
+                    AppCredRef::Name { name, user } => {
+                        format!("application credential {name:?} of user {}", describe(user))
+                    }
+                };
+                self.keystone_token(&a.auth_url, &app_cred_request(a), &who)
+                    .await
+            }
         }
     }
 
-    async fn keystone_token(&self, p: &PasswordAuth) -> Result<Session> {
-        let url = format!("{}/auth/tokens", identity_v3_url(&p.auth_url));
+    async fn keystone_token(&self, auth_url: &str, request: &Value, who: &str) -> Result<Session> {
+        let url = format!("{}/auth/tokens", identity_v3_url(auth_url));
         tracing::debug!(%url, "requesting a Keystone token");
         let resp = self
             .inner
             .http
             .post(&url)
             .header(header::ACCEPT, "application/json")
-            .json(&token_request(p))
+            .json(request)
             .timeout(self.inner.config.request_timeout)
             .send()
             .await
@@ -213,9 +242,7 @@ impl Client {
                 return Err(err);
             }
             return Err(ClientError::Auth(format!(
-                "Keystone at {url} refused the token request for user {} in project {}: {err}",
-                describe(&p.user),
-                describe(&p.project)
+                "Keystone at {url} refused the token request for {who}: {err}"
             )));
         }
         let token = token.ok_or_else(|| {
@@ -283,7 +310,7 @@ impl Client {
                         None => rb,
                     }
                 }
-                (None, AuthMethod::Password(_)) => rb,
+                (None, _) => rb,
             };
             if let Some(b) = body {
                 rb = rb.json(b);
@@ -643,7 +670,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn transport_error(method: &str, url: &str, e: &reqwest::Error) -> ClientError {
+pub(crate) fn transport_error(method: &str, url: &str, e: &reqwest::Error) -> ClientError {
     if e.is_timeout() {
         ClientError::Unreachable(format!("{method} {url}: timed out"))
     } else if e.is_builder() {
@@ -757,6 +784,23 @@ fn ident_json(i: &Ident) -> Value {
             json!({ "name": name, "domain": d })
         }
     }
+}
+
+fn app_cred_request(a: &AppCredAuth) -> Value {
+    let credential = match &a.credential {
+        AppCredRef::Id(id) => json!({ "id": id, "secret": a.secret }),
+        AppCredRef::Name { name, user } => {
+            json!({ "name": name, "user": ident_json(user), "secret": a.secret })
+        }
+    };
+    json!({
+        "auth": {
+            "identity": {
+                "methods": ["application_credential"],
+                "application_credential": credential
+            }
+        }
+    })
 }
 
 fn token_request(p: &PasswordAuth) -> Value {

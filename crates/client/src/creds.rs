@@ -50,15 +50,55 @@ impl fmt::Debug for PasswordAuth {
     }
 }
 
+/// Which application credential: by id, or by name and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppCredRef {
+    Id(String),
+    Name { name: String, user: Ident },
+}
+
+/// Keystone v3 application credential authentication (`v3applicationcredential`):
+/// the credential's secret logs in as its user on the project it was made for.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppCredAuth {
+    /// Keystone's URL, with or without the trailing `/v3`.
+    pub auth_url: String,
+    pub credential: AppCredRef,
+    pub secret: String,
+}
+
+impl fmt::Debug for AppCredAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppCredAuth")
+            .field("auth_url", &self.auth_url)
+            .field("credential", &self.credential)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
 /// How requests are authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMethod {
     /// Keystone v3 password auth; the network endpoint comes from the catalog unless
     /// [`Credentials::network_endpoint`] overrides it.
     Password(PasswordAuth),
+    /// Keystone v3 application credential auth; the endpoint as for `Password`.
+    ApplicationCredential(AppCredAuth),
     /// No Keystone (Neutron's and kuryr's `noauth`): requests carry `X-Project-Id`
     /// (when given) and `X-Roles: admin`; [`Credentials::network_endpoint`] is required.
     NoAuth { project_id: Option<String> },
+}
+
+impl AuthMethod {
+    /// Keystone's URL, for the methods that use Keystone.
+    pub fn auth_url(&self) -> Option<&str> {
+        match self {
+            AuthMethod::Password(p) => Some(&p.auth_url),
+            AuthMethod::ApplicationCredential(a) => Some(&a.auth_url),
+            AuthMethod::NoAuth { .. } => None,
+        }
+    }
 }
 
 /// Everything needed to reach a Neutron.
@@ -101,7 +141,10 @@ impl Credentials {
     /// If `OS_CLOUD` is set, the named clouds.yaml entry is used instead (see
     /// [`Credentials::from_cloud_with`]), with `OS_PASSWORD` filling in a password the
     /// entry leaves out. Otherwise `OS_AUTH_TYPE` selects `password` (also `v3password`;
-    /// the default when OS_AUTH_URL is set) or `noauth` / `none` (the default when only
+    /// the default when OS_AUTH_URL is set), `v3applicationcredential` (also
+    /// `applicationcredential`: OS_APPLICATION_CREDENTIAL_ID, or
+    /// OS_APPLICATION_CREDENTIAL_NAME with OS_USERNAME / OS_USER_ID, and
+    /// OS_APPLICATION_CREDENTIAL_SECRET) or `noauth` / `none` (the default when only
     /// OS_ENDPOINT or OS_NETWORK_ENDPOINT is set).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ClientError> {
         let get = |k: &str| {
@@ -135,7 +178,7 @@ impl Credentials {
                     project_id: get("OS_PROJECT_ID").or_else(|| get("OS_TENANT_ID")),
                 }
             }
-            AuthKind::Password => {
+            kind @ (AuthKind::Password | AuthKind::AppCred) => {
                 let fields = AuthFields {
                     auth_url: get("OS_AUTH_URL"),
                     username: get("OS_USERNAME"),
@@ -151,8 +194,17 @@ impl Credentials {
                     default_domain_id: get("OS_DEFAULT_DOMAIN")
                         .or_else(|| get("OS_DEFAULT_DOMAIN_ID")),
                     endpoint: None,
+                    application_credential_id: get("OS_APPLICATION_CREDENTIAL_ID"),
+                    application_credential_name: get("OS_APPLICATION_CREDENTIAL_NAME"),
+                    application_credential_secret: get("OS_APPLICATION_CREDENTIAL_SECRET"),
                 };
-                AuthMethod::Password(fields.password_auth(&ENV_NAMES, "the environment")?)
+                if matches!(kind, AuthKind::AppCred) {
+                    AuthMethod::ApplicationCredential(
+                        fields.app_cred_auth(&ENV_NAMES, "the environment")?,
+                    )
+                } else {
+                    AuthMethod::Password(fields.password_auth(&ENV_NAMES, "the environment")?)
+                }
             }
         };
         Ok(Credentials {
@@ -287,6 +339,11 @@ impl Credentials {
                 }
                 AuthMethod::Password(fields.password_auth(&YAML_NAMES, &where_)?)
             }
+            AuthKind::AppCred => {
+                let mut fields = cloud.auth.clone();
+                fields.endpoint = None;
+                AuthMethod::ApplicationCredential(fields.app_cred_auth(&YAML_NAMES, &where_)?)
+            }
         };
         let verify = cloud.verify.unwrap_or(true);
         Ok(Credentials {
@@ -387,15 +444,18 @@ fn normalize_interface(v: Option<String>) -> String {
 
 enum AuthKind {
     Password,
+    AppCred,
     NoAuth,
 }
 
 fn auth_kind(t: &str) -> Result<AuthKind, ClientError> {
     match t.to_ascii_lowercase().as_str() {
         "password" | "v3password" => Ok(AuthKind::Password),
+        "v3applicationcredential" | "applicationcredential" => Ok(AuthKind::AppCred),
         "noauth" | "none" => Ok(AuthKind::NoAuth),
         other => Err(ClientError::Config(format!(
-            "unsupported auth type {other:?} (supported: password, v3password, noauth, none)"
+            "unsupported auth type {other:?} (supported: password, v3password, \
+             v3applicationcredential, noauth, none)"
         ))),
     }
 }
@@ -406,6 +466,8 @@ struct FieldNames {
     user: &'static str,
     password: &'static str,
     project: &'static str,
+    app_cred: &'static str,
+    app_cred_secret: &'static str,
 }
 
 const ENV_NAMES: FieldNames = FieldNames {
@@ -413,6 +475,8 @@ const ENV_NAMES: FieldNames = FieldNames {
     user: "OS_USERNAME or OS_USER_ID",
     password: "OS_PASSWORD",
     project: "OS_PROJECT_NAME or OS_PROJECT_ID (or OS_TENANT_NAME)",
+    app_cred: "OS_APPLICATION_CREDENTIAL_ID or OS_APPLICATION_CREDENTIAL_NAME",
+    app_cred_secret: "OS_APPLICATION_CREDENTIAL_SECRET",
 };
 
 const YAML_NAMES: FieldNames = FieldNames {
@@ -420,6 +484,8 @@ const YAML_NAMES: FieldNames = FieldNames {
     user: "auth.username or auth.user_id",
     password: "auth.password",
     project: "auth.project_name or auth.project_id",
+    app_cred: "auth.application_credential_id or auth.application_credential_name",
+    app_cred_secret: "auth.application_credential_secret",
 };
 
 /// The `auth:` mapping of a clouds.yaml entry; also what the environment is read into.
@@ -444,9 +510,69 @@ struct AuthFields {
     default_domain_id: Option<String>,
     /// noauth: Neutron's URL.
     endpoint: Option<String>,
+    application_credential_id: Option<String>,
+    application_credential_name: Option<String>,
+    application_credential_secret: Option<String>,
 }
 
 impl AuthFields {
+    fn app_cred_auth(self, names: &FieldNames, source: &str) -> Result<AppCredAuth, ClientError> {
+        let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let mut missing = Vec::new();
+        let auth_url = nonempty(self.auth_url);
+        if auth_url.is_none() {
+            missing.push(names.auth_url);
+        }
+        let secret = nonempty(self.application_credential_secret);
+        if secret.is_none() {
+            missing.push(names.app_cred_secret);
+        }
+        let domain = nonempty(self.user_domain_id)
+            .map(Domain::Id)
+            .or_else(|| nonempty(self.user_domain_name).map(Domain::Name))
+            .or_else(|| nonempty(self.default_domain_id).map(Domain::Id))
+            .or_else(|| nonempty(self.default_domain_name).map(Domain::Name))
+            .unwrap_or_default();
+        let credential = match (
+            nonempty(self.application_credential_id),
+            nonempty(self.application_credential_name),
+        ) {
+            (Some(id), _) => Some(AppCredRef::Id(id)),
+            // A name is only unique per user: the user must be named too.
+            (None, Some(name)) => match (nonempty(self.user_id), nonempty(self.username)) {
+                (Some(id), _) => Some(AppCredRef::Name {
+                    name,
+                    user: Ident::Id(id),
+                }),
+                (None, Some(user)) => Some(AppCredRef::Name {
+                    name,
+                    user: Ident::Name { name: user, domain },
+                }),
+                (None, None) => {
+                    missing.push(names.user);
+                    None
+                }
+            },
+            (None, None) => {
+                missing.push(names.app_cred);
+                None
+            }
+        };
+        match (auth_url, credential, secret) {
+            (Some(auth_url), Some(credential), Some(secret)) if missing.is_empty() => {
+                Ok(AppCredAuth {
+                    auth_url,
+                    credential,
+                    secret,
+                })
+            }
+            _ => Err(ClientError::Config(format!(
+                "application credential authentication needs {} (missing from {source})",
+                missing.join(", ")
+            ))),
+        }
+    }
+
     fn password_auth(self, names: &FieldNames, source: &str) -> Result<PasswordAuth, ClientError> {
         let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let mut missing = Vec::new();

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use kuryr_client::{AuthMethod, ClientError, Credentials, Domain, Ident, PasswordAuth};
+use kuryr_client::{
+    AppCredAuth, AppCredRef, AuthMethod, ClientError, Credentials, Domain, Ident, PasswordAuth,
+};
 
 fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = pairs
@@ -318,4 +320,131 @@ fn clouds_yaml_malformed() {
     let path = clouds_file(&dir, "clouds:\n  x:\n    auth: 5\n");
     let m = config_error(Credentials::from_clouds_yaml(&path, None, "x"));
     assert!(m.contains("\"x\""), "{m}");
+}
+
+fn app_cred(c: &Credentials) -> &AppCredAuth {
+    match &c.auth {
+        AuthMethod::ApplicationCredential(a) => a,
+        other => panic!("expected application credential auth, got {other:?}"),
+    }
+}
+
+#[test]
+fn env_application_credentials() {
+    let c = Credentials::from_vars(vars(&[
+        ("OS_AUTH_TYPE", "v3applicationcredential"),
+        ("OS_AUTH_URL", "http://k:5000/v3"),
+        ("OS_APPLICATION_CREDENTIAL_ID", "ac1"),
+        ("OS_APPLICATION_CREDENTIAL_SECRET", "s3cret"),
+        ("OS_REGION_NAME", "R1"),
+        // Left over from a password openrc: not used.
+        ("OS_USERNAME", "someone"),
+        ("OS_PROJECT_NAME", "somewhere"),
+    ]))
+    .expect("by id");
+    let a = app_cred(&c);
+    assert_eq!(a.auth_url, "http://k:5000/v3");
+    assert_eq!(a.credential, AppCredRef::Id("ac1".into()));
+    assert_eq!(a.secret, "s3cret");
+    assert_eq!(c.region_name.as_deref(), Some("R1"));
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the secret is not in Debug"
+    );
+
+    let c = Credentials::from_vars(vars(&[
+        ("OS_AUTH_TYPE", "applicationcredential"),
+        ("OS_AUTH_URL", "http://k"),
+        ("OS_APPLICATION_CREDENTIAL_NAME", "agent"),
+        ("OS_USERNAME", "kuryr-agent-h1"),
+        ("OS_USER_DOMAIN_ID", "default"),
+        ("OS_APPLICATION_CREDENTIAL_SECRET", "x"),
+    ]))
+    .expect("by name");
+    assert_eq!(
+        app_cred(&c).credential,
+        AppCredRef::Name {
+            name: "agent".into(),
+            user: Ident::Name {
+                name: "kuryr-agent-h1".into(),
+                domain: Domain::Id("default".into())
+            }
+        }
+    );
+
+    // What is missing is named.
+    let m = config_error(Credentials::from_vars(vars(&[
+        ("OS_AUTH_TYPE", "v3applicationcredential"),
+        ("OS_AUTH_URL", "http://k"),
+        ("OS_APPLICATION_CREDENTIAL_NAME", "agent"),
+    ])));
+    assert!(
+        m.contains("OS_USERNAME or OS_USER_ID") && m.contains("OS_APPLICATION_CREDENTIAL_SECRET"),
+        "{m}"
+    );
+    let m = config_error(Credentials::from_vars(vars(&[
+        ("OS_AUTH_TYPE", "v3applicationcredential"),
+        ("OS_APPLICATION_CREDENTIAL_SECRET", "x"),
+    ])));
+    assert!(
+        m.contains("OS_AUTH_URL") && m.contains("OS_APPLICATION_CREDENTIAL_ID"),
+        "{m}"
+    );
+    let m = config_error(Credentials::from_vars(vars(&[
+        ("OS_AUTH_TYPE", "token"),
+        ("OS_AUTH_URL", "http://k"),
+    ])));
+    assert!(m.contains("v3applicationcredential"), "{m}");
+}
+
+#[test]
+fn clouds_yaml_application_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = clouds_file(
+        &dir,
+        r#"
+clouds:
+  agent:
+    auth_type: v3applicationcredential
+    auth:
+      auth_url: http://127.0.0.1:9696/identity/v3
+      application_credential_id: ac9
+      application_credential_secret: sekrit
+    region_name: RegionOne
+    interface: public
+  byname:
+    auth_type: v3applicationcredential
+    auth:
+      auth_url: http://k
+      application_credential_name: plugin
+      user_id: u7
+      application_credential_secret: s
+  nosecret:
+    auth_type: v3applicationcredential
+    auth:
+      auth_url: http://k
+      application_credential_id: ac9
+"#,
+    );
+    let path_s = path.display().to_string();
+    let env = vars(&[("OS_CLIENT_CONFIG_FILE", &path_s)]);
+    let c = Credentials::from_cloud_with("agent", &env).expect("agent");
+    let a = app_cred(&c);
+    assert_eq!(a.credential, AppCredRef::Id("ac9".into()));
+    assert_eq!(a.secret, "sekrit");
+    assert_eq!(a.auth_url, "http://127.0.0.1:9696/identity/v3");
+    assert_eq!(c.auth.auth_url(), Some("http://127.0.0.1:9696/identity/v3"));
+    let c = Credentials::from_cloud_with("byname", &env).expect("byname");
+    assert_eq!(
+        app_cred(&c).credential,
+        AppCredRef::Name {
+            name: "plugin".into(),
+            user: Ident::Id("u7".into())
+        }
+    );
+    let m = config_error(Credentials::from_cloud_with("nosecret", &env));
+    assert!(
+        m.contains("auth.application_credential_secret") && m.contains("nosecret"),
+        "{m}"
+    );
 }

@@ -416,10 +416,10 @@ impl Plugin {
                         addresses[0], p.id, p.device_id
                     )));
                 }
+                // The agent claims it for this host (binding:host_id) when it binds it.
                 let mut attrs = json!({
                     "device_owner": DEVICE_OWNER,
                     "device_id": req.endpoint_id,
-                    "binding:host_id": self.host,
                     "admin_state_up": true,
                 });
                 if let Some(m) = &mac
@@ -428,7 +428,6 @@ impl Plugin {
                     attrs["mac_address"] = json!(m);
                 }
                 let needs_update = p.device_id != req.endpoint_id
-                    || p.host_id != self.host
                     || p.device_owner != DEVICE_OWNER
                     || attrs.get("mac_address").is_some();
                 // The claim and the endpoint's tags are independent writes: at once.
@@ -468,7 +467,6 @@ impl Plugin {
                     "fixed_ips": fixed,
                     "device_owner": DEVICE_OWNER,
                     "device_id": req.endpoint_id,
-                    "binding:host_id": self.host,
                     "tags": [DEVICE_OWNER, ep_tags[0], ep_tags[1]],
                 });
                 if let Some(m) = &mac {

@@ -416,7 +416,6 @@ impl Plugin {
             "admin_state_up": true,
             "fixed_ips": [fixed],
             "device_owner": DEVICE_OWNER,
-            "binding:host_id": self.host,
             "tags": [DEVICE_OWNER],
         });
         if let Some(m) = mac {
@@ -514,7 +513,7 @@ impl Plugin {
             if p.tags.iter().any(|t| t == PORT_EXISTING_TAG) {
                 self.give_back(&p).await?;
             } else if is_ours(&p) {
-                let elsewhere = !p.host_id.is_empty() && p.host_id != self.host;
+                let elsewhere = self.bound_elsewhere(&p).await?;
                 if elsewhere || self.agent.is_bound(&p.id) {
                     // Still an endpoint's (here or on another host): Docker releases an
                     // address only after DeleteEndpoint, so this is not its port.
@@ -531,13 +530,30 @@ impl Plugin {
         Ok(json!({}))
     }
 
-    /// An adopted port goes back as it was found: unbound, untagged.
+    /// Whether a port is bound to another host. The plugin's own credential may not
+    /// see `binding:host_id` (Neutron shows it to admins and services): what it does not
+    /// see, the agent is asked, which may read ports of this host and unbound ones only.
+    async fn bound_elsewhere(&self, p: &Port) -> PluginResult<bool> {
+        if !p.host_id.is_empty() {
+            return Ok(p.host_id != self.host);
+        }
+        match self.agent.client().get_port(&p.id).await {
+            Ok(seen) => Ok(!seen.host_id.is_empty() && seen.host_id != self.host),
+            Err(kuryr_client::ClientError::NotFound { .. }) => Ok(true),
+            Err(kuryr_client::ClientError::Api { status: 403, .. }) => Ok(true),
+            Err(e) => Err(PluginError::neutron("reading the port's binding", e)),
+        }
+    }
+
+    /// An adopted port goes back as it was found: unbound, untagged. The binding is
+    /// cleared by the agent (setting `binding:host_id` is not the plugin's to do).
     async fn give_back(&self, p: &Port) -> PluginResult<()> {
+        self.agent
+            .unclaim(&p.id)
+            .await
+            .map_err(|e| PluginError::agent("unbinding the adopted port", e))?;
         self.client
-            .update_port(
-                &p.id,
-                json!({"device_owner": "", "device_id": "", "binding:host_id": ""}),
-            )
+            .update_port(&p.id, json!({"device_owner": "", "device_id": ""}))
             .await
             .map_err(|e| PluginError::neutron("releasing the adopted port", e))?;
         let tags: Vec<String> = p

@@ -9,8 +9,10 @@
 //!   also `kuryr.net.existing:<id[:12]>`);
 //! - IPAM pool → subnet pool `kuryrPool-<cidr>` (PoolID = its id); subnet
 //!   `kuryr-subnet-<cidr>` tagged with the pool id;
-//! - address → port (`compute:kuryr`), endpoint → that port with `device_id` = endpoint
-//!   id, `binding:host_id` = this host and the endpoint's two id halves as tags.
+//! - address → port (`kuryr:container`), endpoint → that port with `device_id` = endpoint
+//!   id and the endpoint's two id halves as tags; the agent then claims it for this
+//!   host (`binding:host_id`, which Neutron lets only admins and services set, so the
+//!   plugin, with a project member's credential, never sets it).
 
 mod driver;
 mod ipam;
@@ -37,7 +39,7 @@ pub const PLUGIN_NAME: &str = "kuryr";
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/kuryr.sock";
 
 // Names and tags shared with kuryr-libnetwork.
-pub const DEVICE_OWNER: &str = "compute:kuryr";
+pub const DEVICE_OWNER: &str = "kuryr:container";
 pub const NET_TAG_LH: &str = "kuryr.net.uuid.lh:";
 pub const NET_TAG_UH: &str = "kuryr.net.uuid.uh:";
 pub const NET_EXISTING_TAG: &str = "kuryr.net.existing:";
@@ -181,9 +183,18 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// The plugin, using the agent's credentials for Neutron.
     pub fn new(agent: Arc<Agent>, scope: Scope) -> Arc<Plugin> {
+        let client = agent.client().clone();
+        Self::with_client(agent, client, scope)
+    }
+
+    /// The plugin with its own Neutron client: it makes networks, subnets and ports
+    /// with it, while the agent claims and binds the ports with its own (a
+    /// host-scoped agent credential may do only that).
+    pub fn with_client(agent: Arc<Agent>, client: Client, scope: Scope) -> Arc<Plugin> {
         Arc::new(Plugin {
-            client: agent.client().clone(),
+            client,
             host: agent.config().host.clone(),
             agent,
             scope,

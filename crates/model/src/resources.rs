@@ -8,6 +8,10 @@ use serde_json::Value;
 
 use crate::ipam::IpRange;
 
+fn unbound() -> String {
+    "unbound".to_string()
+}
+
 fn empty_object() -> Value {
     Value::Object(Default::default())
 }
@@ -22,7 +26,8 @@ pub struct Network {
     pub mtu: u32,
     #[serde(rename = "router:external")]
     pub router_external: bool,
-    #[serde(rename = "provider:network_type")]
+    // Admin-only attributes: absent from what other callers read (Neutron's policy).
+    #[serde(rename = "provider:network_type", default)]
     pub network_type: String,
     #[serde(rename = "provider:physical_network")]
     pub physical_network: Option<String>,
@@ -125,11 +130,12 @@ pub struct Port {
     pub security_groups: Vec<String>,
     pub port_security_enabled: bool,
     pub allowed_address_pairs: Vec<AddressPair>,
-    #[serde(rename = "binding:host_id")]
+    // The binding attributes are admin-only (agents: their host's): absent otherwise.
+    #[serde(rename = "binding:host_id", default)]
     pub host_id: String,
     #[serde(rename = "binding:profile", default = "empty_object")]
     pub profile: Value,
-    #[serde(rename = "binding:vif_type")]
+    #[serde(rename = "binding:vif_type", default = "unbound")]
     pub vif_type: String,
     #[serde(rename = "binding:vif_details", default = "empty_object")]
     pub vif_details: Value,

@@ -425,7 +425,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch);
+            // A caller that gave up (its client went away) before its turn is not
+            // committed: its outcome was never going to be seen, and under overload
+            // this sheds exactly the work nobody waits for.
+            batch.retain(|r| !r.reply.is_closed());
+            if !batch.is_empty() {
+                self.commit(&mut batch);
+            }
         }
         tracing::debug!(revision = self.revision, "store writer stopped");
     }

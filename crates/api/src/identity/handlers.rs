@@ -14,52 +14,59 @@ use serde_json::{Value, json};
 
 use super::tokens::{self, TokenClaims};
 use super::{
-    AuthContext, DOMAIN_ID, DOMAIN_NAME, Identity, Project, Role, User, hash_password, keys,
-    new_id, verify_password,
+    AppCred, AuthContext, BUILTIN_ROLES, DOMAIN_ID, DOMAIN_NAME, Identity, Project, Role, User,
+    keys, login, new_id,
 };
 
-type Shared = Arc<Identity>;
+pub(super) type Shared = Arc<Identity>;
 
-pub struct KsError(StatusCode, String);
+#[derive(Debug)]
+pub struct KsError(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for KsError {
     fn into_response(self) -> Response {
         let title = self.0.canonical_reason().unwrap_or("Error");
-        (
+        let mut resp = (
             self.0,
             Json(json!({"error": {"code": self.0.as_u16(), "title": title, "message": self.1}})),
         )
-            .into_response()
+            .into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Only logins are refused this way (too many at once): soon is fine.
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
-type KsResult<T> = Result<T, KsError>;
+pub(super) type KsResult<T> = Result<T, KsError>;
 
-fn unauthorized() -> KsError {
+pub(super) fn unauthorized() -> KsError {
     KsError(
         StatusCode::UNAUTHORIZED,
         "The request you have made requires authentication.".into(),
     )
 }
-fn forbidden() -> KsError {
+pub(super) fn forbidden() -> KsError {
     KsError(
         StatusCode::FORBIDDEN,
         "You are not authorized to perform the requested action.".into(),
     )
 }
-fn not_found(what: &str, id: &str) -> KsError {
+pub(super) fn not_found(what: &str, id: &str) -> KsError {
     KsError(
         StatusCode::NOT_FOUND,
         format!("Could not find {what}: {id}."),
     )
 }
-fn bad_request(msg: impl Into<String>) -> KsError {
+pub(super) fn bad_request(msg: impl Into<String>) -> KsError {
     KsError(StatusCode::BAD_REQUEST, msg.into())
 }
-fn conflict(msg: impl Into<String>) -> KsError {
+pub(super) fn conflict(msg: impl Into<String>) -> KsError {
     KsError(StatusCode::CONFLICT, msg.into())
 }
-fn internal(e: impl std::fmt::Display) -> KsError {
+pub(super) fn internal(e: impl std::fmt::Display) -> KsError {
     tracing::error!(error = %e, "identity request failed");
     KsError(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -93,8 +100,21 @@ pub fn router(id: Shared) -> Router {
             get(show_user).patch(update_user).delete(delete_user),
         )
         .route("/v3/users/{id}/projects", get(user_projects))
-        .route("/v3/roles", get(list_roles))
-        .route("/v3/roles/{id}", get(show_role))
+        .route("/v3/roles", get(list_roles).post(create_role))
+        .route("/v3/roles/{id}", get(show_role).delete(delete_role))
+        .route(
+            "/v3/users/{id}/application_credentials",
+            get(super::appcreds::list).post(super::appcreds::create),
+        )
+        .route(
+            "/v3/users/{id}/application_credentials/{ac}",
+            get(super::appcreds::show).delete(super::appcreds::delete),
+        )
+        .route("/v3/OS-REVOKE/events", get(revocation_events))
+        .route(
+            "/v3/OS-KURYR/signing_keys",
+            get(list_signing_keys).post(rotate_signing_key),
+        )
         .route("/v3/projects/{p}/users/{u}/roles", get(project_user_roles))
         .route(
             "/v3/projects/{p}/users/{u}/roles/{r}",
@@ -110,7 +130,7 @@ pub fn router(id: Shared) -> Router {
         .with_state(id)
 }
 
-fn v3_url(id: &Identity) -> String {
+pub(super) fn v3_url(id: &Identity) -> String {
     format!("{}/identity/v3/", id.config.public_url)
 }
 
@@ -132,7 +152,7 @@ async fn version(State(id): State<Shared>) -> Json<Value> {
     Json(json!({"version": version_doc(&id)}))
 }
 
-fn domain_ref() -> Value {
+pub(super) fn domain_ref() -> Value {
     json!({"id": DOMAIN_ID, "name": DOMAIN_NAME})
 }
 
@@ -157,7 +177,7 @@ fn catalog(id: &Identity) -> Value {
     Value::Array(entries)
 }
 
-fn fmt_time(unix: i64) -> String {
+pub(super) fn fmt_time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .unwrap_or_default()
         .format("%Y-%m-%dT%H:%M:%S.000000Z")
@@ -170,17 +190,15 @@ fn token_body(id: &Identity, claims: &TokenClaims, with_catalog: bool) -> KsResu
     let mut t = json!({
         "methods": claims.methods,
         "user": {"id": user.id, "name": user.name, "domain": domain_ref(), "password_expires_at": null},
-        "audit_ids": [claims.audit],
+        "audit_ids": claims.audit_ids(),
         "expires_at": fmt_time(claims.expires),
         "issued_at": fmt_time(claims.issued),
     });
     if let Some(pid) = &claims.project {
         let p = st.projects.get(pid).ok_or_else(unauthorized)?;
         let roles: Vec<Value> = st
-            .assignments
-            .iter()
-            .filter(|(ap, au, _)| ap == pid && *au == user.id)
-            .filter_map(|(_, _, r)| st.roles.get(r))
+            .token_roles(claims, pid)
+            .into_iter()
             .map(|r| json!({"id": r.id, "name": r.name}))
             .collect();
         t["project"] = json!({"id": p.id, "name": p.name, "domain": domain_ref()});
@@ -190,16 +208,36 @@ fn token_body(id: &Identity, claims: &TokenClaims, with_catalog: bool) -> KsResu
             t["catalog"] = catalog(id);
         }
     }
+    if let Some(ac) = claims.app_cred.as_ref().and_then(|a| st.app_creds.get(a)) {
+        t["application_credential"] =
+            json!({"id": ac.id, "name": ac.name, "restricted": !ac.unrestricted});
+    }
     Ok(json!({ "token": t }))
 }
 
-/// The caller, from X-Auth-Token (project-scoped).
-fn caller(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
-    let token = headers
+fn auth_token(headers: &HeaderMap) -> KsResult<&str> {
+    headers
         .get("x-auth-token")
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
-    id.validate(token).ok_or_else(unauthorized)
+        .ok_or_else(unauthorized)
+}
+
+/// The caller's token claims and context, from X-Auth-Token (project-scoped).
+pub(super) fn caller_claims(
+    id: &Identity,
+    headers: &HeaderMap,
+) -> KsResult<(TokenClaims, AuthContext)> {
+    let token = auth_token(headers)?;
+    let st = id.state();
+    let claims = st.live_token(token).ok_or_else(unauthorized)?;
+    let project = claims.project.clone().ok_or_else(unauthorized)?;
+    let ctx = Identity::context(&st, &claims, &project).ok_or_else(unauthorized)?;
+    Ok((claims, ctx))
+}
+
+/// The caller, from X-Auth-Token (project-scoped).
+pub(super) fn caller(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
+    caller_claims(id, headers).map(|(_, ctx)| ctx)
 }
 
 fn admin(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
@@ -211,7 +249,7 @@ fn admin(id: &Identity, headers: &HeaderMap) -> KsResult<AuthContext> {
     }
 }
 
-fn parse_json(body: &Bytes) -> KsResult<Value> {
+pub(super) fn parse_json(body: &Bytes) -> KsResult<Value> {
     serde_json::from_slice(body).map_err(|_| bad_request("The request body is not valid JSON."))
 }
 
@@ -227,6 +265,133 @@ fn check_domain(v: Option<&Value>) -> KsResult<()> {
             .map(|n| n == DOMAIN_NAME)
             .unwrap_or(true);
     if ok { Ok(()) } else { Err(unauthorized()) }
+}
+
+/// Too many logins at once: try again shortly (Keystone's error shape, 503).
+pub(super) fn busy(e: login::Busy) -> KsError {
+    match e {
+        login::Busy::Saturated => KsError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many authentication requests are in progress; retry shortly.".into(),
+        ),
+        login::Busy::Gone => internal(e),
+    }
+}
+
+/// A user named by `{"id"}` or `{"name", "domain"}`.
+fn find_user<'a>(st: &'a super::State, u: &Value) -> KsResult<Option<&'a User>> {
+    check_domain(u.get("domain"))?;
+    Ok(match (u["id"].as_str(), u["name"].as_str()) {
+        (Some(uid), _) => st.users.get(uid),
+        (None, Some(name)) => st.user_by_name(name),
+        _ => None,
+    })
+}
+
+/// Who authenticated, before the token is made.
+struct Authenticated {
+    user_id: String,
+    methods: Vec<String>,
+    /// The password hash that was checked: the token is refused if it changed meanwhile.
+    checked_hash: Option<String>,
+    /// The token this one is got from.
+    parent: Option<TokenClaims>,
+    app_cred: Option<AppCred>,
+}
+
+async fn authenticate(
+    id: &Identity,
+    auth: &Value,
+    methods: Vec<String>,
+) -> KsResult<Authenticated> {
+    let has = |m: &str| methods.iter().any(|x| x == m);
+    if has("password") {
+        let u = &auth["identity"]["password"]["user"];
+        let password = u["password"].as_str().ok_or_else(unauthorized)?.to_string();
+        let user = find_user(&id.state(), u)?.cloned();
+        // Unknown users cost a check of the dummy hash: the answer comes no sooner.
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let ok = id.gate.check(password, hash.clone()).await.map_err(busy)?;
+        let user = user.filter(|u| ok && u.enabled).ok_or_else(unauthorized)?;
+        Ok(Authenticated {
+            user_id: user.id,
+            methods,
+            checked_hash: hash,
+            parent: None,
+            app_cred: None,
+        })
+    } else if has("application_credential") {
+        let a = &auth["identity"]["application_credential"];
+        let secret = a["secret"].as_str().ok_or_else(unauthorized)?.to_string();
+        let found = {
+            let st = id.state();
+            match (a["id"].as_str(), a["name"].as_str()) {
+                (Some(acid), _) => st.app_creds.get(acid).cloned(),
+                (None, Some(name)) => {
+                    let owner = find_user(&st, &a["user"])?.map(|u| u.id.clone());
+                    st.app_creds
+                        .values()
+                        .find(|c| c.name == name && Some(&c.user_id) == owner.as_ref())
+                        .cloned()
+                }
+                _ => None,
+            }
+        };
+        let hash = found.as_ref().map(|c| c.secret_hash.clone());
+        let ok = id.gate.check(secret, hash).await.map_err(busy)?;
+        let ac = found.filter(|_| ok).ok_or_else(unauthorized)?;
+        let now = chrono::Utc::now().timestamp();
+        if ac.expires_at.is_some_and(|e| e <= now) {
+            return Err(KsError(
+                StatusCode::UNAUTHORIZED,
+                "The application credential has expired.".into(),
+            ));
+        }
+        Ok(Authenticated {
+            user_id: ac.user_id.clone(),
+            methods,
+            checked_hash: None,
+            parent: None,
+            app_cred: Some(ac),
+        })
+    } else if has("token") {
+        let t = auth["identity"]["token"]["id"]
+            .as_str()
+            .ok_or_else(unauthorized)?;
+        let st = id.state();
+        let parent = st.live_token(t).ok_or_else(unauthorized)?;
+        if parent.chain.len() >= tokens::MAX_CHAIN {
+            return Err(KsError(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "This token was got from {} tokens in a row; authenticate with a password or an application credential.",
+                    parent.chain.len() + 1
+                ),
+            ));
+        }
+        let app_cred = parent
+            .app_cred
+            .as_ref()
+            .and_then(|a| st.app_creds.get(a))
+            .cloned();
+        // The new token also counts as got by its parent's methods (Keystone does
+        // so; what an application credential may do depends on it).
+        let mut all = methods;
+        for m in &parent.methods {
+            if !all.contains(m) {
+                all.push(m.clone());
+            }
+        }
+        Ok(Authenticated {
+            user_id: parent.user.clone(),
+            methods: all,
+            checked_hash: None,
+            parent: Some(parent),
+            app_cred,
+        })
+    } else {
+        Err(unauthorized())
+    }
 }
 
 async fn issue(
@@ -246,49 +411,26 @@ async fn issue(
                 .collect()
         })
         .unwrap_or_default();
+    let who = authenticate(&id, auth, methods).await?;
     let now = chrono::Utc::now().timestamp();
-    let (user_id, inherited_expiry, audit_parent) = if methods.iter().any(|m| m == "password") {
-        let u = &auth["identity"]["password"]["user"];
-        let password = u["password"].as_str().ok_or_else(unauthorized)?.to_string();
-        check_domain(u.get("domain"))?;
-        let user = {
-            let st = id.state();
-            let found = match (u["id"].as_str(), u["name"].as_str()) {
-                (Some(uid), _) => st.users.get(uid),
-                (None, Some(name)) => st.user_by_name(name),
-                _ => None,
-            };
-            found.filter(|u| u.enabled).cloned()
-        };
-        let user = user.ok_or_else(unauthorized)?;
-        let hash = user.password_hash.clone();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(internal)?;
-        if !ok {
-            return Err(unauthorized());
-        }
-        (user.id, None, None)
-    } else if methods.iter().any(|m| m == "token") {
-        let t = auth["identity"]["token"]["id"]
-            .as_str()
-            .ok_or_else(unauthorized)?;
+    // One look at the state for every check and for the revision the token carries:
+    // a change applied after it (a new password, a revocation) is then newer.
+    let (claims, token) = {
         let st = id.state();
-        let c = tokens::verify(&st.secret, t).ok_or_else(unauthorized)?;
-        if c.expires <= now
-            || st.revoked.contains_key(&c.audit)
-            || !st.users.get(&c.user).is_some_and(|u| u.enabled)
+        let user = st
+            .users
+            .get(&who.user_id)
+            .filter(|u| u.enabled)
+            .ok_or_else(unauthorized)?;
+        if who
+            .checked_hash
+            .as_ref()
+            .is_some_and(|h| *h != user.password_hash)
         {
             return Err(unauthorized());
         }
-        (c.user, Some(c.expires), Some(c.audit))
-    } else {
-        return Err(unauthorized());
-    };
-    let project = {
-        let st = id.state();
         let scope = auth.get("scope").and_then(|s| s.get("project"));
-        match scope {
+        let requested = match scope {
             None => None,
             Some(p) => {
                 check_domain(p.get("domain"))?;
@@ -297,26 +439,55 @@ async fn issue(
                     (None, Some(name)) => st.project_by_name(name),
                     _ => None,
                 };
-                let proj = found.filter(|p| p.enabled).ok_or_else(unauthorized)?;
-                if st.role_names(&proj.id, &user_id).is_empty() {
+                Some(found.ok_or_else(unauthorized)?.id.clone())
+            }
+        };
+        let project = match &who.app_cred {
+            Some(ac) => {
+                // Bound to its project: it may not be scoped elsewhere.
+                let current = st.app_creds.get(&ac.id).ok_or_else(unauthorized)?;
+                if current.secret_hash != ac.secret_hash
+                    || requested.as_ref().is_some_and(|p| *p != ac.project_id)
+                {
                     return Err(unauthorized());
                 }
-                Some(proj.id.clone())
+                Some(ac.project_id.clone())
+            }
+            None => requested,
+        };
+        let mut expires = now + id.config.token_ttl.as_secs() as i64;
+        if let Some(p) = &who.parent {
+            expires = expires.min(p.expires);
+        }
+        if let Some(e) = who.app_cred.as_ref().and_then(|a| a.expires_at) {
+            expires = expires.min(e);
+        }
+        let mut chain = Vec::new();
+        if let Some(p) = &who.parent {
+            chain = p.chain.clone();
+            chain.push(p.audit.clone());
+        }
+        let claims = TokenClaims {
+            user: who.user_id.clone(),
+            project,
+            issued: now,
+            expires,
+            audit: new_id(),
+            methods: who.methods,
+            chain,
+            revision: st.revision,
+            app_cred: who.app_cred.as_ref().map(|a| a.id.clone()),
+        };
+        if let Some(pid) = &claims.project {
+            let enabled = st.projects.get(pid).is_some_and(|p| p.enabled);
+            if !enabled || st.token_roles(&claims, pid).is_empty() {
+                return Err(unauthorized());
             }
         }
-    };
-    let expires = inherited_expiry.unwrap_or(now + id.config.token_ttl.as_secs() as i64);
-    let claims = TokenClaims {
-        user: user_id,
-        project,
-        issued: now,
-        expires,
-        audit: audit_parent.map(|_| new_id()).unwrap_or_else(new_id),
-        methods,
-    };
-    let token = {
-        let st = id.state();
-        tokens::sign(&st.secret, &claims).ok_or_else(|| internal("signing failed"))?
+        let key = st.primary_key().ok_or_else(|| internal("no signing key"))?;
+        let token = tokens::sign(&key.id, &key.secret, &claims)
+            .ok_or_else(|| internal("signing failed"))?;
+        (claims, token)
     };
     let body = token_body(&id, &claims, !q.contains_key("nocatalog"))?;
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
@@ -332,27 +503,17 @@ fn subject(id: &Identity, headers: &HeaderMap) -> Option<(TokenClaims, String)> 
     let t = headers
         .get("x-subject-token")
         .and_then(|v| v.to_str().ok())?;
-    let st = id.state();
-    let c = tokens::verify(&st.secret, t)?;
-    let alive = c.expires > chrono::Utc::now().timestamp()
-        && !st.revoked.contains_key(&c.audit)
-        && st.users.get(&c.user).is_some_and(|u| u.enabled);
-    alive.then(|| (c, t.to_string()))
+    let c = id.state().live_token(t)?;
+    Some((c, t.to_string()))
 }
 
 /// Any valid token may check itself; checking others' tokens needs admin.
 fn may_inspect(id: &Identity, headers: &HeaderMap) -> KsResult<()> {
     let own = headers.get("x-auth-token") == headers.get("x-subject-token");
-    let token = headers
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
-    let st = id.state();
-    let c = tokens::verify(&st.secret, token).ok_or_else(unauthorized)?;
-    if c.expires <= chrono::Utc::now().timestamp() || st.revoked.contains_key(&c.audit) {
+    let token = auth_token(headers)?;
+    if id.state().live_token(token).is_none() {
         return Err(unauthorized());
     }
-    drop(st);
     if own || id.validate(token).is_some_and(|ctx| ctx.is_admin()) {
         Ok(())
     } else {
@@ -382,12 +543,14 @@ async fn validate(
     Ok(resp)
 }
 
+/// Revokes the subject token by its audit id, which also revokes every token got
+/// from it (they carry it in their chain).
 async fn revoke(State(id): State<Shared>, headers: HeaderMap) -> KsResult<StatusCode> {
     may_inspect(&id, &headers)?;
     let (claims, _) =
         subject(&id, &headers).ok_or_else(|| not_found("token", "the subject token"))?;
     let txn = Txn::new().put(keys::revoked(&claims.audit), claims.expires.to_string());
-    id.commit(txn).await.map_err(internal)?;
+    id.commit(id.with_pruning(txn)).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -421,23 +584,24 @@ fn user_json(id: &Identity, u: &User) -> Value {
 }
 
 fn role_json(id: &Identity, r: &Role) -> Value {
-    json!({"id": r.id, "name": r.name, "domain_id": null, "description": null, "options": {},
+    json!({"id": r.id, "name": r.name, "domain_id": null, "description": r.description, "options": {},
         "links": {"self": format!("{}roles/{}", v3_url(id), r.id)}})
 }
 
 async fn auth_projects(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
-    let token = headers
-        .get("x-auth-token")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(unauthorized)?;
+    let token = auth_token(&headers)?;
     let st = id.state();
-    let c = tokens::verify(&st.secret, token).ok_or_else(unauthorized)?;
-    if c.expires <= chrono::Utc::now().timestamp() || st.revoked.contains_key(&c.audit) {
-        return Err(unauthorized());
-    }
+    let c = st.live_token(token).ok_or_else(unauthorized)?;
+    // An application credential's tokens see only its project.
+    let bound = c
+        .app_cred
+        .as_ref()
+        .and_then(|a| st.app_creds.get(a))
+        .map(|a| a.project_id.clone());
     let projects: Vec<Value> = st
         .projects
         .values()
+        .filter(|p| bound.as_ref().is_none_or(|b| *b == p.id))
         .filter(|p| !st.role_names(&p.id, &c.user).is_empty())
         .map(|p| project_json(&id, p))
         .collect();
@@ -470,7 +634,7 @@ async fn domain(
     }
 }
 
-fn list_links() -> Value {
+pub(super) fn list_links() -> Value {
     json!({"self": null, "next": null, "previous": null})
 }
 
@@ -509,11 +673,11 @@ async fn show_project(
     Ok(Json(json!({"project": project_json(&id, p)})))
 }
 
-fn field<'a>(v: &'a Value, wrapper: &str, name: &str) -> Option<&'a Value> {
+pub(super) fn field<'a>(v: &'a Value, wrapper: &str, name: &str) -> Option<&'a Value> {
     v.get(wrapper).and_then(|w| w.get(name))
 }
 
-fn opt_str(v: Option<&Value>, name: &str) -> KsResult<Option<String>> {
+pub(super) fn opt_str(v: Option<&Value>, name: &str) -> KsResult<Option<String>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -523,7 +687,7 @@ fn opt_str(v: Option<&Value>, name: &str) -> KsResult<Option<String>> {
     }
 }
 
-fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> {
+pub(super) fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> {
     match v {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -533,7 +697,7 @@ fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> {
     }
 }
 
-fn check_name(name: &str) -> KsResult<()> {
+pub(super) fn check_name(name: &str) -> KsResult<()> {
     if name.is_empty() || name.chars().count() > 64 || name.contains('/') {
         return Err(bad_request(format!(
             "Invalid name '{name}': 1 to 64 characters, no '/'."
@@ -600,6 +764,7 @@ async fn update_project(
     if let Some(d) = opt_str(field(&body, "project", "description"), "description")? {
         p.description = d;
     }
+    let was_enabled = p.enabled;
     if let Some(e) = opt_bool(field(&body, "project", "enabled"), "enabled")? {
         p.enabled = e;
     }
@@ -607,6 +772,13 @@ async fn update_project(
         keys::project(&p.id),
         serde_json::to_vec(&p).map_err(internal)?,
     );
+    if was_enabled && !p.enabled {
+        // Its tokens stay revoked if it is enabled again (as in Keystone).
+        let (k, v) = id
+            .revocation_record(keys::revoked_project(&p.id))
+            .map_err(internal)?;
+        txn = id.with_pruning(txn.put(k, v));
+    }
     if p.name != old_name {
         txn = txn
             .when(Compare::Absent(keys::project_name(&p.name)))
@@ -634,14 +806,24 @@ async fn delete_project(
             .projects
             .get(&pid)
             .ok_or_else(|| not_found("project", &pid))?;
+        let (k, v) = id
+            .revocation_record(keys::revoked_project(&p.id))
+            .map_err(internal)?;
         let mut txn = Txn::new()
             .delete(keys::project(&p.id))
-            .delete(keys::project_name(&p.name));
+            .delete(keys::project_name(&p.name))
+            .put(k, v);
         for (ap, u, r) in st.assignments.iter().filter(|(ap, _, _)| *ap == pid) {
             txn = txn.delete(keys::assignment(ap, u, r));
         }
+        for ac in st.app_creds.values().filter(|a| a.project_id == pid) {
+            txn = txn
+                .delete(keys::app_cred(&ac.id))
+                .delete(keys::app_cred_name(&ac.user_id, &ac.name));
+        }
         txn
     };
+    let txn = id.with_pruning(txn);
     id.commit(txn).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -719,10 +901,7 @@ async fn create_user(
     }
     // Without a password the user can never log in (as in Keystone).
     let hash = match password {
-        Some(p) => tokio::task::spawn_blocking(move || hash_password(&p))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?,
+        Some(p) => id.gate.hash(p).await.map_err(busy)?.map_err(internal)?,
         None => String::new(),
     };
     let u = User {
@@ -769,11 +948,11 @@ async fn update_user(
         check_name(&n)?;
         u.name = n;
     }
-    if let Some(p) = opt_str(field(&body, "user", "password"), "password")? {
-        u.password_hash = tokio::task::spawn_blocking(move || hash_password(&p))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+    let was_enabled = u.enabled;
+    let new_password = opt_str(field(&body, "user", "password"), "password")?;
+    let password_changed = new_password.is_some();
+    if let Some(p) = new_password {
+        u.password_hash = id.gate.hash(p).await.map_err(busy)?.map_err(internal)?;
     }
     if let Some(e) = opt_bool(field(&body, "user", "enabled"), "enabled")? {
         u.enabled = e;
@@ -791,6 +970,13 @@ async fn update_user(
         u.description = Some(d);
     }
     let mut txn = Txn::new().put(keys::user(&u.id), serde_json::to_vec(&u).map_err(internal)?);
+    if password_changed || (was_enabled && !u.enabled) {
+        // Every token of the user issued before this change is revoked.
+        let (k, v) = id
+            .revocation_record(keys::revoked_user(&u.id))
+            .map_err(internal)?;
+        txn = id.with_pruning(txn.put(k, v));
+    }
     if u.name != old_name {
         txn = txn
             .when(Compare::Absent(keys::user_name(&u.name)))
@@ -815,14 +1001,24 @@ async fn delete_user(
     let txn = {
         let st = id.state();
         let u = st.users.get(&uid).ok_or_else(|| not_found("user", &uid))?;
+        let (k, v) = id
+            .revocation_record(keys::revoked_user(&u.id))
+            .map_err(internal)?;
         let mut txn = Txn::new()
             .delete(keys::user(&u.id))
-            .delete(keys::user_name(&u.name));
+            .delete(keys::user_name(&u.name))
+            .put(k, v);
         for (p, au, r) in st.assignments.iter().filter(|(_, au, _)| *au == uid) {
             txn = txn.delete(keys::assignment(p, au, r));
         }
+        for ac in st.app_creds.values().filter(|a| a.user_id == uid) {
+            txn = txn
+                .delete(keys::app_cred(&ac.id))
+                .delete(keys::app_cred_name(&ac.user_id, &ac.name));
+        }
         txn
     };
+    let txn = id.with_pruning(txn);
     id.commit(txn).await.map_err(internal)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1021,4 +1217,125 @@ async fn regions(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<
     Ok(Json(
         json!({"regions": [{"id": id.config.region, "description": "", "parent_region_id": null, "links": {}}], "links": list_links()}),
     ))
+}
+
+async fn create_role(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> KsResult<Response> {
+    admin(&id, &headers)?;
+    let body = parse_json(&body)?;
+    let name = opt_str(field(&body, "role", "name"), "name")?
+        .ok_or_else(|| bad_request("'name' is a required property"))?;
+    check_name(&name)?;
+    if let Some(d) = opt_str(field(&body, "role", "domain_id"), "domain_id")? {
+        return Err(bad_request(format!(
+            "Domain-specific roles are not supported (domain_id {d})."
+        )));
+    }
+    let r = Role {
+        id: new_id(),
+        name: name.clone(),
+        description: opt_str(field(&body, "role", "description"), "description")?,
+    };
+    let txn = Txn::new()
+        .when(Compare::Absent(keys::role_name(&name)))
+        .put(keys::role_name(&name), r.id.clone())
+        .put(keys::role(&r.id), serde_json::to_vec(&r).map_err(internal)?);
+    if !id.commit(txn).await.map_err(internal)? {
+        return Err(conflict(format!(
+            "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
+        )));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"role": role_json(&id, &r)})),
+    )
+        .into_response())
+}
+
+async fn delete_role(
+    State(id): State<Shared>,
+    headers: HeaderMap,
+    Path(rid): Path<String>,
+) -> KsResult<StatusCode> {
+    admin(&id, &headers)?;
+    let txn = {
+        let st = id.state();
+        let r = st.roles.get(&rid).ok_or_else(|| not_found("role", &rid))?;
+        // kuryr's policy and bootstrap rely on these.
+        if BUILTIN_ROLES.contains(&r.name.as_str()) {
+            return Err(KsError(
+                StatusCode::FORBIDDEN,
+                format!("The role {} is built in and cannot be deleted.", r.name),
+            ));
+        }
+        let mut txn = Txn::new()
+            .delete(keys::role(&r.id))
+            .delete(keys::role_name(&r.name));
+        for (p, u, ar) in st.assignments.iter().filter(|(_, _, ar)| *ar == rid) {
+            txn = txn.delete(keys::assignment(p, u, ar));
+        }
+        txn
+    };
+    id.commit(txn).await.map_err(internal)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Keystone's revocation list: what is revoked now (expired records are pruned).
+async fn revocation_events(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
+    admin(&id, &headers)?;
+    let st = id.state();
+    let mut events: Vec<Value> = Vec::new();
+    for (audit, exp) in &st.revoked {
+        events.push(json!({"audit_id": audit, "expires_at": fmt_time(*exp)}));
+    }
+    for (user, r) in &st.revoked_users {
+        events.push(
+            json!({"user_id": user, "issued_before": fmt_time(r.issued_before),
+            "revoked_at": fmt_time(r.issued_before), "expires_at": fmt_time(r.expires)}),
+        );
+    }
+    for (project, r) in &st.revoked_projects {
+        events.push(
+            json!({"project_id": project, "issued_before": fmt_time(r.issued_before),
+            "revoked_at": fmt_time(r.issued_before), "expires_at": fmt_time(r.expires)}),
+        );
+    }
+    Ok(Json(json!({"events": events, "links": list_links()})))
+}
+
+fn signing_key_json(st: &super::State, k: &super::SigningKey) -> Value {
+    let primary = st.signing_key.as_ref().is_some_and(|(p, _)| *p == k.id);
+    json!({"id": k.id, "primary": primary, "created_at": fmt_time(k.created),
+        "retired_at": k.retired.map(fmt_time), "verify_until": k.verify_until.map(fmt_time),
+        "legacy": k.legacy})
+}
+
+/// kuryr's extension: the signing keys (ids and times, never the secrets).
+async fn list_signing_keys(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Json<Value>> {
+    admin(&id, &headers)?;
+    let st = id.state();
+    let mut list: Vec<&super::SigningKey> = st.keys.values().collect();
+    list.sort_by_key(|k| (k.created, k.id.clone()));
+    let keys: Vec<Value> = list.into_iter().map(|k| signing_key_json(&st, k)).collect();
+    Ok(Json(json!({ "signing_keys": keys })))
+}
+
+/// kuryr's extension: a new primary signing key; tokens signed with the previous one
+/// stay valid until they expire.
+async fn rotate_signing_key(State(id): State<Shared>, headers: HeaderMap) -> KsResult<Response> {
+    admin(&id, &headers)?;
+    let kid = id.rotate_key().await.map_err(internal)?;
+    let st = id.state();
+    let k = st
+        .keys
+        .get(&kid)
+        .ok_or_else(|| internal("the new key vanished"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "signing_key": signing_key_json(&st, k) })),
+    )
+        .into_response())
 }
