@@ -89,6 +89,14 @@ struct ServerArgs {
     #[arg(long, default_value = "1:65535", value_parser = parse_range)]
     vni_range: (u32, u32),
 
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = kuryr_api::limits::DEFAULT_MAX_REQUEST_BODY)]
+    max_request_body: usize,
+
+    /// The most resources one bulk create may hold.
+    #[arg(long, default_value_t = 1000)]
+    max_bulk: usize,
+
     /// Revisions of change history kept so that watchers can resume.
     #[arg(long, default_value_t = 100_000)]
     history: u64,
@@ -230,13 +238,21 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     // indexes load; the application takes over when it is built.
     let startup = kuryr_api::observe::Startup::new();
     let loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>> = Default::default();
+    // A store that failed a commit refuses writes until it is reopened: stop (non-zero)
+    // so that the supervisor (systemd, Kubernetes) restarts kuryr on a reopened store,
+    // rather than answering 503 forever.
+    let (failure, failed) = tokio::sync::watch::channel(None::<String>);
+    let stop = Stop {
+        loaded: loaded.clone(),
+        failed: failed.clone(),
+    };
     let serving = match tls {
         Some(config) => tokio::spawn(serve(
             tls::listener(listener, config),
             startup.router(),
-            loaded.clone(),
+            stop,
         )),
-        None => tokio::spawn(serve(listener, startup.router(), loaded.clone())),
+        None => tokio::spawn(serve(listener, startup.router(), stop)),
     };
     let auth_mode = match args.auth.as_str() {
         "noauth" => AuthMode::NoAuth,
@@ -263,8 +279,11 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             auth_mode,
             agent_down_time: Duration::from_secs(args.agent_down_time),
             watch_keepalive: Duration::from_secs(args.watch_keepalive.max(1)),
+            max_bulk: args.max_bulk,
         },
+        max_request_body: args.max_request_body,
     };
+    let fatal = store.fatal();
     let app = kuryr_api::app(store, config).await?;
     let _ = loaded.set(app.networking.clone());
     startup.finish(app.router);
@@ -314,26 +333,45 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     if let Some(u) = &up_args {
         print_usage(&args, &public_url, u.os_cacert.as_deref())?;
     }
+    let mut fatal = fatal;
+    tokio::spawn(async move {
+        if let Ok(reason) = fatal.wait_for(Option::is_some).await {
+            let reason = reason.clone();
+            failure.send_replace(reason);
+        }
+    });
     serving.await.context("the HTTP server task")??;
+    if let Some(reason) = failed.borrow().clone() {
+        anyhow::bail!("the store failed a commit ({reason}); restart kuryr to reopen it");
+    }
     tracing::info!("kuryr server stopped");
     Ok(())
 }
 
-/// Serves `router` until a shutdown signal, then ends the host watches (they never end
-/// by themselves, and graceful shutdown waits for open responses).
-async fn serve<L>(
-    listener: L,
-    router: axum::Router,
+/// What ends serving: a shutdown signal, or the store failing a commit.
+struct Stop {
+    /// The services, once loaded: their host watches are ended on the way out.
     loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>>,
-) -> std::io::Result<()>
+    failed: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// Serves `router` until `stop`, then ends the host watches (they never end by
+/// themselves, and graceful shutdown waits for open responses).
+async fn serve<L>(listener: L, router: axum::Router, mut stop: Stop) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            if let Some(networking) = loaded.get() {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Ok(reason) = stop.failed.wait_for(Option::is_some) => {
+                    let reason = reason.clone().unwrap_or_default();
+                    tracing::error!(%reason, "the store failed a commit; stopping so that kuryr is restarted on a reopened store");
+                }
+            }
+            if let Some(networking) = stop.loaded.get() {
                 networking.close_watches();
             }
         })

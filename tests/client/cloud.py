@@ -84,7 +84,7 @@ class Creds:
                    OS_USER_DOMAIN_NAME="Default", OS_PROJECT_DOMAIN_NAME="Default",
                    OS_IDENTITY_API_VERSION="3", OS_REGION_NAME="RegionOne",
                    OS_INTERFACE="public")
-        if self.server.cacert:
+        if getattr(self.server, "cacert", None):
             env["OS_CACERT"] = self.server.cacert
         return env
 

@@ -2,6 +2,7 @@
 //! under `/networking`, on one listener, backed by a [`kuryr_store::Store`].
 
 pub mod identity;
+pub mod limits;
 pub mod networking;
 pub mod observe;
 
@@ -18,6 +19,8 @@ pub use networking::{Networking, NetworkingConfig};
 pub struct ServerConfig {
     pub identity: IdentityConfig,
     pub networking: NetworkingConfig,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: usize,
 }
 
 /// The HTTP application and the handle that ends its long-lived streams.
@@ -37,6 +40,15 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
         .nest("/networking", networking.router())
         .merge(obs.routes())
         .route_layer(axum::middleware::from_fn(observe::matched_route))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_request_body,
+            limits::limit_body,
+        ))
+        // The limit above is the one that answers; axum's own must not be lower.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.max_request_body,
+        ))
+        // Outermost: every answer, a refused body included, has its id and is counted.
         .layer(axum::middleware::from_fn_with_state(obs, observe::track));
     Ok(App { router, networking })
 }

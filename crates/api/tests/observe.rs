@@ -27,7 +27,9 @@ fn config(url: &str) -> ServerConfig {
             auth_mode: AuthMode::NoAuth,
             agent_down_time: Duration::from_secs(30),
             watch_keepalive: Duration::from_secs(10),
+            max_bulk: 1000,
         },
+        max_request_body: 1 << 20,
     }
 }
 

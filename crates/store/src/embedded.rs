@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak, mpsc};
 use std::thread::JoinHandle;
 
@@ -119,8 +119,8 @@ struct Inner {
     live: broadcast::Sender<Arc<Change>>,
     /// Latest committed revision; only stored after its commit is durable.
     revision: Arc<AtomicU64>,
-    /// Set while the latest group commit has failed (cleared by one that succeeds).
-    failed: Arc<AtomicBool>,
+    /// Set by the writer when a commit fails (redb then refuses writes until reopened).
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     metrics: Metrics,
 }
 
@@ -189,14 +189,14 @@ impl EmbeddedStore {
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let revision_pub = Arc::new(AtomicU64::new(revision));
         let retention = history_retention.max(1);
-        let failed = Arc::new(AtomicBool::new(false));
+        let (fatal, _) = tokio::sync::watch::channel(None);
         let metrics = Metrics::new();
         metrics.revision.set(revision_i64(revision));
         let writer = Writer {
+            fatal: fatal.clone(),
             db: db.clone(),
             live: live.clone(),
             revision_pub: revision_pub.clone(),
-            failed: failed.clone(),
             metrics: metrics.clone(),
             revision,
             oldest,
@@ -214,7 +214,7 @@ impl EmbeddedStore {
                 writer: Some(writer),
                 live,
                 revision: revision_pub,
-                failed,
+                fatal,
                 metrics,
             }),
         })
@@ -387,9 +387,9 @@ fn revision_i64(rev: Revision) -> i64 {
 
 struct Writer {
     db: Arc<Database>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     live: broadcast::Sender<Arc<Change>>,
     revision_pub: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
     metrics: Metrics,
     /// Latest durable revision. Advanced only after a successful commit.
     revision: Revision,
@@ -432,7 +432,6 @@ impl Writer {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_transactions.observe(batch.len() as f64);
-        self.failed.store(result.is_err(), Ordering::SeqCst);
         match result {
             Ok(done) => {
                 self.revision = done.revision;
@@ -454,6 +453,7 @@ impl Writer {
             Err(e) => {
                 self.metrics.commit_failures.inc();
                 tracing::error!(error = %e, transactions = batch.len(), "store commit failed");
+                self.fatal.send_replace(Some(e.to_string()));
                 for req in batch.drain(..) {
                     let _ = req.reply.send(Err(StoreError::Io(e.to_string())));
                 }
@@ -749,6 +749,10 @@ impl Watch {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.fatal.subscribe()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
         // A point read is a few page lookups, cheaper than a hop to the blocking pool.
         let r = self.inner.db.begin_read().map_err(io)?;
@@ -807,11 +811,11 @@ impl Store for EmbeddedStore {
         Ok(self.inner.revision.load(Ordering::SeqCst))
     }
 
-    /// Fails while the latest commit has failed (redb then refuses writes until the
-    /// file is reopened) or when a read transaction cannot start.
+    /// Fails once a commit has failed (redb then refuses writes until the file is
+    /// reopened) or when a read transaction cannot start.
     async fn check(&self) -> Result<()> {
-        if self.inner.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::Io("the latest commit failed".into()));
+        if let Some(why) = self.inner.fatal.borrow().clone() {
+            return Err(StoreError::Io(format!("a commit failed: {why}")));
         }
         self.inner.db.begin_read().map_err(io)?;
         Ok(())
@@ -928,6 +932,7 @@ mod tests {
         let s = EmbeddedStore::start(db, 100).expect("start");
         let ok = s.txn(Txn::new().put("/k", "v")).await.expect("first put");
         assert_eq!(ok, TxnOutcome::Committed(1));
+        assert!(s.fatal().borrow().is_none());
         let mut w = s.watch("/", 0).await.expect("watch");
 
         fail.store(true, Ordering::SeqCst);
@@ -941,6 +946,7 @@ mod tests {
         }
         assert_eq!(s.current_revision().await.expect("rev"), 1);
         assert!(s.get("/f/0").await.expect("get").is_none());
+        assert!(s.fatal().borrow().is_some(), "the owner is told to restart");
 
         // redb refuses to write after a failed commit until the file is reopened (the
         // page cache can no longer be trusted), so the store keeps failing writes
