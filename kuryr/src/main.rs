@@ -241,18 +241,16 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     // A store that failed a commit refuses writes until it is reopened: stop (non-zero)
     // so that the supervisor (systemd, Kubernetes) restarts kuryr on a reopened store,
     // rather than answering 503 forever.
-    let (failure, failed) = tokio::sync::watch::channel(None::<String>);
-    let stop = Stop {
-        loaded: loaded.clone(),
-        failed: failed.clone(),
-    };
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<()>();
+    let store_failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let serving = match tls {
         Some(config) => tokio::spawn(serve(
             tls::listener(listener, config),
             startup.router(),
-            stop,
+            loaded.clone(),
+            fatal_rx,
         )),
-        None => tokio::spawn(serve(listener, startup.router(), stop)),
+        None => tokio::spawn(serve(listener, startup.router(), loaded.clone(), fatal_rx)),
     };
     let auth_mode = match args.auth.as_str() {
         "noauth" => AuthMode::NoAuth,
@@ -283,7 +281,16 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         },
         max_request_body: args.max_request_body,
     };
-    let fatal = store.fatal();
+    let mut fatal = store.fatal();
+    let failed_seen = store_failed.clone();
+    tokio::spawn(async move {
+        if let Ok(reason) = fatal.wait_for(Option::is_some).await {
+            let reason = reason.clone().unwrap_or_default();
+            tracing::error!(%reason, "the store failed a commit; stopping so that kuryr is restarted on a reopened store");
+            *failed_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            let _ = fatal_tx.send(());
+        }
+    });
     let app = kuryr_api::app(store, config).await?;
     let _ = loaded.set(app.networking.clone());
     startup.finish(app.router);
@@ -333,31 +340,26 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
     if let Some(u) = &up_args {
         print_usage(&args, &public_url, u.os_cacert.as_deref())?;
     }
-    let mut fatal = fatal;
-    tokio::spawn(async move {
-        if let Ok(reason) = fatal.wait_for(Option::is_some).await {
-            let reason = reason.clone();
-            failure.send_replace(reason);
-        }
-    });
     serving.await.context("the HTTP server task")??;
-    if let Some(reason) = failed.borrow().clone() {
+    if let Some(reason) = store_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
         anyhow::bail!("the store failed a commit ({reason}); restart kuryr to reopen it");
     }
     tracing::info!("kuryr server stopped");
     Ok(())
 }
 
-/// What ends serving: a shutdown signal, or the store failing a commit.
-struct Stop {
-    /// The services, once loaded: their host watches are ended on the way out.
+/// Serves `router` until a shutdown signal, then ends the host watches (they never end
+/// by themselves, and graceful shutdown waits for open responses).
+async fn serve<L>(
+    listener: L,
+    router: axum::Router,
     loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>>,
-    failed: tokio::sync::watch::Receiver<Option<String>>,
-}
-
-/// Serves `router` until `stop`, then ends the host watches (they never end by
-/// themselves, and graceful shutdown waits for open responses).
-async fn serve<L>(listener: L, router: axum::Router, mut stop: Stop) -> std::io::Result<()>
+    store_failed: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
@@ -366,12 +368,9 @@ where
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
-                Ok(reason) = stop.failed.wait_for(Option::is_some) => {
-                    let reason = reason.clone().unwrap_or_default();
-                    tracing::error!(%reason, "the store failed a commit; stopping so that kuryr is restarted on a reopened store");
-                }
+                Ok(()) = store_failed => {}
             }
-            if let Some(networking) = stop.loaded.get() {
+            if let Some(networking) = loaded.get() {
                 networking.close_watches();
             }
         })

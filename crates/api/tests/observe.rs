@@ -29,7 +29,7 @@ fn config(url: &str) -> ServerConfig {
             watch_keepalive: Duration::from_secs(10),
             max_bulk: 1000,
         },
-        max_request_body: 1 << 20,
+        max_request_body: kuryr_api::limits::DEFAULT_MAX_REQUEST_BODY,
     }
 }
 
