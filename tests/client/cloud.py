@@ -23,7 +23,10 @@ class Server:
     kernel picks (no race between choosing a free port and binding it) and names
     that port in its "ready" log line."""
 
-    def __init__(self, *extra):
+    def __init__(self, *extra, cacert=None):
+        """`cacert`: the server serves HTTPS (extra holds --tls-cert/--tls-key) with a
+        certificate this CA bundle verifies; clients get it as OS_CACERT."""
+        self.cacert = cacert
         self.dir = tempfile.mkdtemp(prefix="kuryr-cli-")
         self.admin_password = password()
         self.log_path = os.path.join(self.dir, "server.log")
@@ -43,10 +46,10 @@ class Server:
             if time.time() > deadline:
                 self.fail("kuryr server was not ready in 60 s")
             time.sleep(0.05)
-        self.url = f"http://{ready.group(1)}"
+        self.url = f"{'https' if cacert else 'http'}://{ready.group(1)}"
         self.port = int(ready.group(1).rsplit(":", 1)[1])
         self.auth_url = f"{self.url}/identity/v3"
-        r = requests.get(self.auth_url, timeout=10)
+        r = requests.get(self.auth_url, timeout=10, verify=cacert or True)
         if r.status_code != 200:
             self.fail(f"GET {self.auth_url} answered {r.status_code}")
 
@@ -81,6 +84,8 @@ class Creds:
                    OS_USER_DOMAIN_NAME="Default", OS_PROJECT_DOMAIN_NAME="Default",
                    OS_IDENTITY_API_VERSION="3", OS_REGION_NAME="RegionOne",
                    OS_INTERFACE="public")
+        if getattr(self.server, "cacert", None):
+            env["OS_CACERT"] = self.server.cacert
         return env
 
 

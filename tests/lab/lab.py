@@ -98,8 +98,11 @@ class Process:
 
 
 class Lab:
-    def __init__(self, hosts=3, agent_args=(), server_args=()):
+    def __init__(self, hosts=3, agent_args=(), server_args=(), cacert=None):
+        """`cacert`: the server serves HTTPS (server_args hold --tls-cert/--tls-key) with
+        a certificate this CA bundle verifies; agents and clients get it as OS_CACERT."""
         sweep_stale_labs()
+        self.cacert = cacert
         self.prefix = "kl" + secrets.token_hex(3)
         with open(os.path.join(PIDS_DIR, self.prefix), "w") as f:
             f.write(str(os.getpid()))
@@ -109,7 +112,7 @@ class Lab:
         self.agents = {}
         # `=` form on the command line: a random password may start with '-'.
         self.password = secrets.token_urlsafe(12)
-        self.url = f"http://{UNDERLAY}.1:9696"
+        self.url = f"{'https' if cacert else 'http'}://{UNDERLAY}.1:9696"
         self.auth_url = f"{self.url}/identity/v3"
         self.hosts = [f"h{i}" for i in range(1, hosts + 1)]
         self._token = None
@@ -313,7 +316,12 @@ class Lab:
         return {"OS_AUTH_URL": self.auth_url, "OS_USERNAME": "admin", "OS_PASSWORD": self.password,
                 "OS_PROJECT_NAME": "admin", "OS_USER_DOMAIN_NAME": "Default",
                 "OS_PROJECT_DOMAIN_NAME": "Default", "OS_IDENTITY_API_VERSION": "3",
-                "OS_REGION_NAME": "RegionOne", "OS_INTERFACE": "public"}
+                "OS_REGION_NAME": "RegionOne", "OS_INTERFACE": "public",
+                **({"OS_CACERT": self.cacert} if self.cacert else {})}
+
+    def curl(self):
+        """curl, trusting the lab's CA when the server serves HTTPS."""
+        return ["curl", *(["--cacert", self.cacert] if self.cacert else [])]
 
     def openstack(self, *args, env=None, fmt="json", check=True):
         """The real openstack CLI, run inside the lab namespace."""
@@ -337,7 +345,7 @@ class Lab:
                 "user": {"name": "admin", "domain": {"name": "Default"},
                          "password": self.password}}},
                 "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}})
-            out = self.exec("lab", "curl", "-s", "-i", "-X", "POST", "-H",
+            out = self.exec("lab", *self.curl(), "-s", "-i", "-X", "POST", "-H",
                             "Content-Type: application/json", "-d", body,
                             f"{self.auth_url}/auth/tokens")
             m = re.search(r"(?im)^x-subject-token:\s*(\S+)", out)
@@ -347,7 +355,7 @@ class Lab:
         return self._token
 
     def curl_status(self, method, path):
-        p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), "curl", "-s", "-o", "/dev/null",
+        p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), *self.curl(), "-s", "-o", "/dev/null",
                             "-w", "%{http_code}", "-X", method, self.url + path],
                            capture_output=True, text=True, timeout=10)
         try:
@@ -357,7 +365,7 @@ class Lab:
 
     def api(self, method, path, body=None, expect=None):
         """Neutron over HTTP as admin (from inside the lab). Returns (status, json)."""
-        cmd = ["curl", "-s", "-w", "\n%{http_code}", "-X", method, "-H",
+        cmd = [*self.curl(), "-s", "-w", "\n%{http_code}", "-X", method, "-H",
                f"X-Auth-Token: {self.token()}", "-H", "Content-Type: application/json",
                f"{self.url}/networking/v2.0{path}"]
         if body is not None:

@@ -48,6 +48,7 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
         .layer(axum::extract::DefaultBodyLimit::max(
             config.max_request_body,
         ))
+        // Outermost: every answer, a refused body included, has its id and is counted.
         .layer(axum::middleware::from_fn_with_state(obs, observe::track));
     Ok(App { router, networking })
 }

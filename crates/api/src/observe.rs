@@ -351,12 +351,23 @@ async fn readyz(State(obs): State<Arc<Observability>>) -> Response {
     }
 }
 
-/// What the listener serves from the moment it is bound: `/healthz` at once, and
-/// `/readyz` answering 503 until [`Startup::finish`] hands over the loaded application
-/// (its indexes built from the store), which then answers everything.
-#[derive(Clone, Default)]
+/// What the listener serves from the moment it is bound: `/healthz` at once, `/readyz`
+/// answering 503 until [`Startup::finish`] hands over the loaded application (its
+/// indexes built from the store), which then answers everything. Other requests that
+/// come before wait for it, as they did in the listen queue before the listener served.
+#[derive(Clone)]
 pub struct Startup {
     app: Arc<OnceLock<Router>>,
+    loaded: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Startup {
+    fn default() -> Self {
+        Startup {
+            app: Arc::default(),
+            loaded: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 impl Startup {
@@ -366,17 +377,25 @@ impl Startup {
 
     /// The router to serve.
     pub fn router(&self) -> Router {
-        let slot = self.app.clone();
+        let this = self.clone();
         Router::new().fallback(move |req: Request| {
-            let app = slot.get().cloned();
+            let this = this.clone();
             async move {
-                match app {
-                    Some(app) => {
-                        let Ok(resp) = tower::ServiceExt::oneshot(app, req).await;
-                        resp
+                let app = match this.app.get() {
+                    Some(app) => app.clone(),
+                    None if matches!(req.uri().path(), "/healthz" | "/readyz") => {
+                        return loading(req.uri().path());
                     }
-                    None => loading(req.uri().path()),
-                }
+                    None => {
+                        let _ = this.loaded.subscribe().wait_for(|l| *l).await;
+                        match this.app.get() {
+                            Some(app) => app.clone(),
+                            None => return loading(req.uri().path()),
+                        }
+                    }
+                };
+                let Ok(resp) = tower::ServiceExt::oneshot(app, req).await;
+                resp
             }
         })
     }
@@ -384,10 +403,7 @@ impl Startup {
     /// Hands over the loaded application; later calls are ignored.
     pub fn finish(&self, app: Router) {
         let _ = self.app.set(app);
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.app.get().is_some()
+        self.loaded.send_replace(true);
     }
 }
 
@@ -395,20 +411,9 @@ fn loading(path: &str) -> Response {
     if path == "/healthz" {
         return "ok\n".into_response();
     }
-    let message = "kuryr server is starting: its indexes are being loaded from the store";
-    if path == "/readyz" {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {message}\n"),
-        )
-            .into_response();
-    }
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(
-            serde_json::json!({"error": {"code": 503, "title": "Service Unavailable",
-            "message": message}}),
-        ),
+        "not ready: kuryr server is starting: its indexes are being loaded from the store\n",
     )
         .into_response()
 }

@@ -1,6 +1,6 @@
 //! Readiness and request ids of the application served in-process: `/readyz` is 503
-//! until the indexes are loaded and when the store fails, and a handler's own log
-//! line carries the id of the request it serves.
+//! until the indexes are loaded (API requests wait for them) and when the store fails,
+//! and a handler's own log line carries the id of the request it serves.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,13 +55,16 @@ async fn readyz_is_503_until_the_indexes_are_loaded() {
     let startup = Startup::new();
     let url = serve(&startup).await;
     let c = reqwest::Client::new();
-    // Bound but not loaded: alive, not ready, and the API says so rather than hanging.
+    // Bound but not loaded: alive, not ready.
     assert_eq!(status(&c, &format!("{url}/healthz")).await, 200);
     assert_eq!(status(&c, &format!("{url}/readyz")).await, 503);
-    assert_eq!(
-        status(&c, &format!("{url}/networking/v2.0/networks")).await,
-        503
-    );
+    // An API request meanwhile waits for the application instead of failing.
+    let early = tokio::spawn({
+        let c = c.clone();
+        let url = format!("{url}/networking/v2.0/networks");
+        async move { status(&c, &url).await }
+    });
+    assert_eq!(status(&c, &format!("{url}/readyz")).await, 503);
 
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("kuryr.redb"))).expect("store"),
@@ -69,6 +72,7 @@ async fn readyz_is_503_until_the_indexes_are_loaded() {
     let app = kuryr_api::app(store, config(&url)).await.expect("app");
     startup.finish(app.router);
     assert_eq!(status(&c, &format!("{url}/readyz")).await, 200);
+    assert_eq!(early.await.expect("early request"), 200);
     assert_eq!(
         status(&c, &format!("{url}/networking/v2.0/networks")).await,
         200

@@ -109,7 +109,7 @@ pub struct Credentials {
     pub region_name: Option<String>,
     /// Catalog interface: `public` (default), `internal` or `admin`.
     pub interface: String,
-    /// A PEM bundle of extra CA certificates to trust (OS_CACERT / `cacert`).
+    /// A PEM CA bundle, then the only CAs trusted (OS_CACERT / `cacert`; else the system roots).
     pub cacert: Option<PathBuf>,
     /// Skip TLS certificate verification (OS_INSECURE=true / `verify: false`).
     pub insecure: bool,

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak, mpsc};
 use std::thread::JoinHandle;
 
@@ -121,8 +121,6 @@ struct Inner {
     revision: Arc<AtomicU64>,
     /// Set by the writer when a commit fails (redb then refuses writes until reopened).
     fatal: tokio::sync::watch::Sender<Option<String>>,
-    /// Set while the latest group commit has failed (cleared by one that succeeds).
-    failed: Arc<AtomicBool>,
     metrics: Metrics,
 }
 
@@ -192,7 +190,6 @@ impl EmbeddedStore {
         let revision_pub = Arc::new(AtomicU64::new(revision));
         let retention = history_retention.max(1);
         let (fatal, _) = tokio::sync::watch::channel(None);
-        let failed = Arc::new(AtomicBool::new(false));
         let metrics = Metrics::new();
         metrics.revision.set(revision_i64(revision));
         let writer = Writer {
@@ -200,7 +197,6 @@ impl EmbeddedStore {
             db: db.clone(),
             live: live.clone(),
             revision_pub: revision_pub.clone(),
-            failed: failed.clone(),
             metrics: metrics.clone(),
             revision,
             oldest,
@@ -219,7 +215,6 @@ impl EmbeddedStore {
                 live,
                 revision: revision_pub,
                 fatal,
-                failed,
                 metrics,
             }),
         })
@@ -395,7 +390,6 @@ struct Writer {
     fatal: tokio::sync::watch::Sender<Option<String>>,
     live: broadcast::Sender<Arc<Change>>,
     revision_pub: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
     metrics: Metrics,
     /// Latest durable revision. Advanced only after a successful commit.
     revision: Revision,
@@ -444,7 +438,6 @@ impl Writer {
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_transactions.observe(batch.len() as f64);
-        self.failed.store(result.is_err(), Ordering::SeqCst);
         match result {
             Ok(done) => {
                 self.revision = done.revision;
@@ -824,11 +817,11 @@ impl Store for EmbeddedStore {
         Ok(self.inner.revision.load(Ordering::SeqCst))
     }
 
-    /// Fails while the latest commit has failed (redb then refuses writes until the
-    /// file is reopened) or when a read transaction cannot start.
+    /// Fails once a commit has failed (redb then refuses writes until the file is
+    /// reopened) or when a read transaction cannot start.
     async fn check(&self) -> Result<()> {
-        if self.inner.failed.load(Ordering::SeqCst) {
-            return Err(StoreError::Io("the latest commit failed".into()));
+        if let Some(why) = self.inner.fatal.borrow().clone() {
+            return Err(StoreError::Io(format!("a commit failed: {why}")));
         }
         self.inner.db.begin_read().map_err(io)?;
         Ok(())

@@ -146,9 +146,13 @@ pub trait Store: Send + Sync + 'static {
     /// reopened (the embedded store after a failed commit): its owner should stop so
     /// that a supervisor restarts it on a reopened store.
     fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>>;
-    /// Whether the store can take writes now (readiness probes). By default: it
-    /// answers a revision query.
+
+    /// Whether the store can take writes now (readiness probes). By default: it has
+    /// not turned [`Store::fatal`] and it answers a revision query.
     async fn check(&self) -> Result<()> {
+        if let Some(why) = self.fatal().borrow().clone() {
+            return Err(StoreError::Io(why));
+        }
         self.current_revision().await.map(|_| ())
     }
 
