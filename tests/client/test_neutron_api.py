@@ -150,3 +150,48 @@ def test_subnets_filter_on_shared_which_they_do_not_show(admin_caller, member):
     # Not a filter of ports (the network's is).
     msg = member.error("GET", "/ports", params={"shared": "True"})
     assert msg == "['shared'] is invalid attribute for filtering"
+
+
+def test_subnet_pool_prefix_lengths_show_as_neutron_shows_them(admin, member):
+    """Neutron shows prefix lengths as strings; the CLI (and kuryr's own client, through
+    the Docker IPAM) read them either way."""
+    pool = member.ok("POST", "/subnetpools", {"subnetpool": {
+        "name": unique("pool"), "prefixes": ["10.81.0.0/16"], "min_prefixlen": 29}})["subnetpool"]
+    assert (pool["min_prefixlen"], pool["default_prefixlen"], pool["max_prefixlen"]) == \
+        ("29", "29", "32")
+    shown = member.ok("GET", f"/subnetpools/{pool['id']}")["subnetpool"]
+    assert shown["min_prefixlen"] == "29"
+    member.ok("PUT", f"/subnetpools/{pool['id']}", {"subnetpool": {
+        "min_prefixlen": "28", "max_prefixlen": 30}})
+    listed = member.ok("GET", "/subnetpools", params={"min_prefixlen": "28", "id": pool["id"]})
+    assert [(p["min_prefixlen"], p["max_prefixlen"]) for p in listed["subnetpools"]] == \
+        [("28", "30")]
+    cli = osc(member.creds, "subnet", "pool", "show", pool["id"])
+    assert cli["min_prefixlen"] in (28, "28") and cli["max_prefixlen"] in (30, "30")
+    # Neutron's bounds checks, in its order and words.
+    msg = member.error("PUT", f"/subnetpools/{pool['id']}", {"subnetpool": {"min_prefixlen": 30}},
+                       kind="IllegalSubnetPoolPrefixBounds")
+    assert msg == "Illegal prefix bounds: default_prefixlen=29, min_prefixlen=30."
+
+
+def test_subnet_pool_prefixes_only_grow_and_shared_is_read_only(admin_caller, member):
+    pool = member.ok("POST", "/subnetpools", {"subnetpool": {
+        "name": unique("pool"), "prefixes": ["10.82.0.0/16"], "min_prefixlen": 24}})["subnetpool"]
+    path = f"/subnetpools/{pool['id']}"
+    for smaller in (["10.82.0.0/17"], ["10.82.0.0/17", "10.82.128.0/18"], ["fd00:82::/64"]):
+        msg = member.error("PUT", path, {"subnetpool": {"prefixes": smaller}},
+                           kind="IllegalSubnetPoolPrefixUpdate")
+        assert msg == ("Illegal update to prefixes: Existing prefixes must be a subset of "
+                       "the new prefixes.")
+    # Positive controls: the same prefix split in two, and growing.
+    grown = member.ok("PUT", path, {"subnetpool": {
+        "prefixes": ["10.82.0.0/17", "10.82.128.0/17", "10.84.0.0/16"]}})["subnetpool"]
+    assert sorted(grown["prefixes"]) == ["10.82.0.0/16", "10.84.0.0/16"]
+
+    msg = member.error("PUT", path, {"subnetpool": {"shared": True}}, kind="HTTPBadRequest")
+    assert msg == "Cannot update read-only attribute shared"
+    # Unknown attributes are named first, as in neutron.
+    msg = member.error("PUT", path, {"subnetpool": {"shared": True, "bogus": 1}})
+    assert msg == "Unrecognized attribute(s) 'bogus'"
+    assert member.ok("PUT", path, {"subnetpool": {"name": "renamed"}})["subnetpool"]["shared"] \
+        is False
