@@ -195,3 +195,18 @@ def test_subnet_pool_prefixes_only_grow_and_shared_is_read_only(admin_caller, me
     assert msg == "Unrecognized attribute(s) 'bogus'"
     assert member.ok("PUT", path, {"subnetpool": {"name": "renamed"}})["subnetpool"]["shared"] \
         is False
+
+
+def test_bulk_items_may_be_wrapped_as_single_bodies(member):
+    """neutron-tempest-plugin's bulk security group create sends each item wrapped."""
+    names = [unique("bulk") for _ in range(3)]
+    body = {"security_groups": [{"security_group": {"name": names[0]}},
+                                {"security_group": {"name": names[1], "stateful": False}},
+                                {"name": names[2]}]}
+    created = member.ok("POST", "/security-groups", body)["security_groups"]
+    assert [g["name"] for g in created] == names
+    assert [g["stateful"] for g in created] == [True, False, True]
+    msg = member.error("POST", "/security-groups", {"security_groups": [{"security_group": 1}]})
+    assert msg == "Object 'security_group' contains invalid data"
+    assert member.error("POST", "/security-groups", {"security_groups": []}) == \
+        "Resources required"
