@@ -210,3 +210,125 @@ def test_bulk_items_may_be_wrapped_as_single_bodies(member):
     assert msg == "Object 'security_group' contains invalid data"
     assert member.error("POST", "/security-groups", {"security_groups": []}) == \
         "Resources required"
+
+
+def rule_body(sg, **attrs):
+    return {"security_group_rule": {"security_group_id": sg["id"], "direction": "ingress", **attrs}}
+
+
+def test_security_group_rule_protocols_as_neutron_takes_them(member):
+    sg = member.ok("POST", "/security-groups", {"security_group": {"name": unique("p")}})[
+        "security_group"]
+    # Every name neutron knows, by the real CLI (dccp takes ports, rsvp does not).
+    r = osc(member.creds, "security", "group", "rule", "create", sg["id"], "--ingress",
+            "--protocol", "dccp", "--dst-port", "5:6")
+    assert (r["protocol"], r["port_range_min"], r["port_range_max"]) == ("dccp", 5, 6)
+    for name in ("rsvp", "ipip", "hopopt", "RSVP"):
+        got = member.call("POST", "/security-group-rules", rule_body(sg, protocol=name))
+        if name == "RSVP":
+            assert got[0] == 409 and got[1]["NeutronError"]["type"] == "SecurityGroupRuleExists"
+        else:
+            assert got[0] == 201 and got[1]["security_group_rule"]["protocol"] == name, got
+    msg = member.error("POST", "/security-group-rules", rule_body(sg, protocol="bogus"),
+                       kind="SecurityGroupRuleInvalidProtocol")
+    assert msg.startswith("Security group rule protocol bogus not supported. Only protocol "
+                          "values (None, 'any', 'ah', 'dccp',")
+    member.error("POST", "/security-group-rules", rule_body(sg, protocol=256),
+                 kind="SecurityGroupRuleInvalidProtocol")
+    # IPv6-only protocols, by name and number, need the IPv6 ethertype.
+    for p in ("ipv6-frag", "41", 43, "ipv6-icmp", "icmpv6", "58"):
+        msg = member.error("POST", "/security-group-rules", rule_body(sg, protocol=p),
+                           kind="SecurityGroupEthertypeConflictWithProtocol")
+        assert msg == f"Invalid ethertype IPv4 for protocol {'icmpv6' if p == 'icmpv6' else p}."
+        created = member.ok("POST", "/security-group-rules",
+                            rule_body(sg, protocol=p, ethertype="IPv6"))["security_group_rule"]
+        member.ok("DELETE", f"/security-group-rules/{created['id']}")
+    # Legacy ICMPv6 spellings in an IPv6 rule are ipv6-icmp, and so one rule.
+    r6 = member.ok("POST", "/security-group-rules",
+                   rule_body(sg, protocol="icmp", ethertype="IPv6"))["security_group_rule"]
+    assert r6["protocol"] == "ipv6-icmp"
+    dup = member.error("POST", "/security-group-rules",
+                       rule_body(sg, protocol="1", ethertype="IPv6"), status=409)
+    assert dup == f"Security group rule already exists. Rule id is {r6['id']}."
+
+
+def test_security_group_rule_ports_as_neutron_checks_them(member):
+    sg = member.ok("POST", "/security-groups", {"security_group": {"name": unique("p")}})[
+        "security_group"]
+    cases = [
+        ({"protocol": "tcp", "port_range_min": 22}, "SecurityGroupInvalidPortRange",
+         "For TCP/UDP protocols, port_range_min must be <= port_range_max"),
+        ({"protocol": "tcp", "port_range_min": 0, "port_range_max": 5},
+         "SecurityGroupInvalidPortValue", "Invalid value for port 0"),
+        ({"protocol": "tcp", "port_range_min": "x"}, "SecurityGroupInvalidPortValue",
+         "Invalid value for port x"),
+        ({"protocol": "gre", "port_range_min": 5}, "SecurityGroupInvalidProtocolForPort",
+         "Ports cannot be specified for protocol 47. Ports are only supported for DCCP, SCTP, "
+         "TCP, UDP, UDPLITE."),
+        ({"port_range_min": 5}, "SecurityGroupProtocolRequiredWithPorts",
+         "Must also specify protocol if port range is given."),
+        ({"protocol": "icmp", "port_range_min": 256}, "SecurityGroupInvalidIcmpValue",
+         "Invalid value for ICMP type (port_range_min) 256. It must be 0 to 255."),
+        ({"protocol": "icmp", "port_range_max": 3}, "SecurityGroupMissingIcmpType",
+         "ICMP code (port-range-max) 3 is provided but ICMP type (port-range-min) is missing."),
+        ({"protocol": "tcp", "remote_ip_prefix": "::/0"}, "SecurityGroupRuleParameterConflict",
+         "Conflicting value ethertype IPv4 for CIDR ::/0"),
+        ({"ethertype": "IPv5"}, "SecurityGroupRuleInvalidEtherType",
+         "Security group rule for ethertype 'IPv5' not supported. Allowed values are "
+         "['IPv4', 'IPv6']."),
+    ]
+    for attrs, kind, message in cases:
+        assert member.error("POST", "/security-group-rules", rule_body(sg, **attrs),
+                            kind=kind) == message
+    # Positive controls: the whole range is no range; ICMP type alone.
+    whole = member.ok("POST", "/security-group-rules", rule_body(
+        sg, protocol="tcp", port_range_min=1, port_range_max=65535))["security_group_rule"]
+    assert (whole["port_range_min"], whole["port_range_max"]) == (None, None)
+    icmp = member.ok("POST", "/security-group-rules", rule_body(
+        sg, protocol="icmp", port_range_min=8))["security_group_rule"]
+    assert (icmp["port_range_min"], icmp["port_range_max"]) == (8, None)
+
+
+def test_statefulness_of_a_group_in_use_cannot_change(member):
+    net = member.ok("POST", "/networks", {"network": {"name": unique("n")}})["network"]
+    used = osc(member.creds, "security", "group", "create", unique("used"), "--stateless")
+    assert used["stateful"] is False
+    free = osc(member.creds, "security", "group", "create", unique("free"))
+    member.ok("POST", "/ports", {"port": {"network_id": net["id"],
+                                          "security_groups": [used["id"]]}})
+    msg = member.error("PUT", f"/security-groups/{used['id']}",
+                       {"security_group": {"stateful": True}}, status=409, kind="SecurityGroupInUse")
+    assert msg == f"Security Group {used['id']} in use."
+    err = osc(member.creds, "security", "group", "set", used["id"], "--stateful",
+              fmt=None, expect_fail=True)
+    assert "in use" in err
+    # Positive controls: the same value, other attributes, and a group no port uses.
+    member.ok("PUT", f"/security-groups/{used['id']}",
+              {"security_group": {"stateful": False, "description": "still stateless"}})
+    osc(member.creds, "security", "group", "set", free["id"], "--stateless", fmt=None)
+    assert osc(member.creds, "security", "group", "show", free["id"])["stateful"] is False
+
+
+def test_group_quota_counts_before_the_default_group_and_rules_count(admin, admin_caller):
+    """Neutron checks the group quota before it makes the project's default group, then
+    the rule quota for the new group's two egress rules."""
+    pid = osc(admin, "project", "create", unique("q"))["id"]
+    admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"security_group": 1}})
+    first = admin_caller.ok("POST", "/security-groups", {"security_group": {
+        "name": unique("g"), "project_id": pid}})["security_group"]
+    groups = admin_caller.ok("GET", "/security-groups", params={"project_id": pid})
+    assert sorted(g["name"] for g in groups["security_groups"]) == sorted(
+        ["default", first["name"]])
+    msg = admin_caller.error("POST", "/security-groups", {"security_group": {
+        "name": unique("g"), "project_id": pid}}, status=409, kind="OverQuota")
+    assert msg == "Quota exceeded for resources: ['security_group']."
+
+    # Rules: 4 of the default group + 2 of the first; a new group needs 2 more.
+    admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"security_group": 10,
+                                                         "security_group_rule": 7}})
+    msg = admin_caller.error("POST", "/security-groups", {"security_group": {
+        "name": unique("g"), "project_id": pid}}, status=409, kind="OverQuota")
+    assert msg == "Quota exceeded for resources: ['security_group_rule']."
+    admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"security_group_rule": 8}})
+    admin_caller.ok("POST", "/security-groups", {"security_group": {
+        "name": unique("g"), "project_id": pid}})
