@@ -332,3 +332,26 @@ def test_group_quota_counts_before_the_default_group_and_rules_count(admin, admi
     admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"security_group_rule": 8}})
     admin_caller.ok("POST", "/security-groups", {"security_group": {
         "name": unique("g"), "project_id": pid}})
+
+
+def test_quota_below_usage_needs_force(admin, admin_caller):
+    project = unique("q")
+    pid = osc(admin, "project", "create", project)["id"]
+    for _ in range(2):
+        admin_caller.ok("POST", "/networks", {"network": {"name": unique("n"), "project_id": pid}})
+    for body in ({"network": 1}, {"network": 1, "check_limit": True}, {"network": 1, "force": "true"}):
+        msg = admin_caller.error("PUT", f"/quotas/{pid}", {"quota": body}, kind="HTTPBadRequest")
+        assert msg == "Quota limit 1 for network must be greater than or equal to already used 2"
+    err = osc(admin, "quota", "set", "--networks", "1", project, fmt=None, expect_fail=True)
+    assert "must be greater than or equal to already used 2" in err
+    assert admin_caller.ok("GET", f"/quotas/{pid}")["quota"]["network"] == 100
+    # Positive controls: at usage, unlimited, and forced below it.
+    assert admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"network": 2}})["quota"]["network"] == 2
+    assert admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"network": -1}})["quota"]["network"] == -1
+    forced = admin_caller.ok("PUT", f"/quotas/{pid}", {"quota": {"network": 0, "force": True}})
+    assert forced["quota"]["network"] == 0
+    msg = admin_caller.error("PUT", f"/quotas/{pid}", {"quota": {"network": "many"}},
+                             kind="InvalidInput")
+    assert msg == "Invalid input for operation: 'many' is not an integer."
+    msg = admin_caller.error("PUT", f"/quotas/{pid}", {"quota": {"network": -2}})
+    assert msg == "Invalid input for network. Reason: '-2' is too small - must be at least '-1'."
