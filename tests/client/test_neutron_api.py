@@ -355,3 +355,20 @@ def test_quota_below_usage_needs_force(admin, admin_caller):
     assert msg == "Invalid input for operation: 'many' is not an integer."
     msg = admin_caller.error("PUT", f"/quotas/{pid}", {"quota": {"network": -2}})
     assert msg == "Invalid input for network. Reason: '-2' is too small - must be at least '-1'."
+
+
+def test_user_names_up_to_255_characters(admin):
+    """Keystone's limit (tempest's users are named after long test class names);
+    project names stay at Keystone's 64."""
+    project = unique("proj")
+    osc(admin, "project", "create", project)
+    name = ("tempest-" + "x" * 300)[:255]
+    user = osc(admin, "user", "create", "--project", project, "--password", "pw-long-1", name)
+    assert user["name"] == name
+    err = osc(admin, "user", "create", "--password", "pw-long-1", name + "y", fmt=None,
+              expect_fail=True)
+    assert "1 to 255 characters" in err
+    err = osc(admin, "project", "create", "p" * 65, fmt=None, expect_fail=True)
+    assert "1 to 64 characters" in err
+    long_project = (unique("p") + "p" * 64)[:64]
+    assert osc(admin, "project", "create", long_project)["name"] == long_project

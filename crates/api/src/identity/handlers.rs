@@ -533,10 +533,11 @@ fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> {
     }
 }
 
-fn check_name(name: &str) -> KsResult<()> {
-    if name.is_empty() || name.chars().count() > 64 || name.contains('/') {
+/// Keystone's limits: project names up to 64 characters, user names up to 255.
+fn check_name(name: &str, max: usize) -> KsResult<()> {
+    if name.is_empty() || name.chars().count() > max || name.contains('/') {
         return Err(bad_request(format!(
-            "Invalid name '{name}': 1 to 64 characters, no '/'."
+            "Invalid name '{name}': 1 to {max} characters, no '/'."
         )));
     }
     Ok(())
@@ -551,7 +552,7 @@ async fn create_project(
     let body = parse_json(&body)?;
     let name = opt_str(field(&body, "project", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 64)?;
     let p = Project {
         id: new_id(),
         name: name.clone(),
@@ -594,7 +595,7 @@ async fn update_project(
         .ok_or_else(|| not_found("project", &pid))?;
     let old_name = p.name.clone();
     if let Some(n) = opt_str(field(&body, "project", "name"), "name")? {
-        check_name(&n)?;
+        check_name(&n, 64)?;
         p.name = n;
     }
     if let Some(d) = opt_str(field(&body, "project", "description"), "description")? {
@@ -706,7 +707,7 @@ async fn create_user(
     let body = parse_json(&body)?;
     let name = opt_str(field(&body, "user", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 255)?;
     let password = opt_str(field(&body, "user", "password"), "password")?;
     let default_project_id = opt_str(
         field(&body, "user", "default_project_id"),
@@ -766,7 +767,7 @@ async fn update_user(
         .ok_or_else(|| not_found("user", &uid))?;
     let old_name = u.name.clone();
     if let Some(n) = opt_str(field(&body, "user", "name"), "name")? {
-        check_name(&n)?;
+        check_name(&n, 255)?;
         u.name = n;
     }
     if let Some(p) = opt_str(field(&body, "user", "password"), "password")? {
