@@ -168,3 +168,33 @@ def test_anti_spoofing_and_port_security_disabled(lab):
     lab.api("PUT", f"/ports/{b['id']}",
             {"port": {"allowed_address_pairs": [{"ip_address": f"{v4}.202"}]}}, expect=200)
     assert lab.ping_eventually(cb, f"{v4}.201", src_ip=f"{v4}.202")
+
+
+def test_stateless_group_needs_rules_both_ways_and_is_not_tracked(lab):
+    """A stateless group (`stateful: false`) is not tracked on its port's host: the
+    same egress-only rules that let a stateful port's pings come back (by conntrack)
+    do not for a stateless one, until a rule admits the replies."""
+    v4, _ = cidr_block()
+    # The lab's tests share one project, and neutron's default quota is 10 groups.
+    project = lab.openstack("token", "issue")["project_id"]
+    lab.api("PUT", f"/quotas/{project}", {"quota": {"security_group": -1}}, expect=200)
+    srv_sg = sg(lab, "srv", [{"protocol": "icmp"}, {"direction": "egress"}])
+    # New groups come with egress-anywhere rules and nothing else.
+    full = lab.create("security-groups", {"name": name("full")})
+    less = lab.create("security-groups", {"name": name("less"), "stateful": False})
+    assert less["stateful"] is False
+    net, (s, c1, c2), (cs, cc1, cc2) = setup(
+        lab, v4, hosts=("h1", "h2", "h2"), groups=[[srv_sg], [full], [less]])
+    assert lab.ping_eventually(cc1, ip4(s))
+    assert lab.never_pings(cc2, ip4(s))
+    add_rule(lab, less, protocol="icmp", remote_ip_prefix=f"{ip4(s)}/32")
+    assert lab.ping_eventually(cc2, ip4(s))
+    # c2's host has no conntrack entry of its traffic; c1's is there (positive
+    # control). (h1 tracks both: the server's port is stateful.)
+    table = lab.exec("h2", "cat", "/proc/net/nf_conntrack")
+    assert f"src={ip4(c1)} " in table, table
+    assert f"src={ip4(c2)} " not in table and f"dst={ip4(c2)} " not in table, table
+    assert f"src={ip4(c2)} " in lab.exec("h1", "cat", "/proc/net/nf_conntrack")
+    # Its statefulness cannot change while the port uses it.
+    lab.api("PUT", f"/security-groups/{less['id']}", {"security_group": {"stateful": True}},
+            expect=409)

@@ -113,6 +113,7 @@ pub fn protocol_number(protocol: &str, v6: bool) -> Option<u8> {
     let n = match protocol.to_ascii_lowercase().as_str() {
         "icmp" if v6 => 58,
         "icmp" => 1,
+        "ip" | "hopopt" => 0,
         "igmp" => 2,
         "ipip" => 4,
         "tcp" => 6,
@@ -401,6 +402,13 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
         let tap = tap_name(&p.id);
         let ips: Vec<IpAddr> = p.fixed_ips.iter().map(|f| f.ip_address).collect();
         let port_security = p.port_security_enabled;
+        // Neutron refuses ports mixing stateful and stateless groups; a group not in
+        // the view yet counts as stateful (the default).
+        let stateless = port_security
+            && !p.security_groups.is_empty()
+            && p.security_groups
+                .iter()
+                .all(|g| view.security_groups.get(g).is_some_and(|g| !g.stateful));
         let mut rules = Vec::new();
         if port_security {
             let mut rule_list: Vec<&SecurityGroupRule> = view
@@ -419,9 +427,16 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             ips: ips.clone(),
             allowed_address_pairs: address_pairs(p),
             port_security,
+            stateless,
             rules,
         });
         for pp in &b.published {
+            if stateless {
+                tracing::warn!(port = %p.id, mapping = ?pp,
+                    "the port's security groups are stateless and published ports need \
+                     connection tracking; not published");
+                continue;
+            }
             match published_of(pp, &ips, &bridge) {
                 Ok(x) => {
                     publishing.insert(net.id.clone());
@@ -831,12 +846,68 @@ mod tests {
         assert!(d.ruleset.published.is_empty() && d.networks.is_empty());
     }
 
+    fn group(id: &str, stateful: bool) -> kuryr_model::SecurityGroup {
+        serde_json::from_value(merge(
+            std_attrs(),
+            json!({"id": id, "name": id, "stateful": stateful}),
+        ))
+        .unwrap()
+    }
+
+    /// Puts groups into the mirror (and a second group on the local port).
+    fn with_groups(m: &mut HostMirror, groups: Vec<kuryr_model::SecurityGroup>, sgs: &[&str]) {
+        let mut p = m.ports["local-port-0001"].clone();
+        p.security_groups = sgs.iter().map(|s| s.to_string()).collect();
+        m.apply(HostFrame {
+            revision: 6,
+            present: None,
+            put: HostObjects {
+                ports: vec![p],
+                security_groups: groups,
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        });
+    }
+
+    #[test]
+    fn ports_whose_groups_are_all_stateless_are_stateless_and_publish_nothing() {
+        let mut s = bound_state();
+        s.bindings.get_mut("local-port-0001").unwrap().published =
+            vec![publish("tcp", None, 8080, "10.0.0.5", 80)];
+        // Groups not in the view yet are stateful (the default).
+        let m = mirror();
+        let d = desired_for("h1", &m, &mut s);
+        assert!(!d.ruleset.ports[0].stateless);
+        assert_eq!(d.ruleset.published.len(), 1);
+
+        let mut m = mirror();
+        with_groups(&mut m, vec![group(SG, false)], &[SG]);
+        let d = desired_for("h1", &m, &mut s);
+        let pf = &d.ruleset.ports[0];
+        assert!(pf.stateless);
+        assert_eq!(pf.rules.len(), 2, "its rules are there all the same");
+        assert!(d.ruleset.published.is_empty(), "DNAT needs conntrack");
+        assert!(d.networks[NET].gateways.is_empty());
+
+        // A stateful group with it (neutron refuses that mix): stateful.
+        let mut m = mirror();
+        with_groups(&mut m, vec![group(SG, false), group(WEB, true)], &[SG, WEB]);
+        assert!(!desired_for("h1", &m, &mut s).ruleset.ports[0].stateless);
+        // No group at all: nothing to be stateless about.
+        let mut m = mirror();
+        with_groups(&mut m, vec![group(SG, false)], &[]);
+        assert!(!desired_for("h1", &m, &mut s).ruleset.ports[0].stateless);
+    }
+
     #[test]
     fn protocol_names_and_numbers() {
         assert_eq!(protocol_number("tcp", false), Some(6));
         assert_eq!(protocol_number("icmp", true), Some(58));
         assert_eq!(protocol_number("ipv6-icmp", true), Some(58));
         assert_eq!(protocol_number("132", false), Some(132));
+        assert_eq!(protocol_number("rsvp", false), Some(46));
+        assert_eq!(protocol_number("hopopt", false), Some(0));
         assert_eq!(protocol_number("bogus", false), None);
     }
 }

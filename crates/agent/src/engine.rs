@@ -793,6 +793,7 @@ mod tests {
             ips: vec!["10.78.1.5".parse().unwrap(), "fd78:1::5".parse().unwrap()],
             allowed_address_pairs: vec![],
             port_security: true,
+            stateless: false,
             rules,
         });
         d.ruleset.published = published

@@ -29,7 +29,9 @@
 //!   map egress4/6   ifname . addr : verdict       bridge . source : jump out_<port>
 //!   map ingress4/6  ifname . addr : verdict       bridge . dest   : jump in_<port>
 //!   set bridged     ifname . ifname               "brqA" . "brqA": in and out the same bridge
-//!   chain zone      (prerouting, raw)             ct zone set iifname map @zones
+//!   set notrack4/6  ifname . addr (intervals)     bridge . address of ports in stateless groups
+//!   chain zone      (prerouting, raw)             notrack what comes from or goes to
+//!                                                 @notrack4/6, else ct zone set iifname map @zones
 //!   chain forward   (forward, filter)             in or out of brq* only: established/related
 //!                   accept, invalid drop, routed (not in @bridged) and not DNAT'd drop,
 //!                   ICMPv6 ND/MLD accept, egress vmaps, ingress vmaps
@@ -84,6 +86,21 @@
 //! host itself opened from that local port (an ephemeral port that is also
 //! published): that connection then breaks. Two networks with the same CIDR cannot
 //! both publish on one host (their gateway routes collide).
+//!
+//! # Stateless groups
+//!
+//! A port whose security groups are stateless (Neutron's `stateful: false`) has its
+//! addresses in `notrack4`/`notrack6`: `zone` marks every packet from or to them
+//! `notrack` before conntrack sees it, as Neutron's firewall drivers do. No conntrack
+//! entry is made, `ct state established,related accept` in `forward` never matches
+//! them (their state is `untracked`), so each packet must pass the sender's egress
+//! and the receiver's ingress rules: return traffic needs rules of its own. The
+//! other end of such a flow, when on the same host, is untracked too whatever its
+//! groups (there is one conntrack table per bridge here, not one per port as in
+//! Neutron's OVS firewall); on another host it is tracked there as its groups say.
+//! Entries of connections tracked before a port became stateless no longer match
+//! its packets and expire. Published host ports need conntrack (DNAT), so the agent
+//! publishes none for such a port.
 //!
 //! # Names
 //!
@@ -194,6 +211,10 @@ pub struct PortFilter {
     pub ips: Vec<IpAddr>,
     pub allowed_address_pairs: Vec<AddressPair>,
     pub port_security: bool,
+    /// The port's security groups are stateless (Neutron's `stateful: false`): its
+    /// traffic is not tracked, so every packet, replies included, passes only by a
+    /// rule of the direction it goes (see "Stateless groups" above).
+    pub stateless: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -348,6 +369,22 @@ fn link_local(mac: &MacAddr) -> Ipv6Addr {
 /// The four verdict maps of the inet table, in script order.
 const VMAPS: [&str; 4] = ["egress4", "egress6", "ingress4", "ingress6"];
 
+/// The sets of addresses whose traffic is not tracked (ports in stateless groups),
+/// with the egress map whose entries (overlaps already resolved) they follow.
+const NOTRACK: [(&str, &str); 2] = [("notrack4", "egress4"), ("notrack6", "egress6")];
+
+/// The raw-priority chain: no tracking at all for ports in stateless groups, else
+/// the network's conntrack zone. `notrack` is ignored on a packet that already has a
+/// zone template, and `ct zone set` would replace the untracked mark: hence first,
+/// and `accept` (which ends only this chain).
+const ZONE: [&str; 5] = [
+    "iifname . ip saddr @notrack4 notrack accept",
+    "iifname . ip daddr @notrack4 notrack accept",
+    "iifname . ip6 saddr @notrack6 notrack accept",
+    "iifname . ip6 daddr @notrack6 notrack accept",
+    "ct zone set iifname map @zones",
+];
+
 /// What render and diff work from: names resolved, bad input dropped, everything
 /// sorted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -362,6 +399,8 @@ struct Model {
     vmaps: BTreeMap<&'static str, BTreeMap<(String, IpNet), String>>,
     /// inet-table port chains (in_*, out_*) and their rules.
     ichains: BTreeMap<String, Vec<String>>,
+    /// NOTRACK sets -> (bridge, address) of ports in stateless groups.
+    notrack: BTreeMap<&'static str, BTreeSet<(String, IpNet)>>,
     /// Published host ports; `None` when there are none (no chains for them then).
     published: Option<PubModel>,
 }
@@ -771,6 +810,10 @@ impl Model {
         for name in VMAPS {
             m.vmaps.insert(name, BTreeMap::new());
         }
+        for (name, _) in NOTRACK {
+            m.notrack.insert(name, BTreeSet::new());
+        }
+        let mut stateless = BTreeSet::new();
         for (name, _, _) in BSETS {
             m.bsets.insert(name, BTreeSet::new());
         }
@@ -806,6 +849,9 @@ impl Model {
                 continue;
             }
             referenced_groups(p, &mut referenced);
+            if p.stateless {
+                stateless.insert(egress_chain(&p.id));
+            }
             let (in_rules, out_rules) = port_chains(p);
             let (inc, outc) = (ingress_chain(&p.id), egress_chain(&p.id));
             m.ichains.insert(inc.clone(), in_rules);
@@ -843,6 +889,14 @@ impl Model {
                 taken.push(net);
                 entries.insert((bridge.clone(), net), chain);
             }
+        }
+        for (set, map) in NOTRACK {
+            let addrs: BTreeSet<(String, IpNet)> = m.vmaps[map]
+                .iter()
+                .filter(|(_, chain)| stateless.contains(*chain))
+                .map(|(k, _)| k.clone())
+                .collect();
+            m.notrack.insert(set, addrs);
         }
         for (g, members) in &rs.groups {
             m.sets.insert(
@@ -996,6 +1050,21 @@ fn render_model(m: &Model) -> String {
         }
         s.push_str("\t}\n");
     }
+    for (name, map) in NOTRACK {
+        let _ = writeln!(
+            s,
+            "\tset {name} {{\n\t\ttype {}\n\t\tflags interval",
+            vmap_type(map)
+        );
+        if let Some(elems) = m.notrack.get(name).filter(|e| !e.is_empty()) {
+            let _ = writeln!(
+                s,
+                "\t\telements = {{ {} }}",
+                join_elems(elems.iter().map(vmap_elem))
+            );
+        }
+        s.push_str("\t}\n");
+    }
     if let Some(p) = &m.published {
         for (kind, name, ty) in PUB_OBJECTS {
             let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{ty}");
@@ -1006,10 +1075,11 @@ fn render_model(m: &Model) -> String {
             s.push_str("\t}\n");
         }
     }
-    s.push_str(
-        "\tchain zone {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\
-         \t\tct zone set iifname map @zones\n\t}\n",
-    );
+    s.push_str("\tchain zone {\n\t\ttype filter hook prerouting priority raw; policy accept;\n");
+    for r in ZONE {
+        let _ = writeln!(s, "\t\t{r}");
+    }
+    s.push_str("\t}\n");
     s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
     for r in FORWARD {
         let _ = writeln!(s, "\t\t{r}");
@@ -1309,6 +1379,29 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
             vmap_elem,
             |c| format!("jump {c}"),
         );
+    }
+    let no_addrs = BTreeSet::new();
+    for (name, _) in NOTRACK {
+        let (old_e, new_e) = (
+            o.notrack.get(name).unwrap_or(&no_addrs),
+            n.notrack.get(name).unwrap_or(&no_addrs),
+        );
+        let dels: Vec<String> = old_e.difference(new_e).map(vmap_elem).collect();
+        let adds: Vec<String> = new_e.difference(old_e).map(vmap_elem).collect();
+        if !dels.is_empty() {
+            let _ = writeln!(
+                s,
+                "delete element inet {TABLE} {name} {{ {} }}",
+                dels.join(", ")
+            );
+        }
+        if !adds.is_empty() {
+            let _ = writeln!(
+                s,
+                "add element inet {TABLE} {name} {{ {} }}",
+                adds.join(", ")
+            );
+        }
     }
     // 5. Chains nothing jumps to any more, then sets no rule refers to any more.
     for chain in gone_i {

@@ -219,6 +219,7 @@ impl Topo {
             ips: vec![ip(self.v4(l)), ip(self.v6(l))],
             allowed_address_pairs: vec![],
             port_security: true,
+            stateless: false,
             rules,
         }
     }
@@ -404,6 +405,7 @@ fn sample() -> Ruleset {
                     mac: Some("fa:16:3e:00:00:99".parse().expect("mac")),
                 }],
                 port_security: true,
+                stateless: false,
                 rules: vec![
                     rule(
                         Direction::Ingress,
@@ -443,6 +445,7 @@ fn sample() -> Ruleset {
                 ips: vec![ip("10.0.0.6")],
                 allowed_address_pairs: vec![],
                 port_security: false,
+                stateless: false,
                 rules: vec![],
             },
         ],
@@ -559,6 +562,69 @@ fn diff_of_port_changes() {
     let d = diff(&old, &off).expect("a diff");
     assert!(d.contains(&format!("delete chain inet kuryr {}", egress_chain(id))));
     assert_eq!(render(&off), render(&gone));
+}
+
+#[test]
+fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
+    let old = sample();
+    let s = render(&old);
+    // The sets and the raw rules are always there; empty while nothing is stateless.
+    assert!(
+        s.contains("\tset notrack4 {\n\t\ttype ifname . ipv4_addr\n\t\tflags interval\n\t}"),
+        "{s}"
+    );
+    assert!(
+        s.contains("iifname . ip saddr @notrack4 notrack accept"),
+        "{s}"
+    );
+    assert!(
+        s.contains("iifname . ip6 daddr @notrack6 notrack accept\n\t\tct zone set"),
+        "{s}"
+    );
+
+    let mut new = old.clone();
+    new.ports[0].stateless = true;
+    let s = render(&new);
+    assert!(
+        s.contains("\"brqaaaa\" . 10.0.0.5,\n\t\t\t\"brqaaaa\" . 10.0.1.0/24 }"),
+        "its addresses and address pairs: {s}"
+    );
+    assert!(s.contains("\"brqaaaa\" . fd00::5 }"), "{s}");
+    // The port with port security off is never in them.
+    assert!(!s.contains("\"brqaaaa\" . 10.0.0.6"), "{s}");
+    // Its rules are the same rules.
+    assert_eq!(
+        s.lines()
+            .filter(|l| l.contains(" accept") || l.contains(" return"))
+            .count(),
+        render(&old)
+            .lines()
+            .filter(|l| l.contains(" accept") || l.contains(" return"))
+            .count()
+    );
+
+    // Becoming stateless and back is set elements only.
+    let d = diff(&old, &new).expect("a diff");
+    assert!(
+        d.lines()
+            .all(|l| l.starts_with("add element inet kuryr notrack4 ")
+                || l.starts_with("add element inet kuryr notrack6 ")),
+        "{d}"
+    );
+    let d = diff(&new, &old).expect("a diff");
+    assert!(
+        d.lines()
+            .all(|l| l.starts_with("delete element inet kuryr notrack")),
+        "{d}"
+    );
+    // A stateless port going away takes its elements with it.
+    let mut gone = new.clone();
+    gone.ports.remove(0);
+    let d = diff(&new, &gone).expect("a diff");
+    assert!(
+        d.contains("delete element inet kuryr notrack4 { \"brqaaaa\" . 10.0.0.5"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -1064,6 +1130,85 @@ async fn port_security_false_passes_everything() {
     assert!(t.ping('a', t.v4('b')));
 }
 
+/// The host namespace's conntrack table (`/proc/net/nf_conntrack` is per namespace).
+fn conntrack(ns: &TestNs) -> String {
+    run(
+        "ip",
+        &["netns", "exec", &ns.name, "cat", "/proc/net/nf_conntrack"],
+    )
+}
+
+/// A stateless port (Neutron's `stateful: false` groups): its traffic is never
+/// tracked, so replies pass only by rules of their own direction. The same rules on
+/// a stateful port are the positive control; b and c, stateful, stay tracked.
+#[tokio::test]
+async fn stateless_ports_need_rules_both_ways_and_are_not_tracked() {
+    let t = Topo::new(&['a', 'b', 'c']);
+    let nft = t.host.nft();
+    let ruleset = |a: PortFilter| Ruleset {
+        networks: zone(),
+        ports: vec![a, t.port('b', allow_all()), t.port('c', allow_all())],
+        groups: BTreeMap::new(),
+        published: vec![],
+    };
+    // a may send anything and take nothing new (a new group's two egress rules).
+    let stateful = ruleset(t.port('a', egress_only()));
+    nft.apply(&render(&stateful)).await.expect("apply");
+    assert!(t.ping('a', t.v4('b')));
+    assert!(t.tcp('a', 'b', t.v4('b'), 7100));
+    assert!(
+        conntrack(&t.host).contains("dport=7100"),
+        "a stateful port's connection is tracked"
+    );
+    assert!(!t.ping_once('b', t.v4('a')));
+
+    // Stateless with the same rules: requests go out, replies do not come back.
+    let mut a = t.port('a', egress_only());
+    a.stateless = true;
+    let stateless = ruleset(a.clone());
+    nft.apply(&diff(&stateful, &stateless).expect("a diff"))
+        .await
+        .expect("apply diff");
+    assert!(!t.tcp_once('a', 'b', t.v4('b'), 7101));
+    assert!(!t.ping_once('a', t.v4('b')));
+    assert!(!t.ping_once('a', t.v6('b')));
+
+    // A rule for the way back (from b only) and both ways work, none of it tracked.
+    for (et, b) in [(EtherType::V4, t.v4('b')), (EtherType::V6, t.v6('b'))] {
+        a.rules.push(rule(
+            Direction::Ingress,
+            et,
+            None,
+            (None, None),
+            Remote::Prefix(IpNet::from(ip(b))),
+        ));
+    }
+    let both_ways = ruleset(a);
+    nft.apply(&diff(&stateless, &both_ways).expect("a diff"))
+        .await
+        .expect("apply diff");
+    assert!(t.ping('a', t.v4('b')));
+    assert!(t.ping('a', t.v6('b')));
+    assert!(t.tcp('a', 'b', t.v4('b'), 7102));
+    assert!(t.tcp('b', 'a', t.v4('a'), 7103));
+    // c has no rule back into a: its requests stop there, and a's to c get no reply.
+    assert!(!t.ping_once('c', t.v4('a')));
+    assert!(!t.tcp_once('a', 'c', t.v4('c'), 7104));
+    let table = conntrack(&t.host);
+    for port in [7101, 7102, 7103, 7104] {
+        assert!(
+            !table.contains(&format!("dport={port} ")),
+            "tracked: {port}\n{table}"
+        );
+    }
+    // Positive control: b and c are still tracked between themselves.
+    assert!(t.tcp('b', 'c', t.v4('c'), 7105));
+    assert!(conntrack(&t.host).contains("dport=7105 "));
+
+    assert_diff_equals_render(&nft, &stateful, &both_ways).await;
+    assert_diff_equals_render(&nft, &both_ways, &stateful).await;
+}
+
 /// Published host ports (Docker's `-p`) on real traffic. The host namespace gets what
 /// the agent gives it (gateway addresses on the bridge, forwarding on) and a client
 /// namespace on its `eth0` (10.79.0.0/24, fd79::/64). The client reaches container a
@@ -1382,6 +1527,7 @@ fn big_ruleset(ports: usize) -> Ruleset {
             ips: vec![v4, v6],
             allowed_address_pairs: vec![],
             port_security: true,
+            stateless: false,
             rules,
         });
     }

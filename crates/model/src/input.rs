@@ -23,7 +23,10 @@ pub fn show(v: &Value) -> String {
 }
 
 /// Splits a request body `{"<resource>": {...}}` (or the bulk form
-/// `{"<resources>": [{...}, ...]}`) into attribute maps.
+/// `{"<resources>": [{...}, ...]}`, whose items may also be wrapped as
+/// `{"<resource>": {...}}`) into attribute maps, with neutron's answers to the
+/// malformed ones. As in neutron, the collection wins when both keys are given
+/// and other top-level keys are ignored.
 pub fn unwrap_body(
     body: Value,
     singular: &str,
@@ -32,39 +35,33 @@ pub fn unwrap_body(
     let Value::Object(mut outer) = body else {
         return Err(NeutronError::bad_request("Body contains invalid data"));
     };
-    if let Some(v) = outer.remove(singular) {
-        if !outer.is_empty() {
-            return Err(NeutronError::bad_request("Body contains invalid data"));
-        }
-        return match v {
-            Value::Object(m) => Ok((vec![m], false)),
-            _ => Err(NeutronError::bad_request(format!(
-                "Resource body required: {singular} must be an object"
-            ))),
-        };
-    }
+    let object = |v: Value| match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(NeutronError::bad_request(format!(
+            "Object '{singular}' contains invalid data"
+        ))),
+    };
     if let Some(v) = outer.remove(plural) {
-        if !outer.is_empty() {
-            return Err(NeutronError::bad_request("Body contains invalid data"));
-        }
         let Value::Array(items) = v else {
-            return Err(NeutronError::bad_request(format!(
-                "Resources required: {plural} must be a list"
-            )));
+            return Err(NeutronError::bad_request("Body contains invalid data"));
         };
         if items.is_empty() {
-            return Err(NeutronError::bad_request(format!(
-                "Resources required: {plural} is empty"
-            )));
+            return Err(NeutronError::bad_request("Resources required"));
         }
         let mut maps = Vec::with_capacity(items.len());
         for item in items {
-            match item {
-                Value::Object(m) => maps.push(m),
-                _ => return Err(NeutronError::bad_request("Body contains invalid data")),
-            }
+            let Value::Object(mut m) = item else {
+                return Err(NeutronError::bad_request("Body contains invalid data"));
+            };
+            maps.push(match m.remove(singular) {
+                Some(inner) => object(inner)?,
+                None => m,
+            });
         }
         return Ok((maps, true));
+    }
+    if let Some(v) = outer.remove(singular) {
+        return Ok((vec![object(v)?], false));
     }
     Err(NeutronError::bad_request(format!(
         "Unable to find '{singular}' in request body"
@@ -412,7 +409,41 @@ mod tests {
             unwrap_body(json!({"ports": [{"a": 1}, {"b": 2}]}), "port", "ports").unwrap();
         assert!(bulk);
         assert_eq!(items.len(), 2);
-        assert!(unwrap_body(json!({"port": 3}), "port", "ports").is_err());
-        assert!(unwrap_body(json!([1]), "port", "ports").is_err());
+        let (items, bulk) =
+            unwrap_body(json!({"port": {"a": 1}, "x": 2}), "port", "ports").unwrap();
+        assert!(!bulk);
+        assert_eq!(items, vec![json!({"a": 1}).as_object().cloned().unwrap()]);
+        let message = |body: Value| unwrap_body(body, "port", "ports").unwrap_err().message;
+        assert_eq!(
+            message(json!({"port": 3})),
+            "Object 'port' contains invalid data"
+        );
+        assert_eq!(message(json!([1])), "Body contains invalid data");
+        assert_eq!(message(json!({"ports": []})), "Resources required");
+        assert_eq!(message(json!({"ports": [1]})), "Body contains invalid data");
+        assert_eq!(
+            message(json!({"ports": [{"port": 1}]})),
+            "Object 'port' contains invalid data"
+        );
+        assert_eq!(
+            message(json!({"prt": {}})),
+            "Unable to find 'port' in request body"
+        );
+    }
+
+    #[test]
+    fn bulk_items_may_be_wrapped_as_single_bodies() {
+        let body = json!({"security_groups": [
+            {"security_group": {"name": "a"}},
+            {"name": "b"},
+        ]});
+        let (items, bulk) = unwrap_body(body, "security_group", "security_groups").unwrap();
+        assert!(bulk);
+        let names: Vec<&str> = items
+            .iter()
+            .filter_map(|m| m.get("name").and_then(Value::as_str))
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(items.iter().all(|m| !m.contains_key("security_group")));
     }
 }

@@ -16,6 +16,16 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
+/// A prefix length as Neutron shows it (a string, `"24"`) or as kuryr stores it (24).
+fn prefix_len<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| serde::de::Error::custom("a prefix length must be an integer 0 to 128"))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Network {
     pub id: String,
@@ -89,8 +99,11 @@ pub struct SubnetPool {
     pub project_id: String,
     pub ip_version: u8,
     pub prefixes: Vec<String>,
+    #[serde(deserialize_with = "prefix_len")]
     pub default_prefixlen: u8,
+    #[serde(deserialize_with = "prefix_len")]
     pub min_prefixlen: u8,
+    #[serde(deserialize_with = "prefix_len")]
     pub max_prefixlen: u8,
     pub shared: bool,
     pub is_default: bool,

@@ -110,7 +110,7 @@ pub(super) async fn create(
     }
     let name = opt_str(field(&body, "application_credential", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 255)?;
     let description = opt_str(
         field(&body, "application_credential", "description"),
         "description",

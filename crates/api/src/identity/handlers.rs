@@ -697,10 +697,12 @@ pub(super) fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> 
     }
 }
 
-pub(super) fn check_name(name: &str) -> KsResult<()> {
-    if name.is_empty() || name.chars().count() > 64 || name.contains('/') {
+/// Keystone's limits: project names up to 64 characters; user, role and
+/// application credential names up to 255.
+pub(super) fn check_name(name: &str, max: usize) -> KsResult<()> {
+    if name.is_empty() || name.chars().count() > max || name.contains('/') {
         return Err(bad_request(format!(
-            "Invalid name '{name}': 1 to 64 characters, no '/'."
+            "Invalid name '{name}': 1 to {max} characters, no '/'."
         )));
     }
     Ok(())
@@ -715,7 +717,7 @@ async fn create_project(
     let body = parse_json(&body)?;
     let name = opt_str(field(&body, "project", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 64)?;
     let p = Project {
         id: new_id(),
         name: name.clone(),
@@ -758,7 +760,7 @@ async fn update_project(
         .ok_or_else(|| not_found("project", &pid))?;
     let old_name = p.name.clone();
     if let Some(n) = opt_str(field(&body, "project", "name"), "name")? {
-        check_name(&n)?;
+        check_name(&n, 64)?;
         p.name = n;
     }
     if let Some(d) = opt_str(field(&body, "project", "description"), "description")? {
@@ -888,7 +890,7 @@ async fn create_user(
     let body = parse_json(&body)?;
     let name = opt_str(field(&body, "user", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 255)?;
     let password = opt_str(field(&body, "user", "password"), "password")?;
     let default_project_id = opt_str(
         field(&body, "user", "default_project_id"),
@@ -945,7 +947,7 @@ async fn update_user(
         .ok_or_else(|| not_found("user", &uid))?;
     let old_name = u.name.clone();
     if let Some(n) = opt_str(field(&body, "user", "name"), "name")? {
-        check_name(&n)?;
+        check_name(&n, 255)?;
         u.name = n;
     }
     let was_enabled = u.enabled;
@@ -1228,7 +1230,7 @@ async fn create_role(
     let body = parse_json(&body)?;
     let name = opt_str(field(&body, "role", "name"), "name")?
         .ok_or_else(|| bad_request("'name' is a required property"))?;
-    check_name(&name)?;
+    check_name(&name, 255)?;
     if let Some(d) = opt_str(field(&body, "role", "domain_id"), "domain_id")? {
         return Err(bad_request(format!(
             "Domain-specific roles are not supported (domain_id {d})."

@@ -7,7 +7,7 @@ use kuryr_model::NeutronError;
 use serde_json::{Map, Value, json};
 
 use super::db::{Db, Entry};
-use super::policy::{Lazy, POLICY};
+use super::policy::{Lazy, POLICY, Target};
 use super::resource::{Resource, target_of};
 use super::{ApiError, ApiResult, Ctx};
 
@@ -116,6 +116,189 @@ fn write_fields(view: &Map<String, Value>, fields: &[String], out: &mut Vec<u8>)
     out.push(b'}');
 }
 
+/// What a list of one resource may filter on: neutron's attributes with `is_filter`
+/// (neutron-lib's definitions and the extensions kuryr advertises, as neutron-server 29
+/// answers), besides the tag filters.
+struct FilterSpec {
+    resource: &'static str,
+    /// Filters on attributes of the representation.
+    shown: &'static [&'static str],
+    /// Filters on attributes the representation does not show (`is_filter` without
+    /// `is_visible`), with the fact of the policy target that holds their value.
+    hidden: &'static [(&'static str, &'static str)],
+}
+
+const FILTER_SPECS: &[FilterSpec] = &[
+    FilterSpec {
+        resource: "network",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "name",
+            "admin_state_up",
+            "status",
+            "shared",
+            "mtu",
+            "router:external",
+            "is_default",
+            "provider:network_type",
+            "provider:physical_network",
+            "provider:segmentation_id",
+        ],
+        hidden: &[],
+    },
+    FilterSpec {
+        resource: "subnet",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "name",
+            "network_id",
+            "ip_version",
+            "cidr",
+            "gateway_ip",
+            "enable_dhcp",
+            "ipv6_address_mode",
+            "ipv6_ra_mode",
+            "subnetpool_id",
+            "segment_id",
+            "router:external",
+        ],
+        // A subnet is shared when its network is.
+        hidden: &[("shared", "network:shared")],
+    },
+    FilterSpec {
+        resource: "port",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "name",
+            "network_id",
+            "mac_address",
+            "admin_state_up",
+            "status",
+            "device_id",
+            "device_owner",
+            "fixed_ips",
+            "security_groups",
+            "binding:host_id",
+            "ip_allocation",
+        ],
+        hidden: &[],
+    },
+    FilterSpec {
+        resource: "subnetpool",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "name",
+            "ip_version",
+            "default_prefixlen",
+            "min_prefixlen",
+            "max_prefixlen",
+            "shared",
+            "is_default",
+            "default_quota",
+            "address_scope_id",
+        ],
+        hidden: &[],
+    },
+    FilterSpec {
+        resource: "security_group",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "name",
+            "stateful",
+            "shared",
+        ],
+        hidden: &[],
+    },
+    FilterSpec {
+        resource: "security_group_rule",
+        shown: &[
+            "id",
+            "project_id",
+            "tenant_id",
+            "description",
+            "revision_number",
+            "security_group_id",
+            "direction",
+            "ethertype",
+            "protocol",
+            "port_range_min",
+            "port_range_max",
+            "remote_ip_prefix",
+            "remote_group_id",
+            "remote_address_group_id",
+            "normalized_cidr",
+            "belongs_to_default_sg",
+        ],
+        hidden: &[],
+    },
+];
+
+fn filter_spec(resource: &str) -> Option<&'static FilterSpec> {
+    FILTER_SPECS.iter().find(|s| s.resource == resource)
+}
+
+/// Neutron's 400 for filters that are not filters, naming all of them as a Python
+/// list: `['foo', 'bar'] is invalid attribute for filtering`.
+fn check_filters<'a>(
+    names: impl Iterator<Item = &'a str>,
+    valid: impl Fn(&str) -> bool,
+) -> ApiResult<()> {
+    let invalid: Vec<String> = names.filter(|k| !valid(k)).map(py_repr).collect();
+    if invalid.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError(NeutronError::bad_request(format!(
+        "[{}] is invalid attribute for filtering",
+        invalid.join(", ")
+    ))))
+}
+
+/// A string as Python's `repr` writes it (what neutron's messages quote).
+fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
 fn scalar_matches(v: &Value, want: &str) -> bool {
     match v {
         Value::String(s) => s == want,
@@ -189,11 +372,28 @@ pub fn list<R: Resource>(
         Some((ids, f)) => (Some(ids), Some(f)),
         None => (None, None),
     };
-    let filters: Vec<&(String, Vec<String>)> = q
+    // Neutron's filter validation: every name must be a filter of the resource, even
+    // when the list turns out empty.
+    let spec = filter_spec(R::SINGULAR);
+    if let Some(spec) = spec {
+        check_filters(q.filters.iter().map(|(k, _)| k.as_str()), |k| {
+            spec.shown.contains(&k) || spec.hidden.iter().any(|(a, _)| *a == k)
+        })?;
+    }
+    // Empty values filter nothing (neutron without `empty-string-filtering`).
+    let owned: Vec<(String, Vec<String>)> = q
         .filters
         .iter()
         .filter(|(k, _)| Some(k.as_str()) != served)
+        .map(|(k, vals)| {
+            (
+                k.clone(),
+                vals.iter().filter(|v| !v.is_empty()).cloned().collect(),
+            )
+        })
+        .filter(|(_, vals): &(String, Vec<String>)| !vals.is_empty())
         .collect();
+    let filters: Vec<&(String, Vec<String>)> = owned.iter().collect();
     let entries: Box<dyn Iterator<Item = (&String, &Entry<R>)>> = match &candidates {
         Some(ids) => Box::new(ids.iter().filter_map(|id| table.get_key_value(id))),
         None => Box::new(table.iter()),
@@ -204,7 +404,7 @@ pub fn list<R: Resource>(
         && q.not_tags_any.is_empty());
     let need_view = !filters.is_empty() || !q.sorts.is_empty() || !q.fields.is_empty();
     let mut picked: Vec<Picked<'_, R>> = Vec::new();
-    let mut validated = false;
+    let mut validated = spec.is_some();
     let get_rule = format!("get_{}", R::SINGULAR);
     for (id, e) in entries {
         if has_tag_filters && !tags_match(e.value.tags(), q) {
@@ -218,19 +418,25 @@ pub fn list<R: Resource>(
         let mut view = (need_view || !hidden.is_empty()).then(|| e.value.view(db));
         if let Some(v) = &mut view {
             if !validated {
-                // Neutron's filter validation: an attribute that does not exist is an error.
-                if let Some((k, _)) = q.filters.iter().find(|(k, _)| !v.contains_key(k)) {
-                    return Err(ApiError(NeutronError::bad_request(format!(
-                        "{k} is invalid attribute for filtering"
-                    ))));
-                }
+                // A resource without a filter table: what its representation shows.
+                check_filters(q.filters.iter().map(|(k, _)| k.as_str()), |k| {
+                    v.contains_key(k)
+                })?;
                 validated = true;
             }
             // A filter on an attribute the caller may not see matches nothing.
             for h in &hidden {
                 v.remove(*h);
             }
-            if !filters.iter().all(|(k, wants)| matches(v, k, wants)) {
+            let matched = filters.iter().all(|(k, wants)| {
+                match spec.and_then(|s| s.hidden.iter().find(|(a, _)| a == k)) {
+                    Some((_, fact)) => target
+                        .get(fact)
+                        .is_some_and(|val| wants.iter().any(|w| scalar_matches(&val, w))),
+                    None => matches(v, k, wants),
+                }
+            });
+            if !matched {
                 continue;
             }
         }
@@ -289,29 +495,29 @@ pub fn list<R: Resource>(
             .filter(|(k, _)| k != "marker" && k != "page_reverse")
             .cloned()
             .collect();
-        let link = |marker: &str, reverse: bool| {
+        // Neutron's links: `next` unless a forward page came out short, `previous`
+        // unless a reverse page did; an empty page's links carry no marker.
+        let link = |marker: Option<&str>, reverse: bool| {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &base {
                 ser.append_pair(k, v);
             }
-            ser.append_pair("marker", marker);
+            if let Some(m) = marker {
+                ser.append_pair("marker", m);
+            }
             if reverse {
                 ser.append_pair("page_reverse", "True");
             }
             format!("{public_url}/networking/v2.0/{}?{}", R::PATH, ser.finish())
         };
-        let more_after = end < picked.len();
-        let more_before = start > 0;
-        let (next_exists, prev_exists) = if q.page_reverse {
-            (more_after || q.marker.is_some(), more_before)
-        } else {
-            (more_after, more_before || q.marker.is_some())
-        };
+        let short = page.len() < limit;
         let mut links = Vec::new();
-        if let (Some((last, _, _, _)), true) = (page.last(), next_exists && page.len() == limit) {
+        if !short || q.page_reverse {
+            let last = page.last().map(|(id, _, _, _)| *id);
             links.push(json!({"rel": "next", "href": link(last, false)}));
         }
-        if let (Some((first, _, _, _)), true) = (page.first(), prev_exists) {
+        if !short || !q.page_reverse {
+            let first = page.first().map(|(id, _, _, _)| *id);
             links.push(json!({"rel": "previous", "href": link(first, true)}));
         }
         if !links.is_empty() {
@@ -323,4 +529,53 @@ pub fn list<R: Resource>(
     }
     out.push(b'}');
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kuryr_model::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool};
+
+    #[test]
+    fn every_listed_resource_has_its_filters() {
+        for r in [
+            Network::SINGULAR,
+            Subnet::SINGULAR,
+            SubnetPool::SINGULAR,
+            Port::SINGULAR,
+            SecurityGroup::SINGULAR,
+            SecurityGroupRule::SINGULAR,
+        ] {
+            let spec = filter_spec(r).unwrap_or_else(|| panic!("no filters for {r}"));
+            for common in ["id", "project_id", "tenant_id", "revision_number"] {
+                assert!(spec.shown.contains(&common), "{r}: {common}");
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_filters_are_named_as_neutron_names_them() {
+        let valid = |k: &str| k == "name";
+        assert!(check_filters(["name", "name"].into_iter(), valid).is_ok());
+        let err = check_filters(["foo", "name", "it's"].into_iter(), valid)
+            .err()
+            .map(|e| e.0.message);
+        assert_eq!(
+            err.as_deref(),
+            Some(r#"['foo', "it's"] is invalid attribute for filtering"#)
+        );
+        assert_eq!(py_repr(r#"a'b"c"#), r#"'a\'b"c'"#);
+    }
+
+    #[test]
+    fn empty_values_and_repeats_are_kept_for_the_list_to_judge() {
+        let q = ListQuery::parse("name=&name=x&shared=False&limit=2&page_reverse=True")
+            .unwrap_or_default();
+        assert_eq!(
+            q.filter("name"),
+            Some(&["".to_string(), "x".to_string()][..])
+        );
+        assert_eq!(q.limit, Some(2));
+        assert!(q.page_reverse);
+    }
 }

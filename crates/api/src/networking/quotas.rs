@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use kuryr_model::input::Input;
+use kuryr_model::input::{self, Input};
 use kuryr_model::{NeutronError, Quota};
 use kuryr_store::Txn;
 use serde_json::{Map, Value, json};
@@ -156,26 +156,87 @@ async fn update(
         )));
     };
     let mut input = Input::new(attrs);
-    let mut q = net.db().quota(&project);
-    for (name, slot) in [
-        ("network", &mut q.network),
-        ("subnet", &mut q.subnet),
-        ("subnetpool", &mut q.subnetpool),
-        ("port", &mut q.port),
-        ("security_group", &mut q.security_group),
-        ("security_group_rule", &mut q.security_group_rule),
-        ("router", &mut q.router),
-        ("floatingip", &mut q.floatingip),
+    // `force: true` sets a limit below what is already used; `check_limit` is what
+    // neutron does anyway since 2025.1 (accepted and ignored, as there).
+    let force = input.take("force") == Some(Value::Bool(true));
+    input.ignore(&["check_limit"]);
+    let mut given: Vec<(&str, i64)> = Vec::new();
+    for name in [
+        "network",
+        "subnet",
+        "subnetpool",
+        "port",
+        "security_group",
+        "security_group_rule",
+        "router",
+        "floatingip",
     ] {
-        if let Some(v) = input.int(name, -1, i64::from(i32::MAX))? {
-            *slot = v;
+        if let Some(v) = input.take(name) {
+            given.push((name, quota_value(name, &v)?));
         }
     }
-    input.ignore(&["check_limit", "force"]);
     input.finish()?;
+    let mut q = {
+        let db = net.db();
+        if !force {
+            let used = to_json(&usage(&db, &project));
+            for (name, limit) in &given {
+                let in_use = used.get(*name).and_then(Value::as_i64).unwrap_or(0);
+                if *limit != -1 && in_use > *limit {
+                    return Err(ApiError(NeutronError::bad_request(format!(
+                        "Quota limit {limit} for {name} must be greater than or equal to already used {in_use}"
+                    ))));
+                }
+            }
+        }
+        db.quota(&project)
+    };
+    for (name, limit) in given {
+        let slot = match name {
+            "network" => &mut q.network,
+            "subnet" => &mut q.subnet,
+            "subnetpool" => &mut q.subnetpool,
+            "port" => &mut q.port,
+            "security_group" => &mut q.security_group,
+            "security_group_rule" => &mut q.security_group_rule,
+            "router" => &mut q.router,
+            _ => &mut q.floatingip,
+        };
+        *slot = limit;
+    }
     net.commit(Txn::new().put(keys::quota(&project), encode(&q)?))
         .await?;
     Ok(Json(json!({"quota": to_json(&q)})))
+}
+
+/// A limit as neutron's quota attributes take it: an integer (or its string) from -1
+/// (unlimited) to 2^31-1.
+fn quota_value(name: &str, v: &Value) -> ApiResult<i64> {
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    let Some(n) = n else {
+        return Err(ApiError(NeutronError::invalid_input(format!(
+            "'{}' is not an integer",
+            input::show(v)
+        ))));
+    };
+    let max = i64::from(i32::MAX);
+    if n < -1 {
+        return Err(ApiError(NeutronError::invalid_attr(
+            name,
+            format!("'{n}' is too small - must be at least '-1'"),
+        )));
+    }
+    if n > max {
+        return Err(ApiError(NeutronError::invalid_attr(
+            name,
+            format!("'{n}' is too large - must be no larger than '{max}'"),
+        )));
+    }
+    Ok(n)
 }
 
 async fn reset(

@@ -78,10 +78,41 @@ fn add_group(txn: Txn, sg: &SecurityGroup, default: bool, ts: &str) -> ApiResult
     Ok(txn)
 }
 
+/// The rules a new group starts with: egress anywhere for both families, and for a
+/// default group ingress from its own members too (neutron's rule templates).
+fn template_rules(default: bool) -> usize {
+    if default { 4 } else { 2 }
+}
+
+/// Rules of `project`, the usage the rule quota counts.
+fn project_rules(db: &Db, project: &str) -> usize {
+    db.security_group_rules
+        .values()
+        .filter(|r| r.value.project_id == project)
+        .count()
+}
+
+/// A new group's rules count against the rule quota (neutron checks the template's
+/// rules before it creates any group, the default one included).
+fn check_rule_quota_for_group(db: &Db, project: &str, default: bool) -> ApiResult<()> {
+    check_quota(
+        db,
+        project,
+        "security_group_rule",
+        db.quota(project).security_group_rule,
+        project_rules(db, project),
+        template_rules(default),
+    )
+}
+
 /// The project's default group, created exactly once even when many requests race.
 pub async fn ensure_default_sg(net: &Shared, project: &str) -> ApiResult<String> {
-    if let Some(id) = net.db().default_sg.get(project) {
-        return Ok(id.clone());
+    {
+        let db = net.db();
+        if let Some(id) = db.default_sg.get(project) {
+            return Ok(id.clone());
+        }
+        check_rule_quota_for_group(&db, project, true)?;
     }
     let ts = now();
     let sg = group(
@@ -153,16 +184,15 @@ impl Resource for SecurityGroup {
             let stateful = input.boolean("stateful")?.unwrap_or(true);
             let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
             input.finish()?;
-            if name == DEFAULT_NAME {
+            if name.eq_ignore_ascii_case(DEFAULT_NAME) {
                 return Err(ApiError(NeutronError::conflict(
                     "SecurityGroupDefaultAlreadyExists",
                     "Default security group already exists.",
                 )));
             }
-            ensure_default_sg(net, &project).await?;
-            let ts = now();
-            let sg = group(&project, &name, &description, stateful, tags, &ts);
-            let txn = {
+            // Neutron's order: the group quota (before the default group exists, which
+            // it does not count), then the default group, then the new rules' quota.
+            {
                 let db = net.db();
                 let used = db
                     .security_groups
@@ -177,6 +207,13 @@ impl Resource for SecurityGroup {
                     used,
                     1,
                 )?;
+            }
+            ensure_default_sg(net, &project).await?;
+            let ts = now();
+            let sg = group(&project, &name, &description, stateful, tags, &ts);
+            let txn = {
+                let db = net.db();
+                check_rule_quota_for_group(&db, &project, false)?;
                 add_group(Txn::new(), &sg, false, &ts)?
             };
             net.commit(txn).await?;
@@ -198,15 +235,30 @@ impl Resource for SecurityGroup {
         let stateful = input.boolean("stateful")?;
         input.finish()?;
         resource::update_with::<SecurityGroup, _>(net, ctx, id, if_match, |db, g| {
+            let mut compares = Vec::new();
+            // Ports enforce their groups' statefulness (conntrack or not): it cannot
+            // change under them.
+            if let Some(s) = stateful
+                && s != g.stateful
+            {
+                if db.ports_by_group.get(&g.id).is_some_and(|p| !p.is_empty()) {
+                    return Err(ApiError(NeutronError::conflict(
+                        "SecurityGroupInUse",
+                        format!("Security Group {} in use.", g.id),
+                    )));
+                }
+                compares.push(Compare::PrefixEmpty(sg_port_prefix(&g.id)));
+                g.stateful = s;
+            }
             let is_default = db.default_sg.get(&g.project_id) == Some(&g.id);
             if let Some(n) = &name {
-                if is_default && n != DEFAULT_NAME {
+                if is_default {
                     return Err(ApiError(NeutronError::conflict(
                         "SecurityGroupCannotUpdateDefault",
                         "Updating default security group not allowed.",
                     )));
                 }
-                if !is_default && n == DEFAULT_NAME {
+                if n.eq_ignore_ascii_case(DEFAULT_NAME) {
                     return Err(ApiError(NeutronError::conflict(
                         "SecurityGroupDefaultAlreadyExists",
                         "Default security group already exists.",
@@ -217,10 +269,7 @@ impl Resource for SecurityGroup {
             if let Some(d) = &description {
                 g.description = d.clone();
             }
-            if let Some(s) = stateful {
-                g.stateful = s;
-            }
-            Ok((vec![], vec![]))
+            Ok((compares, vec![]))
         })
         .await
     }
@@ -263,28 +312,40 @@ impl Resource for SecurityGroup {
     }
 }
 
+/// Neutron's protocol names (neutron-lib's `IP_PROTOCOL_MAP`), in the order its
+/// messages list them.
 const PROTOCOLS: &[(&str, u8)] = &[
+    ("ah", 51),
+    ("dccp", 33),
+    ("egp", 8),
+    ("esp", 50),
+    ("gre", 47),
+    ("hopopt", 0),
     ("icmp", 1),
     ("igmp", 2),
-    ("tcp", 6),
-    ("egp", 8),
-    ("udp", 17),
+    ("ip", 0),
+    ("ipip", 4),
     ("ipv6-encap", 41),
-    ("ipv6-route", 43),
     ("ipv6-frag", 44),
-    ("gre", 47),
-    ("esp", 50),
-    ("ah", 51),
-    ("icmpv6", 58),
     ("ipv6-icmp", 58),
+    ("icmpv6", 58),
     ("ipv6-nonxt", 59),
     ("ipv6-opts", 60),
+    ("ipv6-route", 43),
     ("ospf", 89),
     ("pgm", 113),
-    ("vrrp", 112),
+    ("rsvp", 46),
     ("sctp", 132),
+    ("tcp", 6),
+    ("udp", 17),
     ("udplite", 136),
+    ("vrrp", 112),
 ];
+
+/// Protocols whose rules may give port ranges (neutron's `SG_PORT_PROTO_NUMS`).
+const PORT_PROTOCOLS: &[u8] = &[33, 132, 6, 17, 136];
+/// Protocols (by number) that exist only for IPv6.
+const IPV6_ONLY: &[u8] = &[41, 43, 44, 58, 59, 60];
 
 fn protocol_number(p: &str) -> Option<u8> {
     PROTOCOLS
@@ -294,12 +355,133 @@ fn protocol_number(p: &str) -> Option<u8> {
         .or_else(|| p.parse().ok())
 }
 
-fn takes_ports(p: Option<&str>) -> bool {
-    matches!(p.and_then(protocol_number), Some(6 | 17 | 132 | 136))
+fn invalid_protocol(shown: &str) -> ApiError {
+    let names: Vec<String> = PROTOCOLS.iter().map(|(n, _)| format!("'{n}'")).collect();
+    ApiError(NeutronError::new(
+        400,
+        "SecurityGroupRuleInvalidProtocol",
+        format!(
+            "Security group rule protocol {shown} not supported. Only protocol values (None, 'any', {}) and integer representations [0 to 255] are supported.",
+            names.join(", ")
+        ),
+    ))
 }
 
-fn is_icmp(p: Option<&str>) -> bool {
-    matches!(p.and_then(protocol_number), Some(1 | 58))
+/// neutron's `convert_protocol`: a name (any case) or a number 0 to 255; `any` and
+/// null mean every protocol.
+fn parse_protocol(v: Option<Value>) -> ApiResult<Option<String>> {
+    let s = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) if n <= 255 => return Ok(Some(n.to_string())),
+            _ => return Err(invalid_protocol(&n.to_string())),
+        },
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(invalid_protocol(&show(&other))),
+    };
+    if s == "any" {
+        return Ok(None);
+    }
+    if let Ok(n) = s.trim().parse::<i64>() {
+        return match u8::try_from(n) {
+            Ok(n) => Ok(Some(n.to_string())),
+            Err(_) => Err(invalid_protocol(&s)),
+        };
+    }
+    let lower = s.to_lowercase();
+    if lower == "any" {
+        return Ok(None);
+    }
+    if PROTOCOLS.iter().any(|(n, _)| *n == lower) {
+        Ok(Some(lower))
+    } else {
+        Err(invalid_protocol(&s))
+    }
+}
+
+/// neutron's `convert_validate_port_value`: absent, null or a port number 0 to 65535.
+fn parse_port(input: &mut Input, key: &str) -> ApiResult<Option<u32>> {
+    let bad = |v: &Value| {
+        ApiError(NeutronError::new(
+            400,
+            "SecurityGroupInvalidPortValue",
+            format!("Invalid value for port {}", show(v)),
+        ))
+    };
+    match input.take(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let n = match &v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.trim().parse::<i64>().ok(),
+                _ => None,
+            };
+            match n {
+                Some(n) if (0..=65535).contains(&n) => Ok(Some(n as u32)),
+                _ => Err(bad(&v)),
+            }
+        }
+    }
+}
+
+fn invalid_input(kind: &'static str, message: String) -> ApiError {
+    ApiError(NeutronError::new(400, kind, message))
+}
+
+/// neutron's `_validate_port_range`, on a rule already made canonical.
+fn check_port_range(protocol: Option<&str>, pmin: Option<u32>, pmax: Option<u32>) -> ApiResult<()> {
+    if pmin.is_none() && pmax.is_none() {
+        return Ok(());
+    }
+    let Some(proto) = protocol.and_then(protocol_number) else {
+        return Err(invalid_input(
+            "SecurityGroupProtocolRequiredWithPorts",
+            "Must also specify protocol if port range is given.".into(),
+        ));
+    };
+    if PORT_PROTOCOLS.contains(&proto) {
+        if pmin == Some(0) || pmax == Some(0) {
+            return Err(invalid_input(
+                "SecurityGroupInvalidPortValue",
+                "Invalid value for port 0".into(),
+            ));
+        }
+        match (pmin, pmax) {
+            (Some(lo), Some(hi)) if lo <= hi => Ok(()),
+            _ => Err(invalid_input(
+                "SecurityGroupInvalidPortRange",
+                "For TCP/UDP protocols, port_range_min must be <= port_range_max".into(),
+            )),
+        }
+    } else if proto == 1 || proto == 58 {
+        for (attr, field, v) in [
+            ("port_range_min", "type", pmin),
+            ("port_range_max", "code", pmax),
+        ] {
+            if let Some(v) = v.filter(|v| *v > 255) {
+                return Err(invalid_input(
+                    "SecurityGroupInvalidIcmpValue",
+                    format!("Invalid value for ICMP {field} ({attr}) {v}. It must be 0 to 255."),
+                ));
+            }
+        }
+        match (pmin, pmax) {
+            (None, Some(code)) => Err(invalid_input(
+                "SecurityGroupMissingIcmpType",
+                format!(
+                    "ICMP code (port-range-max) {code} is provided but ICMP type (port-range-min) is missing."
+                ),
+            )),
+            _ => Ok(()),
+        }
+    } else {
+        Err(invalid_input(
+            "SecurityGroupInvalidProtocolForPort",
+            format!(
+                "Ports cannot be specified for protocol {proto}. Ports are only supported for DCCP, SCTP, TCP, UDP, UDPLITE."
+            ),
+        ))
+    }
 }
 
 impl Resource for SecurityGroupRule {
@@ -437,114 +619,74 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
             "Invalid input for direction. Reason: '{direction}' is not in ['ingress', 'egress']."
         ))));
     }
-    let ethertype = input
-        .string("ethertype", 8)?
-        .unwrap_or_else(|| "IPv4".into());
-    let ethertype = match ethertype.to_ascii_lowercase().as_str() {
-        "ipv4" => "IPv4".to_string(),
-        "ipv6" => "IPv6".to_string(),
-        _ => {
-            return Err(ApiError(NeutronError::bad_request(format!(
-                "Invalid input for ethertype. Reason: '{ethertype}' is not in ['IPv4', 'IPv6']."
-            ))));
+    let ethertype = match input.take("ethertype") {
+        None | Some(Value::Null) => "IPv4".to_string(),
+        Some(Value::String(e)) if e.eq_ignore_ascii_case("ipv4") => "IPv4".to_string(),
+        Some(Value::String(e)) if e.eq_ignore_ascii_case("ipv6") => "IPv6".to_string(),
+        Some(other) => {
+            return Err(invalid_input(
+                "SecurityGroupRuleInvalidEtherType",
+                format!(
+                    "Security group rule for ethertype '{}' not supported. Allowed values are ['IPv4', 'IPv6'].",
+                    show(&other)
+                ),
+            ));
         }
     };
-    let protocol = match input.take("protocol") {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
-        Some(v) => {
-            return Err(ApiError(NeutronError::bad_request(format!(
-                "Invalid input for protocol. Reason: '{}' is not a valid protocol.",
-                show(&v)
-            ))));
-        }
-    };
-    let protocol = match protocol.as_deref() {
-        None | Some("any") | Some("") => None,
-        Some(p) => match protocol_number(p) {
-            Some(_) => Some(p.to_string()),
-            None => {
-                return Err(ApiError(NeutronError::new(
-                    400,
-                    "SecurityGroupRuleInvalidProtocol",
-                    format!(
-                        "Security group rule protocol {p} not supported. Only protocol values {:?} and integer representations [0 to 255] are supported.",
-                        PROTOCOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>()
-                    ),
-                )));
-            }
-        },
-    };
-    let pmin = input
-        .nullable_int("port_range_min", 0, 65535)?
-        .flatten()
-        .map(|v| v as u32);
-    let pmax = input
-        .nullable_int("port_range_max", 0, 65535)?
-        .flatten()
-        .map(|v| v as u32);
+    let mut protocol = parse_protocol(input.take("protocol"))?;
+    let mut pmin = parse_port(&mut input, "port_range_min")?;
+    let mut pmax = parse_port(&mut input, "port_range_max")?;
     let remote_ip = input.nullable_string("remote_ip_prefix", 64)?.flatten();
     let remote_group = input.nullable_uuid("remote_group_id")?.flatten();
     let description = input.string("description", 255)?.unwrap_or_default();
     input.ignore(&["remote_address_group_id"]);
     input.finish()?;
 
-    if remote_ip.is_some() && remote_group.is_some() {
-        return Err(ApiError(NeutronError::bad_request(
-            "Only remote_ip_prefix or remote_group_id may be provided.",
-        )));
+    // neutron's checks, in its order. Legacy names of ICMPv6 become `ipv6-icmp`.
+    if ethertype == "IPv6" {
+        match protocol.as_deref() {
+            Some("icmp" | "icmpv6") => protocol = Some("ipv6-icmp".into()),
+            Some("1") => protocol = Some("58".into()),
+            _ => {}
+        }
     }
+    // The whole port range is no range.
+    if (pmin, pmax) == (Some(1), Some(65535)) {
+        (pmin, pmax) = (None, None);
+    }
+    check_port_range(protocol.as_deref(), pmin, pmax)?;
     let remote_ip = match remote_ip {
-        Some(s) => {
+        Some(s) if !s.is_empty() => {
             let n = parse_ip_or_cidr(&s).ok_or_else(|| {
                 ApiError(NeutronError::bad_request(format!(
                     "Invalid input for remote_ip_prefix. Reason: '{s}' is not a valid IP subnet."
                 )))
             })?;
             if n.addr().is_ipv4() != (ethertype == "IPv4") {
-                return Err(ApiError(NeutronError::bad_request(format!(
-                    "Conflicting value ethertype {ethertype} for CIDR {s}"
-                ))));
+                return Err(invalid_input(
+                    "SecurityGroupRuleParameterConflict",
+                    format!("Conflicting value ethertype {ethertype} for CIDR {s}"),
+                ));
             }
             Some(n.trunc().to_string())
         }
-        None => None,
+        _ => None,
     };
-    if (pmin.is_some() || pmax.is_some())
-        && !takes_ports(protocol.as_deref())
-        && !is_icmp(protocol.as_deref())
+    if ethertype == "IPv4"
+        && let Some(p) = protocol.as_deref()
+        && protocol_number(p).is_some_and(|n| IPV6_ONLY.contains(&n))
     {
-        return Err(ApiError(NeutronError::bad_request(
-            "Security group rule for protocol requires port_range_min and port_range_max only for TCP, UDP, SCTP, UDP-Lite and ICMP.",
-        )));
+        return Err(invalid_input(
+            "SecurityGroupEthertypeConflictWithProtocol",
+            format!("Invalid ethertype IPv4 for protocol {p}."),
+        ));
     }
-    if takes_ports(protocol.as_deref())
-        && let (Some(lo), Some(hi)) = (pmin, pmax)
-        && (lo > hi || lo == 0)
-    {
-        return Err(ApiError(NeutronError::bad_request(
-            "For TCP/UDP protocols, port_range_min must be <= port_range_max",
-        )));
+    if remote_ip.is_some() && remote_group.is_some() {
+        return Err(invalid_input(
+            "SecurityGroupMultipleRemoteEntites",
+            "Only one of remote_ip_prefix or remote_group_id or remote_address_group_id may be provided.".into(),
+        ));
     }
-    if is_icmp(protocol.as_deref())
-        && (pmin.is_some_and(|v| v > 255)
-            || pmax.is_some_and(|v| v > 255)
-            || (pmin.is_none() && pmax.is_some()))
-    {
-        return Err(ApiError(NeutronError::bad_request(
-            "Invalid value for ICMP type/code: port_range_min is the type and port_range_max the code, each 0-255",
-        )));
-    }
-    let (pmin, pmax) = if takes_ports(protocol.as_deref()) {
-        match (pmin, pmax) {
-            (Some(a), None) => (Some(a), Some(a)),
-            (None, Some(b)) => (Some(b), Some(b)),
-            other => other,
-        }
-    } else {
-        (pmin, pmax)
-    };
 
     for _ in 0..16 {
         let ts = now();
@@ -570,12 +712,17 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
                 updated_at: ts.clone(),
                 revision_number: 0,
             };
+            // neutron's duplicate key: protocol names and numbers are one protocol,
+            // and the any-address prefix is no prefix.
             let norm = |r: &SecurityGroupRule| {
                 let mut id = r.identity();
                 id.2 =
                     id.2.as_deref()
                         .and_then(protocol_number)
                         .map(|n| n.to_string());
+                if matches!(id.5.as_deref(), Some("0.0.0.0/0" | "::/0")) {
+                    id.5 = None;
+                }
                 id
             };
             let want = norm(&r);

@@ -24,6 +24,32 @@ impl Resource for SubnetPool {
 
     standard_fields!(subnetpools);
 
+    /// Neutron shows prefix lengths as strings (`"24"`). Its answer to an update has
+    /// integers, a slip that its own code means to avoid: kuryr keeps strings there too.
+    fn view(&self, db: &Db) -> Map<String, Value> {
+        let mut m = match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (k, v) in self.extras(db) {
+            m.insert(k.to_string(), v);
+        }
+        for (k, len) in [
+            ("default_prefixlen", self.default_prefixlen),
+            ("min_prefixlen", self.min_prefixlen),
+            ("max_prefixlen", self.max_prefixlen),
+        ] {
+            m.insert(k.to_string(), Value::String(len.to_string()));
+        }
+        m
+    }
+
+    fn write_view(&self, db: &Db, out: &mut Vec<u8>) {
+        if serde_json::to_writer(&mut *out, &self.view(db)).is_err() {
+            out.extend_from_slice(b"{}");
+        }
+    }
+
     fn create_defaults() -> Vec<(&'static str, Value)> {
         vec![
             ("shared", Value::Bool(false)),
@@ -50,7 +76,11 @@ impl Resource for SubnetPool {
         mut input: Input,
         if_match: Option<u64>,
     ) -> ApiResult<Value> {
-        input.reject(&["shared", "ip_version", "tags"], "update")?;
+        // Neutron names unrecognized attributes first, then read-only ones.
+        let read_only: Vec<&str> = ["shared", "ip_version", "tags"]
+            .into_iter()
+            .filter(|k| input.take(k).is_some())
+            .collect();
         let name = input.string("name", 255)?;
         let description = input.string("description", 255)?;
         let prefixes = input.string_list("prefixes")?;
@@ -61,6 +91,14 @@ impl Resource for SubnetPool {
         let quota = input.nullable_int("default_quota", 0, i64::MAX)?;
         input.ignore(&["address_scope_id"]);
         input.finish()?;
+        if let Some(k) = read_only.first() {
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Cannot update read-only attribute {k}"
+            ))));
+        }
+        let prefixes = prefixes
+            .map(|list| parse_prefixes(&list, None).map(|(_, nets)| nets))
+            .transpose()?;
         resource::update_with::<SubnetPool, _>(net, ctx, id, if_match, |db, p| {
             if let Some(v) = &name {
                 p.name = v.clone();
@@ -68,15 +106,15 @@ impl Resource for SubnetPool {
             if let Some(v) = &description {
                 p.description = v.clone();
             }
-            if let Some(list) = &prefixes {
-                let new = parse_prefixes(list, Some(p.ip_version))?.1;
-                // Prefixes may grow; whatever is already allocated must stay covered.
-                for used in pool_usage(db, &p.id) {
-                    if !new.iter().any(|n| n.contains(&used)) {
-                        return Err(ApiError(NeutronError::bad_request(format!(
-                            "Illegal update to prefixes: allocated subnet {used} would no longer be covered"
-                        ))));
-                    }
+            if let Some(new) = &prefixes {
+                // Prefixes may only grow (which keeps every allocation covered too).
+                let mut old = p.prefixes.iter().filter_map(|s| parse_cidr(s));
+                if !old.all(|o| new.iter().any(|n| n.contains(&o))) {
+                    return Err(ApiError(NeutronError::new(
+                        400,
+                        "IllegalSubnetPoolPrefixUpdate",
+                        "Illegal update to prefixes: Existing prefixes must be a subset of the new prefixes.",
+                    )));
                 }
                 p.prefixes = new.iter().map(ToString::to_string).collect();
             }
@@ -144,14 +182,28 @@ fn parse_prefixes(list: &[String], version: Option<u8>) -> ApiResult<(u8, Vec<Ip
     Ok((v, IpNet::aggregate(&nets)))
 }
 
+/// Neutron's order of checks and messages for prefix bounds.
 fn check_lengths(version: u8, min: u8, default: u8, max: u8) -> ApiResult<()> {
     let top = if version == 4 { 32 } else { 128 };
-    if !(min <= default && default <= max && max <= top) {
-        return Err(ApiError(NeutronError::bad_request(format!(
-            "Illegal prefix bounds: min_prefixlen={min}, default_prefixlen={default}, max_prefixlen={max}"
-        ))));
+    let bad = if min > max {
+        Some(("min_prefixlen", min, "max_prefixlen", max))
+    } else if max > top {
+        Some(("max_prefixlen", max, "ip_version_max", top))
+    } else if default < min {
+        Some(("default_prefixlen", default, "min_prefixlen", min))
+    } else if default > max {
+        Some(("default_prefixlen", default, "max_prefixlen", max))
+    } else {
+        None
+    };
+    match bad {
+        Some((what, len, base, base_len)) => Err(ApiError(NeutronError::new(
+            400,
+            "IllegalSubnetPoolPrefixBounds",
+            format!("Illegal prefix bounds: {what}={len}, {base}={base_len}."),
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn check_single_default(db: &Db, version: u8, except: &str) -> ApiResult<()> {
