@@ -11,8 +11,8 @@ use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
 use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
-mod tls;
 mod credential_cmd;
+mod tls;
 
 #[derive(Parser)]
 #[command(

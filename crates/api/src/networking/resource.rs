@@ -67,6 +67,13 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
         Vec::new()
     }
 
+    /// Checks of an update body that need no resource, made before it is looked up
+    /// (neutron validates the body first: a read-only attribute is a 400 even on a
+    /// resource the caller cannot see).
+    fn check_update_body(_body: &Map<String, Value>) -> ApiResult<()> {
+        Ok(())
+    }
+
     /// Attributes of the API representation that are not stored fields.
     fn extras(&self, _db: &Db) -> Vec<(&'static str, Value)> {
         vec![("tenant_id", Value::String(self.project_id().to_string()))]
@@ -454,6 +461,7 @@ async fn update<R: Resource>(
             ))));
         }
     };
+    R::check_update_body(&attrs)?;
     authorize_change::<R>(
         &net.db(),
         &ctx,

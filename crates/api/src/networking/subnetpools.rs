@@ -14,6 +14,21 @@ use super::resource::{
 use super::subnets::pool_usage;
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
+/// A pool's attributes that never change after create.
+const READ_ONLY: [&str; 3] = ["shared", "ip_version", "tags"];
+/// What an update may name (the rest is an unrecognized attribute).
+const UPDATABLE: [&str; 9] = [
+    "name",
+    "description",
+    "prefixes",
+    "default_prefixlen",
+    "min_prefixlen",
+    "max_prefixlen",
+    "is_default",
+    "default_quota",
+    "address_scope_id",
+];
+
 impl Resource for SubnetPool {
     const SINGULAR: &'static str = "subnetpool";
     const PLURAL: &'static str = "subnetpools";
@@ -69,6 +84,23 @@ impl Resource for SubnetPool {
         Ok(out)
     }
 
+    fn check_update_body(body: &Map<String, Value>) -> ApiResult<()> {
+        // Neutron names unrecognized attributes first (left to `update`), then
+        // read-only ones.
+        if !body
+            .keys()
+            .all(|k| UPDATABLE.contains(&k.as_str()) || READ_ONLY.contains(&k.as_str()))
+        {
+            return Ok(());
+        }
+        match READ_ONLY.iter().find(|k| body.contains_key(**k)) {
+            Some(k) => Err(ApiError(NeutronError::bad_request(format!(
+                "Cannot update read-only attribute {k}"
+            )))),
+            None => Ok(()),
+        }
+    }
+
     async fn update(
         net: &Shared,
         ctx: &Ctx,
@@ -76,8 +108,7 @@ impl Resource for SubnetPool {
         mut input: Input,
         if_match: Option<u64>,
     ) -> ApiResult<Value> {
-        // Neutron names unrecognized attributes first, then read-only ones.
-        let read_only: Vec<&str> = ["shared", "ip_version", "tags"]
+        let read_only: Vec<&str> = READ_ONLY
             .into_iter()
             .filter(|k| input.take(k).is_some())
             .collect();
