@@ -6,12 +6,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/test-deps.sh
-cargo build --release --bins
-cargo test --workspace --release
-KURYR_BIN="$PWD/target/release/kuryr" .venv/bin/pytest -n 2 -q tests/client tests/lab tests/docker
-tempest_start=$SECONDS
+# Each phase prints its wall time, so a slow run says where the time went.
+phase() {
+    local name=$1 start=$SECONDS status=0
+    shift
+    "$@" || status=$?
+    echo "[test.sh] $name: $((SECONDS - start)) s (exit $status)"
+    return "$status"
+}
+
+phase "dependencies" scripts/test-deps.sh
+phase "cargo build" cargo build --release --bins
+phase "cargo test" cargo test --workspace --release
+# --durations: the slowest tests, printed at the end.
+phase "pytest (client, lab, docker)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker
 tempest_status=0
-KURYR_BIN="$PWD/target/release/kuryr" .venv/bin/python tests/tempest/run.py || tempest_status=$?
-echo "[tempest] neutron-tempest-plugin API suite: wall time $((SECONDS - tempest_start)) s"
+phase "tempest (neutron-tempest-plugin API suite)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/python tests/tempest/run.py || tempest_status=$?
+echo "[test.sh] total: $SECONDS s"
 exit "$tempest_status"
