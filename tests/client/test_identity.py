@@ -452,7 +452,7 @@ def test_unknown_and_disabled_users_take_a_password_check_and_floods_get_503():
 
 def test_builtin_roles_and_role_create_delete(admin):
     names = {r["Name"] for r in osc(admin, "role", "list")}
-    assert {"admin", "member", "reader", "service"} <= names
+    assert {"admin", "manager", "member", "reader", "service"} <= names
     name = f"kuryr_agent:{unique('h')}"
     role = osc(admin, "role", "create", name)
     assert role["name"] == name

@@ -239,11 +239,23 @@ async fn get_network(State(f): State<Arc<Fake>>, h: HeaderMap, Path(id): Path<St
     if let Some(r) = refuse(&f, &h) {
         return r;
     }
-    if id == "partial" {
-        // What a real Neutron may send a non-admin: no provider attributes.
-        let mut n = network_json("partial");
+    // "partial": what Neutron (and kuryr) send a non-admin, without the provider
+    // attributes; "broken": a network without its MTU.
+    let hidden: &[&str] = match id.as_str() {
+        "partial" => &[
+            "provider:network_type",
+            "provider:physical_network",
+            "provider:segmentation_id",
+        ],
+        "broken" => &["mtu"],
+        _ => &[],
+    };
+    if !hidden.is_empty() {
+        let mut n = network_json(&id);
         if let Some(m) = n.as_object_mut() {
-            m.remove("provider:network_type");
+            for k in hidden {
+                m.remove(*k);
+            }
         }
         return axum::Json(json!({"network": n})).into_response();
     }
@@ -616,10 +628,13 @@ async fn neutron_calls_and_errors() {
 
     let n = c.get_network("n1").await.expect("network");
     assert_eq!(n.segmentation_id, Some(7));
-    // A field the model requires but the server left out is a Decode error naming it.
-    let e = c.get_network("partial").await.err();
+    // Admin-only attributes may be absent (a non-admin's view)...
+    let n = c.get_network("partial").await.expect("a non-admin's view");
+    assert_eq!((n.network_type.as_str(), n.segmentation_id), ("", None));
+    // ...but a field the model requires and the server left out is a Decode error naming it.
+    let e = c.get_network("broken").await.err();
     assert!(
-        matches!(&e, Some(ClientError::Decode(m)) if m.contains("provider:network_type")),
+        matches!(&e, Some(ClientError::Decode(m)) if m.contains("mtu")),
         "{e:?}"
     );
 

@@ -86,7 +86,7 @@ pub const DOMAIN_NAME: &str = "Default";
 /// A role named `kuryr_agent:<host>` lets its holder act as the agent of `<host>`.
 pub const AGENT_ROLE_PREFIX: &str = "kuryr_agent:";
 /// Roles every store has (Neutron's secure-RBAC personas).
-pub const BUILTIN_ROLES: [&str; 4] = ["admin", "member", "reader", "service"];
+pub const BUILTIN_ROLES: [&str; 5] = ["admin", "manager", "member", "reader", "service"];
 const PREFIX: &str = "/identity/";
 /// How long after a key stops signing it still verifies, beyond the token lifetime:
 /// a replica that learns of a rotation late signs with the old key for that long.
@@ -840,8 +840,8 @@ async fn bootstrap(store: &dyn Store, cfg: &IdentityConfig) -> anyhow::Result<()
     Ok(())
 }
 
-/// What stores made by earlier versions lack: the `service` role (Neutron's
-/// secure-RBAC service persona), and a signing key with an id (the original secret
+/// What stores made by earlier versions lack: the `service` and `manager` roles (Neutron's
+/// secure-RBAC personas), and a signing key with an id (the original secret
 /// becomes a key flagged `legacy`, so the tokens it signed stay valid). Idempotent
 /// and race-free (compare-absent).
 async fn upgrade(store: &dyn Store) -> anyhow::Result<()> {
