@@ -2,6 +2,7 @@
 the bulk cap, and reservations given back when clients go away mid-request. Each
 refusal is next to the largest request that is still accepted."""
 
+import contextlib
 import os
 import random
 import re
@@ -125,6 +126,28 @@ def abandon(host, port, request, delay):
 
 
 SENT = 400
+CPU_CGROUP = "/sys/fs/cgroup/cpu"
+
+
+@contextlib.contextmanager
+def cpu_limited(pid, percent):
+    """Runs process `pid` on `percent` of one CPU (a cgroup v1 CPU quota) while inside:
+    a slow server seen from outside, so that clients hang up while it works. The cgroup
+    is removed on the way out, whatever happens."""
+    group = os.path.join(CPU_CGROUP, f"kuryr-test-{os.getpid()}-{pid}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+            f.write("100000")
+        with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+            f.write(str(percent * 1000))
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))  # the whole process, every thread
+        yield
+    finally:
+        with open(os.path.join(CPU_CGROUP, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        os.rmdir(group)
 
 
 def test_cancelled_creates_give_their_addresses_back(small):
@@ -139,14 +162,16 @@ def test_cancelled_creates_give_their_addresses_back(small):
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     host, port = small.url.removeprefix("http://").rsplit(":", 1)
     rng = random.Random(7)
-    # Hang-ups spread over the few milliseconds a create takes (most of it the
-    # store's fsync, when the request holds its addresses).
-    threads = [threading.Thread(target=abandon, args=(host, int(port), request, rng.uniform(0, 0.004)))
+    # The server on 5% of a CPU takes a second or two for these creates; clients
+    # hang up at random within the first half of it, most of them while their create
+    # is under way (reading, allocating, or queued for the store's writer).
+    threads = [threading.Thread(target=abandon, args=(host, int(port), request, rng.uniform(0, 0.5)))
                for _ in range(SENT)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with cpu_limited(small.proc.pid, 5):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     # Some of them commit even though their client left; the rest must hold nothing:
     # once the subnet is full, every one of its addresses belongs to a real port.
     survivors = ok(small, "GET", f"/ports?network_id={net['id']}")["ports"]
