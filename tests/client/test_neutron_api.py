@@ -5,8 +5,7 @@ too. Expected answers are what a real neutron-server 29 gives to the same reques
 import pytest
 import requests
 
-from cloud import osc, token_for, unique
-from conftest import make_user
+from cloud import make_user, osc, token_for, unique
 
 
 class Caller:
