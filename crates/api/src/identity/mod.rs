@@ -71,13 +71,18 @@ impl AuthContext {
         self.roles.iter().any(|r| r == "admin")
     }
 
-    /// The host a host-scoped agent credential acts for: its token carries the role
-    /// `kuryr_agent:<host>` (see [`AGENT_ROLE_PREFIX`]). `None` for any other caller.
-    pub fn agent_host(&self) -> Option<&str> {
+    /// The hosts this caller is the agent of: its token carries the role
+    /// `kuryr_agent:<host>` for each (see [`AGENT_ROLE_PREFIX`]). Usually none or one.
+    pub fn agent_hosts(&self) -> impl Iterator<Item = &str> {
         self.roles
             .iter()
-            .find_map(|r| r.strip_prefix(AGENT_ROLE_PREFIX))
+            .filter_map(|r| r.strip_prefix(AGENT_ROLE_PREFIX))
             .filter(|h| !h.is_empty())
+    }
+
+    /// Whether this caller may act as the agent of `host`.
+    pub fn acts_for_host(&self, host: &str) -> bool {
+        !host.is_empty() && self.agent_hosts().any(|h| h == host)
     }
 }
 
@@ -874,4 +879,28 @@ async fn upgrade(store: &dyn Store) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuthContext;
+
+    #[test]
+    fn agent_roles_name_their_host() {
+        let ctx = |roles: &[&str]| AuthContext {
+            user_id: "u".into(),
+            user_name: "u".into(),
+            project_id: "p".into(),
+            project_name: "service".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        };
+        let agent = ctx(&["kuryr_agent:h1"]);
+        assert!(agent.acts_for_host("h1"));
+        assert!(!agent.acts_for_host("h2") && !agent.acts_for_host(""));
+        assert!(!agent.is_admin());
+        assert_eq!(agent.agent_hosts().collect::<Vec<_>>(), ["h1"]);
+        let member = ctx(&["member", "kuryr_agent:"]);
+        assert!(!member.acts_for_host("") && member.agent_hosts().next().is_none());
+        assert!(!ctx(&["admin"]).acts_for_host("h1"));
+    }
 }
