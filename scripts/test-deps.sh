@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what kuryr's tests need on a fresh Debian machine with Rust:
-# a Python venv (.venv) with the openstack CLI, openstacksdk and pytest from PyPI.
+# a Python venv (.venv) with the openstack CLI, openstacksdk and pytest from PyPI,
+# and tempest with neutron-tempest-plugin (Neutron's API test suite).
 # Idempotent: a second run with the same requirements takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +25,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-stamp=.venv/.requirements-$(sha256sum tests/requirements.txt | cut -c1-16)
+reqs=(tests/requirements.txt tests/tempest/requirements.txt tests/tempest/constraints.txt)
+stamp=.venv/.requirements-$(cat "${reqs[@]}" | sha256sum | cut -c1-16)
 if [ -f "$stamp" ]; then
   exit 0
 fi
-echo "[test-deps] creating .venv with the openstack CLI and openstacksdk"
+echo "[test-deps] creating .venv with the openstack CLI, openstacksdk and tempest"
 rm -rf .venv
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+.venv/bin/pip install -q --disable-pip-version-check \
+  -r tests/requirements.txt -r tests/tempest/requirements.txt
 touch "$stamp"

@@ -55,6 +55,11 @@ pub struct AgentArgs {
     #[arg(long, env = "OS_CLOUD")]
     pub os_cloud: Option<String>,
 
+    /// PEM CA bundle that verifies the server's certificate, instead of the system roots
+    /// (overrides `cacert` of clouds.yaml).
+    #[arg(long, env = "OS_CACERT")]
+    pub os_cacert: Option<PathBuf>,
+
     /// Seconds a network's bridge and vxlan device stay after its last port on this
     /// host is gone (a port coming back soon reuses them).
     #[arg(long, default_value_t = 60)]
@@ -177,7 +182,7 @@ pub async fn run_agent(
         println!("removed every kuryr link and nft table on this host");
         return Ok(());
     }
-    let creds = match credentials {
+    let mut creds = match credentials {
         Some(c) => c,
         None => match &args.os_cloud {
             Some(cloud) => Credentials::from_cloud(cloud)
@@ -185,6 +190,9 @@ pub async fn run_agent(
             None => Credentials::from_env().context("credentials from OS_* variables")?,
         },
     };
+    if let Some(ca) = &args.os_cacert {
+        creds.cacert = Some(ca.clone());
+    }
     // No login yet: the agent must start (and keep the dataplane) while the server is down.
     let client = Client::new(creds, ClientConfig::default())?;
     tracing::info!(host = %cfg.host, underlay = %cfg.underlay_ip, "kuryr agent starting");

@@ -12,6 +12,7 @@ use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
 mod credential_cmd;
+mod tls;
 
 #[derive(Parser)]
 #[command(
@@ -71,9 +72,17 @@ struct ServerArgs {
     token_ttl: u64,
 
     /// URL clients reach this server at (goes into the service catalog and links).
-    /// Default: http://<listen address>.
+    /// Default: http://<listen address>, or https:// with --tls-cert.
     #[arg(long, env = "KURYR_PUBLIC_URL")]
     public_url: Option<String>,
+
+    /// Serve HTTPS with this PEM certificate chain (server certificate first).
+    #[arg(long, env = "KURYR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "KURYR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 
     /// Region name in the service catalog.
     #[arg(long, default_value = "RegionOne")]
@@ -86,6 +95,14 @@ struct ServerArgs {
     /// VNI range for vxlan networks, as MIN:MAX.
     #[arg(long, default_value = "1:65535", value_parser = parse_range)]
     vni_range: (u32, u32),
+
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = kuryr_api::limits::DEFAULT_MAX_REQUEST_BODY)]
+    max_request_body: usize,
+
+    /// The most resources one bulk create may hold.
+    #[arg(long, default_value_t = 1000)]
+    max_bulk: usize,
 
     /// Revisions of change history kept so that watchers can resume.
     #[arg(long, default_value_t = 100_000)]
@@ -154,6 +171,11 @@ struct UpArgs {
     /// Run only the server, no agent on this host.
     #[arg(long)]
     no_agent: bool,
+
+    /// With --tls-cert: the PEM CA bundle that verifies the server's certificate, for
+    /// this host's agent and the OS_CACERT of admin-openrc.sh (default: system roots).
+    #[arg(long)]
+    os_cacert: Option<PathBuf>,
 
     #[command(flatten)]
     docker: agent_cmd::DockerArgs,
@@ -242,12 +264,36 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let bound = listener.local_addr()?;
+    // Read before anything is served: a bad certificate or key stops the start.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = args
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{bound}"))
+        .unwrap_or_else(|| format!("{scheme}://{bound}"))
         .trim_end_matches('/')
         .to_string();
+    // Serve at once: /healthz answers and /readyz says 503 while the store and the
+    // indexes load; the application takes over when it is built.
+    let startup = kuryr_api::observe::Startup::new();
+    let loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>> = Default::default();
+    // A store that failed a commit refuses writes until it is reopened: stop (non-zero)
+    // so that the supervisor (systemd, Kubernetes) restarts kuryr on a reopened store,
+    // rather than answering 503 forever.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<()>();
+    let store_failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let serving = match tls {
+        Some(config) => tokio::spawn(serve(
+            tls::listener(listener, config),
+            startup.router(),
+            loaded.clone(),
+            fatal_rx,
+        )),
+        None => tokio::spawn(serve(listener, startup.router(), loaded.clone(), fatal_rx)),
+    };
     let auth_mode = match args.auth.as_str() {
         "noauth" => AuthMode::NoAuth,
         "keystone" => AuthMode::Keystone,
@@ -276,12 +322,25 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             auth_mode,
             agent_down_time: Duration::from_secs(args.agent_down_time),
             watch_keepalive: Duration::from_secs(args.watch_keepalive.max(1)),
+            max_bulk: args.max_bulk,
         },
+        max_request_body: args.max_request_body,
     };
+    let mut fatal = store.fatal();
+    let failed_seen = store_failed.clone();
+    tokio::spawn(async move {
+        if let Ok(reason) = fatal.wait_for(Option::is_some).await {
+            let reason = reason.clone().unwrap_or_default();
+            tracing::error!(%reason, "the store failed a commit; stopping so that kuryr is restarted on a reopened store");
+            *failed_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            let _ = fatal_tx.send(());
+        }
+    });
     let app = kuryr_api::app(store, config).await?;
-    let networking = app.networking.clone();
+    let _ = loaded.set(app.networking.clone());
+    startup.finish(app.router);
     tracing::info!(listen = %bound, data_dir = %args.data_dir.display(), "kuryr server ready");
-    if let Some(u) = up_args.filter(|u| !u.no_agent) {
+    if let Some(u) = up_args.clone().filter(|u| !u.no_agent) {
         let agent_args = agent_cmd::AgentArgs {
             host: u.host,
             underlay_ip: u.underlay_ip,
@@ -294,6 +353,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             nft: "nft".into(),
             network_linger: 60,
             os_cloud: None,
+            os_cacert: None,
             cleanup: false,
             docker: u.docker,
         };
@@ -312,7 +372,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             }),
             region_name: Some(args.region.clone()),
             interface: "public".into(),
-            cacert: None,
+            cacert: u.os_cacert.clone(),
             insecure: false,
             network_endpoint: None,
         };
@@ -349,21 +409,47 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             }
         });
     }
-    if up {
-        print_usage(&args, &public_url)?;
+    if let Some(u) = &up_args {
+        print_usage(&args, &public_url, u.os_cacert.as_deref())?;
     }
-    axum::serve(listener, app.router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Host watches never end by themselves; graceful shutdown waits for them.
-            networking.close_watches();
-        })
-        .await?;
+    serving.await.context("the HTTP server task")??;
+    if let Some(reason) = store_failed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        anyhow::bail!("the store failed a commit ({reason}); restart kuryr to reopen it");
+    }
     tracing::info!("kuryr server stopped");
     Ok(())
 }
 
-fn print_usage(args: &ServerArgs, public_url: &str) -> anyhow::Result<()> {
+/// Serves `router` until a shutdown signal, then ends the host watches (they never end
+/// by themselves, and graceful shutdown waits for open responses).
+async fn serve<L>(
+    listener: L,
+    router: axum::Router,
+    loaded: Arc<std::sync::OnceLock<Arc<kuryr_api::Networking>>>,
+    store_failed: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                Ok(()) = store_failed => {}
+            }
+            if let Some(networking) = loaded.get() {
+                networking.close_watches();
+            }
+        })
+        .await
+}
+
+fn print_usage(args: &ServerArgs, public_url: &str, cacert: Option<&Path>) -> anyhow::Result<()> {
     let password = args.admin_password.clone().unwrap_or_default();
     let openrc = format!(
         "export OS_AUTH_URL={public_url}/identity/v3\n\
@@ -376,6 +462,13 @@ fn print_usage(args: &ServerArgs, public_url: &str) -> anyhow::Result<()> {
          export OS_REGION_NAME={}\n",
         args.region
     );
+    let openrc = match cacert {
+        Some(ca) => format!(
+            "{openrc}export OS_CACERT={}\n",
+            std::path::absolute(ca)?.display()
+        ),
+        None => openrc,
+    };
     let rc_path = args.data_dir.join("admin-openrc.sh");
     write_private(&rc_path, &openrc)?;
     println!("kuryr is up.");

@@ -35,7 +35,7 @@ def test_sdk_core_flow(admin, tenants):
     assert rule.port_range_min == 8080
 
     ports = [conn.network.create_port(network_id=net.id, name=f"p{i}", security_group_ids=[sg.id],
-                                      device_owner="compute:kuryr") for i in range(5)]
+                                      device_owner="kuryr:container") for i in range(5)]
     assert all(len(p.fixed_ips) == 2 for p in ports), "dual stack"
     addresses = {f["ip_address"] for p in ports for f in p.fixed_ips}
     assert len(addresses) == 10

@@ -2,12 +2,13 @@
 //! under `/networking`, on one listener, backed by a [`kuryr_store::Store`].
 
 pub mod identity;
+pub mod limits;
 pub mod networking;
+pub mod observe;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::HeaderValue;
 use kuryr_store::Store;
 
 pub use identity::{AuthMode, Identity, IdentityConfig};
@@ -18,6 +19,8 @@ pub use networking::{Networking, NetworkingConfig};
 pub struct ServerConfig {
     pub identity: IdentityConfig,
     pub networking: NetworkingConfig,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: usize,
 }
 
 /// The HTTP application and the handle that ends its long-lived streams.
@@ -29,21 +32,22 @@ pub struct App {
 /// Starts the services over `store` and returns the HTTP application.
 pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<App> {
     let identity = Identity::start(store.clone(), config.identity.clone()).await?;
-    let networking = Networking::start(store, identity.clone(), config.networking.clone()).await?;
-    let request_ids = axum::middleware::from_fn(
-        |req: axum::extract::Request, next: axum::middleware::Next| async move {
-            let mut resp = next.run(req).await;
-            let id = format!("req-{}", uuid::Uuid::new_v4());
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                resp.headers_mut().insert("x-openstack-request-id", v);
-            }
-            resp
-        },
-    );
+    let networking =
+        Networking::start(store.clone(), identity.clone(), config.networking.clone()).await?;
+    let obs = observe::Observability::new(store, networking.clone());
     let router = Router::new()
         .nest("/identity", identity.router())
         .nest("/networking", networking.router())
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .layer(request_ids);
+        .merge(obs.routes())
+        .route_layer(axum::middleware::from_fn(observe::matched_route))
+        .layer(axum::middleware::from_fn_with_state(
+            config.max_request_body,
+            limits::limit_body,
+        ))
+        // The limit above is the one that answers; axum's own must not be lower.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.max_request_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(obs, observe::track));
     Ok(App { router, networking })
 }

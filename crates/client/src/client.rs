@@ -627,7 +627,8 @@ impl Client {
     }
 }
 
-#[cfg(feature = "tls")]
+/// HTTPS trust, on rustls: with a CA bundle (OS_CACERT / `cacert`), that bundle only,
+/// as the openstack CLI does (requests' `verify=<bundle>`); without, the system's roots.
 fn configure_tls(
     mut builder: reqwest::ClientBuilder,
     creds: &Credentials,
@@ -645,32 +646,11 @@ fn configure_tls(
                 path.display()
             )));
         }
-        builder = builder.tls_certs_merge(certs);
+        builder = builder.tls_certs_only(certs);
     }
     if creds.insecure {
         tracing::warn!("TLS certificate verification is disabled (insecure)");
         builder = builder.tls_danger_accept_invalid_certs(true);
-    }
-    Ok(builder)
-}
-
-#[cfg(not(feature = "tls"))]
-fn configure_tls(
-    builder: reqwest::ClientBuilder,
-    creds: &Credentials,
-) -> Result<reqwest::ClientBuilder> {
-    let https = creds
-        .auth
-        .auth_url()
-        .is_some_and(|u| u.starts_with("https:"))
-        || creds
-            .network_endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("https:"));
-    if https || creds.cacert.is_some() {
-        return Err(ClientError::Config(
-            "kuryr-client was built without its `tls` feature: HTTPS is unavailable".into(),
-        ));
     }
     Ok(builder)
 }

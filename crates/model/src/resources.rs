@@ -104,7 +104,7 @@ pub struct FixedIp {
     pub ip_address: IpAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AddressPair {
     pub ip_address: String,
     pub mac_address: String,

@@ -141,4 +141,18 @@ pub trait Store: Send + Sync + 'static {
     /// Every change under `prefix` with revision `>= from_revision`, then live changes.
     /// A stream item `Err` ends the stream.
     async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream>;
+
+    /// Becomes `Some(reason)` when the store can no longer commit without being
+    /// reopened (the embedded store after a failed commit): its owner should stop so
+    /// that a supervisor restarts it on a reopened store.
+    fn fatal(&self) -> tokio::sync::watch::Receiver<Option<String>>;
+    /// Whether the store can take writes now (readiness probes). By default: it
+    /// answers a revision query.
+    async fn check(&self) -> Result<()> {
+        self.current_revision().await.map(|_| ())
+    }
+
+    /// Adds what this store measures about itself (commit latency, batch sizes...)
+    /// to `registry`; nothing by default.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

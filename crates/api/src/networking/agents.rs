@@ -24,7 +24,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::db::{Db, Entry, HostView, Table, keys};
-use super::resource::{encode, parse_body};
+use super::policy::POLICY;
+use super::resource::{encode, enforce, parse_body};
 use super::{ApiError, ApiResult, Ctx, Shared, new_id};
 
 pub fn routes() -> Router<Shared> {
@@ -35,14 +36,24 @@ pub fn routes() -> Router<Shared> {
         .route("/kuryr/hosts/{host}/watch", get(watch))
 }
 
-fn admin_only(ctx: &Ctx, action: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(NeutronError::forbidden(format!(
-            "rule:{action} is disallowed by policy"
-        ))))
+/// Agents are one kind of record: every rule is about the caller alone, so an agent
+/// the caller may not read does not exist for it (a list is simply empty).
+fn may(ctx: &Ctx, action: &str) -> bool {
+    POLICY.allows(action, ctx, &Map::new())
+}
+
+fn authorize(ctx: &Ctx, id: &str, action: &str) -> ApiResult<()> {
+    if !may(ctx, "get_agent") {
+        return Err(not_found(id));
     }
+    enforce(ctx, action, &Map::new(), &[])
+}
+
+/// kuryr's per-host actions: an admin, or the agent of `host`.
+fn authorize_host(ctx: &Ctx, host: &str, action: &str) -> ApiResult<()> {
+    let mut t = Map::new();
+    t.insert("host".into(), Value::String(host.to_string()));
+    enforce(ctx, action, &t, &[])
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -100,7 +111,9 @@ async fn list(
     ctx: Ctx,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    admin_only(&ctx, "get_agent")?;
+    if !may(&ctx, "get_agent") {
+        return Ok(Json(json!({ "agents": [] })));
+    }
     let fields: Vec<&str> = params
         .iter()
         .filter(|(k, _)| k == "fields")
@@ -151,7 +164,7 @@ async fn show(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    admin_only(&ctx, "get_agent")?;
+    authorize(&ctx, &id, "get_agent")?;
     let db = net.db();
     let e = find(&db, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(
@@ -165,7 +178,7 @@ async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    admin_only(&ctx, "update_agent")?;
+    authorize(&ctx, &id, "update_agent")?;
     let body = parse_body(&body)?;
     let Some(Value::Object(attrs)) = body.get("agent").cloned() else {
         return Err(ApiError(NeutronError::bad_request(
@@ -204,7 +217,7 @@ async fn remove(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    admin_only(&ctx, "delete_agent")?;
+    authorize(&ctx, &id, "delete_agent")?;
     let key = {
         let db = net.db();
         keys::agent(&find(&db, &id).ok_or_else(|| not_found(&id))?.value.host)
@@ -221,8 +234,8 @@ async fn heartbeat(
     Path(host): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    admin_only(&ctx, "update_agent")?;
     check_host(&host)?;
+    authorize_host(&ctx, &host, "kuryr_report_state")?;
     let body = parse_body(&body)?;
     let report: AgentReport = body
         .get("agent")
@@ -472,14 +485,16 @@ async fn watch(
     ctx: Ctx,
     Path(host): Path<String>,
     Query(params): Query<WatchParams>,
+    watches: crate::observe::OpenWatches,
 ) -> ApiResult<Response> {
-    admin_only(&ctx, "get_agent")?;
     check_host(&host)?;
+    authorize_host(&ctx, &host, "kuryr_watch_host")?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     let mut changes = net.changes.subscribe();
     let keepalive = net.config.watch_keepalive;
     let mut closing = net.closing.subscribe();
     tokio::spawn(async move {
+        let _open = watches.opened();
         let mut sent = Sent::default();
         let mut since = Some(params.since);
         loop {

@@ -4,6 +4,7 @@
 mod agents;
 mod db;
 mod networks;
+pub mod policy;
 mod ports;
 mod query;
 mod quotas;
@@ -45,6 +46,8 @@ pub struct NetworkingConfig {
     pub agent_down_time: Duration,
     /// How often a host watch sends a keepalive frame when nothing changed.
     pub watch_keepalive: Duration,
+    /// The most resources one bulk create may hold.
+    pub max_bulk: usize,
 }
 
 pub struct Networking {
@@ -222,16 +225,12 @@ impl Networking {
         }
     }
 
-    /// Reserves guard keys for a request in flight; false if one is already taken.
-    pub fn reserve(&self, keys: &[String]) -> bool {
-        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.iter().any(|k| r.contains(k)) {
-            return false;
+    /// A guard for the keys one request in flight picks (see [`Reservation`]).
+    pub fn reservation(&self) -> Reservation<'_> {
+        Reservation {
+            net: self,
+            keys: Vec::new(),
         }
-        for k in keys {
-            r.insert(k.clone());
-        }
-        true
     }
 
     pub fn is_reserved(&self, key: &str) -> bool {
@@ -241,11 +240,12 @@ impl Networking {
             .contains(key)
     }
 
-    pub fn release(&self, keys: &[String]) {
-        let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        for k in keys {
-            r.remove(k);
-        }
+    /// How many keys requests in flight hold (0 when the server is idle).
+    pub fn reserved_count(&self) -> usize {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn hint(&self, subnet: &str) -> Option<IpAddr> {
@@ -291,6 +291,45 @@ impl Networking {
     }
 }
 
+/// Guard keys (addresses, MACs, VNIs) held by one request in flight, so that
+/// concurrent requests pick different ones before either commits. They are given
+/// back when the guard is dropped: after the commit, on an error, and when the
+/// request is cancelled mid-way because its client went away.
+pub struct Reservation<'a> {
+    net: &'a Networking,
+    keys: Vec<String>,
+}
+
+impl Reservation<'_> {
+    /// Takes `key` for this request; false if this or another request holds it.
+    pub fn take(&mut self, key: String) -> bool {
+        let mut r = self.net.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.insert(key.clone()) {
+            return false;
+        }
+        self.keys.push(key);
+        true
+    }
+
+    pub fn holds(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
+    /// Gives everything back (a retry starts from scratch).
+    pub fn clear(&mut self) {
+        let mut r = self.net.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        for k in self.keys.drain(..) {
+            r.remove(&k);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// A small extension to poll a stream once without waiting.
 trait NowOrNever: futures::Stream + Unpin {
     fn now_or_never_ext(&mut self) -> Option<Option<Self::Item>> {
@@ -299,32 +338,51 @@ trait NowOrNever: futures::Stream + Unpin {
 }
 impl<S: futures::Stream + Unpin> NowOrNever for S {}
 
-/// The caller of a Neutron request.
+/// The caller of a Neutron request, with Keystone's implied roles expanded
+/// (admin → manager → member → reader), as a Keystone token lists them.
 #[derive(Debug, Clone)]
-pub struct Ctx(pub AuthContext);
+pub struct Ctx {
+    pub auth: AuthContext,
+    roles: HashSet<String>,
+}
 
 impl Ctx {
+    pub fn new(auth: AuthContext) -> Self {
+        let mut roles: HashSet<String> = auth.roles.iter().cloned().collect();
+        for (prior, implied) in [
+            ("admin", "manager"),
+            ("manager", "member"),
+            ("member", "reader"),
+        ] {
+            if roles.contains(prior) {
+                roles.insert(implied.to_string());
+            }
+        }
+        Ctx { auth, roles }
+    }
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains(role)
+    }
     pub fn is_admin(&self) -> bool {
-        self.0.is_admin()
+        self.has_role("admin")
     }
     pub fn project(&self) -> &str {
-        &self.0.project_id
+        &self.auth.project_id
     }
-    /// Readers may look but not change anything.
-    pub fn can_write(&self) -> bool {
-        self.0.roles.iter().any(|r| r == "admin" || r == "member")
-    }
-    pub fn check_write(&self) -> Result<(), NeutronError> {
-        if self.can_write() {
-            Ok(())
-        } else {
-            Err(NeutronError::forbidden(
-                "rule:create is disallowed by policy: readers cannot change resources",
-            ))
+    /// A credential attribute, for `project_id:%(...)s`-style checks.
+    pub fn credential(&self, key: &str) -> Option<&str> {
+        match key {
+            "project_id" | "tenant_id" | "tenant" => Some(&self.auth.project_id),
+            "user_id" => Some(&self.auth.user_id),
+            _ => None,
         }
     }
-    pub fn owns(&self, project_id: &str) -> bool {
-        self.is_admin() || self.project() == project_id
+    /// The hosts this caller is the agent of (`kuryr_agent:<host>` roles).
+    pub fn agent_hosts(&self) -> impl Iterator<Item = &str> {
+        self.roles
+            .iter()
+            .filter_map(|r| r.strip_prefix(policy::AGENT_ROLE_PREFIX))
+            .filter(|h| !h.is_empty())
     }
 }
 
@@ -366,7 +424,8 @@ async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -
             }
         }
     };
-    req.extensions_mut().insert(Ctx(ctx));
+    crate::observe::record_project(&ctx.project_id);
+    req.extensions_mut().insert(Ctx::new(ctx));
     next.run(req).await
 }
 
@@ -397,6 +456,14 @@ fn noauth_context(h: &HeaderMap) -> AuthContext {
 /// A Neutron error as an HTTP response.
 #[derive(Debug)]
 pub struct ApiError(pub NeutronError);
+
+impl ApiError {
+    /// The same error under another Neutron `type`.
+    pub fn with_kind(mut self, kind: &'static str) -> Self {
+        self.0.kind = kind;
+        self
+    }
+}
 
 impl From<NeutronError> for ApiError {
     fn from(e: NeutronError) -> Self {

@@ -16,17 +16,8 @@ fn flat_key(physnet: &str) -> String {
     format!("/neutron/flat/{physnet}")
 }
 
-fn admin_only(ctx: &Ctx, attr: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(NeutronError::forbidden(format!(
-            "(rule:create_network and rule:create_network:{attr}) is disallowed by policy"
-        ))))
-    }
-}
-
-/// The project a new resource belongs to: the caller's, or any project for an admin.
+/// The project a new resource belongs to: the caller's unless given (only admins may
+/// give another: the resource layer checks that before any create).
 pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
     let p = input.string("project_id", 255)?;
     let t = input.string("tenant_id", 255)?;
@@ -37,13 +28,7 @@ pub fn owner_project(ctx: &Ctx, input: &mut Input) -> ApiResult<String> {
             "'project_id' and 'tenant_id' do not match",
         )));
     }
-    match p.or(t) {
-        Some(p) if p != ctx.project() && !ctx.is_admin() => Err(ApiError(NeutronError::forbidden(
-            "Specifying 'project_id' or 'tenant_id' other than the authenticated project in request requires admin privileges",
-        ))),
-        Some(p) => Ok(p),
-        None => Ok(ctx.project().to_string()),
-    }
+    Ok(p.or(t).unwrap_or_else(|| ctx.project().to_string()))
 }
 
 impl Resource for Network {
@@ -56,8 +41,12 @@ impl Resource for Network {
 
     standard_fields!(networks);
 
-    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
-        ctx.owns(&self.project_id) || self.shared || self.router_external
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        vec![
+            ("shared", Value::Bool(false)),
+            ("router:external", Value::Bool(false)),
+            ("is_default", Value::Bool(false)),
+        ]
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let subnets = db
@@ -106,15 +95,10 @@ impl Resource for Network {
         let admin_state_up = input.boolean("admin_state_up")?;
         let shared = input.boolean("shared")?;
         let external = input.boolean("router:external")?;
-        let mtu = input.int("mtu", 68, 65535)?;
+        let mtu = input.int("mtu", 0, 65535)?;
         let port_security = input.boolean("port_security_enabled")?;
         input.ignore(&["availability_zone_hints", "is_default"]);
         input.finish()?;
-        if (shared.is_some() || external.is_some()) && !ctx.is_admin() {
-            return Err(ApiError(NeutronError::forbidden(
-                "rule:update_network:shared is disallowed by policy",
-            )));
-        }
         let max_mtu = net.config.underlay_mtu;
         resource::update_with::<Network, _>(net, ctx, id, if_match, |db, n| {
             if let Some(v) = &name {
@@ -149,6 +133,19 @@ impl Resource for Network {
                 n.router_external = v;
             }
             if let Some(v) = mtu {
+                // Neutron takes any MTU; its subnets' IP versions set the floor.
+                let floor = db
+                    .subnets_by_network
+                    .get(&n.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| db.subnets.get(s))
+                    .map(|s| super::subnets::min_mtu(s.value.ip_version))
+                    .max()
+                    .unwrap_or(0);
+                if (v as u32) < floor {
+                    return Err(super::subnets::mtu_conflict(&n.id, floor));
+                }
                 let limit = max_for(&n.network_type, max_mtu);
                 if v as u32 > limit {
                     return Err(ApiError(NeutronError::invalid_input(format!("Requested MTU is too big, maximum is {limit}"))));
@@ -213,7 +210,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     let admin_state_up = input.boolean("admin_state_up")?.unwrap_or(true);
     let shared = input.boolean("shared")?.unwrap_or(false);
     let external = input.boolean("router:external")?.unwrap_or(false);
-    let mtu = input.int("mtu", 68, 65535)?;
+    let mtu = input.int("mtu", 0, 65535)?;
     let port_security_enabled = input.boolean("port_security_enabled")?.unwrap_or(true);
     let tags = clean_tags(input.string_list("tags")?.unwrap_or_default())?;
     let network_type = input.string("provider:network_type", 255)?;
@@ -228,15 +225,6 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
     input.ignore(&["availability_zone_hints"]);
     input.finish()?;
 
-    if shared {
-        admin_only(ctx, "shared")?;
-    }
-    if external {
-        admin_only(ctx, "router:external")?;
-    }
-    if network_type.is_some() || physical_network.is_some() || segmentation_id.is_some() {
-        admin_only(ctx, "provider:network_type")?;
-    }
     let network_type = network_type.unwrap_or_else(|| "vxlan".into());
     if !NETWORK_TYPES.contains(&network_type.as_str()) {
         return Err(ApiError(NeutronError::invalid_input(format!(
@@ -300,7 +288,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                 1,
             )?;
             let mut txn = Txn::new();
-            let mut reserved = Vec::new();
+            let mut reserved = net.reservation();
             let vni = match (network_type.as_str(), segmentation_id) {
                 ("vxlan", Some(s)) => {
                     let s = s as u32;
@@ -330,10 +318,9 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             };
             if let Some(v) = vni {
                 let k = keys::vni(v);
-                if !net.reserve(std::slice::from_ref(&k)) {
+                if !reserved.take(k.clone()) {
                     continue;
                 }
-                reserved.push(k.clone());
                 txn = txn.when(Compare::Absent(k.clone())).put(k, id.clone());
             }
             if let (Some(p), "flat") = (&physical_network, network_type.as_str()) {
@@ -370,7 +357,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
             .iter()
             .any(|c| matches!(c, Compare::Absent(k) if k.starts_with("/neutron/flat/")));
         let ok = net.commit(txn).await;
-        net.release(&reserved);
+        drop(reserved);
         if ok? {
             return Ok(view_of::<Network>(net, &id));
         }

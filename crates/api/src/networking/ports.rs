@@ -18,7 +18,8 @@ use super::db::{Db, Entry, Table, keys};
 use super::networks::{find_network, owner_project};
 use super::resource::{self, Resource, check_quota, clean_tags, encode, key, standard_fields};
 use super::security_groups::ensure_default_sg;
-use super::{ApiError, ApiResult, Ctx, Networking, Shared, new_id, now};
+use super::subnets::network_facts;
+use super::{ApiError, ApiResult, Ctx, Networking, Reservation, Shared, new_id, now};
 
 /// Membership of a port in a security group; a group cannot be deleted while any exist.
 pub fn sg_port_key(sg: &str, port: &str) -> String {
@@ -75,17 +76,16 @@ struct PortSpec {
     tags: Vec<String>,
 }
 
-fn admin_attr(ctx: &Ctx, attr: &str, verb: &str) -> ApiResult<()> {
-    if ctx.is_admin() {
-        Ok(())
-    } else {
-        Err(ApiError(NeutronError::forbidden(format!(
-            "(rule:{verb}_port and rule:{verb}_port:{attr}) is disallowed by policy"
-        ))))
-    }
-}
+/// Neutron's `max_fixed_ips_per_port` and `max_allowed_address_pair`.
+pub const MAX_FIXED_IPS: usize = 5;
+pub const MAX_ADDRESS_PAIRS: usize = 10;
 
 fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> {
+    if items.len() > MAX_FIXED_IPS {
+        return Err(ApiError(NeutronError::invalid_input(
+            "Exceeded maximum amount of fixed ips per port",
+        )));
+    }
     let mut out = Vec::new();
     for mut m in items {
         let subnet_id = match m.remove("subnet_id") {
@@ -120,6 +120,13 @@ fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> 
 }
 
 fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
+    if items.len() > MAX_ADDRESS_PAIRS {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "The number of allowed address pair exceeds the maximum {MAX_ADDRESS_PAIRS}."
+        )))
+        .with_kind("AllowedAddressPairExhausted"));
+    }
+    let mut seen = HashSet::new();
     let mut out: Vec<AddressPair> = Vec::new();
     for mut m in items {
         let ip = match m.remove("ip_address") {
@@ -163,7 +170,7 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
             ip_address: ip,
             mac_address: mac,
         };
-        if out.contains(&pair) {
+        if !seen.insert(pair.clone()) {
             return Err(ApiError(NeutronError::bad_request(
                 "Request contains duplicate address pair",
             )));
@@ -171,6 +178,36 @@ fn parse_pairs(items: Vec<Map<String, Value>>) -> ApiResult<Vec<AddressPair>> {
         out.push(pair);
     }
     Ok(out)
+}
+
+/// `security_groups` of a request: absent, `null` (none) or a list of distinct ids.
+fn parse_groups(v: Option<Value>) -> ApiResult<Option<Vec<String>>> {
+    let v = match v {
+        None => return Ok(None),
+        Some(Value::Null) => return Ok(Some(Vec::new())),
+        Some(v) => v,
+    };
+    let mut tmp = Map::new();
+    tmp.insert("security_groups".into(), v);
+    let list = Input::new(tmp)
+        .string_list("security_groups")?
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for id in &list {
+        if !kuryr_model::input::is_uuid(id) {
+            return Err(ApiError(NeutronError::invalid_attr(
+                "security_groups",
+                format!("'{id}' is not a valid UUID"),
+            )));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(ApiError(NeutronError::invalid_attr(
+                "security_groups",
+                format!("Duplicate items in the list: '{id}'"),
+            )));
+        }
+    }
+    Ok(Some(list))
 }
 
 /// Pairs given without a MAC use the port's own, as in Neutron.
@@ -234,14 +271,6 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
         .map(parse_profile)
         .transpose()?;
     let vnic_type = input.string("binding:vnic_type", 64)?;
-    for (attr, given) in [
-        ("binding:host_id", host_id.is_some()),
-        ("binding:profile", profile.is_some()),
-    ] {
-        if given {
-            admin_attr(ctx, attr, "create")?;
-        }
-    }
     if let Some(v) = &vnic_type
         && v != "normal"
     {
@@ -262,29 +291,7 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
         host_id: host_id.unwrap_or_default(),
         profile: profile.unwrap_or_else(|| Value::Object(Map::new())),
         vnic_type: vnic_type.unwrap_or_else(|| "normal".into()),
-        security_groups: match input.take("security_groups") {
-            None => None,
-            Some(Value::Null) => Some(Vec::new()),
-            Some(v) => {
-                let mut tmp = Map::new();
-                tmp.insert("security_groups".into(), v);
-                let mut i = Input::new(tmp);
-                let list = i.string_list("security_groups")?.unwrap_or_default();
-                if let Some(bad) = list.iter().find(|s| !kuryr_model::input::is_uuid(s)) {
-                    return Err(ApiError(NeutronError::invalid_attr(
-                        "security_groups",
-                        format!("'{bad}' is not a valid UUID"),
-                    )));
-                }
-                let mut dedup = Vec::new();
-                for s in list {
-                    if !dedup.contains(&s) {
-                        dedup.push(s);
-                    }
-                }
-                Some(dedup)
-            }
-        },
+        security_groups: parse_groups(input.take("security_groups"))?,
         port_security: input.boolean("port_security_enabled")?,
         pairs: input
             .object_list("allowed_address_pairs")?
@@ -298,24 +305,28 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
     Ok(spec)
 }
 
-/// Allocation state of one create/update attempt: what this attempt has reserved.
+/// Allocation state of one create/update attempt: what this attempt has reserved
+/// (given back when it is dropped, whether the request ends or is cancelled).
 struct Alloc<'a> {
     net: &'a Networking,
-    reserved: Vec<String>,
+    reserved: Reservation<'a>,
 }
 
 impl<'a> Alloc<'a> {
+    fn new(net: &'a Networking) -> Self {
+        Alloc {
+            net,
+            reserved: net.reservation(),
+        }
+    }
+
     fn taken(&self, db: &Db, subnet: &str, ip: &IpAddr) -> bool {
         let k = keys::ip(subnet, ip);
-        db.ip_in_use(subnet, ip) || self.reserved.contains(&k) || self.net.is_reserved(&k)
+        db.ip_in_use(subnet, ip) || self.reserved.holds(&k) || self.net.is_reserved(&k)
     }
 
     fn reserve(&mut self, k: String) -> bool {
-        if self.reserved.contains(&k) || !self.net.reserve(std::slice::from_ref(&k)) {
-            return false;
-        }
-        self.reserved.push(k);
-        true
+        self.reserved.take(k)
     }
 
     /// An explicitly requested address.
@@ -365,10 +376,6 @@ impl<'a> Alloc<'a> {
                 return mac;
             }
         }
-    }
-
-    fn release(self) {
-        self.net.release(&self.reserved);
     }
 }
 
@@ -496,10 +503,13 @@ fn check_ip_on_subnet(s: &Subnet, ip: IpAddr) -> ApiResult<()> {
 
 fn check_groups(db: &Db, project: &str, ctx: &Ctx, groups: &[String]) -> ApiResult<Vec<Compare>> {
     let mut compares = Vec::new();
+    let mut kinds = HashSet::new();
     for g in groups {
         match db.security_groups.get(g) {
             Some(e) if ctx.is_admin() || e.value.project_id == project => {
+                // The compare also keeps `stateful` as read until the port commits.
                 compares.push(Compare::ModRevision(key::<SecurityGroup>(g), e.rev));
+                kinds.insert(e.value.stateful);
             }
             _ => {
                 return Err(ApiError(NeutronError::not_found(
@@ -509,6 +519,12 @@ fn check_groups(db: &Db, project: &str, ctx: &Ctx, groups: &[String]) -> ApiResu
                 )));
             }
         }
+    }
+    if kinds.len() > 1 {
+        return Err(ApiError(NeutronError::conflict(
+            "SecurityGroupConflict",
+            "Error Cannot apply both stateful and stateless security groups on the same port at the same time while attempting the operation.",
+        )));
     }
     Ok(compares)
 }
@@ -636,13 +652,53 @@ impl Resource for Port {
 
     standard_fields!(ports);
 
-    fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
-        // The network's owner sees the ports on it, as in Neutron.
-        ctx.owns(&self.project_id)
-            || db
-                .networks
-                .get(&self.network_id)
-                .is_some_and(|n| ctx.owns(&n.value.project_id))
+    fn related(&self, db: &Db) -> Vec<(&'static str, Value)> {
+        network_facts(db, &self.network_id)
+    }
+    fn create_target(
+        db: &Db,
+        ctx: &Ctx,
+        item: &Map<String, Value>,
+    ) -> ApiResult<Map<String, Value>> {
+        let Some(Value::String(network_id)) = item.get("network_id") else {
+            return Err(ApiError(NeutronError::bad_request(
+                "Failed to parse request. Required attribute 'network_id' not specified",
+            )));
+        };
+        // A network the caller cannot see does not exist for it.
+        find_network(db, ctx, network_id)?;
+        let mut t = resource::item_target(ctx, item);
+        for (k, v) in network_facts(db, network_id) {
+            t.insert(k.to_string(), v);
+        }
+        for (k, v) in [("device_owner", ""), ("binding:host_id", "")] {
+            t.entry(k).or_insert_with(|| Value::String(v.to_string()));
+        }
+        Ok(t)
+    }
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        vec![
+            ("device_owner", Value::String(String::new())),
+            ("device_id", Value::String(String::new())),
+            ("binding:vnic_type", Value::String("normal".into())),
+        ]
+    }
+    fn update_facts(&self, body: &Map<String, Value>) -> Vec<(&'static str, Value)> {
+        // What an agent may touch: the binding of ports on its own host.
+        let binding_only = body.keys().all(|k| {
+            matches!(
+                k.as_str(),
+                "binding:host_id"
+                    | "status"
+                    | "binding:vif_type"
+                    | "binding:vif_details"
+                    | "binding:profile"
+            )
+        });
+        vec![
+            ("kuryr:prior_host", Value::String(self.host_id.clone())),
+            ("kuryr:binding_only", Value::Bool(binding_only)),
+        ]
     }
     fn candidates(db: &Db, q: &super::query::ListQuery) -> Option<(Vec<String>, &'static str)> {
         if let Some(ids) = q.filter("id") {
@@ -678,10 +734,7 @@ impl Resource for Port {
             }
         }
         for _ in 0..32 {
-            let mut alloc = Alloc {
-                net,
-                reserved: Vec::new(),
-            };
+            let mut alloc = Alloc::new(net);
             let mut txn = Txn::new();
             let built = {
                 let db = net.db();
@@ -712,15 +765,9 @@ impl Resource for Port {
                         .collect::<ApiResult<Vec<String>>>()
                 })
             };
-            let ids = match built {
-                Ok(ids) => ids,
-                Err(e) => {
-                    alloc.release();
-                    return Err(e);
-                }
-            };
+            let ids = built?;
             let committed = net.commit(txn).await;
-            alloc.release();
+            drop(alloc);
             if committed? {
                 let db = net.db();
                 return Ok(ids
@@ -768,24 +815,7 @@ impl Resource for Port {
             .object_list("fixed_ips")?
             .map(parse_fixed_ips)
             .transpose()?;
-        let groups = match input.take("security_groups") {
-            None => None,
-            Some(Value::Null) => Some(Vec::new()),
-            Some(v) => {
-                let mut tmp = Map::new();
-                tmp.insert("security_groups".into(), v);
-                let list = Input::new(tmp)
-                    .string_list("security_groups")?
-                    .unwrap_or_default();
-                let mut dedup: Vec<String> = Vec::new();
-                for s in list {
-                    if !dedup.contains(&s) {
-                        dedup.push(s);
-                    }
-                }
-                Some(dedup)
-            }
-        };
+        let groups = parse_groups(input.take("security_groups"))?;
         let port_security = input.boolean("port_security_enabled")?;
         let pairs = input
             .object_list("allowed_address_pairs")?
@@ -804,17 +834,6 @@ impl Resource for Port {
         let status = input.string("status", 16)?;
         input.ignore(&["binding:vnic_type", "extra_dhcp_opts"]);
         input.finish()?;
-        for (attr, given) in [
-            ("binding:host_id", host_id.is_some()),
-            ("binding:profile", profile.is_some()),
-            ("binding:vif_type", vif_type.is_some()),
-            ("binding:vif_details", vif_details.is_some()),
-            ("status", status.is_some()),
-        ] {
-            if given {
-                admin_attr(ctx, attr, "update")?;
-            }
-        }
         if let Some(s) = &status
             && !["ACTIVE", "DOWN", "BUILD", "ERROR"].contains(&s.as_str())
         {
@@ -822,13 +841,9 @@ impl Resource for Port {
                 "Invalid input for status. Reason: '{s}' is not a port status."
             ))));
         }
-        let mut alloc = Alloc {
-            net,
-            reserved: Vec::new(),
-        };
+        let mut alloc = Alloc::new(net);
         let result = resource::update_with::<Port, _>(net, ctx, id, if_match, |db, p| {
             // A retry starts from scratch: drop what the previous attempt reserved.
-            alloc.net.release(&alloc.reserved);
             alloc.reserved.clear();
             let old_exclusive = exclusive_keys(p);
             let old_members = membership_keys(p);
@@ -921,7 +936,7 @@ impl Resource for Port {
             Ok((compares, ops))
         })
         .await;
-        alloc.release();
+        drop(alloc);
         result
     }
 

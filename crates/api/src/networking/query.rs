@@ -7,7 +7,8 @@ use kuryr_model::NeutronError;
 use serde_json::{Map, Value, json};
 
 use super::db::{Db, Entry};
-use super::resource::Resource;
+use super::policy::{Lazy, POLICY};
+use super::resource::{Resource, target_of};
 use super::{ApiError, ApiResult, Ctx};
 
 #[derive(Debug, Default)]
@@ -170,8 +171,9 @@ fn cmp_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
     }
 }
 
-/// A resource chosen for a list: its id, its entry, and its map when one was needed.
-type Picked<'a, R> = (&'a str, &'a Entry<R>, Option<Map<String, Value>>);
+/// A resource chosen for a list: its id, its entry, and its map when one was needed
+/// (always when the policy hides some of its attributes from this caller).
+type Picked<'a, R> = (&'a str, &'a Entry<R>, Option<Map<String, Value>>, bool);
 
 /// One list request, answered as JSON bytes. Maps of attributes are built only
 /// when filters, sorting or `fields` need them; otherwise resources are written
@@ -203,12 +205,18 @@ pub fn list<R: Resource>(
     let need_view = !filters.is_empty() || !q.sorts.is_empty() || !q.fields.is_empty();
     let mut picked: Vec<Picked<'_, R>> = Vec::new();
     let mut validated = false;
+    let get_rule = format!("get_{}", R::SINGULAR);
     for (id, e) in entries {
-        if !e.value.visible(ctx, db) || (has_tag_filters && !tags_match(e.value.tags(), q)) {
+        if has_tag_filters && !tags_match(e.value.tags(), q) {
             continue;
         }
-        let view = need_view.then(|| e.value.view(db));
-        if let Some(v) = &view {
+        let target = Lazy::new(|| target_of(&*e.value, db));
+        if !POLICY.allows(&get_rule, ctx, &target) {
+            continue;
+        }
+        let hidden = POLICY.hidden(R::SINGULAR, ctx, &target);
+        let mut view = (need_view || !hidden.is_empty()).then(|| e.value.view(db));
+        if let Some(v) = &mut view {
             if !validated {
                 // Neutron's filter validation: an attribute that does not exist is an error.
                 if let Some((k, _)) = q.filters.iter().find(|(k, _)| !v.contains_key(k)) {
@@ -218,18 +226,22 @@ pub fn list<R: Resource>(
                 }
                 validated = true;
             }
+            // A filter on an attribute the caller may not see matches nothing.
+            for h in &hidden {
+                v.remove(*h);
+            }
             if !filters.iter().all(|(k, wants)| matches(v, k, wants)) {
                 continue;
             }
         }
-        picked.push((id.as_str(), e, view));
+        picked.push((id.as_str(), e, view, !hidden.is_empty()));
     }
     if candidates.is_some() {
         // Index order is not id order; lists are sorted by id unless asked otherwise.
         picked.sort_by(|a, b| a.0.cmp(b.0));
     }
     if !q.sorts.is_empty() {
-        picked.sort_by(|(ia, _, a), (ib, _, b)| {
+        picked.sort_by(|(ia, _, a, _), (ib, _, b, _)| {
             let (a, b) = (a.as_ref(), b.as_ref());
             for (key, asc) in &q.sorts {
                 let o = cmp_values(a.and_then(|m| m.get(key)), b.and_then(|m| m.get(key)));
@@ -241,7 +253,7 @@ pub fn list<R: Resource>(
         });
     }
     // Marker pagination over the sorted list.
-    let position = |m: &str| picked.iter().position(|(id, _, _)| *id == m);
+    let position = |m: &str| picked.iter().position(|(id, _, _, _)| *id == m);
     let (start, end) = match (&q.marker, q.page_reverse) {
         (Some(m), false) => (position(m).map(|p| p + 1).unwrap_or(0), picked.len()),
         (Some(m), true) => (0, position(m).unwrap_or(picked.len())),
@@ -257,12 +269,15 @@ pub fn list<R: Resource>(
     out.extend_from_slice(b"{\"");
     out.extend_from_slice(R::PLURAL.as_bytes());
     out.extend_from_slice(b"\":[");
-    for (i, (_, e, view)) in page.iter().enumerate() {
+    for (i, (_, e, view, stripped)) in page.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         match view {
             Some(v) if !q.fields.is_empty() => write_fields(v, &q.fields, &mut out),
+            Some(v) if *stripped => {
+                let _ = serde_json::to_writer(&mut out, v);
+            }
             _ => e.value.write_view(db, &mut out),
         }
     }
@@ -293,10 +308,10 @@ pub fn list<R: Resource>(
             (more_after, more_before || q.marker.is_some())
         };
         let mut links = Vec::new();
-        if let (Some((last, _, _)), true) = (page.last(), next_exists && page.len() == limit) {
+        if let (Some((last, _, _, _)), true) = (page.last(), next_exists && page.len() == limit) {
             links.push(json!({"rel": "next", "href": link(last, false)}));
         }
-        if let (Some((first, _, _)), true) = (page.first(), prev_exists) {
+        if let (Some((first, _, _, _)), true) = (page.first(), prev_exists) {
             links.push(json!({"rel": "previous", "href": link(first, true)}));
         }
         if !links.is_empty() {

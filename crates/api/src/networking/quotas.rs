@@ -8,10 +8,11 @@ use bytes::Bytes;
 use kuryr_model::input::Input;
 use kuryr_model::{NeutronError, Quota};
 use kuryr_store::Txn;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::db::{Db, keys};
-use super::resource::{encode, parse_body};
+use super::policy::POLICY;
+use super::resource::{encode, enforce, parse_body};
 use super::{ApiError, ApiResult, Ctx, Shared};
 
 pub fn routes() -> Router<Shared> {
@@ -31,13 +32,24 @@ fn to_json(q: &Quota) -> Value {
     })
 }
 
+fn target(project: &str) -> Map<String, Value> {
+    let mut t = Map::new();
+    t.insert("project_id".into(), json!(project));
+    t.insert("tenant_id".into(), json!(project));
+    t
+}
+
+/// A project may always read its own quota (neutron's quota controller); other
+/// projects' under `get_quota`.
+fn may_read(ctx: &Ctx, project: &str) -> bool {
+    ctx.project() == project || POLICY.allows("get_quota", ctx, &target(project))
+}
+
 fn check_access(ctx: &Ctx, project: &str) -> ApiResult<()> {
-    if ctx.is_admin() || ctx.project() == project {
+    if may_read(ctx, project) {
         Ok(())
     } else {
-        Err(ApiError(NeutronError::forbidden(
-            "rule:get_quota is disallowed by policy",
-        )))
+        enforce(ctx, "get_quota", &target(project), &[])
     }
 }
 
@@ -46,7 +58,7 @@ async fn list(State(net): State<Shared>, ctx: Ctx) -> ApiResult<Json<Value>> {
     let quotas: Vec<Value> = db
         .quotas
         .iter()
-        .filter(|(p, _)| ctx.is_admin() || *p == ctx.project())
+        .filter(|(p, _)| may_read(&ctx, p))
         .map(|(p, q)| {
             let mut v = to_json(q);
             v["project_id"] = json!(p);
@@ -136,11 +148,7 @@ async fn update(
     Path(project): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    if !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden(
-            "rule:update_quota is disallowed by policy",
-        )));
-    }
+    enforce(&ctx, "update_quota", &target(&project), &[])?;
     let body = parse_body(&body)?;
     let Some(Value::Object(attrs)) = body.get("quota").cloned() else {
         return Err(ApiError(NeutronError::bad_request(
@@ -175,11 +183,7 @@ async fn reset(
     ctx: Ctx,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden(
-            "rule:delete_quota is disallowed by policy",
-        )));
-    }
+    enforce(&ctx, "delete_quota", &target(&project), &[])?;
     // Only an existing record is deleted: a write that changes nothing produces no
     // watch event, and commit() waits for the event.
     if net.db().quotas.contains_key(&project) {

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::db::{Db, Table, keys};
+use super::policy::{Lazy, POLICY, Target};
 use super::query::{self, ListQuery};
 use super::{ApiError, ApiResult, Ctx, Shared};
 
@@ -38,9 +39,32 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     /// Bumps `revision_number` and `updated_at` for a write.
     fn touch(&mut self, now: &str);
 
-    /// Whether the caller may see this resource at all (else it does not exist for them).
-    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
-        ctx.owns(self.project_id())
+    /// Facts about related resources that policy checks name (`network:project_id`,
+    /// `network:shared`, `security_group:project_id`).
+    fn related(&self, _db: &Db) -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
+
+    /// The policy target of a create: the request item, its project filled in, and the
+    /// related facts. Errors here are the ones neutron gives before its policy check
+    /// (a network the caller cannot see is not found).
+    fn create_target(
+        _db: &Db,
+        ctx: &Ctx,
+        item: &Map<String, Value>,
+    ) -> ApiResult<Map<String, Value>> {
+        Ok(item_target(ctx, item))
+    }
+
+    /// Attribute values that need no policy check on create (neutron skips an
+    /// attribute given with its default value).
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
+
+    /// Extra facts for the policy target of an update of this resource by `body`.
+    fn update_facts(&self, _body: &Map<String, Value>) -> Vec<(&'static str, Value)> {
+        Vec::new()
     }
 
     /// Attributes of the API representation that are not stored fields.
@@ -144,25 +168,123 @@ pub fn not_found<R: Resource>(id: &str) -> ApiError {
     ApiError(NeutronError::not_found(R::DISPLAY, R::NOT_FOUND, id))
 }
 
-/// Looks a resource up as the caller may see it.
+/// The policy target of a stored resource: its representation and related facts.
+pub fn target_of<R: Resource>(v: &R, db: &Db) -> Map<String, Value> {
+    let mut m = v.view(db);
+    for (k, val) in v.related(db) {
+        m.insert(k.to_string(), val);
+    }
+    m
+}
+
+/// A create item as a policy target: the project defaults to the caller's.
+pub fn item_target(ctx: &Ctx, item: &Map<String, Value>) -> Map<String, Value> {
+    let mut t = item.clone();
+    let project = item
+        .get("project_id")
+        .or_else(|| item.get("tenant_id"))
+        .cloned()
+        .unwrap_or_else(|| Value::String(ctx.project().to_string()));
+    t.insert("project_id".into(), project.clone());
+    t.insert("tenant_id".into(), project);
+    t
+}
+
+/// Whether `ctx` may see `v` (neutron's `get_<resource>` rule).
+pub fn can_see<R: Resource>(v: &R, ctx: &Ctx, db: &Db) -> bool {
+    let action = format!("get_{}", R::SINGULAR);
+    POLICY.allows(&action, ctx, &Lazy::new(|| target_of(v, db)))
+}
+
+/// Looks a resource up as the caller may see it (else it does not exist for them).
 pub fn find<R: Resource>(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<R>> {
     match R::table(db).get(id) {
-        Some(e) if e.value.visible(ctx, db) => Ok(e.clone()),
+        Some(e) if can_see(&*e.value, ctx, db) => Ok(e.clone()),
         _ => Err(not_found::<R>(id)),
     }
 }
 
-/// Like [`find`], for a change: the caller must own it (admins own everything).
-pub fn find_owned<R: Resource>(db: &Db, ctx: &Ctx, id: &str) -> ApiResult<super::db::Entry<R>> {
-    let e = find::<R>(db, ctx, id)?;
-    if !ctx.owns(e.value.project_id()) {
-        return Err(ApiError(NeutronError::forbidden(format!(
-            "rule:update_{} is disallowed by policy",
-            R::SINGULAR
-        ))));
+/// Checks `action` and the attribute rules a body triggers, answering neutron's
+/// 403 `PolicyNotAuthorized` naming the rules, e.g.
+/// `(rule:create_port and rule:create_port:mac_address) is disallowed by policy`.
+pub fn enforce(
+    ctx: &Ctx,
+    action: &str,
+    target: &dyn Target,
+    attrs: &[(String, Vec<String>)],
+) -> ApiResult<()> {
+    let ok = POLICY.allows(action, ctx, target)
+        && attrs.iter().all(|(a, subs)| {
+            (!POLICY.has(a) || POLICY.allows(a, ctx, target))
+                && subs.iter().all(|s| POLICY.allows(s, ctx, target))
+        });
+    if ok {
+        return Ok(());
     }
-    ctx.check_write()?;
-    Ok(e)
+    let message = if attrs.is_empty() {
+        format!("rule:{action} is disallowed by policy")
+    } else {
+        let parts: Vec<String> = attrs
+            .iter()
+            .map(|(a, subs)| {
+                if subs.is_empty() {
+                    format!("rule:{a}")
+                } else {
+                    let inner: Vec<String> = subs.iter().map(|s| format!("rule:{s}")).collect();
+                    format!("(rule:{a} and ({}))", inner.join(" and "))
+                }
+            })
+            .collect();
+        format!(
+            "(rule:{action} and {}) is disallowed by policy",
+            parts.join(" and ")
+        )
+    };
+    Err(ApiError(NeutronError::new(
+        403,
+        "PolicyNotAuthorized",
+        message,
+    )))
+}
+
+/// A change to a stored resource: the caller must see it (else 404) and be allowed
+/// `action` with the attributes of `body` (else 403). The target is the resource as
+/// the change would leave it, as in neutron.
+pub fn authorize_change<R: Resource>(
+    db: &Db,
+    ctx: &Ctx,
+    id: &str,
+    action: &str,
+    body: &Map<String, Value>,
+) -> ApiResult<()> {
+    let e = find::<R>(db, ctx, id)?;
+    let mut target = target_of(&*e.value, db);
+    for (k, v) in e.value.update_facts(body) {
+        target.insert(k.to_string(), v);
+    }
+    for (k, v) in body {
+        target.insert(k.clone(), v.clone());
+    }
+    let attrs = POLICY.attribute_rules(action, body, &[]);
+    enforce(ctx, action, &target, &attrs)
+}
+
+/// A representation without the attributes the caller may not see.
+pub fn redact(singular: &str, ctx: &Ctx, view: Value) -> Value {
+    match view {
+        Value::Object(mut m) => {
+            let hidden: Vec<String> = POLICY
+                .hidden(singular, ctx, &m)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            for h in hidden {
+                m.remove(&h);
+            }
+            Value::Object(m)
+        }
+        other => other,
+    }
 }
 
 pub fn routes<R: Resource>() -> Router<Shared> {
@@ -216,7 +338,11 @@ async fn show<R: Resource>(
     let q = ListQuery::parse(q.as_deref().unwrap_or(""))?;
     let db = net.db();
     let e = find::<R>(&db, &ctx, &id)?;
-    let view = query::project(e.value.view(&db), &q.fields);
+    let view = match redact(R::SINGULAR, &ctx, Value::Object(e.value.view(&db))) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let view = query::project(view, &q.fields);
     Ok(Json(json!({ R::SINGULAR: view })))
 }
 
@@ -225,15 +351,52 @@ async fn create<R: Resource>(
     ctx: Ctx,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.check_write()?;
     let (items, bulk) = unwrap_body(parse_body(&body)?, R::SINGULAR, R::PLURAL)?;
-    let mut created = R::create(&net, &ctx, items).await?;
+    if items.len() > net.config.max_bulk {
+        return Err(ApiError(NeutronError::bad_request(format!(
+            "A bulk request may create at most {} {}; this one has {}.",
+            net.config.max_bulk,
+            R::PLURAL,
+            items.len()
+        ))));
+    }
+    {
+        let action = format!("create_{}", R::SINGULAR);
+        let defaults = R::create_defaults();
+        let db = net.db();
+        for item in &items {
+            check_project_override(&ctx, item)?;
+            let target = R::create_target(&db, &ctx, item)?;
+            let attrs = POLICY.attribute_rules(&action, item, &defaults);
+            enforce(&ctx, &action, &target, &attrs)?;
+        }
+    }
+    let mut created: Vec<Value> = R::create(&net, &ctx, items)
+        .await?
+        .into_iter()
+        .map(|v| redact(R::SINGULAR, &ctx, v))
+        .collect();
     let body = if bulk {
         json!({ R::PLURAL: created })
     } else {
         json!({ R::SINGULAR: created.pop().unwrap_or(Value::Null) })
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Only admins create resources for another project (neutron's 400, before policy).
+fn check_project_override(ctx: &Ctx, item: &Map<String, Value>) -> ApiResult<()> {
+    for key in ["project_id", "tenant_id"] {
+        if let Some(Value::String(p)) = item.get(key)
+            && p != ctx.project()
+            && !ctx.is_admin()
+        {
+            return Err(ApiError(NeutronError::bad_request(format!(
+                "Specifying '{key}' other than the authenticated project in request is not allowed for the current user."
+            ))));
+        }
+    }
+    Ok(())
 }
 
 /// `If-Match: revision_number=N` (several may be given; all must hold).
@@ -291,6 +454,13 @@ async fn update<R: Resource>(
             ))));
         }
     };
+    authorize_change::<R>(
+        &net.db(),
+        &ctx,
+        &id,
+        &format!("update_{}", R::SINGULAR),
+        &attrs,
+    )?;
     let input = Input::new(attrs);
     // Clients often send back what they read; these can never change.
     input.reject(
@@ -305,7 +475,9 @@ async fn update<R: Resource>(
         "update",
     )?;
     let view = R::update(&net, &ctx, &id, input, expected).await?;
-    Ok(Json(json!({ R::SINGULAR: view })))
+    Ok(Json(
+        json!({ R::SINGULAR: redact(R::SINGULAR, &ctx, view) }),
+    ))
 }
 
 async fn delete<R: Resource>(
@@ -313,6 +485,13 @@ async fn delete<R: Resource>(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    authorize_change::<R>(
+        &net.db(),
+        &ctx,
+        &id,
+        &format!("delete_{}", R::SINGULAR),
+        &Map::new(),
+    )?;
     R::delete(&net, &ctx, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -334,7 +513,7 @@ where
     for _ in 0..16 {
         let txn = {
             let db = net.db();
-            let e = find_owned::<R>(&db, ctx, id)?;
+            let e = find::<R>(&db, ctx, id)?;
             check_revision(e.value.revision_number(), expected)?;
             let mut v = (*e.value).clone();
             let (compares, ops) = change(&db, &mut v)?;
@@ -367,7 +546,7 @@ where
     for _ in 0..16 {
         let txn = {
             let db = net.db();
-            let e = find_owned::<R>(&db, ctx, id)?;
+            let e = find::<R>(&db, ctx, id)?;
             let (compares, ops) = check(&db, &e.value)?;
             let mut txn = Txn::new().when(Compare::ModRevision(key::<R>(id), e.rev));
             txn.compares.extend(compares);
@@ -398,14 +577,29 @@ fn check_tag(tag: &str) -> ApiResult<()> {
 
 /// Validates and de-duplicates a tag list, keeping the order given.
 pub fn clean_tags(tags: Vec<String>) -> ApiResult<Vec<String>> {
-    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    let mut seen = std::collections::HashSet::with_capacity(tags.len());
+    let mut out: Vec<String> = Vec::with_capacity(tags.len().min(MAX_TAGS));
     for t in tags {
         check_tag(&t)?;
-        if !out.contains(&t) {
+        if seen.insert(t.clone()) {
             out.push(t);
+        }
+        if out.len() > MAX_TAGS {
+            return Err(too_many_tags());
         }
     }
     Ok(out)
+}
+
+/// Neutron's per-resource tag limit.
+pub const MAX_TAGS: usize = 50;
+
+fn too_many_tags() -> ApiError {
+    ApiError(NeutronError::new(
+        400,
+        "BadRequest",
+        format!("The number of tags exceed the per-resource limit of {MAX_TAGS}."),
+    ))
 }
 
 fn tags_of<R: Resource>(v: &mut R) -> ApiResult<&mut Vec<String>> {
@@ -416,6 +610,14 @@ fn tags_of<R: Resource>(v: &mut R) -> ApiResult<&mut Vec<String>> {
             format!("{} do not have tags", R::PLURAL),
         ))
     })
+}
+
+/// Tags are changed under `<verb>_<resource>:tags` (neutron's tag policies).
+fn authorize_tags<R: Resource>(net: &Shared, ctx: &Ctx, id: &str, verb: &str) -> ApiResult<()> {
+    let db = net.db();
+    let e = find::<R>(&db, ctx, id)?;
+    let action = format!("{verb}_{}:tags", R::SINGULAR);
+    enforce(ctx, &action, &target_of(&*e.value, &db), &[])
 }
 
 async fn get_tags<R: Resource>(
@@ -473,6 +675,7 @@ async fn put_tags<R: Resource>(
         }
     };
     let tags = clean_tags(tags)?;
+    authorize_tags::<R>(&net, &ctx, &id, "update")?;
     let view = update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         *tags_of(v)? = tags.clone();
         Ok((vec![], vec![]))
@@ -489,9 +692,13 @@ async fn add_tag<R: Resource>(
     Path((id, tag)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     check_tag(&tag)?;
+    authorize_tags::<R>(&net, &ctx, &id, "update")?;
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         let tags = tags_of(v)?;
         if !tags.contains(&tag) {
+            if tags.len() >= MAX_TAGS {
+                return Err(too_many_tags());
+            }
             tags.push(tag.clone());
         }
         Ok((vec![], vec![]))
@@ -505,6 +712,7 @@ async fn remove_tag<R: Resource>(
     ctx: Ctx,
     Path((id, tag)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    authorize_tags::<R>(&net, &ctx, &id, "delete")?;
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         let tags = tags_of(v)?;
         let before = tags.len();
@@ -527,6 +735,7 @@ async fn delete_tags<R: Resource>(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    authorize_tags::<R>(&net, &ctx, &id, "delete")?;
     update_with::<R, _>(&net, &ctx, &id, None, |_, v| {
         tags_of(v)?.clear();
         Ok((vec![], vec![]))

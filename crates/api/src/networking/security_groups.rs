@@ -325,12 +325,23 @@ impl Resource for SecurityGroupRule {
         self.revision_number += 1;
         self.updated_at = now.to_string();
     }
-    fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
-        ctx.owns(&self.project_id)
-            || db
-                .security_groups
-                .get(&self.security_group_id)
-                .is_some_and(|g| ctx.owns(&g.value.project_id))
+    fn related(&self, db: &Db) -> Vec<(&'static str, Value)> {
+        group_facts(db, &self.security_group_id)
+    }
+    fn create_target(
+        db: &Db,
+        ctx: &Ctx,
+        item: &Map<String, Value>,
+    ) -> ApiResult<Map<String, Value>> {
+        let mut t = resource::item_target(ctx, item);
+        if let Some(Value::String(sg)) = item.get("security_group_id") {
+            // A group the caller cannot see does not exist for it.
+            resource::find::<SecurityGroup>(db, ctx, sg)?;
+            for (k, v) in group_facts(db, sg) {
+                t.insert(k.to_string(), v);
+            }
+        }
+        Ok(t)
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let normalized = self
@@ -539,7 +550,7 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
         let ts = now();
         let txn = {
             let db = net.db();
-            let g = resource::find_owned::<SecurityGroup>(&db, ctx, &sg_id)?;
+            let g = resource::find::<SecurityGroup>(&db, ctx, &sg_id)?;
             if let Some(rg) = &remote_group {
                 resource::find::<SecurityGroup>(&db, ctx, rg)?;
             }
@@ -618,4 +629,21 @@ async fn create_rule(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRe
         "Conflict",
         "The security group is changing too fast; try again",
     )))
+}
+
+/// What policy checks of a rule ask about its group.
+fn group_facts(db: &Db, id: &str) -> Vec<(&'static str, Value)> {
+    match db.security_groups.get(id) {
+        Some(g) => vec![
+            (
+                "security_group:project_id",
+                Value::String(g.value.project_id.clone()),
+            ),
+            (
+                "security_group:tenant_id",
+                Value::String(g.value.project_id.clone()),
+            ),
+        ],
+        None => Vec::new(),
+    }
 }

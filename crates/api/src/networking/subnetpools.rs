@@ -24,8 +24,11 @@ impl Resource for SubnetPool {
 
     standard_fields!(subnetpools);
 
-    fn visible(&self, ctx: &Ctx, _db: &Db) -> bool {
-        ctx.owns(&self.project_id) || self.shared
+    fn create_defaults() -> Vec<(&'static str, Value)> {
+        vec![
+            ("shared", Value::Bool(false)),
+            ("is_default", Value::Bool(false)),
+        ]
     }
 
     async fn create(
@@ -58,11 +61,6 @@ impl Resource for SubnetPool {
         let quota = input.nullable_int("default_quota", 0, i64::MAX)?;
         input.ignore(&["address_scope_id"]);
         input.finish()?;
-        if is_default.is_some() && !ctx.is_admin() {
-            return Err(ApiError(NeutronError::forbidden(
-                "rule:update_subnetpool:is_default is disallowed by policy",
-            )));
-        }
         resource::update_with::<SubnetPool, _>(net, ctx, id, if_match, |db, p| {
             if let Some(v) = &name {
                 p.name = v.clone();
@@ -195,11 +193,6 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
         }
     }
     input.finish()?;
-    if (shared || is_default) && !ctx.is_admin() {
-        return Err(ApiError(NeutronError::forbidden(
-            "rule:create_subnetpool:shared is disallowed by policy",
-        )));
-    }
     let (version, nets) = parse_prefixes(&prefixes, None)?;
     let top: u8 = if version == 4 { 32 } else { 128 };
     let min = min_len

@@ -16,6 +16,50 @@ use super::resource::{
 };
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
+/// The smallest MTU an IP version works with (RFC 791, RFC 8200).
+pub fn min_mtu(ip_version: u8) -> u32 {
+    if ip_version == 6 { 1280 } else { 68 }
+}
+
+pub fn mtu_conflict(network: &str, min: u32) -> ApiError {
+    ApiError(NeutronError::conflict(
+        "NetworkMTUSubnetConflict",
+        format!("MTU of {network} is not valid, subnet requires a minimum of {min}"),
+    ))
+}
+
+/// A subnet's change is a change of its network too (neutron bumps the network's
+/// revision on subnet create, update and delete).
+fn bump_network(db: &Db, id: &str) -> ApiResult<(Vec<Compare>, Vec<kuryr_store::Op>)> {
+    let Some(n) = db.networks.get(id) else {
+        return Ok((vec![], vec![]));
+    };
+    let mut network = (*n.value).clone();
+    network.touch(&now());
+    Ok((
+        vec![Compare::ModRevision(key::<Network>(id), n.rev)],
+        vec![kuryr_store::Op::Put(key::<Network>(id), encode(&network)?)],
+    ))
+}
+
+/// What policy checks of a child of network `id` ask about it.
+pub fn network_facts(db: &Db, id: &str) -> Vec<(&'static str, Value)> {
+    match db.networks.get(id) {
+        Some(n) => vec![
+            (
+                "network:project_id",
+                Value::String(n.value.project_id.clone()),
+            ),
+            (
+                "network:tenant_id",
+                Value::String(n.value.project_id.clone()),
+            ),
+            ("network:shared", Value::Bool(n.value.shared)),
+        ],
+        None => Vec::new(),
+    }
+}
+
 const V6_MODES: &[&str] = &["slaac", "dhcpv6-stateful", "dhcpv6-stateless"];
 
 impl Resource for Subnet {
@@ -28,11 +72,22 @@ impl Resource for Subnet {
 
     standard_fields!(subnets);
 
-    fn visible(&self, ctx: &Ctx, db: &Db) -> bool {
-        ctx.owns(&self.project_id)
-            || db.networks.get(&self.network_id).is_some_and(|n| {
-                n.value.shared || n.value.router_external || ctx.owns(&n.value.project_id)
-            })
+    fn related(&self, db: &Db) -> Vec<(&'static str, Value)> {
+        network_facts(db, &self.network_id)
+    }
+    fn create_target(
+        db: &Db,
+        ctx: &Ctx,
+        item: &Map<String, Value>,
+    ) -> ApiResult<Map<String, Value>> {
+        let mut t = resource::item_target(ctx, item);
+        // The network's owner decides (neutron answers 403, not 404, here).
+        if let Some(Value::String(n)) = item.get("network_id") {
+            for (k, v) in network_facts(db, n) {
+                t.insert(k.to_string(), v);
+            }
+        }
+        Ok(t)
     }
     fn extras(&self, db: &Db) -> Vec<(&'static str, Value)> {
         let external = db
@@ -96,7 +151,7 @@ impl Resource for Subnet {
         let routes = input.object_list("host_routes")?;
         input.ignore(&["service_types", "segment_id"]);
         input.finish()?;
-        resource::update_with::<Subnet, _>(net, ctx, id, if_match, |_db, s| {
+        resource::update_with::<Subnet, _>(net, ctx, id, if_match, |db, s| {
             let cidr = parse_cidr(&s.cidr)
                 .ok_or_else(|| ApiError(NeutronError::internal("stored CIDR is invalid")))?;
             if let Some(v) = &name {
@@ -118,13 +173,13 @@ impl Resource for Subnet {
                 s.allocation_pools = parse_pools(&cidr, p.clone())?;
             }
             if let Some(d) = &dns {
-                s.dns_nameservers = parse_dns(d.clone(), cidr.addr().is_ipv4())?;
+                s.dns_nameservers = parse_dns(d.clone(), cidr.addr().is_ipv4(), Some(&s.id))?;
             }
             if let Some(r) = &routes {
-                s.host_routes = parse_routes(r.clone(), &cidr)?;
+                s.host_routes = parse_routes(r.clone(), &cidr, Some(&s.id))?;
             }
             check_pools_vs_gateway(&s.allocation_pools, s.gateway_ip)?;
-            Ok((vec![], vec![]))
+            bump_network(db, &s.network_id)
         })
         .await
     }
@@ -141,7 +196,9 @@ impl Resource for Subnet {
                 )));
             }
             // Every allocated address holds a guard key: none may appear meanwhile.
-            Ok((vec![Compare::PrefixEmpty(keys::ip_prefix(&s.id))], vec![]))
+            let (mut compares, ops) = bump_network(db, &s.network_id)?;
+            compares.push(Compare::PrefixEmpty(keys::ip_prefix(&s.id)));
+            Ok((compares, ops))
         })
         .await
     }
@@ -248,7 +305,28 @@ fn check_pools_vs_gateway(pools: &[IpRange], gw: Option<IpAddr>) -> ApiResult<()
     Ok(())
 }
 
-fn parse_dns(items: Vec<String>, v4: bool) -> ApiResult<Vec<String>> {
+/// Neutron's `max_dns_nameservers` and `max_subnet_host_routes`.
+pub const MAX_DNS_NAMESERVERS: usize = 5;
+pub const MAX_HOST_ROUTES: usize = 20;
+
+/// Whose subnet a limit message names: "new subnet" or "subnet <id>".
+fn exhausted(kind: &'static str, what: &str, limit: usize, subnet: Option<&str>) -> ApiError {
+    let target = subnet.map_or_else(|| "new subnet".to_string(), |id| format!("subnet {id}"));
+    ApiError(NeutronError::bad_request(format!(
+        "Unable to complete operation for {target}. The number of {what} exceeds the limit {limit}."
+    )))
+    .with_kind(kind)
+}
+
+fn parse_dns(items: Vec<String>, v4: bool, subnet: Option<&str>) -> ApiResult<Vec<String>> {
+    if items.len() > MAX_DNS_NAMESERVERS {
+        return Err(exhausted(
+            "DNSNameServersExhausted",
+            "DNS nameservers",
+            MAX_DNS_NAMESERVERS,
+            subnet,
+        ));
+    }
     let mut out: Vec<String> = Vec::new();
     for s in items {
         let ip: IpAddr = s.parse().map_err(|_| {
@@ -273,7 +351,19 @@ fn parse_dns(items: Vec<String>, v4: bool) -> ApiResult<Vec<String>> {
     Ok(out)
 }
 
-fn parse_routes(items: Vec<Map<String, Value>>, cidr: &IpNet) -> ApiResult<Vec<HostRoute>> {
+fn parse_routes(
+    items: Vec<Map<String, Value>>,
+    cidr: &IpNet,
+    subnet: Option<&str>,
+) -> ApiResult<Vec<HostRoute>> {
+    if items.len() > MAX_HOST_ROUTES {
+        return Err(exhausted(
+            "HostRoutesExhausted",
+            "host routes",
+            MAX_HOST_ROUTES,
+            subnet,
+        ));
+    }
     let mut out: Vec<HostRoute> = Vec::new();
     for mut m in items {
         let dest = m.remove("destination").unwrap_or(Value::Null);
@@ -376,11 +466,6 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
         let txn = {
             let db = net.db();
             let n = find_network(&db, ctx, &network_id)?;
-            if !ctx.owns(&n.value.project_id) {
-                return Err(ApiError(NeutronError::forbidden(
-                    "rule:create_subnet is disallowed by policy",
-                )));
-            }
             let used = db
                 .subnets
                 .values()
@@ -473,6 +558,10 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     ))));
                 }
             }
+            let min_mtu = min_mtu(version);
+            if n.value.mtu < min_mtu {
+                return Err(mtu_conflict(&n.value.id, min_mtu));
+            }
             if let Some(p) = &pool
                 && p.value.ip_version != version
             {
@@ -522,8 +611,8 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                 cidr: cidr.to_string(),
                 gateway_ip,
                 allocation_pools,
-                dns_nameservers: parse_dns(dns_in.clone(), version == 4)?,
-                host_routes: parse_routes(routes_in.clone(), &cidr)?,
+                dns_nameservers: parse_dns(dns_in.clone(), version == 4, None)?,
+                host_routes: parse_routes(routes_in.clone(), &cidr, None)?,
                 enable_dhcp,
                 ipv6_address_mode: addr_mode.clone(),
                 ipv6_ra_mode: ra_mode.clone(),
