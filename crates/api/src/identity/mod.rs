@@ -70,15 +70,6 @@ impl AuthContext {
     pub fn is_admin(&self) -> bool {
         self.roles.iter().any(|r| r == "admin")
     }
-
-    /// The host a host-scoped agent credential acts for: its token carries the role
-    /// `kuryr_agent:<host>` (see [`AGENT_ROLE_PREFIX`]). `None` for any other caller.
-    pub fn agent_host(&self) -> Option<&str> {
-        self.roles
-            .iter()
-            .find_map(|r| r.strip_prefix(AGENT_ROLE_PREFIX))
-            .filter(|h| !h.is_empty())
-    }
 }
 
 pub const DOMAIN_ID: &str = "default";
@@ -874,4 +865,106 @@ async fn upgrade(store: &dyn Store) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store as the first versions left it: three roles, a single `secret`, tokens of
+    /// the first format.
+    #[tokio::test]
+    async fn an_older_store_gets_the_service_role_and_keeps_its_tokens() {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use hmac::{Hmac, Mac};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            kuryr_store::EmbeddedStore::open(kuryr_store::EmbeddedOptions::new(
+                dir.path().join("s.redb"),
+            ))
+            .unwrap(),
+        );
+        let secret = b"an old secret of 32 bytes, or so".to_vec();
+        let project = Project {
+            id: "p1".into(),
+            name: "admin".into(),
+            description: String::new(),
+            enabled: true,
+        };
+        let user = User {
+            id: "u1".into(),
+            name: "admin".into(),
+            password_hash: String::new(),
+            enabled: true,
+            default_project_id: None,
+            email: None,
+            description: None,
+        };
+        let mut txn = Txn::new()
+            .put("/identity/bootstrapped", "1")
+            .put(keys::SECRET, secret.clone())
+            .put(keys::project("p1"), serde_json::to_vec(&project).unwrap())
+            .put(keys::user("u1"), serde_json::to_vec(&user).unwrap())
+            .put(keys::assignment("p1", "u1", "r-admin"), "");
+        for name in ["admin", "member", "reader"] {
+            let id = format!("r-{name}");
+            txn = txn
+                .put(
+                    keys::role(&id),
+                    format!(r#"{{"id":"{id}","name":"{name}"}}"#),
+                )
+                .put(keys::role_name(name), id.clone());
+        }
+        assert!(matches!(
+            store.txn(txn).await.unwrap(),
+            TxnOutcome::Committed(_)
+        ));
+        let now = chrono::Utc::now().timestamp();
+        let claims = format!(
+            r#"{{"u":"u1","p":"p1","i":{now},"e":{},"a":"old-audit","m":["password"]}}"#,
+            now + 600
+        );
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+        m.update(claims.as_bytes());
+        let old_token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(claims.as_bytes()),
+            URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+        );
+
+        let id = Identity::start(store.clone(), IdentityConfig::new("http://x", None))
+            .await
+            .unwrap();
+        assert!(id.state().role_by_name("service").is_some());
+        let ctx = id
+            .validate(&old_token)
+            .expect("a first-format token still validates");
+        assert_eq!(
+            (ctx.user_id.as_str(), ctx.roles.clone()),
+            ("u1", vec!["admin".to_string()])
+        );
+        let primary = id.state().primary_key().cloned().unwrap();
+        assert!(primary.legacy && primary.secret == secret);
+
+        // Rotated: the old format still verifies until the legacy key retires.
+        let kid = id.rotate_key().await.unwrap();
+        assert_ne!(kid, primary.id);
+        assert!(id.validate(&old_token).is_some());
+        // Started again (another replica, a restart): nothing is made twice.
+        let again = Identity::start(store, IdentityConfig::new("http://x", None))
+            .await
+            .unwrap();
+        assert_eq!(again.state().primary_key().unwrap().id, kid);
+        assert_eq!(
+            again
+                .state()
+                .roles
+                .values()
+                .filter(|r| r.name == "service")
+                .count(),
+            1
+        );
+    }
 }

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::Ctx;
 
 /// The role prefix that makes a caller the agent of one host.
-pub const AGENT_ROLE_PREFIX: &str = "kuryr_agent:";
+pub use crate::identity::AGENT_ROLE_PREFIX;
 
 const ADMIN_OR_MEMBER: &str = "(rule:admin_only) or (role:member and project_id:%(project_id)s)";
 
