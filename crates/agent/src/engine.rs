@@ -701,7 +701,13 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("nc server");
-            std::thread::sleep(Duration::from_millis(150));
+            // Listening before the client tries: a failed try is then the firewall's.
+            let filter = format!("sport = :{listen}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while run("ip", &["netns", "exec", &server.0, "ss", "-Hltn", &filter]).is_empty() {
+                assert!(Instant::now() < deadline, "nc never listened on {listen}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let _ = Command::new("ip")
                 .args(["netns", "exec", &client.0, "sh", "-c"])
                 .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))

@@ -7,11 +7,12 @@
 //! iproute2 (`ip -j`, `bridge -j`) and ping run in those namespaces.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -98,18 +99,42 @@ impl TestNs {
             .unwrap_or(false)
     }
 
-    /// `ip -n NS monitor OBJECTS...` in the background.
+    /// `ip -n NS monitor OBJECTS...` in the background, subscribed once it returns:
+    /// a marker link made after it started has been seen (no sleep).
     fn monitor(&self, objects: &[&str]) -> Monitor {
-        let child = Command::new("ip")
+        assert!(objects.contains(&"link"), "the monitor's markers are links");
+        let mut child = Command::new("ip")
             .args(["-n", &self.name, "monitor"])
             .args(objects)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn ip monitor");
-        // Give it time to subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(400));
-        Monitor(child)
+        let stdout = child.stdout.take().expect("monitor stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let m = Monitor {
+            child,
+            lines,
+            ns: self.name.clone(),
+        };
+        // Until the marker shows, the monitor may not be subscribed yet: make it again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if m.mark("kmarkstart", Duration::from_millis(100)).is_some() {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ip monitor never saw a marker link"
+            );
+        }
     }
 }
 
@@ -121,26 +146,62 @@ impl Drop for TestNs {
     }
 }
 
-struct Monitor(Child);
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    ns: String,
+}
 
 impl Monitor {
-    /// Stops the monitor and returns what it printed.
-    fn finish(mut self) -> String {
-        std::thread::sleep(Duration::from_millis(400));
-        let _ = self.0.kill();
-        let mut out = String::new();
-        if let Some(mut stdout) = self.0.stdout.take() {
-            let _ = stdout.read_to_string(&mut out);
+    /// Makes and deletes a bridge named `name`; returns the lines printed before its
+    /// creation, or None if its deletion was not seen within `wait`. Netlink events
+    /// come in order, so every change made before the marker is among those lines.
+    fn mark(&self, name: &str, wait: Duration) -> Option<Vec<String>> {
+        run(
+            "ip",
+            &["-n", &self.ns, "link", "add", name, "type", "bridge"],
+        );
+        run("ip", &["-n", &self.ns, "link", "del", name]);
+        let deadline = Instant::now() + wait;
+        let mut before = Vec::new();
+        let mut created = false;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if !line.contains(name) {
+                if !created {
+                    before.push(line);
+                }
+            } else if line.starts_with("Deleted") {
+                return Some(before);
+            } else {
+                created = true;
+            }
         }
-        let _ = self.0.wait();
-        out
+        None
+    }
+
+    /// Stops the monitor and returns what it printed since it started.
+    fn finish(self) -> String {
+        let lines = self
+            .mark("kmarkend", Duration::from_secs(10))
+            .expect("ip monitor never saw the end marker");
+        // The start marker's last event may go on over indented lines, and a start
+        // marker made twice (a slow first one) may leave its lines behind.
+        lines
+            .into_iter()
+            .skip_while(|l| l.starts_with(char::is_whitespace))
+            .filter(|l| !l.contains("kmarkstart"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -109,15 +109,23 @@ fn net(s: &str) -> IpNet {
 
 /// Whether a TCP connection from namespace `client` to `to:port` carries data to a
 /// listener on port `listen` in namespace `server` (busybox nc on both ends).
-fn tcp_between(server: &TestNs, listen: u16, client: &TestNs, to: &str, port: u16) -> bool {
+fn tcp_between(server_ns: &TestNs, listen: u16, client: &TestNs, to: &str, port: u16) -> bool {
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &server.name, "busybox", "nc", "-l", "-p"])
+        .args([
+            "netns",
+            "exec",
+            &server_ns.name,
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+        ])
         .arg(listen.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn nc server");
-    std::thread::sleep(Duration::from_millis(150));
+    wait_listening(&server_ns.name, listen);
     let _ = Command::new("ip")
         .args(["netns", "exec", &client.name, "sh", "-c"])
         .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))
@@ -137,6 +145,27 @@ fn tcp_between(server: &TestNs, listen: u16, client: &TestNs, to: &str, port: u1
         .map(|o| o.stdout)
         .unwrap_or_default();
     String::from_utf8_lossy(&out).contains("kuryr-hello")
+}
+
+/// Waits until a TCP socket listens on `port` in namespace `ns`, so that a refused or
+/// dropped connection afterwards is the firewall's doing, never a listener not yet up.
+fn wait_listening(ns: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let filter = format!("sport = :{port}");
+    loop {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ss", "-Hltn", &filter])
+            .output()
+            .expect("ss");
+        if !out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port} in {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// [`tcp_between`], tried twice (the first connection may wait for ARP/ND).
@@ -1747,7 +1776,7 @@ async fn iperf_gbps(
             .stderr(Stdio::null())
             .spawn()
             .expect("iperf3 server");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_listening(&t.ct(server).name, 5201);
         let port = port.to_string();
         let out = Command::new("ip")
             .args(["netns", "exec", &t.ct(from).name, "iperf3", "-c", to, "-p"])
