@@ -16,8 +16,10 @@ phase() {
 }
 
 phase "dependencies" scripts/test-deps.sh
+phase "cargo fmt --check" cargo fmt --all --check
 phase "cargo build" cargo build --release --bins
 phase "cargo test" cargo test --workspace --release
+phase "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # --durations: the slowest tests, printed at the end.
 phase "pytest (client, lab, docker)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker
