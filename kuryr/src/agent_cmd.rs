@@ -196,6 +196,20 @@ pub async fn run_agent(
     // No login yet: the agent must start (and keep the dataplane) while the server is down.
     let client = Client::new(creds, ClientConfig::default())?;
     tracing::info!(host = %cfg.host, underlay = %cfg.underlay_ip, "kuryr agent starting");
+    // The plugin's socket first: one another process holds stops the agent now, with
+    // the reason, rather than when the agent stops.
+    let bound = if args.docker.no_docker {
+        None
+    } else {
+        let listen = match args.docker.docker_listen {
+            Some(addr) => kuryr_docker::Listen::Tcp {
+                addr,
+                spec_file: args.docker.docker_spec_file.clone(),
+            },
+            None => kuryr_docker::Listen::Unix(args.docker.docker_socket.clone()),
+        };
+        Some(kuryr_docker::bind(listen).await?)
+    };
     let agent = Agent::new(cfg, client).await?;
     // One signal stops both the agent's API and the plugin.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -206,7 +220,7 @@ pub async fn run_agent(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if !args.docker.no_docker {
+    if let Some(bound) = bound {
         let plugin_client = match args.docker.credentials()?.or(plugin_credentials) {
             Some(c) => Client::new(c, ClientConfig::default())?,
             None => {
@@ -228,15 +242,8 @@ pub async fn run_agent(
             plugin_client,
             args.docker.docker_scope,
         );
-        let listen = match args.docker.docker_listen {
-            Some(addr) => kuryr_docker::Listen::Tcp {
-                addr,
-                spec_file: args.docker.docker_spec_file.clone(),
-            },
-            None => kuryr_docker::Listen::Unix(args.docker.docker_socket.clone()),
-        };
         let stop = stopped(stop_rx.clone());
-        let docker = tokio::spawn(kuryr_docker::serve(plugin, listen, stop));
+        let docker = tokio::spawn(kuryr_docker::serve(plugin, bound, stop));
         let agent_run = agent.run(stopped(stop_rx));
         let (a, d) = tokio::join!(agent_run, docker);
         a?;

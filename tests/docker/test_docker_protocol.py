@@ -2,11 +2,13 @@
 the handshake, capabilities, and bad requests that get an Err and change nothing."""
 
 import json
+import os
 import subprocess
 
 import pytest
 
-from dockerlab import cidr_block
+from dockerlab import _listening, cidr_block
+from lab import KURYR_BIN, UNDERLAY
 
 PLUGIN_CT = "application/vnd.docker.plugins.v1+json"
 
@@ -39,6 +41,25 @@ def test_handshake_and_capabilities(dlab):
     assert code == 200 and isinstance(body, dict), body
     code, body, _ = call(dlab, "/IpamDriver.GetDefaultAddressSpaces", "")
     assert code == 200 and {"LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"} <= set(body)
+
+
+def test_a_taken_plugin_socket_stops_a_second_agent_at_once(dlab):
+    """Another agent pointed at a plugin socket that one already serves exits by
+    itself, saying why, and leaves the serving one alone."""
+    host = "h1"
+    assert _listening(dlab.plugin_socket(host))
+    second = ["ip", "netns", "exec", dlab.ns(host), KURYR_BIN, "agent", "--host", host,
+              "--underlay-ip", f"{UNDERLAY}.{10 + dlab.hosts.index(host) + 1}",
+              "--socket", os.path.join(dlab.dir, "second.sock"),
+              "--state-dir", os.path.join(dlab.dir, "second-state"),
+              "--docker-socket", dlab.plugin_socket(host)]
+    # No signal is ever sent: before the fix it ran until one came, and this timed out.
+    p = subprocess.run(second, env=dlab.agent_env(host), capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode != 0
+    assert "in use by another Docker plugin" in p.stderr + p.stdout, p.stderr + p.stdout
+    code, body, _ = call(dlab, "/Plugin.Activate", "")
+    assert code == 200 and "NetworkDriver" in body["Implements"]
 
 
 def counts(lab):

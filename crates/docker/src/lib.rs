@@ -410,13 +410,15 @@ pub fn router(plugin: Arc<Plugin>) -> Router {
         .with_state(plugin)
 }
 
-/// Serves the plugin until `shutdown`.
-pub async fn serve(
-    plugin: Arc<Plugin>,
-    listen: Listen,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let app = router(plugin);
+/// The plugin's listener, bound: made before the agent starts, so that a socket or
+/// address another process holds fails `kuryr agent` at once instead of at shutdown.
+pub enum Bound {
+    Unix(tokio::net::UnixListener, PathBuf),
+    Tcp(tokio::net::TcpListener, PathBuf),
+}
+
+/// Binds where the plugin listens (and writes the TCP spec file Docker reads).
+pub async fn bind(listen: Listen) -> anyhow::Result<Bound> {
     match listen {
         Listen::Unix(path) => {
             let listener = kuryr_agent::local::listen_unix(
@@ -424,6 +426,31 @@ pub async fn serve(
                 "another Docker plugin; stop it or pass --docker-socket",
             )
             .await?;
+            Ok(Bound::Unix(listener, path))
+        }
+        Listen::Tcp { addr, spec_file } => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("the Docker plugin cannot listen on {addr}: {e}"))?;
+            let url = format!("http://{}\n", listener.local_addr()?);
+            if let Some(dir) = spec_file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&spec_file, url.as_bytes())?;
+            Ok(Bound::Tcp(listener, spec_file))
+        }
+    }
+}
+
+/// Serves Docker's plugin API on a bound listener until `shutdown`.
+pub async fn serve(
+    plugin: Arc<Plugin>,
+    bound: Bound,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(plugin);
+    match bound {
+        Bound::Unix(listener, path) => {
             tracing::info!(socket = %path.display(), "Docker plugin kuryr ready (NetworkDriver, IpamDriver)");
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -431,14 +458,9 @@ pub async fn serve(
             let _ = std::fs::remove_file(&path);
             Ok(served?)
         }
-        Listen::Tcp { addr, spec_file } => {
-            let listener = tokio::net::TcpListener::bind(addr).await?;
-            let url = format!("http://{}\n", listener.local_addr()?);
-            if let Some(dir) = spec_file.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&spec_file, url.as_bytes())?;
-            tracing::info!(url = url.trim(), spec = %spec_file.display(), "Docker plugin kuryr ready (NetworkDriver, IpamDriver)");
+        Bound::Tcp(listener, spec_file) => {
+            let url = listener.local_addr()?;
+            tracing::info!(url = %format!("http://{url}"), spec = %spec_file.display(), "Docker plugin kuryr ready (NetworkDriver, IpamDriver)");
             Ok(axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await?)
