@@ -2,7 +2,9 @@
 
 import json
 import re
+import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -345,3 +347,51 @@ def test_flat_network_bridges_the_mapped_host_interface(lab):
     lab.wait_for(lambda: bridge not in {l["ifname"] for l in lab.links("h1")}, 10,
                  "the flat network's bridge to go")
     assert "master" not in {l["ifname"]: l for l in lab.links("h1")}["eth1"]
+
+
+def race_binds(lab, host, port_id, containers):
+    """Binds one port into each container at the same moment, straight on the agent's
+    socket (connected first, sent together); the HTTP status of each."""
+    barrier = threading.Barrier(len(containers))
+    statuses = {}
+
+    def bind(c):
+        body = json.dumps({"netns": f"/run/netns/{lab.ns(c)}", "ifname": "eth0"}).encode()
+        request = (f"POST /v1/ports/{port_id}/bind HTTP/1.1\r\nHost: agent\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                   "Connection: close\r\n\r\n").encode() + body
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(60)
+            sock.connect(lab.agent_socket(host))
+            barrier.wait()
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        statuses[c] = int(answer.split(b" ", 2)[1])
+
+    threads = [threading.Thread(target=bind, args=(c,)) for c in containers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def test_concurrent_binds_of_one_port_to_two_places_never_both_succeed(lab):
+    v4, v6 = cidr_block()
+    net, _ = lab.network(name("net"), f"{v4}.0/24", f"{v6}::/64")
+    a, b = name("ra"), name("rb")
+    for c in (a, b):
+        lab.add_container(c)
+    for i in range(6):
+        port = lab.port(net, name=f"race{i}")
+        statuses = race_binds(lab, "h1", port["id"], [a, b])
+        assert sorted(statuses.values()) == [200, 409], statuses
+        winner = next(c for c, code in statuses.items() if code == 200)
+        loser = b if winner == a else a
+        assert "eth0" in {l["ifname"] for l in lab.links(winner)}
+        assert "eth0" not in {l["ifname"] for l in lab.links(loser)}
+        lab.unbind("h1", port)
+        assert "eth0" not in {l["ifname"] for l in lab.links(winner)}
+

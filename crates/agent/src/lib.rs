@@ -587,18 +587,33 @@ impl Agent {
                 port.host_id
             )));
         }
-        if existing.is_none() {
+        // Checked again where it is recorded: a concurrent bind of the same port may
+        // have recorded its own while this one read the port.
+        let recorded = {
             let mut state = lock(&self.state);
-            state.bindings.insert(port_id.to_string(), binding);
-            self.save_state(&state)?;
-            // A new input of the passes: only a pass that starts after this counts
-            // (the port may already be in the view, claimed when it was made).
-            self.mirror_changed.send_modify(|n| *n += 1);
-        }
+            match state.bindings.get(port_id) {
+                Some(b) if !b.same_place(&binding) => {
+                    return Err(AgentError::Conflict(format!(
+                        "port {port_id} is already bound on this host to {} in {}",
+                        b.ifname,
+                        b.netns.display()
+                    )));
+                }
+                Some(_) => false,
+                None => {
+                    state.bindings.insert(port_id.to_string(), binding);
+                    self.save_state(&state)?;
+                    // A new input of the passes: only a pass that starts after this
+                    // counts (the port may already be in the view, claimed when made).
+                    self.mirror_changed.send_modify(|n| *n += 1);
+                    true
+                }
+            }
+        };
         match self.realize_bound(&port).await {
             Ok(r) => Ok(r),
             Err(e) => {
-                if existing.is_none() {
+                if recorded {
                     tracing::warn!(port = %port_id, error = %e, "bind failed; undoing it");
                     let _ = self.unbind(port_id).await;
                 }
