@@ -1,0 +1,238 @@
+//! The agent's loops: heartbeats, the watch of this host's view, and convergence
+//! of the kernel to it (with ACTIVE reports).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kuryr_client::ClientError;
+use kuryr_model::AgentReport;
+use serde_json::json;
+
+use crate::desired::Inputs;
+
+use crate::{Agent, AgentError, PassReport, desired, lock};
+
+impl Agent {
+    pub(crate) async fn heartbeat_loop(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            let report = AgentReport {
+                host: self.cfg.host.clone(),
+                tunneling_ip: self.cfg.underlay_ip.to_string(),
+                interface_mappings: self.cfg.interface_mappings.clone(),
+                started_at_unix: self.started_at,
+                devices: self.passes.borrow().realized.len() as u64,
+            };
+            match self.client.heartbeat(&report).await {
+                Ok(_) if failing => {
+                    tracing::info!("heartbeat accepted again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "heartbeat failed; the dataplane is unaffected, retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(self.cfg.report_interval).await;
+        }
+    }
+
+    /// Follows the server's view of this host, reconnecting with backoff and
+    /// resuming from the last revision seen.
+    pub(crate) async fn watch_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(200);
+        // The server sends a keepalive at least every few seconds; silence this long
+        // means the connection is dead even if TCP has not noticed.
+        let silence = Duration::from_secs(45);
+        loop {
+            let since = self
+                .mirror
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .revision();
+            match self.client.watch_host(&self.cfg.host, since).await {
+                Ok(mut stream) => {
+                    tracing::info!(since, "watching this host's view");
+                    loop {
+                        match tokio::time::timeout(silence, stream.next()).await {
+                            Ok(Some(Ok(frame))) => {
+                                backoff = Duration::from_millis(200);
+                                let delta = {
+                                    let mut mirror =
+                                        self.mirror.write().unwrap_or_else(|p| p.into_inner());
+                                    let delta = mirror.apply(frame);
+                                    // Bumped under the lock: whoever reads the mirror
+                                    // reads the generation that matches it.
+                                    self.mirror_changed.send_modify(|n| *n += 1);
+                                    delta
+                                };
+                                if delta.missing != Default::default() {
+                                    tracing::warn!("watch resumed with gaps; starting over from 0");
+                                    self.mirror
+                                        .write()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .reset();
+                                    break;
+                                }
+                                self.forget_removed_ports(&delta.removed.ports);
+                                if !delta.is_empty() || delta.resync {
+                                    self.converge_wanted.notify_one();
+                                }
+                            }
+                            Ok(Some(Err(e))) => {
+                                tracing::warn!(error = %e, "watch stream failed; reconnecting");
+                                break;
+                            }
+                            Ok(None) => {
+                                tracing::warn!("watch stream ended; reconnecting");
+                                break;
+                            }
+                            Err(_) => {
+                                tracing::warn!("watch silent for {silence:?}; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(ClientError::NotFound { .. }) => {
+                    tracing::error!(
+                        "the server has no host watch (/v2.0/kuryr/hosts/...): is it a kuryr server?"
+                    );
+                    backoff = Duration::from_secs(30);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the server; the dataplane keeps running");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// A bound port that left this host's view was deleted or moved to another host:
+    /// its binding goes (the next pass removes its interface).
+    pub(crate) fn forget_removed_ports(&self, removed: &[String]) {
+        let mut state = lock(&self.state);
+        let before = state.bindings.len();
+        state.bindings.retain(|id, _| !removed.contains(id));
+        if state.bindings.len() != before {
+            tracing::info!(
+                count = before - state.bindings.len(),
+                "bindings of ports deleted or moved away released"
+            );
+            if let Err(e) = self.save_state(&state) {
+                tracing::warn!(error = %e, "could not save the agent state");
+            }
+        }
+    }
+
+    pub(crate) async fn converge_loop(self: Arc<Self>) {
+        loop {
+            let due = self.engine.lock().await.next_wakeup();
+            match due {
+                Some(at) => tokio::select! {
+                    _ = self.converge_wanted.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                },
+                None => self.converge_wanted.notified().await,
+            }
+            if let Err(e) = self.converge_once().await {
+                tracing::warn!(error = %e, "convergence failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.converge_wanted.notify_one();
+            }
+        }
+    }
+
+    /// One pass: desired state from the mirror and the bindings, applied by the
+    /// engine, then port status reported to the server. Does nothing until the
+    /// mirror holds a complete view (never tear down from an empty one).
+    pub async fn converge_once(&self) -> Result<desired::Desired, AgentError> {
+        let mut engine = self.engine.lock().await;
+        let (desired, generation) = {
+            let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+            // Read under the mirror lock, where the watch bumps it with each frame.
+            let generation = *self.mirror_changed.borrow();
+            if !mirror.is_synced() {
+                return Err(AgentError::Unavailable(
+                    "no complete view from the server yet".into(),
+                ));
+            }
+            let mut state = lock(&self.state);
+            let zones_before = state.zones.clone();
+            let d = desired::compute(Inputs {
+                host: &self.cfg.host,
+                view: &mirror,
+                state: &mut state,
+                interface_mappings: &self.cfg.interface_mappings,
+            });
+            if state.zones != zones_before
+                && let Err(e) = self.state_file.save(&state)
+            {
+                return Err(AgentError::Unavailable(e.to_string()));
+            }
+            (d, generation)
+        };
+        let pass = engine
+            .converge(&desired)
+            .await
+            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        drop(engine);
+        for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
+            tracing::warn!(port = %port, reason = %why, "port not realized");
+        }
+        lock(&self.reported).retain(|p| pass.realized.contains(p));
+        for port in &pass.realized {
+            if let Some(d) = desired.ports.get(port) {
+                self.report_active(port, &d.bridge).await;
+            }
+        }
+        self.passes.send_replace(PassReport {
+            generation,
+            ports: desired.ports.clone(),
+            problems: pass
+                .failed
+                .into_iter()
+                .chain(desired.waiting.clone())
+                .collect(),
+            realized: pass.realized,
+        });
+        Ok(desired)
+    }
+
+    /// Tells the server the port is `ACTIVE`, bound with vif_type `bridge` (once).
+    pub(crate) async fn report_active(&self, port_id: &str, bridge: &str) {
+        if lock(&self.reported).contains(port_id) {
+            return;
+        }
+        let current = self
+            .mirror
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .ports
+            .get(port_id)
+            .cloned();
+        let done = current
+            .as_ref()
+            .is_some_and(|p| p.status == "ACTIVE" && p.vif_type == "bridge");
+        if !done {
+            let attrs = json!({
+                "status": "ACTIVE",
+                "binding:vif_type": "bridge",
+                "binding:vif_details": {
+                    "bridge_name": bridge,
+                    "port_filter": true,
+                    "connectivity": "l2",
+                },
+            });
+            if let Err(e) = self.client.update_port(port_id, attrs).await {
+                tracing::warn!(port = %port_id, error = %e, "could not report the port ACTIVE; will retry");
+                return;
+            }
+        }
+        lock(&self.reported).insert(port_id.to_string());
+    }
+}
