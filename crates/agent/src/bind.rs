@@ -287,17 +287,20 @@ impl Agent {
         })
     }
 
+    /// Drops a binding from the local state (saved); whether there was one.
+    fn forget_binding(&self, port_id: &str) -> Result<bool, AgentError> {
+        let mut state = lock(&self.state);
+        let removed = state.bindings.remove(port_id).is_some();
+        if removed {
+            self.save_state(&state)?;
+        }
+        Ok(removed)
+    }
+
     /// Removes a binding: the interface goes, and the server is told the port is no
     /// longer on this host. Unbinding a port that is not bound here is a no-op.
     pub async fn unbind(&self, port_id: &str) -> Result<bool, AgentError> {
-        let removed = {
-            let mut state = lock(&self.state);
-            let removed = state.bindings.remove(port_id).is_some();
-            if removed {
-                self.save_state(&state)?;
-            }
-            removed
-        };
+        let removed = self.forget_binding(port_id)?;
         if !removed {
             return Ok(false);
         }
@@ -376,14 +379,7 @@ impl Agent {
     /// themselves (Docker's DeleteEndpoint, then ReleaseAddress deletes the port).
     /// Returns whether the port was bound here.
     pub fn release(&self, port_id: &str) -> Result<bool, AgentError> {
-        let removed = {
-            let mut state = lock(&self.state);
-            let removed = state.bindings.remove(port_id).is_some();
-            if removed {
-                self.save_state(&state)?;
-            }
-            removed
-        };
+        let removed = self.forget_binding(port_id)?;
         if removed {
             self.converge_wanted.notify_one();
         }
