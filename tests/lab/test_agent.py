@@ -8,6 +8,8 @@ import threading
 import time
 import uuid
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def name(kind):
     return f"t-{kind}-{uuid.uuid4().hex[:6]}"
@@ -394,4 +396,33 @@ def test_concurrent_binds_of_one_port_to_two_places_never_both_succeed(lab):
         assert "eth0" not in {l["ifname"] for l in lab.links(loser)}
         lab.unbind("h1", port)
         assert "eth0" not in {l["ifname"] for l in lab.links(winner)}
+
+
+def agent_metrics(lab, host):
+    """The agent's /metrics on its local socket, parsed by prometheus_client: samples by
+    name (labels dropped; the agent's metrics have none)."""
+    p = subprocess.run(["curl", "-sf", "--unix-socket", lab.agent_socket(host),
+                        "http://agent/metrics"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return {s.name: s.value for f in text_string_to_metric_families(p.stdout) for s in f.samples}
+
+
+def test_agent_metrics_follow_binds_and_passes(lab):
+    before = agent_metrics(lab, "h1")
+    v4, v6 = cidr_block()
+    net, _ = lab.network(name("net"), f"{v4}.0/24", f"{v6}::/64")
+    port = lab.port(net, name="m1")
+    c = name("cm")
+    lab.add_container(c)
+    lab.bind("h1", port, c)
+    after = agent_metrics(lab, "h1")
+    assert after["kuryr_agent_ports_bound"] == before["kuryr_agent_ports_bound"] + 1
+    assert after["kuryr_agent_ports_realized"] >= 1
+    assert after["kuryr_agent_pass_seconds_count"] > before["kuryr_agent_pass_seconds_count"]
+    # The port's group brought rules: at least one nft transaction, timed.
+    assert after["kuryr_agent_nft_apply_seconds_count"] >= 1
+    assert after["kuryr_agent_nft_apply_seconds_sum"] > 0
+    assert "kuryr_agent_watch_reconnects_total" in after
+    lab.unbind("h1", port)
+    assert agent_metrics(lab, "h1")["kuryr_agent_ports_bound"] == before["kuryr_agent_ports_bound"]
 

@@ -27,6 +27,8 @@ pub enum EngineError {
 pub struct Pass {
     pub realized: BTreeSet<String>,
     pub failed: BTreeMap<String, String>,
+    /// How long the nft transaction took, when the rules changed.
+    pub nft_apply: Option<std::time::Duration>,
 }
 
 pub struct Engine {
@@ -171,7 +173,7 @@ impl Engine {
         let t_links = started.elapsed();
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
-        self.apply_rules(&d.ruleset).await?;
+        pass.nft_apply = self.apply_rules(&d.ruleset).await?;
         let t_rules = started.elapsed();
 
         for p in d.ports.values() {
@@ -590,25 +592,32 @@ impl Engine {
 
     /// The first pass replaces kuryr's tables whole (one atomic transaction, which
     /// leaves conntrack and so established flows alone); later passes apply a diff.
-    async fn apply_rules(&mut self, want: &Ruleset) -> Result<(), EngineError> {
+    async fn apply_rules(
+        &mut self,
+        want: &Ruleset,
+    ) -> Result<Option<std::time::Duration>, EngineError> {
         let (script, compiled) = match &self.applied_rules {
-            Some((old, _)) if old == want => return Ok(()),
+            Some((old, _)) if old == want => return Ok(None),
             None => (Some(nft::render(want)), nft::compile(want)),
             Some((_, old)) => {
                 let new = nft::compile(want);
                 (nft::diff_compiled(old, &new), new)
             }
         };
+        let mut took = None;
         if let Some(script) = script {
             tracing::trace!(%script, "nft transaction");
-            if let Err(e) = self.nft.apply(&script).await {
+            let started = std::time::Instant::now();
+            let applied = self.nft.apply(&script).await;
+            took = Some(started.elapsed());
+            if let Err(e) = applied {
                 // Next pass starts from a full replace: the kernel state is unknown.
                 self.applied_rules = None;
                 return Err(e.into());
             }
         }
         self.applied_rules = Some((want.clone(), compiled));
-        Ok(())
+        Ok(took)
     }
 
     /// Removes everything kuryr made on this host (`kuryr agent --cleanup`).

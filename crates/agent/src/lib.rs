@@ -14,6 +14,7 @@ mod error;
 mod host;
 pub mod local;
 mod loops;
+pub mod metrics;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,6 +62,7 @@ pub struct Agent {
     /// Ports this process has reported ACTIVE (or seen ACTIVE on the server).
     reported: Mutex<BTreeSet<String>>,
     started_at: i64,
+    metrics: metrics::Metrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,6 +117,7 @@ impl Agent {
             engine: tokio::sync::Mutex::new(engine),
             converge_wanted: tokio::sync::Notify::new(),
             passes,
+            metrics: metrics::Metrics::new(),
             reported: Mutex::new(BTreeSet::new()),
             started_at: unix_now(),
         }))
@@ -161,6 +164,14 @@ impl Agent {
         self.state_file
             .save(state)
             .map_err(|e| AgentError::Unavailable(e.to_string()))
+    }
+
+    /// The agent's metrics in Prometheus text.
+    pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
+        self.metrics
+            .ports_bound
+            .set(lock(&self.state).bindings.len() as i64);
+        self.metrics.encode()
     }
 
     pub fn health(&self) -> serde_json::Value {

@@ -74,6 +74,24 @@ async fn list(State(agent): State<Arc<Agent>>) -> Json<Value> {
     Json(json!({"bindings": agent.bindings()}))
 }
 
+async fn metrics(State(agent): State<Arc<Agent>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match agent.metrics_text() {
+        Ok(body) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 async fn health(State(agent): State<Arc<Agent>>) -> Json<Value> {
     Json(agent.health())
 }
@@ -84,6 +102,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/ports/{id}/bind", post(bind))
         .route("/v1/ports/{id}/unbind", post(unbind))
         .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(agent)
 }
 

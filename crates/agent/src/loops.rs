@@ -107,6 +107,7 @@ impl Agent {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot reach the server; the dataplane keeps running");
                 }
             }
+            self.metrics.watch_reconnects.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
@@ -139,7 +140,13 @@ impl Agent {
                 },
                 None => self.converge_wanted.notified().await,
             }
-            if let Err(e) = self.converge_once().await {
+            let started = std::time::Instant::now();
+            let result = self.converge_once().await;
+            self.metrics
+                .pass_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = result {
+                self.metrics.pass_failures.inc();
                 tracing::warn!(error = %e, "convergence failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.converge_wanted.notify_one();
@@ -181,6 +188,10 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Unavailable(e.to_string()))?;
         drop(engine);
+        if let Some(took) = pass.nft_apply {
+            self.metrics.nft_apply_seconds.observe(took.as_secs_f64());
+        }
+        self.metrics.ports_realized.set(pass.realized.len() as i64);
         for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
             tracing::warn!(port = %port, reason = %why, "port not realized");
         }

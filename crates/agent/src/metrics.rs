@@ -1,0 +1,86 @@
+//! The agent's metrics, served as Prometheus text on its local API (`GET /metrics`):
+//! what is bound and realized here, how long convergence passes and nft
+//! transactions take, how often they fail, and how often the watch reconnects.
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+pub struct Metrics {
+    registry: Registry,
+    pub ports_bound: Gauge,
+    pub ports_realized: Gauge,
+    pub pass_seconds: Histogram,
+    pub pass_failures: Counter,
+    pub nft_apply_seconds: Histogram,
+    pub watch_reconnects: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kuryr_agent");
+        let ports_bound = Gauge::default();
+        let ports_realized = Gauge::default();
+        // 100 µs to ~3 s: a pass with nothing to do is well under a millisecond.
+        let pass_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let pass_failures = Counter::default();
+        let nft_apply_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let watch_reconnects = Counter::default();
+        registry.register(
+            "ports_bound",
+            "Ports bound on this host (local bindings)",
+            ports_bound.clone(),
+        );
+        registry.register(
+            "ports_realized",
+            "Ports whose interface the last pass found in place",
+            ports_realized.clone(),
+        );
+        registry.register_with_unit(
+            "pass",
+            "Duration of convergence passes",
+            Unit::Seconds,
+            pass_seconds.clone(),
+        );
+        registry.register(
+            "pass_failures",
+            "Convergence passes that failed (retried)",
+            pass_failures.clone(),
+        );
+        registry.register_with_unit(
+            "nft_apply",
+            "Duration of nftables transactions (passes whose rules changed)",
+            Unit::Seconds,
+            nft_apply_seconds.clone(),
+        );
+        registry.register(
+            "watch_reconnects",
+            "Times the watch of this host's view was opened again",
+            watch_reconnects.clone(),
+        );
+        Metrics {
+            registry,
+            ports_bound,
+            ports_realized,
+            pass_seconds,
+            pass_failures,
+            nft_apply_seconds,
+            watch_reconnects,
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut body = String::new();
+        prometheus_text::encode(&mut body, &self.registry)?;
+        Ok(body)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
