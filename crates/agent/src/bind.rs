@@ -128,6 +128,7 @@ impl Agent {
         self.bind_with(&port.id, binding, Some(port)).await
     }
 
+    #[tracing::instrument(name = "bind_with", skip_all, fields(port = %port_id))]
     pub(crate) async fn bind_with(
         &self,
         port_id: &str,
@@ -299,6 +300,7 @@ impl Agent {
 
     /// Removes a binding: the interface goes, and the server is told the port is no
     /// longer on this host. Unbinding a port that is not bound here is a no-op.
+    #[tracing::instrument(name = "unbind", skip_all, fields(port = %port_id))]
     pub async fn unbind(&self, port_id: &str) -> Result<bool, AgentError> {
         let removed = self.forget_binding(port_id)?;
         if !removed {
@@ -316,6 +318,7 @@ impl Agent {
     /// cleared, `DOWN`, unbound), without touching the kernel. A port that is gone, or
     /// that this agent may not change (bound to another host under a host-scoped
     /// credential), is left alone.
+    #[tracing::instrument(name = "unclaim", skip_all, fields(port = %port_id))]
     pub async fn unclaim(&self, port_id: &str) -> Result<(), AgentError> {
         let attrs = json!({
             "binding:host_id": "",
@@ -335,6 +338,7 @@ impl Agent {
 
     /// Replaces the host ports published to a bound port, and returns once a
     /// convergence pass has applied them.
+    #[tracing::instrument(name = "set_published", skip_all, fields(port = %port_id))]
     pub async fn set_published(
         &self,
         port_id: &str,
@@ -378,6 +382,7 @@ impl Agent {
     /// next pass, which this wakes. For callers that settle the port on the server
     /// themselves (Docker's DeleteEndpoint, then ReleaseAddress deletes the port).
     /// Returns whether the port was bound here.
+    #[tracing::instrument(name = "release", skip_all, fields(port = %port_id))]
     pub fn release(&self, port_id: &str) -> Result<bool, AgentError> {
         let removed = self.forget_binding(port_id)?;
         if removed {

@@ -11,6 +11,7 @@ use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use kuryr_dataplane::netns::NetNs;
 use kuryr_dataplane::nft::{self, Nft, Ruleset};
+use tracing::Instrument;
 
 use crate::desired::{Desired, NetDesired, NetKind, PortDesired, RemoteL2, vxlan_name};
 
@@ -181,7 +182,12 @@ impl Engine {
                 continue;
             };
             let in_place_before = self.applied_ports.get(&p.id) == Some(p);
-            match self.ensure_port(p, bridge, links.get(&p.tap)).await {
+            let span = tracing::debug_span!("port", port = %p.id, tap = %p.tap);
+            match self
+                .ensure_port(p, bridge, links.get(&p.tap))
+                .instrument(span)
+                .await
+            {
                 Ok(()) => {
                     pass.realized.insert(p.id.clone());
                 }

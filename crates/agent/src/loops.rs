@@ -11,6 +11,8 @@ use serde_json::json;
 
 use crate::desired::Inputs;
 
+use tracing::Instrument;
+
 use crate::{Agent, AgentError, PassReport, desired, lock};
 
 impl Agent {
@@ -141,7 +143,10 @@ impl Agent {
                 None => self.converge_wanted.notified().await,
             }
             let started = std::time::Instant::now();
-            let result = self.converge_once().await;
+            let result = self
+                .converge_once()
+                .instrument(tracing::info_span!("pass"))
+                .await;
             self.metrics
                 .pass_seconds
                 .observe(started.elapsed().as_secs_f64());
