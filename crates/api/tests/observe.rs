@@ -3,7 +3,7 @@
 //! and a handler's own log line carries the id of the request it serves.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,44 +79,6 @@ async fn readyz_is_503_until_the_indexes_are_loaded() {
     );
 }
 
-/// An in-memory redb backend whose writes fail on demand.
-#[derive(Debug)]
-struct Flaky {
-    inner: redb::backends::InMemoryBackend,
-    fail: Arc<AtomicBool>,
-}
-
-impl Flaky {
-    fn check(&self) -> std::io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(std::io::Error::other("injected I/O failure"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl redb::StorageBackend for Flaky {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.check()?;
-        self.inner.write(offset, data)
-    }
-}
-
 /// Log output kept in memory.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -160,11 +122,7 @@ fn captured_logs() -> Captured {
 async fn a_failing_store_makes_readyz_503_and_its_errors_carry_the_request_id() {
     let logs = captured_logs();
 
-    let fail = Arc::new(AtomicBool::new(false));
-    let backend = Flaky {
-        inner: redb::backends::InMemoryBackend::new(),
-        fail: fail.clone(),
-    };
+    let (backend, fail) = kuryr_store::failing::FailingBackend::new();
     let store: Arc<dyn Store> = Arc::new(
         EmbeddedStore::open_with_backend(backend, &EmbeddedOptions::new("unused")).expect("store"),
     );

@@ -885,53 +885,10 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-
-    /// An in-memory redb backend whose writes and syncs fail on demand.
-    #[derive(Debug)]
-    struct Flaky {
-        inner: redb::backends::InMemoryBackend,
-        fail: Arc<AtomicBool>,
-    }
-
-    impl Flaky {
-        fn check(&self) -> std::io::Result<()> {
-            if self.fail.load(Ordering::SeqCst) {
-                Err(std::io::Error::other("injected I/O failure"))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    impl redb::StorageBackend for Flaky {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.inner.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.check()?;
-            self.inner.write(offset, data)
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_commit_fails_the_whole_batch_and_keeps_the_revision() {
-        let fail = Arc::new(AtomicBool::new(false));
-        let backend = Flaky {
-            inner: redb::backends::InMemoryBackend::new(),
-            fail: fail.clone(),
-        };
+        let (backend, fail) = crate::failing::FailingBackend::new();
         let db = Database::builder()
             .create_with_backend(backend)
             .expect("in-memory db");

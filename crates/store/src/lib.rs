@@ -14,6 +14,7 @@
 
 pub mod conformance;
 mod embedded;
+pub mod failing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 

@@ -697,6 +697,31 @@ pub(super) fn opt_bool(v: Option<&Value>, name: &str) -> KsResult<Option<bool>> 
     }
 }
 
+/// Stores a new object under `key` with its unique name index `name_key` (→ `obj_id`),
+/// in one transaction that fails with 409 `duplicate` if the name is taken.
+async fn store_named(
+    id: &Identity,
+    name_key: String,
+    key: String,
+    obj_id: &str,
+    obj: &impl serde::Serialize,
+    duplicate: String,
+) -> KsResult<()> {
+    let txn = Txn::new()
+        .when(Compare::Absent(name_key.clone()))
+        .put(name_key, obj_id.to_string())
+        .put(key, serde_json::to_vec(obj).map_err(internal)?);
+    if !id.commit(txn).await.map_err(internal)? {
+        return Err(conflict(duplicate));
+    }
+    Ok(())
+}
+
+/// 201 with `{kind: body}`.
+fn created(kind: &str, body: Value) -> Response {
+    (StatusCode::CREATED, Json(json!({ kind: body }))).into_response()
+}
+
 /// Keystone's limits: project names up to 64 characters; user, role and
 /// application credential names up to 255.
 pub(super) fn check_name(name: &str, max: usize) -> KsResult<()> {
@@ -725,23 +750,12 @@ async fn create_project(
             .unwrap_or_default(),
         enabled: opt_bool(field(&body, "project", "enabled"), "enabled")?.unwrap_or(true),
     };
-    let txn = Txn::new()
-        .when(Compare::Absent(keys::project_name(&name)))
-        .put(keys::project_name(&name), p.id.clone())
-        .put(
-            keys::project(&p.id),
-            serde_json::to_vec(&p).map_err(internal)?,
-        );
-    if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!(
-            "Conflict occurred attempting to store project - it is not permitted to have two projects with the same name in the same domain : {name}."
-        )));
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"project": project_json(&id, &p)})),
-    )
-        .into_response())
+    let duplicate = format!(
+        "Conflict occurred attempting to store project - it is not permitted to have two projects with the same name in the same domain : {name}."
+    );
+    let (name_key, key) = (keys::project_name(&name), keys::project(&p.id));
+    store_named(&id, name_key, key, &p.id, &p, duplicate).await?;
+    Ok(created("project", project_json(&id, &p)))
 }
 
 async fn update_project(
@@ -915,20 +929,12 @@ async fn create_user(
         email: opt_str(field(&body, "user", "email"), "email")?,
         description: opt_str(field(&body, "user", "description"), "description")?,
     };
-    let txn = Txn::new()
-        .when(Compare::Absent(keys::user_name(&name)))
-        .put(keys::user_name(&name), u.id.clone())
-        .put(keys::user(&u.id), serde_json::to_vec(&u).map_err(internal)?);
-    if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!(
-            "Conflict occurred attempting to store user - Duplicate entry found with name {name} at domain ID default."
-        )));
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user": user_json(&id, &u)})),
-    )
-        .into_response())
+    let duplicate = format!(
+        "Conflict occurred attempting to store user - Duplicate entry found with name {name} at domain ID default."
+    );
+    let (name_key, key) = (keys::user_name(&name), keys::user(&u.id));
+    store_named(&id, name_key, key, &u.id, &u, duplicate).await?;
+    Ok(created("user", user_json(&id, &u)))
 }
 
 async fn update_user(
@@ -1241,20 +1247,12 @@ async fn create_role(
         name: name.clone(),
         description: opt_str(field(&body, "role", "description"), "description")?,
     };
-    let txn = Txn::new()
-        .when(Compare::Absent(keys::role_name(&name)))
-        .put(keys::role_name(&name), r.id.clone())
-        .put(keys::role(&r.id), serde_json::to_vec(&r).map_err(internal)?);
-    if !id.commit(txn).await.map_err(internal)? {
-        return Err(conflict(format!(
-            "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
-        )));
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"role": role_json(&id, &r)})),
-    )
-        .into_response())
+    let duplicate = format!(
+        "Conflict occurred attempting to store role - Duplicate entry found with name {name}."
+    );
+    let (name_key, key) = (keys::role_name(&name), keys::role(&r.id));
+    store_named(&id, name_key, key, &r.id, &r, duplicate).await?;
+    Ok(created("role", role_json(&id, &r)))
 }
 
 async fn delete_role(

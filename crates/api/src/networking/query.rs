@@ -128,15 +128,27 @@ struct FilterSpec {
     hidden: &'static [(&'static str, &'static str)],
 }
 
+impl FilterSpec {
+    fn accepts(&self, name: &str) -> bool {
+        COMMON_FILTERS.contains(&name)
+            || self.shown.contains(&name)
+            || self.hidden.iter().any(|(a, _)| *a == name)
+    }
+}
+
+/// Filters every resource here has (standard attributes and the project).
+const COMMON_FILTERS: [&str; 5] = [
+    "id",
+    "project_id",
+    "tenant_id",
+    "description",
+    "revision_number",
+];
+
 const FILTER_SPECS: &[FilterSpec] = &[
     FilterSpec {
         resource: "network",
         shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
             "name",
             "admin_state_up",
             "status",
@@ -153,11 +165,6 @@ const FILTER_SPECS: &[FilterSpec] = &[
     FilterSpec {
         resource: "subnet",
         shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
             "name",
             "network_id",
             "ip_version",
@@ -176,11 +183,6 @@ const FILTER_SPECS: &[FilterSpec] = &[
     FilterSpec {
         resource: "port",
         shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
             "name",
             "network_id",
             "mac_address",
@@ -198,11 +200,6 @@ const FILTER_SPECS: &[FilterSpec] = &[
     FilterSpec {
         resource: "subnetpool",
         shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
             "name",
             "ip_version",
             "default_prefixlen",
@@ -217,26 +214,12 @@ const FILTER_SPECS: &[FilterSpec] = &[
     },
     FilterSpec {
         resource: "security_group",
-        shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
-            "name",
-            "stateful",
-            "shared",
-        ],
+        shown: &["name", "stateful", "shared"],
         hidden: &[],
     },
     FilterSpec {
         resource: "security_group_rule",
         shown: &[
-            "id",
-            "project_id",
-            "tenant_id",
-            "description",
-            "revision_number",
             "security_group_id",
             "direction",
             "ethertype",
@@ -377,7 +360,7 @@ pub fn list<R: Resource>(
     let spec = filter_spec(R::SINGULAR);
     if let Some(spec) = spec {
         check_filters(q.filters.iter().map(|(k, _)| k.as_str()), |k| {
-            spec.shown.contains(&k) || spec.hidden.iter().any(|(a, _)| *a == k)
+            spec.accepts(k)
         })?;
     }
     // Empty values filter nothing (neutron without `empty-string-filtering`).
@@ -548,7 +531,7 @@ mod tests {
         ] {
             let spec = filter_spec(r).unwrap_or_else(|| panic!("no filters for {r}"));
             for common in ["id", "project_id", "tenant_id", "revision_number"] {
-                assert!(spec.shown.contains(&common), "{r}: {common}");
+                assert!(spec.accepts(common), "{r}: {common}");
             }
         }
     }
