@@ -163,6 +163,10 @@ class Lab:
             os.path.join(self.dir, "server.log"))
         self.wait_for(lambda: self.curl_status("GET", "/identity/v3") == 200, 30,
                       "the lab's kuryr server to answer", self.server)
+        # The lab's tests share one project: neutron's default of 10 security groups
+        # would make them depend on which tests a worker happens to run.
+        project = self.openstack("token", "issue")["project_id"]
+        self.api("PUT", f"/quotas/{project}", {"quota": {"security_group": -1}}, expect=200)
         for i, h in enumerate(self.hosts, start=1):
             self.start_agent(h, *agent_args)
         for h in self.hosts:

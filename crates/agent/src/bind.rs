@@ -255,7 +255,7 @@ impl Agent {
             .ports
             .get(&port.id)
             .ok_or_else(|| AgentError::Unavailable(format!("port {} was not realized", port.id)))?;
-        if !lock(&self.reported).contains(&port.id) {
+        if !lock(&self.reported).contains_key(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} is up but the server did not take its ACTIVE status",
                 port.id

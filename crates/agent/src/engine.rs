@@ -10,7 +10,11 @@ use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use kuryr_dataplane::netns::NetNs;
+use kuryr_dataplane::nfnl::Monitor;
 use kuryr_dataplane::nft::{self, Nft, Ruleset};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::desired::{Desired, NetDesired, NetKind, PortDesired, RemoteL2, vxlan_name};
@@ -30,6 +34,15 @@ pub struct Pass {
     pub failed: BTreeMap<String, String>,
     /// How long the nft transaction took, when the rules changed.
     pub nft_apply: Option<std::time::Duration>,
+    /// What was found changed behind kuryr's back and put back, by kind.
+    pub repairs: BTreeMap<&'static str, u64>,
+}
+
+impl Pass {
+    fn repaired(&mut self, kind: &'static str, what: &str) {
+        tracing::warn!(kind, what, "drift repaired");
+        *self.repairs.entry(kind).or_default() += 1;
+    }
 }
 
 pub struct Engine {
@@ -57,6 +70,24 @@ pub struct Engine {
     /// paying their deletion (kernel grace periods, tens of ms) and creation each time.
     linger: std::time::Duration,
     lingering: HashMap<String, std::time::Instant>,
+    /// How often a pass reads back everything kuryr owns on the host (links,
+    /// FDB/neighbour entries, gateway addresses) and a share of the container ends.
+    verify: Duration,
+    /// Where the last verification of container ends stopped (a port id).
+    verify_cursor: Option<String>,
+    /// Tells about changes to kuryr's nftables tables made by others.
+    monitor: Option<Monitor>,
+    /// Woken when the kernel says something kuryr owns changed.
+    wake: Arc<Notify>,
+    /// A foreign nftables change seen and not yet repaired; the last repair.
+    nft_drift: bool,
+    nft_repaired_at: Option<Instant>,
+}
+
+/// Container ends checked per verification pass: all of them on a small host, a
+/// tenth of them on a large one (each one then checked every ten passes).
+fn verify_share(ports: usize) -> usize {
+    ports.div_ceil(10).max(64)
 }
 
 /// IFA_PROTO of the addresses kuryr puts on bridges ('k'), so that they are told
@@ -66,8 +97,10 @@ pub const ADDRESS_PROTOCOL: u8 = 0x6b;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IP6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
-/// How often a pass re-reads every link even when nothing is to be removed.
-const FULL_RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+const TABLE_DESCRIPTION: &str = "tables bridge kuryr and inet kuryr";
+
+/// The default of [`Engine::verify_every`].
+pub const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Links kuryr made, by name and kind: a `tap*` that is a veth, a `vxlan-*` that is
 /// a vxlan device, a `brq*` that is a bridge. (Nova's `tap*` are tun devices.)
@@ -103,12 +136,39 @@ impl Engine {
             forwarding: (false, false),
             linger,
             lingering: HashMap::new(),
+            verify: VERIFY_INTERVAL,
+            verify_cursor: None,
+            monitor: None,
+            wake: Arc::new(Notify::new()),
+            nft_drift: false,
+            nft_repaired_at: None,
         }
     }
 
-    /// When a lingering bridge or vxlan device is due for removal (the agent runs a
-    /// pass then).
+    /// How often a pass reads back what kuryr owns ([`VERIFY_INTERVAL`] by default).
+    pub fn verify_every(mut self, every: Duration) -> Engine {
+        self.verify = every;
+        self
+    }
+
+    /// Notified when the kernel reports a change to what kuryr owns: run a pass.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// When the next pass is due without any event: a lingering bridge or vxlan
+    /// device to remove, or the next verification.
     pub fn next_wakeup(&self) -> Option<std::time::Instant> {
+        let verify = self.full_dump_at.map(|t| t + self.verify);
+        self.lingering
+            .values()
+            .map(|t| *t + self.linger)
+            .chain(verify)
+            .min()
+    }
+
+    /// When a lingering bridge or vxlan device is due for removal.
+    pub fn next_removal(&self) -> Option<std::time::Instant> {
         self.lingering.values().map(|t| *t + self.linger).min()
     }
 
@@ -117,6 +177,17 @@ impl Engine {
     pub async fn converge(&mut self, d: &Desired) -> Result<Pass, EngineError> {
         let started = std::time::Instant::now();
         let mut pass = Pass::default();
+        if self.monitor.is_none() {
+            // Before the first apply, so that nothing after it goes unseen.
+            match Monitor::start(self.wake.clone()) {
+                Ok(m) => self.monitor = Some(m),
+                Err(e) => tracing::error!(error = %e,
+                    "cannot follow nftables changes: drift of kuryr's tables goes unrepaired"),
+            }
+        }
+        if self.monitor.as_ref().is_some_and(Monitor::take) {
+            self.nft_drift = true;
+        }
         let wanted: BTreeSet<String> = d
             .ports
             .values()
@@ -133,9 +204,9 @@ impl Engine {
         // to notice changes made behind our back); otherwise only the links this
         // pass needs and has not seen, looked up by name. Dumps grow with the number
         // of ports; lookups don't.
-        let full = self.full_dump_at.is_none_or(|t| t.elapsed() > FULL_RESYNC)
+        let full = self.full_dump_at.is_none_or(|t| t.elapsed() >= self.verify)
             || !self.last_wanted.is_subset(&wanted)
-            || self.next_wakeup().is_some_and(|t| t <= started);
+            || self.next_removal().is_some_and(|t| t <= started);
         if full {
             self.known = self
                 .netlink
@@ -159,13 +230,14 @@ impl Engine {
         // Networks: bridge, then its uplink (vxlan or a host interface).
         let mut bridges: HashMap<String, u32> = HashMap::new();
         for n in d.networks.values() {
-            let br = self.ensure_network(n, &links).await?;
+            let br = self.ensure_network(n, &links, &mut pass).await?;
             bridges.insert(n.id.clone(), br);
         }
 
         // Published ports: the gateways their traffic is routed through, and
         // forwarding, before the rules that send traffic there.
-        self.ensure_gateways(d, &bridges, &links, full).await;
+        self.ensure_gateways(d, &bridges, &links, full, &mut pass)
+            .await;
         if full {
             self.forwarding = (false, false);
         }
@@ -174,17 +246,35 @@ impl Engine {
         let t_links = started.elapsed();
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
-        pass.nft_apply = self.apply_rules(&d.ruleset).await?;
+        pass.nft_apply = self.apply_rules(&d.ruleset, &mut pass).await?;
         let t_rules = started.elapsed();
 
+        // On a full pass, a share of the container ends is read back too, in turn.
+        let mut verify: BTreeSet<&str> = BTreeSet::new();
+        if full {
+            let share = verify_share(d.ports.len());
+            let after = self.verify_cursor.take().unwrap_or_default();
+            verify.extend(
+                d.ports
+                    .range::<String, _>((
+                        std::ops::Bound::Excluded(&after),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .chain(d.ports.iter())
+                    .map(|(id, _)| id.as_str())
+                    .take(share.min(d.ports.len())),
+            );
+            self.verify_cursor = verify.last().map(|s| s.to_string());
+        }
         for p in d.ports.values() {
             let Some(&bridge) = bridges.get(&p.network_id) else {
                 continue;
             };
             let in_place_before = self.applied_ports.get(&p.id) == Some(p);
             let span = tracing::debug_span!("port", port = %p.id, tap = %p.tap);
+            let check = verify.contains(p.id.as_str());
             match self
-                .ensure_port(p, bridge, links.get(&p.tap))
+                .ensure_port(p, bridge, links.get(&p.tap), check, &mut pass)
                 .instrument(span)
                 .await
             {
@@ -204,7 +294,7 @@ impl Engine {
 
         for n in d.networks.values() {
             if let NetKind::Vxlan { vni } = n.kind
-                && let Err(e) = self.ensure_remote(n, vni).await
+                && let Err(e) = self.ensure_remote(n, vni, full, &mut pass).await
             {
                 tracing::warn!(network = %n.id, error = %e, "l2 population failed; retried next pass");
                 self.applied_remote.remove(&n.id);
@@ -255,10 +345,14 @@ impl Engine {
         &mut self,
         n: &NetDesired,
         links: &HashMap<String, Link>,
+        pass: &mut Pass,
     ) -> Result<u32, EngineError> {
         let bridge = match links.get(&n.bridge) {
             Some(l) if l.up && l.mtu == n.mtu && l.kind.as_deref() == Some("bridge") => l.index,
             _ => {
+                if self.last_wanted.contains(&n.bridge) {
+                    pass.repaired("link", &n.bridge);
+                }
                 self.known.remove(&n.bridge);
                 if !links.contains_key(&n.bridge) {
                     // A new bridge holds no address yet.
@@ -284,6 +378,9 @@ impl Engine {
                         })
                 });
                 if !ok {
+                    if self.last_wanted.contains(&name) {
+                        pass.repaired("link", &name);
+                    }
                     self.applied_remote.remove(&n.id);
                     self.known.remove(&name);
                     self.netlink
@@ -302,6 +399,9 @@ impl Engine {
             NetKind::Flat { interface } => match links.get(interface) {
                 Some(l) if l.master == Some(bridge) && l.up => {}
                 Some(l) => {
+                    if self.last_wanted.contains(interface) {
+                        pass.repaired("link", interface);
+                    }
                     self.known.remove(interface);
                     self.netlink.set_master(l.index, bridge).await?;
                     self.netlink.set_up(l.index).await?;
@@ -314,15 +414,24 @@ impl Engine {
         Ok(bridge)
     }
 
+    /// Puts a port's veth in place and configures its container end; with `verify`,
+    /// reads the container end back even if nothing changed since last time.
     async fn ensure_port(
         &mut self,
         p: &PortDesired,
         bridge: u32,
         tap: Option<&Link>,
+        verify: bool,
+        pass: &mut Pass,
     ) -> Result<(), String> {
         let in_place = tap.is_some_and(|l| l.master == Some(bridge) && l.up);
-        if in_place && self.applied_ports.get(&p.id) == Some(p) {
+        let was_applied = self.applied_ports.get(&p.id) == Some(p);
+        // A handed-off container end is configured by Docker: not read back.
+        if in_place && was_applied && (!verify || p.handoff) {
             return Ok(());
+        }
+        if was_applied && !in_place {
+            pass.repaired("link", &p.tap);
         }
         let ns = if p.handoff {
             NetNs::current()
@@ -390,10 +499,20 @@ impl Engine {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        inside
-            .configure_interface(&p.ifname, &p.addresses, &p.routes)
-            .await
+        let configured = if was_applied && in_place {
+            inside
+                .repair_interface(&p.ifname, &p.addresses, &p.routes)
+                .await
+        } else {
+            inside
+                .configure_interface(&p.ifname, &p.addresses, &p.routes)
+                .await
+        };
+        let changes = configured
             .map_err(|e| format!("configuring {} in {}: {e}", p.ifname, p.netns.display()))?;
+        if was_applied && in_place && changes > 0 {
+            pass.repaired("address", &format!("{} in {}", p.ifname, p.netns.display()));
+        }
         self.applied_ports.insert(p.id.clone(), p.clone());
         Ok(())
     }
@@ -413,6 +532,7 @@ impl Engine {
         bridges: &HashMap<String, u32>,
         links: &HashMap<String, Link>,
         full: bool,
+        pass: &mut Pass,
     ) {
         let todo: Vec<&NetDesired> = d
             .networks
@@ -464,8 +584,13 @@ impl Engine {
             let Some(&index) = bridges.get(&n.id) else {
                 continue;
             };
+            let was_applied =
+                self.applied_gateways.get(&n.id) == Some(&(n.bridge.clone(), n.gateways.clone()));
             match self.converge_gateways(n, index, &all).await {
-                Ok(()) => {
+                Ok(added) => {
+                    if was_applied && added > 0 {
+                        pass.repaired("address", &n.bridge);
+                    }
                     self.applied_gateways
                         .insert(n.id.clone(), (n.bridge.clone(), n.gateways.clone()));
                 }
@@ -483,7 +608,7 @@ impl Engine {
         n: &NetDesired,
         index: u32,
         all: &[AddressEntry],
-    ) -> Result<(), NetlinkError> {
+    ) -> Result<usize, NetlinkError> {
         let have: Vec<&AddressEntry> = all.iter().filter(|a| a.index == index).collect();
         for a in &have {
             let ours = a.protocol == Some(ADDRESS_PROTOCOL) || n.subnet_gateways.contains(&a.net);
@@ -499,7 +624,7 @@ impl Engine {
             .copied()
             .collect();
         if missing.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if let Some(mac) = self
             .netlink
@@ -509,13 +634,14 @@ impl Engine {
         {
             self.netlink.set_mac(index, mac).await?;
         }
+        let added = missing.len();
         for g in missing {
             tracing::info!(bridge = %n.bridge, address = %g, "adding a gateway address (published ports)");
             self.netlink
                 .add_address_with_protocol(index, g, ADDRESS_PROTOCOL)
                 .await?;
         }
-        Ok(())
+        Ok(added)
     }
 
     /// Turns forwarding on in this namespace while ports are published: IPv4 for
@@ -548,8 +674,15 @@ impl Engine {
 
     /// Static FDB and neighbour entries on the network's vxlan device, converged
     /// against what the kernel holds.
-    async fn ensure_remote(&mut self, n: &NetDesired, vni: u32) -> Result<(), EngineError> {
-        if self.applied_remote.get(&n.id) == Some(&n.remote) {
+    async fn ensure_remote(
+        &mut self,
+        n: &NetDesired,
+        vni: u32,
+        verify: bool,
+        pass: &mut Pass,
+    ) -> Result<(), EngineError> {
+        let was_applied = self.applied_remote.get(&n.id) == Some(&n.remote);
+        if was_applied && !verify {
             return Ok(());
         }
         let Some(dev) = self.netlink.link_by_name(&vxlan_name(vni)).await? else {
@@ -570,6 +703,9 @@ impl Engine {
             .map(|e| (e.mac, e.dst))
             .collect();
         for (mac, dst) in want_fdb.difference(&have_fdb) {
+            if was_applied {
+                pass.repaired("fdb", &format!("{mac} dst {dst} on {}", dev.name));
+            }
             self.netlink.fdb_append(dev.index, *mac, *dst).await?;
         }
         for (mac, dst) in have_fdb.difference(&want_fdb) {
@@ -584,6 +720,9 @@ impl Engine {
             .collect();
         for (ip, mac) in &n.remote.neighbours {
             if have_neigh.get(ip) != Some(mac) {
+                if was_applied {
+                    pass.repaired("neighbour", &format!("{ip} lladdr {mac} on {}", dev.name));
+                }
                 self.netlink.neighbour_replace(dev.index, *ip, *mac).await?;
             }
         }
@@ -601,7 +740,23 @@ impl Engine {
     async fn apply_rules(
         &mut self,
         want: &Ruleset,
+        pass: &mut Pass,
     ) -> Result<Option<std::time::Duration>, EngineError> {
+        // Someone else changed kuryr's tables: replace them whole (at most once a
+        // second, so that a program fighting over them cannot spin the agent).
+        if self.nft_drift
+            && self.applied_rules.is_some()
+            && self
+                .nft_repaired_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            pass.repaired("nftables", TABLE_DESCRIPTION);
+            self.applied_rules = None;
+            self.nft_repaired_at = Some(Instant::now());
+        }
+        if self.applied_rules.is_none() {
+            self.nft_drift = false;
+        }
         let (script, compiled) = match &self.applied_rules {
             Some((old, _)) if old == want => return Ok(None),
             None => (Some(nft::render(want)), nft::compile(want)),
@@ -910,17 +1065,17 @@ mod tests {
                         .unwrap()
                         .is_none()
                 );
-                assert!(bridge(e).await.is_some() && e.next_wakeup().is_some());
+                assert!(bridge(e).await.is_some() && e.next_removal().is_some());
                 // A port coming back meanwhile reuses it.
                 e.converge(&desired(&ct, &[])).await.expect("converge");
                 assert_eq!(bridge(e).await.expect("bridge").index, first);
-                assert!(e.next_wakeup().is_none());
+                assert!(e.next_removal().is_none());
                 e.converge(&Desired::default()).await.expect("converge");
-                let due = e.next_wakeup().expect("lingering");
+                let due = e.next_removal().expect("lingering");
                 tokio::time::sleep_until(due.into()).await;
                 e.converge(&Desired::default()).await.expect("converge");
                 assert!(bridge(e).await.is_none(), "{}", h.ip(&["-br", "link"]));
-                assert!(e.next_wakeup().is_none());
+                assert!(e.next_removal().is_none());
             },
         );
     }

@@ -59,8 +59,10 @@ pub struct Agent {
     converge_wanted: tokio::sync::Notify,
     /// The outcome of each finished pass, for binds waiting on one.
     passes: tokio::sync::watch::Sender<PassReport>,
-    /// Ports this process has reported ACTIVE (or seen ACTIVE on the server).
-    reported: Mutex<BTreeSet<String>>,
+    /// Realized ports whose ACTIVE status the server has, or was sent: the port's
+    /// revision in the mirror then. A newer revision that is not ACTIVE (someone set
+    /// it DOWN) is reported again.
+    reported: Mutex<BTreeMap<String, u64>>,
     started_at: i64,
     metrics: metrics::Metrics,
 }
@@ -118,7 +120,7 @@ impl Agent {
             converge_wanted: tokio::sync::Notify::new(),
             passes,
             metrics: metrics::Metrics::new(),
-            reported: Mutex::new(BTreeSet::new()),
+            reported: Mutex::new(BTreeMap::new()),
             started_at: unix_now(),
         }))
     }

@@ -132,15 +132,22 @@ impl Agent {
         }
     }
 
+    /// Runs a pass on every change of the server's view, every kernel event about
+    /// what kuryr owns, and on the engine's cadence (verification, lingering links).
     pub(crate) async fn converge_loop(self: Arc<Self>) {
+        let kernel = self.engine.lock().await.wake();
         loop {
             let due = self.engine.lock().await.next_wakeup();
             match due {
                 Some(at) => tokio::select! {
                     _ = self.converge_wanted.notified() => {}
+                    _ = kernel.notified() => {}
                     _ = tokio::time::sleep_until(at.into()) => {}
                 },
-                None => self.converge_wanted.notified().await,
+                None => tokio::select! {
+                    _ = self.converge_wanted.notified() => {}
+                    _ = kernel.notified() => {}
+                },
             }
             let started = std::time::Instant::now();
             let result = self
@@ -200,7 +207,10 @@ impl Agent {
         for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
             tracing::warn!(port = %port, reason = %why, "port not realized");
         }
-        lock(&self.reported).retain(|p| pass.realized.contains(p));
+        for (kind, n) in &pass.repairs {
+            self.metrics.repaired(kind, *n);
+        }
+        lock(&self.reported).retain(|p, _| pass.realized.contains(p));
         for port in &pass.realized {
             if let Some(d) = desired.ports.get(port) {
                 self.report_active(port, &d.bridge).await;
@@ -219,36 +229,48 @@ impl Agent {
         Ok(desired)
     }
 
-    /// Tells the server the port is `ACTIVE`, bound with vif_type `bridge` (once).
+    /// Tells the server the port is `ACTIVE`, bound with vif_type `bridge`, unless
+    /// the server's view already says so or was told so at this revision of the
+    /// port. Run for every realized port on every pass: a port set back to DOWN by
+    /// someone else is reported ACTIVE again.
     pub(crate) async fn report_active(&self, port_id: &str, bridge: &str) {
-        if lock(&self.reported).contains(port_id) {
-            return;
-        }
-        let current = self
+        let Some((revision, done)) = self
             .mirror
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .ports
             .get(port_id)
-            .cloned();
-        let done = current
-            .as_ref()
-            .is_some_and(|p| p.status == "ACTIVE" && p.vif_type == "bridge");
-        if !done {
-            let attrs = json!({
-                "status": "ACTIVE",
-                "binding:vif_type": "bridge",
-                "binding:vif_details": {
-                    "bridge_name": bridge,
-                    "port_filter": true,
-                    "connectivity": "l2",
-                },
-            });
-            if let Err(e) = self.client.update_port(port_id, attrs).await {
-                tracing::warn!(port = %port_id, error = %e, "could not report the port ACTIVE; will retry");
-                return;
-            }
+            .map(|p| {
+                (
+                    p.revision_number,
+                    p.status == "ACTIVE" && p.vif_type == "bridge",
+                )
+            })
+        else {
+            return;
+        };
+        let before = lock(&self.reported).get(port_id).copied();
+        if done || before == Some(revision) {
+            lock(&self.reported).insert(port_id.to_string(), revision);
+            return;
         }
-        lock(&self.reported).insert(port_id.to_string());
+        if before.is_some() {
+            tracing::warn!(port = %port_id, "port no longer ACTIVE on the server; reporting it again");
+            self.metrics.repaired("status", 1);
+        }
+        let attrs = json!({
+            "status": "ACTIVE",
+            "binding:vif_type": "bridge",
+            "binding:vif_details": {
+                "bridge_name": bridge,
+                "port_filter": true,
+                "connectivity": "l2",
+            },
+        });
+        if let Err(e) = self.client.update_port(port_id, attrs).await {
+            tracing::warn!(port = %port_id, error = %e, "could not report the port ACTIVE; will retry");
+            return;
+        }
+        lock(&self.reported).insert(port_id.to_string(), revision);
     }
 }

@@ -2,8 +2,9 @@
 //! what is bound and realized here, how long convergence passes and nft
 //! transactions take, how often they fail, and how often the watch reconnects.
 
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -16,6 +17,13 @@ pub struct Metrics {
     pub pass_failures: Counter,
     pub nft_apply_seconds: Histogram,
     pub watch_reconnects: Counter,
+    drift_repairs: Family<Kind, Counter>,
+}
+
+/// What kind of thing a repair put back.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
 }
 
 impl Metrics {
@@ -28,6 +36,13 @@ impl Metrics {
         let pass_failures = Counter::default();
         let nft_apply_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let watch_reconnects = Counter::default();
+        let drift_repairs = Family::<Kind, Counter>::default();
+        registry.register(
+            "drift_repairs",
+            "Things found changed behind the agent's back and put back, by kind \
+             (nftables, link, address, fdb, neighbour, status)",
+            drift_repairs.clone(),
+        );
         registry.register(
             "ports_bound",
             "Ports bound on this host (local bindings)",
@@ -68,7 +83,17 @@ impl Metrics {
             pass_failures,
             nft_apply_seconds,
             watch_reconnects,
+            drift_repairs,
         }
+    }
+
+    /// Counts `n` repairs of `kind`.
+    pub fn repaired(&self, kind: &str, n: u64) {
+        self.drift_repairs
+            .get_or_create(&Kind {
+                kind: kind.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// The exposition text.

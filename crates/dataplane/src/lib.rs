@@ -7,9 +7,11 @@
 //!   routes, FDB and neighbour entries, read back for convergence.
 //! - [`nft`]: the security-group ruleset, rendered from a desired state and applied
 //!   as one nft transaction, full or as a diff.
+//! - [`nfnl`]: nf_tables over netlink in-process: who changed kuryr's tables.
 
 pub mod netlink;
 pub mod netns;
+pub mod nfnl;
 pub mod nft;
 
 mod mac;

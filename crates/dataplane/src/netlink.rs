@@ -1027,34 +1027,64 @@ impl Netlink {
 
     /// For the container end, on a `Netlink` in the container's namespace: lo up,
     /// `ifname` up, addresses converged (missing ones added, others removed, IPv6
-    /// link-local ones kept), then routes added where missing. Idempotent.
+    /// link-local ones kept), then routes added where missing. Idempotent; returns
+    /// how many changes it made (0: everything was already in place).
     pub async fn configure_interface(
         &self,
         ifname: &str,
         addresses: &[IpNet],
         routes: &[RouteSpec],
-    ) -> Result<(), NetlinkError> {
+    ) -> Result<usize, NetlinkError> {
+        self.converge_interface(ifname, addresses, routes, true)
+            .await
+    }
+
+    /// Like [`Netlink::configure_interface`], but only puts back what is missing:
+    /// addresses someone added inside the container (a VIP of an allowed address
+    /// pair, say) are theirs and stay.
+    pub async fn repair_interface(
+        &self,
+        ifname: &str,
+        addresses: &[IpNet],
+        routes: &[RouteSpec],
+    ) -> Result<usize, NetlinkError> {
+        self.converge_interface(ifname, addresses, routes, false)
+            .await
+    }
+
+    async fn converge_interface(
+        &self,
+        ifname: &str,
+        addresses: &[IpNet],
+        routes: &[RouteSpec],
+        prune: bool,
+    ) -> Result<usize, NetlinkError> {
+        let mut changes = 0;
         let lo = self.require_link("lo").await?;
         if !lo.up {
             self.set_up(lo.index).await?;
+            changes += 1;
         }
         let link = self.require_link(ifname).await?;
         if !link.up {
             self.set_up(link.index).await?;
+            changes += 1;
         }
         let have = self.addresses(link.index).await?;
-        for stale in have.iter().filter(|a| !addresses.contains(a)) {
+        for stale in have.iter().filter(|a| prune && !addresses.contains(a)) {
             if let IpNet::V6(v6) = stale
                 && v6.addr().segments()[0] & 0xffc0 == 0xfe80
             {
                 continue;
             }
             self.delete_address(link.index, *stale).await?;
+            changes += 1;
         }
         // Read again: removing a primary IPv4 address also removes its secondaries.
         let have = self.addresses(link.index).await?;
         for addr in addresses.iter().filter(|a| !have.contains(a)) {
             self.add_address(link.index, *addr).await?;
+            changes += 1;
         }
         let have = self.routes(link.index).await?;
         for spec in routes {
@@ -1065,9 +1095,10 @@ impl Netlink {
             };
             if !have.contains(&route) {
                 self.add_route(&route).await?;
+                changes += 1;
             }
         }
-        Ok(())
+        Ok(changes)
     }
 }
 

@@ -1527,6 +1527,9 @@ impl Nft {
             program: program.clone(),
             source,
         })?;
+        if let Some(pid) = child.id() {
+            crate::nfnl::remember_child(pid);
+        }
         let writer = {
             let input = child.stdin.take();
             let data = stdin.unwrap_or("").as_bytes().to_vec();
