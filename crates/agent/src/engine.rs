@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
 use kuryr_dataplane::netns::NetNs;
-use kuryr_dataplane::nfnl::Monitor;
+use kuryr_dataplane::nfnl::{Elements, Monitor};
 use kuryr_dataplane::nft::{self, Nft, Ruleset};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +77,8 @@ pub struct Engine {
     verify_cursor: Option<String>,
     /// Tells about changes to kuryr's nftables tables made by others.
     monitor: Option<Monitor>,
+    /// Applies element-only changes in-process (no nft process).
+    elements: Option<Elements>,
     /// Woken when the kernel says something kuryr owns changed.
     wake: Arc<Notify>,
     /// A foreign nftables change seen and not yet repaired; the last repair.
@@ -139,6 +141,7 @@ impl Engine {
             verify: VERIFY_INTERVAL,
             verify_cursor: None,
             monitor: None,
+            elements: None,
             wake: Arc::new(Notify::new()),
             nft_drift: false,
             nft_repaired_at: None,
@@ -183,6 +186,13 @@ impl Engine {
                 Ok(m) => self.monitor = Some(m),
                 Err(e) => tracing::error!(error = %e,
                     "cannot follow nftables changes: drift of kuryr's tables goes unrepaired"),
+            }
+        }
+        if self.elements.is_none() {
+            match Elements::open() {
+                Ok(e) => self.elements = Some(e),
+                Err(e) => tracing::warn!(error = %e,
+                    "cannot open an nf_tables netlink socket: every rule change runs nft"),
             }
         }
         if self.monitor.as_ref().is_some_and(Monitor::take) {
@@ -762,7 +772,33 @@ impl Engine {
             None => (Some(nft::render(want)), nft::compile(want)),
             Some((_, old)) => {
                 let new = nft::compile(want);
-                (nft::diff_compiled(old, &new), new)
+                // Elements only (the common case: ports and members coming and
+                // going): one netlink batch in-process.
+                if let (Some(changes), Some(elements)) =
+                    (nft::element_changes(old, &new), self.elements.as_mut())
+                {
+                    let started = Instant::now();
+                    match elements.apply(nft::TABLE, &changes) {
+                        Ok(()) => {
+                            let took = started.elapsed();
+                            tracing::debug!(
+                                sets = changes.len(),
+                                ms = took.as_secs_f64() * 1e3,
+                                "nft elements applied over netlink"
+                            );
+                            self.applied_rules = Some((want.clone(), new));
+                            return Ok(Some(took));
+                        }
+                        Err(e) => {
+                            // The kernel does not hold what was last applied: start over.
+                            tracing::warn!(error = %e, "element batch refused; replacing kuryr's tables");
+                            self.applied_rules = None;
+                            (Some(nft::render(want)), new)
+                        }
+                    }
+                } else {
+                    (nft::diff_compiled(old, &new), new)
+                }
             }
         };
         let mut took = None;

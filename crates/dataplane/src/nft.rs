@@ -161,6 +161,7 @@ use ipnet::IpNet;
 use tokio::io::AsyncWriteExt;
 
 use crate::MacAddr;
+use crate::nfnl;
 
 /// Name of both kuryr tables (`bridge kuryr` and `inet kuryr`).
 pub const TABLE: &str = "kuryr";
@@ -285,13 +286,30 @@ pub fn name_part(id: &str) -> String {
     out
 }
 
-/// `in_<port>`: ingress chain (inet table).
-pub fn ingress_chain(port_id: &str) -> String {
-    format!("in_{}", name_part(port_id))
+/// The ingress and egress chains of port `p` (their names depend on its rules only).
+pub fn chains_of(p: &PortFilter) -> (String, String) {
+    let (ins, outs) = port_chains(p);
+    (rules_chain("in", &ins), rules_chain("out", &outs))
 }
-/// `out_<port>`: egress chain (inet table).
-pub fn egress_chain(port_id: &str) -> String {
-    format!("out_{}", name_part(port_id))
+
+/// `in_<digest>` / `out_<digest>`: the chain holding exactly `rules`, shared by
+/// every port on the host whose groups give the same rules (so that a port bound
+/// with an existing combination of groups adds map elements, never a chain). The
+/// digest is the first 128 bits of the SHA-256 of the rules: stable across
+/// restarts, and two different rule lists never share a chain in practice.
+fn rules_chain(prefix: &str, rules: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for r in rules {
+        h.update(r.as_bytes());
+        h.update(b"\n");
+    }
+    let digest = h.finalize();
+    let mut name = format!("{prefix}_");
+    for b in &digest[..16] {
+        let _ = write!(name, "{b:02x}");
+    }
+    name
 }
 /// `g4_<sg>` / `g6_<sg>`: remote-group member set (inet table).
 pub fn group_set(sg_id: &str, ethertype: EtherType) -> String {
@@ -389,8 +407,8 @@ const ZONE: [&str; 5] = [
 /// sorted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Model {
-    /// bridge-table sets (BSETS) -> elements as nft text.
-    bsets: BTreeMap<&'static str, BTreeSet<String>>,
+    /// bridge-table sets (BSETS) -> elements.
+    bsets: BTreeMap<&'static str, BTreeSet<BElem>>,
     /// bridge -> zone.
     zones: BTreeMap<String, u16>,
     /// set name -> (family, aggregated elements).
@@ -715,26 +733,44 @@ fn rule_match(rule: &Rule) -> Option<String> {
     Some(parts.join(" "))
 }
 
+/// An element of a bridge-table set: a tap, a tap's MAC, a tap's address range.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum BElem {
+    Tap(String),
+    Mac(String, MacAddr),
+    Net(String, IpNet),
+}
+
+impl BElem {
+    fn text(&self) -> String {
+        match self {
+            BElem::Tap(t) => format!("\"{t}\""),
+            BElem::Mac(t, m) => format!("\"{t}\" . {m}"),
+            BElem::Net(t, n) => format!("\"{t}\" . {}", elem(n)),
+        }
+    }
+}
+
 /// Adds the anti-spoofing set elements of port `p` (on tap `tap`) to `bsets`.
-fn spoof_elements(p: &PortFilter, bsets: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+fn spoof_elements(p: &PortFilter, bsets: &mut BTreeMap<&'static str, BTreeSet<BElem>>) {
     let tap = &p.tap;
     let mut macs = BTreeSet::from([p.mac]);
     macs.extend(p.allowed_address_pairs.iter().filter_map(|a| a.mac));
     let mut nets: Vec<IpNet> = p.ips.iter().map(|ip| host_net(*ip)).collect();
     nets.extend(p.allowed_address_pairs.iter().map(|a| a.ip));
     nets.extend(macs.iter().map(|m| IpNet::from(IpAddr::V6(link_local(m)))));
-    let mut add = |set: &'static str, e: String| {
+    let mut add = |set: &'static str, e: BElem| {
         bsets.entry(set).or_default().insert(e);
     };
-    add("secured", format!("\"{tap}\""));
+    add("secured", BElem::Tap(tap.clone()));
     for m in &macs {
-        add("macs", format!("\"{tap}\" . {m}"));
+        add("macs", BElem::Mac(tap.clone(), *m));
     }
     for n in aggregate(nets.iter().copied(), EtherType::V4) {
-        add("ips4", format!("\"{tap}\" . {}", elem(&n)));
+        add("ips4", BElem::Net(tap.clone(), n));
     }
     for n in aggregate(nets, EtherType::V6) {
-        add("ips6", format!("\"{tap}\" . {}", elem(&n)));
+        add("ips6", BElem::Net(tap.clone(), n));
     }
 }
 
@@ -850,10 +886,10 @@ impl Model {
             }
             referenced_groups(p, &mut referenced);
             if p.stateless {
-                stateless.insert(egress_chain(&p.id));
+                stateless.insert(p.id.clone());
             }
             let (in_rules, out_rules) = port_chains(p);
-            let (inc, outc) = (ingress_chain(&p.id), egress_chain(&p.id));
+            let (inc, outc) = (rules_chain("in", &in_rules), rules_chain("out", &out_rules));
             m.ichains.insert(inc.clone(), in_rules);
             m.ichains.insert(outc.clone(), out_rules);
             let mut nets: BTreeSet<IpNet> = p.ips.iter().map(|ip| host_net(*ip)).collect();
@@ -871,6 +907,8 @@ impl Model {
                 }
             }
         }
+        // Map entry -> the port it was given to, for the notrack sets.
+        let mut owners: BTreeMap<(&'static str, String, IpNet), String> = BTreeMap::new();
         for ((map, bridge), mut cands) in candidates {
             cands.sort_by(|a, b| {
                 b.0.prefix_len()
@@ -887,14 +925,19 @@ impl Model {
                     continue;
                 }
                 taken.push(net);
+                owners.insert((map, bridge.clone(), net), port);
                 entries.insert((bridge.clone(), net), chain);
             }
         }
         for (set, map) in NOTRACK {
             let addrs: BTreeSet<(String, IpNet)> = m.vmaps[map]
-                .iter()
-                .filter(|(_, chain)| stateless.contains(*chain))
-                .map(|(k, _)| k.clone())
+                .keys()
+                .filter(|(bridge, net)| {
+                    owners
+                        .get(&(map, bridge.clone(), *net))
+                        .is_some_and(|port| stateless.contains(port))
+                })
+                .cloned()
                 .collect();
             m.notrack.insert(set, addrs);
         }
@@ -985,7 +1028,7 @@ fn render_model(m: &Model) -> String {
             let _ = writeln!(
                 s,
                 "\t\telements = {{ {} }}",
-                join_elems(elems.iter().cloned())
+                join_elems(elems.iter().map(BElem::text))
             );
         }
         s.push_str("\t}\n");
@@ -1351,8 +1394,8 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
             o.bsets.get(name).unwrap_or(&none),
             n.bsets.get(name).unwrap_or(&none),
         );
-        let dels: Vec<&str> = old_e.difference(new_e).map(String::as_str).collect();
-        let adds: Vec<&str> = new_e.difference(old_e).map(String::as_str).collect();
+        let dels: Vec<String> = old_e.difference(new_e).map(BElem::text).collect();
+        let adds: Vec<String> = new_e.difference(old_e).map(BElem::text).collect();
         if !dels.is_empty() {
             let _ = writeln!(
                 s,
@@ -1421,6 +1464,225 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         }
     }
     if s.is_empty() { None } else { Some(s) }
+}
+
+// ---- element changes over netlink ------------------------------------------
+
+/// `name` as the kernel keys an `ifname`: 16 bytes, zero-padded.
+fn ifname_key(name: &str) -> Vec<u8> {
+    let mut k = name.as_bytes().to_vec();
+    k.resize(16, 0);
+    k
+}
+
+fn addr_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The address after the last of `net`, if there is one (the exclusive end of a
+/// range in a set of single values).
+fn after(net: &IpNet) -> Option<IpAddr> {
+    match net.broadcast() {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_add(1)
+            .map(|v| IpAddr::from(v.to_be_bytes())),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(1)
+            .map(|v| IpAddr::from(v.to_be_bytes())),
+    }
+}
+
+/// `ifname . addr` over the range of `net`, for concatenations with intervals.
+fn concat_range(name: &str, net: &IpNet) -> nfnl::Element {
+    let mut key = ifname_key(name);
+    key.extend(addr_bytes(net.network()));
+    let mut end = ifname_key(name);
+    end.extend(addr_bytes(net.broadcast()));
+    nfnl::Element {
+        key,
+        key_end: Some(end),
+        interval_end: false,
+        data: None,
+    }
+}
+
+fn belem(e: &BElem) -> nfnl::Element {
+    let plain = |key: Vec<u8>| nfnl::Element {
+        key,
+        key_end: None,
+        interval_end: false,
+        data: None,
+    };
+    match e {
+        BElem::Tap(t) => plain(ifname_key(t)),
+        BElem::Mac(t, m) => {
+            let mut k = ifname_key(t);
+            k.extend_from_slice(&m.0);
+            k.extend_from_slice(&[0, 0]);
+            plain(k)
+        }
+        BElem::Net(t, n) => concat_range(t, n),
+    }
+}
+
+/// A single-value interval set's elements for `net`: its start, and its
+/// exclusive end flagged as such (none when the range ends the address space).
+fn interval(net: &IpNet) -> Vec<nfnl::Element> {
+    let mut v = vec![nfnl::Element {
+        key: addr_bytes(net.network()),
+        key_end: None,
+        interval_end: false,
+        data: None,
+    }];
+    if let Some(end) = after(net) {
+        v.push(nfnl::Element {
+            key: addr_bytes(end),
+            key_end: None,
+            interval_end: true,
+            data: None,
+        });
+    }
+    v
+}
+
+/// Collects the element changes of one set or map.
+struct Changes(Vec<nfnl::Change>, Vec<nfnl::Change>);
+
+impl Changes {
+    fn push(
+        &mut self,
+        family: nfnl::Family,
+        set: &str,
+        dels: Vec<nfnl::Element>,
+        adds: Vec<nfnl::Element>,
+    ) {
+        for (add, elements) in [(false, dels), (true, adds)] {
+            if !elements.is_empty() {
+                let c = nfnl::Change {
+                    family,
+                    set: set.to_string(),
+                    add,
+                    elements,
+                };
+                if add { self.1.push(c) } else { self.0.push(c) }
+            }
+        }
+    }
+
+    fn map<K: Ord, V: PartialEq>(
+        &mut self,
+        family: nfnl::Family,
+        set: &str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+        elem: impl Fn(&K, &V) -> nfnl::Element,
+    ) {
+        let dels = old
+            .iter()
+            .filter(|(k, v)| new.get(k) != Some(v))
+            .map(|(k, v)| nfnl::Element {
+                data: None,
+                ..elem(k, v)
+            })
+            .collect();
+        let adds = new
+            .iter()
+            .filter(|(k, v)| old.get(k) != Some(v))
+            .map(|(k, v)| elem(k, v))
+            .collect();
+        self.push(family, set, dels, adds);
+    }
+
+    fn set<T: Ord>(
+        &mut self,
+        family: nfnl::Family,
+        set: &str,
+        old: &BTreeSet<T>,
+        new: &BTreeSet<T>,
+        elem: impl Fn(&T) -> Vec<nfnl::Element>,
+    ) {
+        let dels = old.difference(new).flat_map(&elem).collect();
+        let adds = new.difference(old).flat_map(&elem).collect();
+        self.push(family, set, dels, adds);
+    }
+}
+
+/// The change from `old` to `new` as set and map element updates only, for
+/// [`nfnl::Elements::apply`] (deletes first, one atomic batch), or `None` when the
+/// change needs more: chains created, refilled or deleted, group sets created or
+/// deleted, published ports changed (those go through [`diff_compiled`]). A port
+/// bound with rules another port on the host already has, a port going away while
+/// another keeps its chain, a group member joining or leaving: all elements.
+pub fn element_changes(old: &Compiled, new: &Compiled) -> Option<Vec<nfnl::Change>> {
+    use nfnl::Family::{Bridge, Inet};
+    let (o, n) = (&old.0, &new.0);
+    if o.ichains != n.ichains || o.published != n.published || !o.sets.keys().eq(n.sets.keys()) {
+        return None;
+    }
+    let mut c = Changes(Vec::new(), Vec::new());
+    let none = BTreeSet::new();
+    for (name, _, _) in BSETS {
+        let (old_e, new_e) = (
+            o.bsets.get(name).unwrap_or(&none),
+            n.bsets.get(name).unwrap_or(&none),
+        );
+        c.set(Bridge, name, old_e, new_e, |e| vec![belem(e)]);
+    }
+    c.map(Inet, "zones", &o.zones, &n.zones, |b, z| nfnl::Element {
+        key: ifname_key(b),
+        key_end: None,
+        interval_end: false,
+        data: Some(nfnl::Data::Value(z.to_ne_bytes().to_vec())),
+    });
+    let bridges = |m: &Model| m.zones.keys().cloned().collect::<BTreeSet<String>>();
+    c.set(Inet, "bridged", &bridges(o), &bridges(n), |b| {
+        let mut key = ifname_key(b);
+        key.extend(ifname_key(b));
+        vec![nfnl::Element {
+            key,
+            key_end: None,
+            interval_end: false,
+            data: None,
+        }]
+    });
+    for (name, (_, elems)) in &n.sets {
+        let old_e: BTreeSet<IpNet> = o
+            .sets
+            .get(name)
+            .map(|(_, e)| e.iter().copied().collect())
+            .unwrap_or_default();
+        let new_e: BTreeSet<IpNet> = elems.iter().copied().collect();
+        c.set(Inet, name, &old_e, &new_e, interval);
+    }
+    let empty = BTreeMap::new();
+    for name in VMAPS {
+        c.map(
+            Inet,
+            name,
+            o.vmaps.get(name).unwrap_or(&empty),
+            n.vmaps.get(name).unwrap_or(&empty),
+            |(bridge, net), chain| nfnl::Element {
+                data: Some(nfnl::Data::Jump(chain.clone())),
+                ..concat_range(bridge, net)
+            },
+        );
+    }
+    let no_addrs = BTreeSet::new();
+    for (name, _) in NOTRACK {
+        c.set(
+            Inet,
+            name,
+            o.notrack.get(name).unwrap_or(&no_addrs),
+            n.notrack.get(name).unwrap_or(&no_addrs),
+            |(bridge, net)| vec![concat_range(bridge, net)],
+        );
+    }
+    let Changes(mut dels, adds) = c;
+    dels.extend(adds);
+    Some(dels)
 }
 
 /// Why running nft failed.
