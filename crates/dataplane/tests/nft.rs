@@ -685,7 +685,11 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
     let s = render(&old);
     // The sets and the raw rules are always there; empty while nothing is stateless.
     assert!(
-        s.contains("\tset notrack4 {\n\t\ttype ifname . ipv4_addr\n\t\tflags interval\n\t}"),
+        s.contains("\tset notrack4 {\n\t\ttype ifname . ipv4_addr\n\t}"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\tset notrack4_nets {\n\t\ttype ifname . ipv4_addr\n\t\tflags interval\n\t}"),
         "{s}"
     );
     assert!(
@@ -693,7 +697,7 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
         "{s}"
     );
     assert!(
-        s.contains("iifname . ip6 daddr @notrack6 notrack accept\n\t\tct zone set"),
+        s.contains("iifname . ip6 daddr @notrack6_nets notrack accept\n\t\tct zone set"),
         "{s}"
     );
 
@@ -701,8 +705,14 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
     new.ports[0].stateless = true;
     let s = render(&new);
     assert!(
-        s.contains("\"brqaaaa\" . 10.0.0.5,\n\t\t\t\"brqaaaa\" . 10.0.1.0/24 }"),
-        "its addresses and address pairs: {s}"
+        s.contains(
+            "set notrack4 {\n\t\ttype ifname . ipv4_addr\n\t\telements = { \"brqaaaa\" . 10.0.0.5 }"
+        ),
+        "its addresses: {s}"
+    );
+    assert!(
+        s.contains("set notrack4_nets {\n\t\ttype ifname . ipv4_addr\n\t\tflags interval\n\t\telements = { \"brqaaaa\" . 10.0.1.0/24 }"),
+        "its address pairs: {s}"
     );
     assert!(s.contains("\"brqaaaa\" . fd00::5 }"), "{s}");
     // The port with port security off is never in them.
@@ -723,6 +733,7 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
     assert!(
         d.lines()
             .all(|l| l.starts_with("add element inet kuryr notrack4 ")
+                || l.starts_with("add element inet kuryr notrack4_nets ")
                 || l.starts_with("add element inet kuryr notrack6 ")),
         "{d}"
     );
@@ -1935,4 +1946,72 @@ async fn iperf_gbps(
         best = best.max(bps / 1e9);
     }
     best
+}
+
+/// What the agent's pass costs in userspace per change, as a host fills: compiling
+/// the desired ruleset, comparing, and computing the element changes.
+#[test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+fn bench_compile_and_element_changes() {
+    for ports in [100, 1000] {
+        let old = big_ruleset(ports);
+        let mut new = old.clone();
+        new.ports.pop();
+        // Best of 5 (the agent's passes run warm).
+        let mut compile_ms = f64::MAX;
+        let (mut co, mut cn) = (compile(&old), compile(&new));
+        for _ in 0..5 {
+            let t = Instant::now();
+            (co, cn) = (compile(&old), compile(&new));
+            compile_ms = compile_ms.min(t.elapsed().as_secs_f64() * 1e3 / 2.0);
+        }
+        let t = Instant::now();
+        let same = old == new;
+        let eq_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let changes = element_changes(&co, &cn).expect("elements only");
+        let changes_ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "{ports} ports: compile {compile_ms:.2} ms, Ruleset == {eq_ms:.3} ms ({same}), element_changes {changes_ms:.2} ms ({} sets)",
+            changes.len()
+        );
+    }
+}
+
+/// What one port's element batch costs the kernel as the host fills, set by set.
+#[tokio::test]
+#[ignore = "benchmark; run with --ignored --nocapture"]
+async fn bench_element_batches() {
+    for ports in [10, 200, 1000] {
+        let ns = TestNs::new();
+        let nft = ns.nft();
+        let old = big_ruleset(ports);
+        nft.apply(&render(&old)).await.expect("load");
+        let handle = NetNs::open(format!("/run/netns/{}", ns.name)).expect("ns");
+        let mut elements = netns::run_in(&handle, Elements::open)
+            .expect("enter")
+            .expect("socket");
+        let mut new = old.clone();
+        let mut p = new.ports[0].clone();
+        p.id = "extra".into();
+        p.tap = "tapextra".into();
+        p.ips = vec![ip("10.250.0.1"), ip("fd00::fa:1")];
+        new.ports.push(p);
+        let g = new.groups.get_mut("sg-default").expect("group");
+        g.v4.insert(net("10.250.0.1/32"));
+        g.v6.insert(net("fd00::fa:1/128"));
+        let changes = element_changes(&compile(&old), &compile(&new)).expect("elements");
+        let mut line = format!("{ports} ports:");
+        let mut total = Duration::ZERO;
+        for c in &changes {
+            let t = Instant::now();
+            elements
+                .apply("kuryr", std::slice::from_ref(c))
+                .expect("apply");
+            let took = t.elapsed();
+            total += took;
+            line += &format!(" {} {:.3}", c.set, took.as_secs_f64() * 1e3);
+        }
+        println!("{line} | total {:.3} ms", total.as_secs_f64() * 1e3);
+    }
 }
