@@ -365,11 +365,14 @@ impl Bench<'_> {
             .map_err(|_| anyhow::anyhow!("operation {i} in {netns} took over {limit:?}"))?
     }
 
-    /// Undoes everything (unbind + delete ports, CNI DEL), a few at a time.
-    async fn cleanup(&self) -> Vec<String> {
+    /// Undoes everything (unbind + delete ports, CNI DEL) with as many in flight
+    /// as the binds had. Returns the errors and how long each unbind (kuryr: the
+    /// agent's unbind call; the reference: the DEL exec) took.
+    async fn cleanup(&self) -> (Vec<String>, Vec<Duration>) {
         let undo = std::mem::take(&mut *lock(&self.undo));
         let queue = Mutex::new(undo);
         let errors = Mutex::new(Vec::new());
+        let unbinds = Mutex::new(Vec::new());
         let worker = || async {
             loop {
                 let item = lock(&queue).pop();
@@ -377,27 +380,40 @@ impl Bench<'_> {
                 let res = match &item {
                     Undo::Port(id) => self.undo_port(id).await,
                     Undo::Cni { netns, container } => {
-                        self.cni("DEL", netns, container).await.map(|_| ())
+                        let t = Instant::now();
+                        self.cni("DEL", netns, container)
+                            .await
+                            .map(|_| Some(t.elapsed()))
                     }
                 };
-                if let Err(e) = res {
-                    lock(&errors).push(format!("cleanup: {e:#}"));
+                match res {
+                    Ok(Some(took)) => lock(&unbinds).push(took),
+                    Ok(None) => {}
+                    Err(e) => lock(&errors).push(format!("cleanup: {e:#}")),
                 }
             }
         };
-        join_all((0..4).map(|_| worker())).await;
-        errors.into_inner().unwrap_or_else(|e| e.into_inner())
+        join_all((0..self.args.concurrency.max(1)).map(|_| worker())).await;
+        (
+            errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+            unbinds.into_inner().unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
-    async fn undo_port(&self, id: &str) -> anyhow::Result<()> {
+    /// Unbinds (timed) and deletes a port.
+    async fn undo_port(&self, id: &str) -> anyhow::Result<Option<Duration>> {
+        let mut took = None;
         if let Some(agent) = &self.agent {
+            let t = Instant::now();
             // Not bound (a failed bind) is fine: the delete below is what matters.
-            let _ = agent.unbind(id).await;
+            if agent.unbind(id).await.is_ok() {
+                took = Some(t.elapsed());
+            }
         }
-        match &self.api {
-            Some(api) => api.delete_port(id).await,
-            None => Ok(()),
+        if let Some(api) = &self.api {
+            api.delete_port(id).await?;
         }
+        Ok(took)
     }
 }
 
@@ -515,7 +531,8 @@ async fn run_binds(args: &Args) -> anyhow::Result<Value> {
         }
     }
     let cleanup_started = Instant::now();
-    errors.extend(bench.cleanup().await);
+    let (cleanup_errors, unbinds) = bench.cleanup().await;
+    errors.extend(cleanup_errors);
     let cleanup = cleanup_started.elapsed();
 
     let total: Vec<Duration> = done.iter().map(|d| d.total).collect();
@@ -535,6 +552,7 @@ async fn run_binds(args: &Args) -> anyhow::Result<Value> {
         "total_ms": stats(&total),
         "create_ms": if args.mode == Mode::Kuryr { stats(&create) } else { Value::Null },
         "bind_ms": stats(&bind),
+        "unbind_ms": stats(&unbinds),
         "verified": verified,
         "example": done.first().map(|d| json!({"netns": d.netns, "addresses": d.addresses})),
         "cleanup_s": cleanup.as_secs_f64(),

@@ -80,7 +80,12 @@ impl Agent {
                                     break;
                                 }
                                 self.forget_removed_ports(&delta.removed.ports);
-                                if !delta.is_empty() || delta.resync {
+                                if delta.is_status_only() {
+                                    // Our own ACTIVE coming back, or someone setting a
+                                    // port DOWN: no pass (each costs the whole host),
+                                    // only the status of realized ports checked.
+                                    self.check_status(&delta.status_only).await;
+                                } else if !delta.is_empty() || delta.resync {
                                     self.converge_wanted.notify_one();
                                 }
                             }
@@ -112,6 +117,22 @@ impl Agent {
             self.metrics.watch_reconnects.inc();
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Reports ACTIVE again those of `ports` realized here whose status on the
+    /// server is no longer ACTIVE.
+    async fn check_status(&self, ports: &[String]) {
+        let realized: Vec<(String, String)> = {
+            let last = self.passes.borrow();
+            ports
+                .iter()
+                .filter(|p| last.realized.contains(*p))
+                .filter_map(|p| last.ports.get(p).map(|d| (p.clone(), d.bridge.clone())))
+                .collect()
+        };
+        for (port, bridge) in realized {
+            self.report_active(&port, &bridge).await;
         }
     }
 
@@ -170,7 +191,9 @@ impl Agent {
     /// engine, then port status reported to the server. Does nothing until the
     /// mirror holds a complete view (never tear down from an empty one).
     pub async fn converge_once(&self) -> Result<desired::Desired, AgentError> {
+        let started = std::time::Instant::now();
         let mut engine = self.engine.lock().await;
+        let t_lock = started.elapsed();
         let (desired, generation) = {
             let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
             // Read under the mirror lock, where the watch bumps it with each frame.
@@ -195,11 +218,13 @@ impl Agent {
             }
             (d, generation)
         };
+        let t_desired = started.elapsed();
         let pass = engine
             .converge(&desired)
             .await
             .map_err(|e| AgentError::Unavailable(e.to_string()))?;
         drop(engine);
+        let t_engine = started.elapsed();
         if let Some(took) = pass.nft_apply {
             self.metrics.nft_apply_seconds.observe(took.as_secs_f64());
         }
@@ -211,11 +236,36 @@ impl Agent {
             self.metrics.repaired(kind, *n);
         }
         lock(&self.reported).retain(|p, _| pass.realized.contains(p));
-        for port in &pass.realized {
-            if let Some(d) = desired.ports.get(port) {
-                self.report_active(port, &d.bridge).await;
-            }
+        // One read of the mirror for all: only ports whose status needs a look are
+        // handed to report_active (which reads it again, per port).
+        let todo: Vec<(String, String)> = {
+            let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
+            let reported = lock(&self.reported);
+            pass.realized
+                .iter()
+                .filter_map(|id| {
+                    let d = desired.ports.get(id)?;
+                    let settled = mirror.ports.get(id).is_some_and(|p| {
+                        p.status == "ACTIVE"
+                            && p.vif_type == "bridge"
+                            && reported.get(id) == Some(&p.revision_number)
+                    });
+                    (!settled).then(|| (id.clone(), d.bridge.clone()))
+                })
+                .collect()
+        };
+        for (port, bridge) in todo {
+            self.report_active(&port, &bridge).await;
         }
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            lock_ms = ms(t_lock),
+            desired_ms = ms(t_desired - t_lock),
+            engine_ms = ms(t_engine - t_desired),
+            report_ms = ms(started.elapsed() - t_engine),
+            ports = desired.ports.len(),
+            "pass timing"
+        );
         self.passes.send_replace(PassReport {
             generation,
             ports: desired.ports.clone(),

@@ -31,6 +31,11 @@ pub struct MirrorDelta {
     pub put: HostIds,
     /// Ids of objects removed, by `delete` or for missing from `present`.
     pub removed: HostIds,
+    /// Ports put whose new version differs from the one held only in what the
+    /// dataplane never reads (status, binding:vif_*, name, description, tags,
+    /// timestamps, revision): an agent reports status for them but need not
+    /// converge. Also listed in `put`.
+    pub status_only: Vec<String>,
     /// Ids that `present` lists but the mirror has no object for (the frame's `put` did
     /// not carry them). Only possible when the watch resumed from a `since` the mirror
     /// does not actually hold, e.g. a fresh mirror resuming at a non-zero revision:
@@ -40,6 +45,16 @@ pub struct MirrorDelta {
 
 impl MirrorDelta {
     /// Nothing changed (a keepalive, or a resync that matched what was held).
+    /// Nothing changed that the dataplane reads: at most the status of some ports.
+    pub fn is_status_only(&self) -> bool {
+        let mut put = self.put.clone();
+        put.ports.retain(|id| !self.status_only.contains(id));
+        !self.resync
+            && put == HostIds::default()
+            && self.removed == HostIds::default()
+            && self.missing == HostIds::default()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.put == HostIds::default()
             && self.removed == HostIds::default()
@@ -149,6 +164,15 @@ impl HostMirror {
             |o| &o.id,
             &mut delta.put.subnets,
         );
+        for p in &ports {
+            if self
+                .ports
+                .get(&p.id)
+                .is_some_and(|old| same_dataplane(old, p))
+            {
+                delta.status_only.push(p.id.clone());
+            }
+        }
         put_all(&mut self.ports, ports, |o| &o.id, &mut delta.put.ports);
         put_all(
             &mut self.security_groups,
@@ -250,6 +274,23 @@ fn remove_ids<T>(map: &mut BTreeMap<String, T>, ids: Vec<String>, removed: &mut 
             removed.push(id);
         }
     }
+}
+
+/// Whether two versions of a port are the same for the dataplane.
+fn same_dataplane(a: &Port, b: &Port) -> bool {
+    a.network_id == b.network_id
+        && a.mac_address == b.mac_address
+        && a.admin_state_up == b.admin_state_up
+        && a.fixed_ips == b.fixed_ips
+        && a.security_groups == b.security_groups
+        && a.port_security_enabled == b.port_security_enabled
+        && a.allowed_address_pairs == b.allowed_address_pairs
+        && a.host_id == b.host_id
+        && a.device_id == b.device_id
+        && a.device_owner == b.device_owner
+        && a.profile == b.profile
+        && a.vnic_type == b.vnic_type
+        && a.project_id == b.project_id
 }
 
 fn put_all<T>(
@@ -451,6 +492,33 @@ mod tests {
         // Untouched kinds stay.
         assert_eq!(keys(&m.networks), ["n1"]);
         assert_eq!(keys(&m.subnets), ["s1"]);
+    }
+
+    #[test]
+    fn a_port_changing_only_its_status_is_status_only() {
+        let mut m = HostMirror::new();
+        m.apply(initial());
+        let put = |p: Port| HostFrame {
+            revision: 12,
+            present: None,
+            put: HostObjects {
+                ports: vec![p],
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        };
+        let mut down = port("p1", "h1", "renamed");
+        down.status = "DOWN".into();
+        down.revision_number += 1;
+        let d = m.apply(put(down));
+        assert_eq!(d.status_only, ids(&["p1"]));
+        assert!(d.is_status_only() && !d.is_empty());
+        // moved to another host: the dataplane reads that
+        let d = m.apply(put(port("p1", "h2", "renamed")));
+        assert!(d.status_only.is_empty() && !d.is_status_only());
+        // a new port is never status only
+        let d = m.apply(put(port("p9", "h1", "new")));
+        assert!(!d.is_status_only());
     }
 
     #[test]
