@@ -2,22 +2,24 @@
 //! what is still wanted untouched, creates what is missing and removes what kuryr
 //! made (recognized by its names: `brq*`, `vxlan-*`, `tap*`, kuryr's nft tables) and
 //! no port owns any more. One engine per host; callers serialize through a mutex.
+//!
+//! The kernel is reached through the traits of [`crate::kernel`]: the real one by
+//! default, an in-memory one in the unit tests (`engine/tests.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
-use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VethSpec, VxlanSpec};
-use kuryr_dataplane::netns::NetNs;
-use kuryr_dataplane::nfnl::{Elements, Monitor};
-use kuryr_dataplane::nft::{self, Nft, Ruleset};
+use kuryr_dataplane::netlink::{AddressEntry, Link, Netlink, NetlinkError, VxlanSpec};
+use kuryr_dataplane::nft::{self, Ruleset};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::desired::{Desired, NetDesired, NetKind, PortDesired, RemoteL2, vxlan_name};
+use crate::kernel::{Firewall, InNetns, IpVersion, Kernel, NftFirewall, Veth};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -45,9 +47,10 @@ impl Pass {
     }
 }
 
-pub struct Engine {
-    netlink: Netlink,
-    nft: Nft,
+/// Generic over the kernel it acts on; the defaults are the real one.
+pub struct Engine<K: Kernel = Netlink, F: Firewall = NftFirewall> {
+    kernel: K,
+    firewall: F,
     underlay_ip: IpAddr,
     underlay_ifindex: Option<u32>,
     vxlan_port: u16,
@@ -75,10 +78,8 @@ pub struct Engine {
     verify: Duration,
     /// Where the last verification of container ends stopped (a port id).
     verify_cursor: Option<String>,
-    /// Tells about changes to kuryr's nftables tables made by others.
-    monitor: Option<Monitor>,
-    /// Applies element-only changes in-process (no nft process).
-    elements: Option<Elements>,
+    /// Whether the firewall tells about changes others make to kuryr's tables.
+    monitoring: bool,
     /// Woken when the kernel says something kuryr owns changed.
     wake: Arc<Notify>,
     /// A foreign nftables change seen and not yet repaired; the last repair.
@@ -96,9 +97,6 @@ fn verify_share(ports: usize) -> usize {
 /// from anyone else's across restarts.
 pub const ADDRESS_PROTOCOL: u8 = 0x6b;
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-const IP6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
-
 const TABLE_DESCRIPTION: &str = "tables bridge kuryr and inet kuryr";
 
 /// The default of [`Engine::verify_every`].
@@ -113,18 +111,18 @@ fn is_ours(l: &Link) -> bool {
         || (l.name.starts_with("brq") && kind == Some("bridge"))
 }
 
-impl Engine {
+impl<K: Kernel, F: Firewall> Engine<K, F> {
     pub fn new(
-        netlink: Netlink,
-        nft: Nft,
+        kernel: K,
+        firewall: F,
         underlay_ip: IpAddr,
         underlay_ifindex: Option<u32>,
         vxlan_port: u16,
         linger: std::time::Duration,
-    ) -> Engine {
+    ) -> Engine<K, F> {
         Engine {
-            netlink,
-            nft,
+            kernel,
+            firewall,
             underlay_ip,
             underlay_ifindex,
             vxlan_port,
@@ -140,8 +138,7 @@ impl Engine {
             lingering: HashMap::new(),
             verify: VERIFY_INTERVAL,
             verify_cursor: None,
-            monitor: None,
-            elements: None,
+            monitoring: false,
             wake: Arc::new(Notify::new()),
             nft_drift: false,
             nft_repaired_at: None,
@@ -149,7 +146,7 @@ impl Engine {
     }
 
     /// How often a pass reads back what kuryr owns ([`VERIFY_INTERVAL`] by default).
-    pub fn verify_every(mut self, every: Duration) -> Engine {
+    pub fn verify_every(mut self, every: Duration) -> Engine<K, F> {
         self.verify = every;
         self
     }
@@ -180,22 +177,15 @@ impl Engine {
     pub async fn converge(&mut self, d: &Desired) -> Result<Pass, EngineError> {
         let started = std::time::Instant::now();
         let mut pass = Pass::default();
-        if self.monitor.is_none() {
+        if !self.monitoring {
             // Before the first apply, so that nothing after it goes unseen.
-            match Monitor::start(self.wake.clone()) {
-                Ok(m) => self.monitor = Some(m),
+            match self.firewall.monitor(self.wake.clone()) {
+                Ok(()) => self.monitoring = true,
                 Err(e) => tracing::error!(error = %e,
                     "cannot follow nftables changes: drift of kuryr's tables goes unrepaired"),
             }
         }
-        if self.elements.is_none() {
-            match Elements::open() {
-                Ok(e) => self.elements = Some(e),
-                Err(e) => tracing::warn!(error = %e,
-                    "cannot open an nf_tables netlink socket: every rule change runs nft"),
-            }
-        }
-        if self.monitor.as_ref().is_some_and(Monitor::take) {
+        if self.firewall.take_foreign_change() {
             self.nft_drift = true;
         }
         let wanted: BTreeSet<String> = d
@@ -219,7 +209,7 @@ impl Engine {
             || self.next_removal().is_some_and(|t| t <= started);
         if full {
             self.known = self
-                .netlink
+                .kernel
                 .links()
                 .await?
                 .into_iter()
@@ -229,7 +219,7 @@ impl Engine {
         } else {
             for name in &wanted {
                 if !self.known.contains_key(name)
-                    && let Some(l) = self.netlink.link_by_name(name).await?
+                    && let Some(l) = self.kernel.link_by_name(name).await?
                 {
                     self.known.insert(name.clone(), l);
                 }
@@ -329,7 +319,7 @@ impl Engine {
                         }
                     }
                     tracing::info!(link = %l.name, "removing a link no port owns");
-                    self.netlink.delete_link(l.index).await?;
+                    self.kernel.delete_link(l.index).await?;
                     self.known.remove(&l.name);
                     self.lingering.remove(&l.name);
                 }
@@ -368,7 +358,7 @@ impl Engine {
                     // A new bridge holds no address yet.
                     self.applied_gateways.remove(&n.id);
                 }
-                self.netlink.ensure_bridge(&n.bridge, n.mtu).await?.index
+                self.kernel.ensure_bridge(&n.bridge, n.mtu).await?.index
             }
         };
         match &n.kind {
@@ -393,7 +383,7 @@ impl Engine {
                     }
                     self.applied_remote.remove(&n.id);
                     self.known.remove(&name);
-                    self.netlink
+                    self.kernel
                         .ensure_vxlan(&VxlanSpec {
                             name,
                             vni: *vni,
@@ -413,8 +403,8 @@ impl Engine {
                         pass.repaired("link", interface);
                     }
                     self.known.remove(interface);
-                    self.netlink.set_master(l.index, bridge).await?;
-                    self.netlink.set_up(l.index).await?;
+                    self.kernel.set_master(l.index, bridge).await?;
+                    self.kernel.set_up(l.index).await?;
                 }
                 None => tracing::warn!(interface = %interface, network = %n.id,
                     "flat network's host interface does not exist"),
@@ -444,50 +434,47 @@ impl Engine {
             pass.repaired("link", &p.tap);
         }
         let ns = if p.handoff {
-            NetNs::current()
+            self.kernel.own_netns()
         } else {
-            NetNs::open(&p.netns)
+            self.kernel.open_netns(&p.netns)
         }
         .map_err(|e| format!("container namespace {}: {e}", p.netns.display()))?;
         match tap {
             None => {
-                self.netlink
-                    .create_veth(&VethSpec {
-                        host_name: p.tap.clone(),
-                        master: Some(bridge),
-                        mtu: p.mtu,
-                        peer_name: p.ifname.clone(),
-                        peer_ns: &ns,
-                        peer_mac: Some(p.mac),
-                    })
-                    .await
-                    .map_err(|e| {
-                        if e.is_exists() {
-                            format!(
-                                "an interface named {} already exists in {}",
-                                p.ifname,
-                                p.netns.display()
-                            )
-                        } else {
-                            format!("creating the veth: {e}")
-                        }
-                    })?;
+                let veth = Veth {
+                    host_name: p.tap.clone(),
+                    master: Some(bridge),
+                    mtu: p.mtu,
+                    peer_name: p.ifname.clone(),
+                    peer_mac: Some(p.mac),
+                };
+                self.kernel.create_veth(&veth, &ns).await.map_err(|e| {
+                    if e.is_exists() {
+                        format!(
+                            "an interface named {} already exists in {}",
+                            p.ifname,
+                            p.netns.display()
+                        )
+                    } else {
+                        format!("creating the veth: {e}")
+                    }
+                })?;
             }
             Some(l) => {
                 if l.master != Some(bridge) {
-                    self.netlink
+                    self.kernel
                         .set_master(l.index, bridge)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
                 if l.mtu != p.mtu {
-                    self.netlink
+                    self.kernel
                         .set_mtu(l.index, p.mtu)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
                 if !l.up {
-                    self.netlink
+                    self.kernel
                         .set_up(l.index)
                         .await
                         .map_err(|e| e.to_string())?;
@@ -499,7 +486,7 @@ impl Engine {
             self.applied_ports.insert(p.id.clone(), p.clone());
             return Ok(());
         }
-        let inside = Netlink::in_namespace(&ns).map_err(|e| e.to_string())?;
+        let inside = self.kernel.enter(&ns).map_err(|e| e.to_string())?;
         if tap.is_some()
             && let Ok(Some(l)) = inside.link_by_name(&p.ifname).await
             && l.mtu != p.mtu
@@ -573,7 +560,7 @@ impl Engine {
         if todo.is_empty() && stale.is_empty() {
             return;
         }
-        let all = match self.netlink.all_addresses().await {
+        let all = match self.kernel.all_addresses().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read addresses; gateways retried next pass");
@@ -584,7 +571,7 @@ impl Engine {
             for a in all.iter().filter(|a| a.index == index) {
                 if a.protocol == Some(ADDRESS_PROTOCOL) || gateways.contains(&a.net) {
                     tracing::info!(%bridge, address = %a.net, "removing a gateway address");
-                    if let Err(e) = self.netlink.delete_address(index, a.net).await {
+                    if let Err(e) = self.kernel.delete_address(index, a.net).await {
                         tracing::warn!(%bridge, error = %e, "removing a gateway address failed");
                     }
                 }
@@ -624,7 +611,7 @@ impl Engine {
             let ours = a.protocol == Some(ADDRESS_PROTOCOL) || n.subnet_gateways.contains(&a.net);
             if ours && !n.gateways.contains(&a.net) {
                 tracing::info!(bridge = %n.bridge, address = %a.net, "removing a gateway address");
-                self.netlink.delete_address(index, a.net).await?;
+                self.kernel.delete_address(index, a.net).await?;
             }
         }
         let missing: Vec<IpNet> = n
@@ -637,17 +624,17 @@ impl Engine {
             return Ok(0);
         }
         if let Some(mac) = self
-            .netlink
+            .kernel
             .link_by_name(&n.bridge)
             .await?
             .and_then(|l| l.mac)
         {
-            self.netlink.set_mac(index, mac).await?;
+            self.kernel.set_mac(index, mac).await?;
         }
         let added = missing.len();
         for g in missing {
             tracing::info!(bridge = %n.bridge, address = %g, "adding a gateway address (published ports)");
-            self.netlink
+            self.kernel
                 .add_address_with_protocol(index, g, ADDRESS_PROTOCOL)
                 .await?;
         }
@@ -661,21 +648,21 @@ impl Engine {
     fn ensure_forwarding(&mut self, published: &[nft::Published]) {
         let v4 = published.iter().any(|p| p.container_ip.is_ipv4());
         let v6 = published.iter().any(|p| p.container_ip.is_ipv6());
-        for (want, done, path) in [
-            (v4, &mut self.forwarding.0, IP_FORWARD),
-            (v6, &mut self.forwarding.1, IP6_FORWARDING),
+        for (want, done, version) in [
+            (v4, &mut self.forwarding.0, IpVersion::V4),
+            (v6, &mut self.forwarding.1, IpVersion::V6),
         ] {
             if !want || *done {
                 continue;
             }
-            match std::fs::read_to_string(path) {
-                Ok(v) if v.trim() == "1" => *done = true,
-                _ => match std::fs::write(path, "1") {
+            match self.kernel.forwarding(version) {
+                Ok(true) => *done = true,
+                _ => match self.kernel.enable_forwarding(version) {
                     Ok(()) => {
-                        tracing::info!(sysctl = path, "enabled for published ports");
+                        tracing::info!(?version, "forwarding enabled for published ports");
                         *done = true;
                     }
-                    Err(e) => tracing::warn!(sysctl = path, error = %e,
+                    Err(e) => tracing::warn!(?version, error = %e,
                         "cannot enable forwarding: published ports will not be reachable"),
                 },
             }
@@ -695,7 +682,7 @@ impl Engine {
         if was_applied && !verify {
             return Ok(());
         }
-        let Some(dev) = self.netlink.link_by_name(&vxlan_name(vni)).await? else {
+        let Some(dev) = self.kernel.link_by_name(&vxlan_name(vni)).await? else {
             return Ok(());
         };
         let want_fdb: BTreeSet<(MacAddr, IpAddr)> = n
@@ -706,7 +693,7 @@ impl Engine {
             .chain(n.remote.flood.iter().map(|v| (MacAddr::ZERO, *v)))
             .collect();
         let have_fdb: BTreeSet<(MacAddr, IpAddr)> = self
-            .netlink
+            .kernel
             .fdb(dev.index)
             .await?
             .into_iter()
@@ -716,13 +703,13 @@ impl Engine {
             if was_applied {
                 pass.repaired("fdb", &format!("{mac} dst {dst} on {}", dev.name));
             }
-            self.netlink.fdb_append(dev.index, *mac, *dst).await?;
+            self.kernel.fdb_append(dev.index, *mac, *dst).await?;
         }
         for (mac, dst) in have_fdb.difference(&want_fdb) {
-            self.netlink.fdb_delete(dev.index, *mac, *dst).await?;
+            self.kernel.fdb_delete(dev.index, *mac, *dst).await?;
         }
         let have_neigh: BTreeMap<IpAddr, MacAddr> = self
-            .netlink
+            .kernel
             .neighbours(dev.index)
             .await?
             .into_iter()
@@ -733,12 +720,12 @@ impl Engine {
                 if was_applied {
                     pass.repaired("neighbour", &format!("{ip} lladdr {mac} on {}", dev.name));
                 }
-                self.netlink.neighbour_replace(dev.index, *ip, *mac).await?;
+                self.kernel.neighbour_replace(dev.index, *ip, *mac).await?;
             }
         }
         for ip in have_neigh.keys() {
             if !n.remote.neighbours.contains_key(ip) {
-                self.netlink.neighbour_delete(dev.index, *ip).await?;
+                self.kernel.neighbour_delete(dev.index, *ip).await?;
             }
         }
         self.applied_remote.insert(n.id.clone(), n.remote.clone());
@@ -774,15 +761,17 @@ impl Engine {
                 let new = nft::compile(want);
                 // Elements only (the common case: ports and members coming and
                 // going): one netlink batch in-process.
-                if let (Some(changes), Some(elements)) =
-                    (nft::element_changes(old, &new), self.elements.as_mut())
-                {
+                // `None`: not elements only, or the firewall cannot batch them.
+                let batch = nft::element_changes(old, &new).and_then(|changes| {
                     let started = Instant::now();
-                    match elements.apply(nft::TABLE, &changes) {
+                    let applied = self.firewall.apply_elements(nft::TABLE, &changes)?;
+                    Some((changes.len(), started.elapsed(), applied))
+                });
+                if let Some((sets, took, applied)) = batch {
+                    match applied {
                         Ok(()) => {
-                            let took = started.elapsed();
                             tracing::debug!(
-                                sets = changes.len(),
+                                sets,
                                 ms = took.as_secs_f64() * 1e3,
                                 "nft elements applied over netlink"
                             );
@@ -805,7 +794,7 @@ impl Engine {
         if let Some(script) = script {
             tracing::trace!(%script, "nft transaction");
             let started = std::time::Instant::now();
-            let applied = self.nft.apply(&script).await;
+            let applied = self.firewall.apply(&script).await;
             took = Some(started.elapsed());
             if let Err(e) = applied {
                 // Next pass starts from a full replace: the kernel state is unknown.
@@ -820,426 +809,11 @@ impl Engine {
     /// Removes everything kuryr made on this host (`kuryr agent --cleanup`).
     pub async fn remove_all(&mut self) -> Result<(), EngineError> {
         self.converge(&Desired::default()).await?;
-        self.nft.remove_all().await?;
+        self.firewall.remove_all().await?;
         self.applied_rules = None;
         Ok(())
     }
 }
 
-/// The engine on a real kernel (run as root): a "host" namespace the test makes,
-/// entered by a thread of its own that runs the engine; a container namespace the
-/// port is bound into and a client namespace on the host's `eth0`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::desired::PortDesired;
-    use kuryr_dataplane::netlink::RouteSpec;
-    use kuryr_dataplane::netns::{self, NetNs};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-
-    /// A namespace's name (cheap to move into the engine's thread).
-    #[derive(Clone)]
-    struct Name(String);
-
-    impl Name {
-        fn path(&self) -> String {
-            format!("/run/netns/{}", self.0)
-        }
-        fn ip(&self, args: &[&str]) -> String {
-            let mut full = vec!["-n", &self.0];
-            full.extend_from_slice(args);
-            run("ip", &full)
-        }
-        fn exec(&self, args: &[&str]) -> String {
-            let mut full = vec!["netns", "exec", &self.0];
-            full.extend_from_slice(args);
-            run("ip", &full)
-        }
-    }
-
-    /// A namespace of this test, deleted on drop.
-    struct Ns(Name);
-
-    impl Ns {
-        fn new(tag: &str) -> Ns {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let name = format!("kt-eng-{}-{tag}-{nanos:x}", std::process::id());
-            run("ip", &["netns", "add", &name]);
-            let ns = Ns(Name(name));
-            ns.0.ip(&["link", "set", "lo", "up"]);
-            ns
-        }
-    }
-
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.0.0])
-                .status();
-        }
-    }
-
-    fn run(cmd: &str, args: &[&str]) -> String {
-        let out = Command::new(cmd)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Whether `client` gets data through `to:port` to a listener on `listen` in
-    /// `server` (busybox nc; two tries, the first may wait for ARP/ND).
-    fn connects(server: &Name, listen: u16, client: &Name, to: &str, port: u16) -> bool {
-        (0..2).any(|_| {
-            let mut srv = Command::new("ip")
-                .args(["netns", "exec", &server.0, "busybox", "nc", "-l", "-p"])
-                .arg(listen.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nc server");
-            // Listening before the client tries: a failed try is then the firewall's.
-            let filter = format!("sport = :{listen}");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while run("ip", &["netns", "exec", &server.0, "ss", "-Hltn", &filter]).is_empty() {
-                assert!(Instant::now() < deadline, "nc never listened on {listen}");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "exec", &client.0, "sh", "-c"])
-                .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + Duration::from_millis(800);
-            while Instant::now() < deadline && matches!(srv.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = srv.kill();
-            let out = srv.wait_with_output().map(|o| o.stdout).unwrap_or_default();
-            String::from_utf8_lossy(&out).contains("kuryr-hello")
-        })
-    }
-
-    const BR: &str = "brqkt-eng";
-
-    fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
-        let net = |s: &str| s.parse::<IpNet>().unwrap();
-        let gateways = vec![net("10.78.1.254/24"), net("fd78:1::fe/64")];
-        let mut d = Desired::default();
-        d.networks.insert(
-            "net-1".into(),
-            NetDesired {
-                id: "net-1".into(),
-                bridge: BR.into(),
-                mtu: 1500,
-                kind: NetKind::Local,
-                remote: RemoteL2::default(),
-                gateways: if published.is_empty() {
-                    vec![]
-                } else {
-                    gateways.clone()
-                },
-                subnet_gateways: gateways,
-            },
-        );
-        let mac: MacAddr = "fa:16:3e:00:01:05".parse().unwrap();
-        d.ports.insert(
-            "port-1".into(),
-            PortDesired {
-                id: "port-1".into(),
-                network_id: "net-1".into(),
-                bridge: BR.into(),
-                tap: "tapkt-eng1".into(),
-                netns: ct.path().into(),
-                ifname: "eth0".into(),
-                handoff: false,
-                mac,
-                mtu: 1500,
-                addresses: vec![net("10.78.1.5/24"), net("fd78:1::5/64")],
-                routes: vec![
-                    RouteSpec {
-                        dest: net("0.0.0.0/0"),
-                        gateway: Some("10.78.1.254".parse().unwrap()),
-                    },
-                    RouteSpec {
-                        dest: net("::/0"),
-                        gateway: Some("fd78:1::fe".parse().unwrap()),
-                    },
-                ],
-            },
-        );
-        let any = |d: nft::Direction, e: nft::EtherType, proto: Option<u8>, port: Option<u16>| {
-            nft::Rule {
-                direction: d,
-                ethertype: e,
-                protocol: proto,
-                port_range_min: port,
-                port_range_max: port,
-                remote: nft::Remote::Any,
-            }
-        };
-        let mut rules = vec![];
-        for e in [nft::EtherType::V4, nft::EtherType::V6] {
-            rules.push(any(nft::Direction::Egress, e, None, None));
-            rules.push(any(nft::Direction::Ingress, e, Some(6), Some(80)));
-        }
-        d.ruleset.networks.push(nft::NetworkZone {
-            bridge: BR.into(),
-            zone: 1,
-        });
-        d.ruleset.ports.push(nft::PortFilter {
-            id: "port-1".into(),
-            tap: "tapkt-eng1".into(),
-            bridge: BR.into(),
-            mac,
-            ips: vec!["10.78.1.5".parse().unwrap(), "fd78:1::5".parse().unwrap()],
-            allowed_address_pairs: vec![],
-            port_security: true,
-            stateless: false,
-            rules,
-        });
-        d.ruleset.published = published
-            .iter()
-            .map(|(hport, to)| nft::Published {
-                bridge: BR.into(),
-                protocol: 6,
-                host_ip: None,
-                host_port: *hport,
-                container_ip: to.parse().unwrap(),
-                container_port: 80,
-            })
-            .collect();
-        d
-    }
-
-    /// Runs `f` with a fresh engine on a thread inside `host`.
-    fn with_engine<T: Send + 'static>(
-        host: &Name,
-        f: impl AsyncFnOnce(&mut Engine) -> T + Send + 'static,
-    ) -> T {
-        with_engine_lingering(host, Duration::ZERO, f)
-    }
-
-    fn with_engine_lingering<T: Send + 'static>(
-        host: &Name,
-        linger: Duration,
-        f: impl AsyncFnOnce(&mut Engine) -> T + Send + 'static,
-    ) -> T {
-        let ns = NetNs::open(host.path()).expect("open host namespace");
-        netns::run_in(&ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut engine = Engine::new(
-                    Netlink::current().expect("netlink"),
-                    Nft::new(),
-                    "10.79.1.1".parse().unwrap(),
-                    None,
-                    4789,
-                    linger,
-                );
-                f(&mut engine).await
-            })
-        })
-        .expect("run in the host namespace")
-    }
-
-    fn converge(host: &Name, d: Desired) -> Pass {
-        with_engine(host, async move |e: &mut Engine| {
-            e.converge(&d).await.expect("converge")
-        })
-    }
-
-    fn bridge_addresses(host: &Name) -> Vec<String> {
-        let out = host.ip(&["-o", "addr", "show", "dev", BR]);
-        let mut v: Vec<String> = out
-            .lines()
-            .filter_map(|l| {
-                let mut w = l
-                    .split_whitespace()
-                    .skip_while(|w| *w != "inet" && *w != "inet6");
-                w.next()?;
-                w.next().map(str::to_string)
-            })
-            .filter(|a| !a.starts_with("fe80:"))
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn network_links_linger_after_the_last_port() {
-        let (host_ns, ct_ns) = (Ns::new("h"), Ns::new("c"));
-        let (host, ct) = (host_ns.0.clone(), ct_ns.0.clone());
-        let h = host.clone();
-        with_engine_lingering(
-            &host,
-            Duration::from_millis(400),
-            async move |e: &mut Engine| {
-                let bridge = async |e: &mut Engine| e.netlink.link_by_name(BR).await.unwrap();
-                let pass = e.converge(&desired(&ct, &[])).await.expect("converge");
-                assert!(pass.realized.contains("port-1"), "{:?}", pass.failed);
-                let first = bridge(e).await.expect("bridge").index;
-                // The last port goes: its tap at once, the bridge only later.
-                e.converge(&Desired::default()).await.expect("converge");
-                assert!(
-                    e.netlink
-                        .link_by_name("tapkt-eng1")
-                        .await
-                        .unwrap()
-                        .is_none()
-                );
-                assert!(bridge(e).await.is_some() && e.next_removal().is_some());
-                // A port coming back meanwhile reuses it.
-                e.converge(&desired(&ct, &[])).await.expect("converge");
-                assert_eq!(bridge(e).await.expect("bridge").index, first);
-                assert!(e.next_removal().is_none());
-                e.converge(&Desired::default()).await.expect("converge");
-                let due = e.next_removal().expect("lingering");
-                tokio::time::sleep_until(due.into()).await;
-                e.converge(&Desired::default()).await.expect("converge");
-                assert!(bridge(e).await.is_none(), "{}", h.ip(&["-br", "link"]));
-                assert!(e.next_removal().is_none());
-            },
-        );
-    }
-
-    /// Published ports through the engine: gateway addresses on the bridge (and
-    /// only kuryr's removed), forwarding on, DNAT from a client and from the host;
-    /// one mapping removed, then the last; then, by fresh engines (agent restarts),
-    /// what the bridge holds is read back; a bridge lingering after its network's
-    /// last port keeps none of kuryr's addresses.
-    #[test]
-    fn published_ports_through_the_engine() {
-        let (host_ns, ct_ns, client_ns) = (Ns::new("h"), Ns::new("c"), Ns::new("x"));
-        let (host, ct, client) = (host_ns.0.clone(), ct_ns.0.clone(), client_ns.0.clone());
-        host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"]);
-        host.exec(&["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"]);
-        host.ip(&[
-            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &client.0,
-        ]);
-        host.ip(&["addr", "add", "10.79.1.1/24", "dev", "eth0"]);
-        host.ip(&["addr", "add", "fd79:1::1/64", "dev", "eth0", "nodad"]);
-        host.ip(&["link", "set", "eth0", "up"]);
-        client.ip(&["addr", "add", "10.79.1.2/24", "dev", "eth0"]);
-        client.ip(&["addr", "add", "fd79:1::2/64", "dev", "eth0", "nodad"]);
-        client.ip(&["link", "set", "eth0", "up"]);
-        let both = [(8080, "10.78.1.5"), (8080, "fd78:1::5")];
-
-        // One engine through the changes (incremental passes). Blocking checks on
-        // its thread are fine: nothing else runs there meanwhile.
-        let h = host.clone();
-        with_engine(&host, async move |e: &mut Engine| {
-            let (host, ct, client) = (h, ct, client);
-            // bound, nothing published: no gateway, forwarding left as it is
-            let pass = e.converge(&desired(&ct, &[])).await.expect("converge");
-            assert!(pass.realized.contains("port-1"), "{:?}", pass.failed);
-            assert!(bridge_addresses(&host).is_empty());
-            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "0");
-            // an address someone else put on the bridge is left alone throughout
-            host.ip(&["addr", "add", "192.0.2.9/32", "dev", BR]);
-
-            e.converge(&desired(&ct, &both)).await.expect("converge");
-            assert_eq!(
-                bridge_addresses(&host),
-                ["10.78.1.254/24", "192.0.2.9/32", "fd78:1::fe/64"]
-            );
-            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "1");
-            assert_eq!(host.exec(&["cat", IP6_FORWARDING]).trim(), "1");
-            // marked as kuryr's (iproute2 6.1 does not show IFA_PROTO: read here)
-            let br = e.netlink.link_by_name(BR).await.unwrap().unwrap().index;
-            let mut marked: Vec<(String, Option<u8>)> = e
-                .netlink
-                .all_addresses()
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|a| a.index == br && !a.net.to_string().starts_with("fe80:"))
-                .map(|a| (a.net.to_string(), a.protocol))
-                .collect();
-            marked.sort();
-            let k = Some(ADDRESS_PROTOCOL);
-            assert_eq!(
-                marked,
-                [
-                    ("10.78.1.254/24".to_string(), k),
-                    ("192.0.2.9/32".to_string(), None),
-                    ("fd78:1::fe/64".to_string(), k)
-                ]
-            );
-            assert!(connects(&ct, 80, &client, "10.79.1.1", 8080));
-            assert!(connects(&ct, 80, &client, "fd79:1::1", 8080));
-            assert!(connects(&ct, 80, &host, "10.79.1.1", 8080));
-            // the gateway MAC is pinned: a port with a lower MAC does not change it
-            let mac = |h: &Name| h.ip(&["-br", "link", "show", BR]);
-            let before = mac(&host);
-            host.ip(&[
-                "link", "add", "tmp-low", "type", "veth", "peer", "name", "tmp-peer",
-            ]);
-            host.ip(&["link", "set", "tmp-low", "address", "02:00:00:00:00:01"]);
-            host.ip(&["link", "set", "tmp-low", "master", BR]);
-            assert_eq!(mac(&host), before);
-            host.ip(&["link", "del", "tmp-low"]);
-
-            // the IPv6 mapping goes: the gateways stay for the other
-            e.converge(&desired(&ct, &both[..1]))
-                .await
-                .expect("converge");
-            assert!(!connects(&ct, 80, &client, "fd79:1::1", 8080));
-            assert!(connects(&ct, 80, &client, "10.79.1.1", 8080));
-            assert_eq!(bridge_addresses(&host).len(), 3);
-
-            // the last one goes: kuryr's addresses and chains go, forwarding stays
-            e.converge(&desired(&ct, &[])).await.expect("converge");
-            assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
-            assert!(!connects(&ct, 80, &client, "10.79.1.1", 8080));
-            let rules = host.exec(&["nft", "list", "table", "inet", "kuryr"]);
-            assert!(!rules.contains("pub"), "{rules}");
-            assert_eq!(host.exec(&["cat", IP_FORWARD]).trim(), "1");
-        });
-
-        // Restarts: published again by one engine; the next one, whose view no
-        // longer has the subnet (only the mark tells the address is kuryr's), and
-        // nothing published, removes it.
-        converge(&host, desired(&ct_ns.0, &both[..1]));
-        assert_eq!(bridge_addresses(&host).len(), 3);
-        let mut gone_subnet = desired(&ct_ns.0, &[]);
-        if let Some(n) = gone_subnet.networks.get_mut("net-1") {
-            n.subnet_gateways.clear();
-        }
-        converge(&host, gone_subnet);
-        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
-
-        // The port goes with its mapping while the bridge lingers: the gateways go
-        // at once, from the same engine and, after a restart, from a fresh one.
-        let linger = Duration::from_secs(60);
-        let c = ct_ns.0.clone();
-        with_engine_lingering(&host, linger, async move |e: &mut Engine| {
-            e.converge(&desired(&c, &both[..1]))
-                .await
-                .expect("converge");
-            e.converge(&Desired::default()).await.expect("converge");
-        });
-        assert!(host.ip(&["-br", "link", "show", BR]).contains(BR));
-        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
-        converge(&host, desired(&ct_ns.0, &both[..1]));
-        with_engine_lingering(&host, linger, async move |e: &mut Engine| {
-            e.converge(&Desired::default()).await.expect("converge");
-        });
-        assert!(host.ip(&["-br", "link", "show", BR]).contains(BR));
-        assert_eq!(bridge_addresses(&host), ["192.0.2.9/32"]);
-        drop((host_ns, ct_ns, client_ns));
-    }
-}
+mod tests;

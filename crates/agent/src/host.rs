@@ -7,6 +7,7 @@ use kuryr_dataplane::netlink::Netlink;
 use kuryr_dataplane::nft::Nft;
 
 use crate::engine::Engine;
+use crate::kernel::NftFirewall;
 use crate::state::{LocalState, StateFile};
 
 use crate::AgentConfig;
@@ -17,7 +18,7 @@ use crate::AgentConfig;
 pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
     let mut engine = Engine::new(
         Netlink::current()?,
-        Nft::with_binary(&cfg.nft_binary),
+        NftFirewall::new(Nft::with_binary(&cfg.nft_binary)),
         cfg.underlay_ip,
         None,
         cfg.vxlan_port,

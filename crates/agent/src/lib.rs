@@ -12,6 +12,7 @@ pub mod desired;
 pub mod engine;
 mod error;
 mod host;
+pub mod kernel;
 pub mod local;
 mod loops;
 pub mod metrics;
@@ -27,6 +28,7 @@ use kuryr_model::Port;
 use serde_json::json;
 
 use crate::engine::Engine;
+use crate::kernel::NftFirewall;
 use crate::state::{LocalState, StateFile};
 
 pub use bind::{BindResult, BindingView, RouteView};
@@ -101,7 +103,7 @@ impl Agent {
         };
         let engine = Engine::new(
             netlink,
-            Nft::with_binary(&cfg.nft_binary),
+            NftFirewall::new(Nft::with_binary(&cfg.nft_binary)),
             cfg.underlay_ip,
             underlay_ifindex,
             cfg.vxlan_port,
