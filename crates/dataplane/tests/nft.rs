@@ -128,13 +128,22 @@ fn tcp_between(server_ns: &TestNs, listen: u16, client: &TestNs, to: &str, port:
         .spawn()
         .expect("spawn nc server");
     wait_listening(&server_ns.name, listen);
-    let _ = Command::new("ip")
+    let sent = Command::new("ip")
         .args(["netns", "exec", &client.name, "sh", "-c"])
         .arg(format!("echo kuryr-hello | busybox nc -w1 {to} {port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
-    let deadline = Instant::now() + Duration::from_millis(800);
+        .status()
+        .is_ok_and(|s| s.success());
+    // The server exits once it got the data and the client closed. A client that
+    // exited cleanly has handed the data over: wait generously then (the machine may
+    // be loaded); otherwise (refused, dropped, or a timeout on close) a short while.
+    let wait = if sent {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(800)
+    };
+    let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = server.try_wait() {
             break;
