@@ -306,10 +306,11 @@ impl Agent {
         if !removed {
             return Ok(false);
         }
-        if let Err(e) = self.converge_once().await {
-            tracing::warn!(error = %e, "convergence after unbind failed; retried later");
-            self.converge_wanted.notify_one();
-        }
+        // The next pass removes the interface and the port's rules; the caller need
+        // not wait for it (deleting a link waits for kernel grace periods). The
+        // binding is forgotten on disk already, so a restart removes them as well,
+        // and a bind into the same namespace meanwhile finds the old end gone first.
+        self.converge_wanted.notify_one();
         self.unclaim(port_id).await?;
         Ok(true)
     }

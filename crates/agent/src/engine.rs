@@ -36,6 +36,8 @@ pub struct Pass {
     pub failed: BTreeMap<String, String>,
     /// How long the nft transaction took, when the rules changed.
     pub nft_apply: Option<std::time::Duration>,
+    /// When the rules of this pass were in the kernel, if they changed.
+    pub rules_done: Option<Instant>,
     /// What was found changed behind kuryr's back and put back, by kind.
     pub repairs: BTreeMap<&'static str, u64>,
 }
@@ -247,6 +249,9 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
         pass.nft_apply = self.apply_rules(&d.ruleset, &mut pass).await?;
+        if pass.nft_apply.is_some() {
+            pass.rules_done = Some(Instant::now());
+        }
         let t_rules = started.elapsed();
 
         // On a full pass, a share of the container ends is read back too, in turn.
@@ -265,6 +270,21 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                     .take(share.min(d.ports.len())),
             );
             self.verify_cursor = verify.last().map(|s| s.to_string());
+        }
+        // Taps no port wants go before ports are made: a port unbound and another
+        // bound at once into the same namespace under the same name need the old
+        // container end gone first.
+        if full {
+            let gone: Vec<(String, u32)> = links
+                .values()
+                .filter(|l| l.name.starts_with("tap") && is_ours(l) && !wanted.contains(&l.name))
+                .map(|l| (l.name.clone(), l.index))
+                .collect();
+            for (name, index) in gone {
+                tracing::info!(link = %name, "removing a link no port owns");
+                self.kernel.delete_link(index).await?;
+                self.known.remove(&name);
+            }
         }
         for p in d.ports.values() {
             let Some(&bridge) = bridges.get(&p.network_id) else {
@@ -301,18 +321,17 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
         }
 
-        // Remove what kuryr made and nothing wants (only on a fresh dump): taps first
-        // (that also removes the container end), then vxlan devices, then bridges.
-        // The dump from the start of the pass is enough: whatever this pass created
-        // is wanted.
+        // Remove the network links kuryr made and nothing wants (only on a fresh
+        // dump), after their taps (above): vxlan devices, then bridges. The dump from
+        // the start of the pass is enough: whatever this pass created is wanted.
         self.lingering.retain(|name, _| !wanted.contains(name));
         if full {
             self.lingering.retain(|name, _| links.contains_key(name));
         }
-        for prefix in ["tap", "vxlan-", "brq"] {
+        for prefix in ["vxlan-", "brq"] {
             for l in links.values() {
                 if full && l.name.starts_with(prefix) && is_ours(l) && !wanted.contains(&l.name) {
-                    if prefix != "tap" && !self.linger.is_zero() {
+                    if !self.linger.is_zero() {
                         let since = *self.lingering.entry(l.name.clone()).or_insert(started);
                         if since.elapsed() < self.linger {
                             continue;

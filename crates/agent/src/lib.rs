@@ -65,6 +65,8 @@ pub struct Agent {
     /// revision in the mirror then. A newer revision that is not ACTIVE (someone set
     /// it DOWN) is reported again.
     reported: Mutex<BTreeMap<String, u64>>,
+    /// The mirror generation of the last frame and when that frame arrived.
+    frame_seen: Mutex<(u64, std::time::Instant)>,
     started_at: i64,
     metrics: metrics::Metrics,
 }
@@ -123,6 +125,7 @@ impl Agent {
             passes,
             metrics: metrics::Metrics::new(),
             reported: Mutex::new(BTreeMap::new()),
+            frame_seen: Mutex::new((0, std::time::Instant::now())),
             started_at: unix_now(),
         }))
     }

@@ -61,6 +61,7 @@ impl Agent {
                     loop {
                         match tokio::time::timeout(silence, stream.next()).await {
                             Ok(Some(Ok(frame))) => {
+                                let arrived = std::time::Instant::now();
                                 backoff = Duration::from_millis(200);
                                 let delta = {
                                     let mut mirror =
@@ -69,6 +70,8 @@ impl Agent {
                                     // Bumped under the lock: whoever reads the mirror
                                     // reads the generation that matches it.
                                     self.mirror_changed.send_modify(|n| *n += 1);
+                                    *lock(&self.frame_seen) =
+                                        (*self.mirror_changed.borrow(), arrived);
                                     delta
                                 };
                                 if delta.missing != Default::default() {
@@ -227,6 +230,16 @@ impl Agent {
         let t_engine = started.elapsed();
         if let Some(took) = pass.nft_apply {
             self.metrics.nft_apply_seconds.observe(took.as_secs_f64());
+        }
+        // From the frame this pass started from to its rules in the kernel (a group
+        // member joining or leaving, say).
+        let (seen_generation, arrived) = *lock(&self.frame_seen);
+        if let Some(done) = pass.rules_done
+            && seen_generation == generation
+        {
+            self.metrics
+                .event_to_rules_seconds
+                .observe(done.saturating_duration_since(arrived).as_secs_f64());
         }
         self.metrics.ports_realized.set(pass.realized.len() as i64);
         for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub pass_failures: Counter,
     pub nft_apply_seconds: Histogram,
     pub watch_reconnects: Counter,
+    pub event_to_rules_seconds: Histogram,
     drift_repairs: Family<Kind, Counter>,
 }
 
@@ -36,6 +37,14 @@ impl Metrics {
         let pass_failures = Counter::default();
         let nft_apply_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let watch_reconnects = Counter::default();
+        // 50 µs to ~1.6 s.
+        let event_to_rules_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register_with_unit(
+            "event_to_rules",
+            "From a watch frame's arrival to the rules it changed being in the kernel",
+            Unit::Seconds,
+            event_to_rules_seconds.clone(),
+        );
         let drift_repairs = Family::<Kind, Counter>::default();
         registry.register(
             "drift_repairs",
@@ -83,6 +92,7 @@ impl Metrics {
             pass_failures,
             nft_apply_seconds,
             watch_reconnects,
+            event_to_rules_seconds,
             drift_repairs,
         }
     }
