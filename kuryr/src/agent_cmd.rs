@@ -247,9 +247,9 @@ pub async fn run_agent(
         let agent_run = agent.run(stopped(stop_rx));
         let (a, d) = tokio::join!(agent_run, docker);
         a?;
-        return d.map_err(|e| anyhow::anyhow!("the Docker plugin task failed: {e}"))?;
+        return Ok(d.map_err(|e| anyhow::anyhow!("the Docker plugin task failed: {e}"))??);
     }
-    agent.run(stopped(stop_rx)).await
+    Ok(agent.run(stopped(stop_rx)).await?)
 }
 
 #[derive(Subcommand)]

@@ -29,11 +29,46 @@ pub enum EngineError {
     Nft(#[from] nft::NftError),
 }
 
+/// Why one port could not be put in place (the others are not held up by it).
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("container namespace {}: {source}", path.display())]
+    Namespace {
+        path: std::path::PathBuf,
+        #[source]
+        source: kuryr_dataplane::netns::NetnsError,
+    },
+    #[error("an interface named {ifname} already exists in {}", path.display())]
+    NameTaken {
+        ifname: String,
+        path: std::path::PathBuf,
+    },
+    #[error("creating the veth {tap}: {source}")]
+    Veth {
+        tap: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("setting up the host end {tap}: {source}")]
+    HostEnd {
+        tap: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("configuring {ifname} in {}: {source}", path.display())]
+    ContainerEnd {
+        ifname: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: NetlinkError,
+    },
+}
+
 /// The outcome of one pass: ports whose interface is in place, and per-port failures.
 #[derive(Debug, Default)]
 pub struct Pass {
     pub realized: BTreeSet<String>,
-    pub failed: BTreeMap<String, String>,
+    pub failed: BTreeMap<String, PortError>,
     /// How long the nft transaction took, when the rules changed.
     pub nft_apply: Option<std::time::Duration>,
     /// When the rules of this pass were in the kernel, if they changed.
@@ -442,7 +477,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         tap: Option<&Link>,
         verify: bool,
         pass: &mut Pass,
-    ) -> Result<(), String> {
+    ) -> Result<(), PortError> {
         let in_place = tap.is_some_and(|l| l.master == Some(bridge) && l.up);
         let was_applied = self.applied_ports.get(&p.id) == Some(p);
         // A handed-off container end is configured by Docker: not read back.
@@ -457,7 +492,10 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         } else {
             self.kernel.open_netns(&p.netns)
         }
-        .map_err(|e| format!("container namespace {}: {e}", p.netns.display()))?;
+        .map_err(|source| PortError::Namespace {
+            path: p.netns.clone(),
+            source,
+        })?;
         match tap {
             None => {
                 let veth = Veth {
@@ -467,36 +505,42 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                     peer_name: p.ifname.clone(),
                     peer_mac: Some(p.mac),
                 };
-                self.kernel.create_veth(&veth, &ns).await.map_err(|e| {
-                    if e.is_exists() {
-                        format!(
-                            "an interface named {} already exists in {}",
-                            p.ifname,
-                            p.netns.display()
-                        )
-                    } else {
-                        format!("creating the veth: {e}")
-                    }
-                })?;
+                self.kernel
+                    .create_veth(&veth, &ns)
+                    .await
+                    .map_err(|source| {
+                        if source.is_exists() {
+                            PortError::NameTaken {
+                                ifname: p.ifname.clone(),
+                                path: p.netns.clone(),
+                            }
+                        } else {
+                            PortError::Veth {
+                                tap: p.tap.clone(),
+                                source,
+                            }
+                        }
+                    })?;
             }
             Some(l) => {
+                let host_end = |source| PortError::HostEnd {
+                    tap: p.tap.clone(),
+                    source,
+                };
                 if l.master != Some(bridge) {
                     self.kernel
                         .set_master(l.index, bridge)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(host_end)?;
                 }
                 if l.mtu != p.mtu {
                     self.kernel
                         .set_mtu(l.index, p.mtu)
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(host_end)?;
                 }
                 if !l.up {
-                    self.kernel
-                        .set_up(l.index)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.kernel.set_up(l.index).await.map_err(host_end)?;
                 }
             }
         }
@@ -505,7 +549,12 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             self.applied_ports.insert(p.id.clone(), p.clone());
             return Ok(());
         }
-        let inside = self.kernel.enter(&ns).map_err(|e| e.to_string())?;
+        let container_end = |source| PortError::ContainerEnd {
+            ifname: p.ifname.clone(),
+            path: p.netns.clone(),
+            source,
+        };
+        let inside = self.kernel.enter(&ns).map_err(container_end)?;
         if tap.is_some()
             && let Ok(Some(l)) = inside.link_by_name(&p.ifname).await
             && l.mtu != p.mtu
@@ -513,7 +562,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             inside
                 .set_mtu(l.index, p.mtu)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(container_end)?;
         }
         let configured = if was_applied && in_place {
             inside
@@ -524,8 +573,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                 .configure_interface(&p.ifname, &p.addresses, &p.routes)
                 .await
         };
-        let changes = configured
-            .map_err(|e| format!("configuring {} in {}: {e}", p.ifname, p.netns.display()))?;
+        let changes = configured.map_err(container_end)?;
         if was_applied && in_place && changes > 0 {
             pass.repaired("address", &format!("{} in {}", p.ifname, p.netns.display()));
         }

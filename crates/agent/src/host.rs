@@ -11,11 +11,12 @@ use crate::kernel::NftFirewall;
 use crate::state::{LocalState, StateFile};
 
 use crate::AgentConfig;
+use crate::error::StartError;
 
 /// Removes everything kuryr made on this host (bridges, vxlan devices, veths, nft
 /// tables) and forgets the bindings: `kuryr agent --cleanup`, for decommissioning a
 /// host. Needs no server.
-pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
+pub async fn cleanup(cfg: &AgentConfig) -> Result<(), StartError> {
     let mut engine = Engine::new(
         Netlink::current()?,
         NftFirewall::new(Nft::with_binary(&cfg.nft_binary)),
@@ -32,7 +33,7 @@ pub async fn cleanup(cfg: &AgentConfig) -> anyhow::Result<()> {
 /// Security groups are stateful through br_netfilter: bridged IP traffic must go
 /// through the inet hooks (and conntrack) of this namespace. These sysctls are per
 /// network namespace; the module may need loading first.
-pub(crate) async fn enable_bridge_netfilter() -> anyhow::Result<()> {
+pub(crate) async fn enable_bridge_netfilter() -> Result<(), StartError> {
     const SYSCTLS: [&str; 2] = [
         "/proc/sys/net/bridge/bridge-nf-call-iptables",
         "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
@@ -43,10 +44,7 @@ pub(crate) async fn enable_bridge_netfilter() -> anyhow::Result<()> {
             .status()
             .await;
         if !matches!(status, Ok(s) if s.success()) {
-            anyhow::bail!(
-                "br_netfilter is not available (modprobe br_netfilter failed): stateful \
-                 security groups on bridged traffic need it"
-            );
+            return Err(StartError::NoBrNetfilter);
         }
     }
     for path in SYSCTLS {
@@ -56,7 +54,7 @@ pub(crate) async fn enable_bridge_netfilter() -> anyhow::Result<()> {
         {
             continue;
         }
-        std::fs::write(path, "1").map_err(|e| anyhow::anyhow!("setting {path} to 1: {e}"))?;
+        std::fs::write(path, "1").map_err(|source| StartError::Sysctl { path, source })?;
         tracing::info!(
             sysctl = path,
             "enabled so that bridged traffic is filtered statefully"

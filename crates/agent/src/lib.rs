@@ -33,8 +33,8 @@ use crate::state::{LocalState, StateFile};
 
 pub use bind::{BindResult, BindingView, RouteView};
 pub use config::AgentConfig;
-pub use error::AgentError;
 use error::from_client;
+pub use error::{AgentError, StartError};
 pub use host::cleanup;
 use host::enable_bridge_netfilter;
 
@@ -76,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
-    pub async fn new(cfg: AgentConfig, client: Client) -> anyhow::Result<Arc<Agent>> {
+    pub async fn new(cfg: AgentConfig, client: Client) -> Result<Arc<Agent>, StartError> {
         enable_bridge_netfilter().await?;
         // Fail at start, clearly, rather than on every convergence pass.
         match tokio::process::Command::new(&cfg.nft_binary)
@@ -85,10 +85,7 @@ impl Agent {
             .await
         {
             Ok(out) if out.status.success() => {}
-            _ => anyhow::bail!(
-                "cannot run {} (security groups need it): install Debian's nftables or pass --nft",
-                cfg.nft_binary.display()
-            ),
+            _ => return Err(StartError::NoNft(cfg.nft_binary.clone())),
         }
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
@@ -98,7 +95,7 @@ impl Agent {
                 netlink
                     .link_by_name(name)
                     .await?
-                    .ok_or_else(|| anyhow::anyhow!("underlay interface {name} does not exist"))?
+                    .ok_or_else(|| StartError::NoUnderlay(name.clone()))?
                     .index,
             ),
             None => None,
@@ -160,7 +157,7 @@ impl Agent {
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StartError> {
         tokio::spawn(self.clone().heartbeat_loop());
         tokio::spawn(self.clone().watch_loop());
         tokio::spawn(self.clone().converge_loop());
@@ -168,9 +165,7 @@ impl Agent {
     }
 
     fn save_state(&self, state: &LocalState) -> Result<(), AgentError> {
-        self.state_file
-            .save(state)
-            .map_err(|e| AgentError::Unavailable(e.to_string()))
+        Ok(self.state_file.save(state)?)
     }
 
     /// The agent's metrics in Prometheus text.

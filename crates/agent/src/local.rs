@@ -7,6 +7,7 @@
 //!
 //! Errors: `{"error": {"code": STATUS, "message": "..."}}`.
 
+use crate::StartError;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,7 +112,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
 pub async fn serve(
     agent: Arc<Agent>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), StartError> {
     let path = agent.config().socket.clone();
     let listener = listen_unix(&path, "another agent; stop it or pass --socket").await?;
     tracing::info!(socket = %path.display(), "agent API ready");
@@ -119,23 +120,30 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = std::fs::remove_file(&path);
-    Ok(served?)
+    served.map_err(StartError::Serve)
 }
 
 /// A root-only unix socket at `path`. A stale socket file (no one listening) is
 /// replaced; a live one is an error naming `owner`.
-pub async fn listen_unix(path: &Path, owner: &str) -> anyhow::Result<tokio::net::UnixListener> {
+pub async fn listen_unix(path: &Path, owner: &str) -> Result<tokio::net::UnixListener, StartError> {
+    let socket = |source| StartError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(socket)?;
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            anyhow::bail!("{} is in use by {owner}", path.display());
+            return Err(StartError::SocketInUse {
+                path: path.to_path_buf(),
+                owner: owner.to_string(),
+            });
         }
-        std::fs::remove_file(path)?;
+        std::fs::remove_file(path).map_err(socket)?;
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(socket)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(socket)?;
     Ok(listener)
 }
 

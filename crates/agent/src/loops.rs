@@ -217,15 +217,12 @@ impl Agent {
             if state.zones != zones_before
                 && let Err(e) = self.state_file.save(&state)
             {
-                return Err(AgentError::Unavailable(e.to_string()));
+                return Err(e.into());
             }
             (d, generation)
         };
         let t_desired = started.elapsed();
-        let pass = engine
-            .converge(&desired)
-            .await
-            .map_err(|e| AgentError::Unavailable(e.to_string()))?;
+        let pass = engine.converge(&desired).await?;
         drop(engine);
         let t_engine = started.elapsed();
         if let Some(took) = pass.nft_apply {
@@ -242,7 +239,10 @@ impl Agent {
                 .observe(done.saturating_duration_since(arrived).as_secs_f64());
         }
         self.metrics.ports_realized.set(pass.realized.len() as i64);
-        for (port, why) in pass.failed.iter().chain(desired.waiting.iter()) {
+        for (port, why) in &pass.failed {
+            tracing::warn!(port = %port, error = %why, "port not realized");
+        }
+        for (port, why) in &desired.waiting {
             tracing::warn!(port = %port, reason = %why, "port not realized");
         }
         for (kind, n) in &pass.repairs {
@@ -285,6 +285,7 @@ impl Agent {
             problems: pass
                 .failed
                 .into_iter()
+                .map(|(port, e)| (port, e.to_string()))
                 .chain(desired.waiting.clone())
                 .collect(),
             realized: pass.realized,

@@ -138,6 +138,9 @@ impl PluginError {
             AgentError::NotFound(m) => PluginError::NotFound(format!("{what}: {m}")),
             AgentError::Conflict(m) => PluginError::Conflict(format!("{what}: {m}")),
             AgentError::Unavailable(m) => PluginError::Failed(format!("{what}: {m}")),
+            e @ (AgentError::Dataplane(_) | AgentError::State(_)) => {
+                PluginError::Failed(format!("{what}: {e}"))
+            }
         }
     }
 }
@@ -417,8 +420,29 @@ pub enum Bound {
     Tcp(tokio::net::TcpListener, PathBuf),
 }
 
+/// Why the plugin could not listen, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Socket(#[from] kuryr_agent::StartError),
+    #[error("the Docker plugin cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the plugin spec file {}: {source}", path.display())]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving the Docker plugin API: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
 /// Binds where the plugin listens (and writes the TCP spec file Docker reads).
-pub async fn bind(listen: Listen) -> anyhow::Result<Bound> {
+pub async fn bind(listen: Listen) -> Result<Bound, ServeError> {
     match listen {
         Listen::Unix(path) => {
             let listener = kuryr_agent::local::listen_unix(
@@ -429,14 +453,17 @@ pub async fn bind(listen: Listen) -> anyhow::Result<Bound> {
             Ok(Bound::Unix(listener, path))
         }
         Listen::Tcp { addr, spec_file } => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("the Docker plugin cannot listen on {addr}: {e}"))?;
-            let url = format!("http://{}\n", listener.local_addr()?);
+            let listen = |source| ServeError::Listen { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+            let url = format!("http://{}\n", listener.local_addr().map_err(listen)?);
+            let spec = |source| ServeError::Spec {
+                path: spec_file.clone(),
+                source,
+            };
             if let Some(dir) = spec_file.parent() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(spec)?;
             }
-            std::fs::write(&spec_file, url.as_bytes())?;
+            std::fs::write(&spec_file, url.as_bytes()).map_err(spec)?;
             Ok(Bound::Tcp(listener, spec_file))
         }
     }
@@ -447,7 +474,7 @@ pub async fn serve(
     plugin: Arc<Plugin>,
     bound: Bound,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let app = router(plugin);
     match bound {
         Bound::Unix(listener, path) => {
@@ -456,14 +483,15 @@ pub async fn serve(
                 .with_graceful_shutdown(shutdown)
                 .await;
             let _ = std::fs::remove_file(&path);
-            Ok(served?)
+            served.map_err(ServeError::Serve)
         }
         Bound::Tcp(listener, spec_file) => {
-            let url = listener.local_addr()?;
+            let url = listener.local_addr().map_err(ServeError::Serve)?;
             tracing::info!(url = %format!("http://{url}"), spec = %spec_file.display(), "Docker plugin kuryr ready (NetworkDriver, IpamDriver)");
-            Ok(axum::serve(listener, app)
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
-                .await?)
+                .await
+                .map_err(ServeError::Serve)
         }
     }
 }

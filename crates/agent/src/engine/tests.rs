@@ -581,7 +581,11 @@ async fn a_missing_namespace_fails_only_its_port() {
     let pass = converge(&mut e, &d).await;
     assert_eq!(pass.realized, ids(&["port-1"]));
     assert_eq!(pass.failed.keys().collect::<Vec<_>>(), ["port-2"]);
-    assert!(pass.failed["port-2"].contains(CT2), "{:?}", pass.failed);
+    assert!(
+        pass.failed["port-2"].to_string().contains(CT2),
+        "{:?}",
+        pass.failed
+    );
     {
         let w = k.world();
         assert!(w.link("tap-port1").is_some());
@@ -602,7 +606,7 @@ async fn a_taken_interface_name_fails_the_port() {
     let d = desired(NetKind::Local, &[port(1, CT1), port(2, CT2)]);
     let pass = converge(&mut e, &d).await;
     assert_eq!(pass.realized, ids(&["port-1"]));
-    let why = &pass.failed["port-2"];
+    let why = pass.failed["port-2"].to_string();
     assert!(
         why.contains("an interface named eth0 already exists"),
         "{why}"
