@@ -1,7 +1,8 @@
 //! What only this host knows and must survive a restart (even a `kill -9`): which
 //! namespace each port is bound into, and the conntrack zone of each network here.
 //! Written atomically (temp file, fsync, rename) before the kernel is touched, so a
-//! crash leaves a record of everything that may exist.
+//! crash leaves a record of everything that may exist; one file per binding (see
+//! [`StateFile`]), so that the cost of a bind does not grow with the host's ports.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -78,50 +79,176 @@ pub enum StateError {
     ZonesExhausted,
 }
 
+/// The state on disk, in a directory: `state.json` holds the zones, and
+/// `bindings/<port>.json` one binding each, so that a bind or unbind writes (and
+/// fsyncs) one small file whatever the number of ports on the host. A
+/// `state.json` that still holds bindings (the earlier single-file layout) is read,
+/// and its bindings move to their own files on the next save.
 pub struct StateFile {
     path: PathBuf,
+    dir: PathBuf,
+    /// What the files hold now (`None` until loaded or saved once), and whether
+    /// `state.json` still holds bindings of the earlier layout.
+    written: std::sync::Mutex<Option<(LocalState, bool)>>,
+}
+
+/// A port id as a file name: ASCII letters, digits and `-` as they are, any other
+/// byte as `_` and two hex digits (injective, and never `.` or `..`).
+fn file_name(port: &str) -> String {
+    let mut out = String::with_capacity(port.len() + 5);
+    for b in port.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out.push_str(".json");
+    out
+}
+
+fn port_of(file: &str) -> Option<String> {
+    let stem = file.strip_suffix(".json")?;
+    let mut out = Vec::with_capacity(stem.len());
+    let bytes = stem.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename); the
+/// caller fsyncs the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }
 
 impl StateFile {
     pub fn new(dir: &Path) -> StateFile {
         StateFile {
             path: dir.join("state.json"),
+            dir: dir.join("bindings"),
+            written: std::sync::Mutex::new(None),
         }
     }
 
     pub fn load(&self) -> Result<LocalState, StateError> {
-        match std::fs::read(&self.path) {
+        let read_err = |path: &Path, source| StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut state: LocalState = match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Decode {
                 path: self.path.clone(),
                 source,
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LocalState::default()),
-            Err(source) => Err(StateError::Read {
-                path: self.path.clone(),
-                source,
-            }),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => LocalState::default(),
+            Err(source) => return Err(read_err(&self.path, source)),
+        };
+        // Bindings still in state.json are not in files yet: written on next save.
+        let legacy = !state.bindings.is_empty();
+        let mut on_disk = LocalState {
+            bindings: BTreeMap::new(),
+            zones: state.zones.clone(),
+        };
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => Some(entries),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(read_err(&self.dir, source)),
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry.map_err(|source| read_err(&self.dir, source))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(port) = port_of(&name) else {
+                continue; // a temp file of a write cut short, or someone else's
+            };
+            let path = entry.path();
+            let bytes = std::fs::read(&path).map_err(|source| read_err(&path, source))?;
+            let b: Binding = serde_json::from_slice(&bytes)
+                .map_err(|source| StateError::Decode { path, source })?;
+            on_disk.bindings.insert(port.clone(), b.clone());
+            state.bindings.insert(port, b);
         }
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some((on_disk, legacy));
+        Ok(state)
     }
 
+    /// Makes the files hold `state`, writing only what changed since the last load
+    /// or save.
     pub fn save(&self, state: &LocalState) -> Result<(), StateError> {
-        let err = |source| StateError::Write {
-            path: self.path.clone(),
+        let err = |path: &Path, source| StateError::Write {
+            path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Some(dir) = self.path.parent()
-            && let Ok(d) = std::fs::File::open(dir)
+        // Never loaded (cleanup, say): what is on disk first, so that files of
+        // bindings gone are removed.
+        if self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
         {
-            let _ = d.sync_all();
+            self.load()?;
         }
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let (before, legacy) = written.take().unwrap_or_default();
+        std::fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
+        let mut dir_changed = false;
+        for (port, b) in &state.bindings {
+            if before.bindings.get(port) == Some(b) {
+                continue;
+            }
+            let path = self.dir.join(file_name(port));
+            let bytes =
+                serde_json::to_vec_pretty(b).map_err(|e| err(&path, std::io::Error::other(e)))?;
+            write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
+            dir_changed = true;
+        }
+        for port in before.bindings.keys() {
+            if !state.bindings.contains_key(port) {
+                let path = self.dir.join(file_name(port));
+                match std::fs::remove_file(&path) {
+                    Ok(()) => dir_changed = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(err(&path, e)),
+                }
+            }
+        }
+        if dir_changed {
+            sync_dir(&self.dir);
+        }
+        // state.json: the zones (and no bindings: they are in their files now).
+        if before.zones != state.zones || legacy || !self.path.exists() {
+            let zones_only = LocalState {
+                bindings: BTreeMap::new(),
+                zones: state.zones.clone(),
+            };
+            let bytes = serde_json::to_vec_pretty(&zones_only)
+                .map_err(|e| err(&self.path, std::io::Error::other(e)))?;
+            write_atomic(&self.path, &bytes).map_err(|e| err(&self.path, e))?;
+            if let Some(parent) = self.path.parent() {
+                sync_dir(parent);
+            }
+        }
+        *written = Some((state.clone(), false));
         Ok(())
     }
 }
@@ -156,6 +283,41 @@ mod tests {
     }
 
     #[test]
+    fn bindings_of_the_single_file_layout_move_to_their_own_files() {
+        let dir = std::env::temp_dir().join(format!("kuryr-state-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("state.json"),
+            br#"{"bindings": {"p": {"netns": "/run/netns/x", "ifname": "eth0"}}, "zones": {"n": 3}}"#,
+        )
+        .unwrap();
+        let f = StateFile::new(&dir);
+        let s = f.load().unwrap();
+        assert_eq!(s.bindings["p"].ifname, "eth0");
+        assert_eq!(s.zones["n"], 3);
+        f.save(&s).unwrap();
+        assert!(dir.join("bindings/p.json").exists());
+        let json = std::fs::read_to_string(dir.join("state.json")).unwrap();
+        assert!(!json.contains("eth0"), "{json}");
+        let again = StateFile::new(&dir).load().unwrap();
+        assert_eq!(again.bindings, s.bindings);
+        assert_eq!(again.zones, s.zones);
+        // A fresh StateFile (cleanup) saving nothing removes every binding file.
+        StateFile::new(&dir).save(&LocalState::default()).unwrap();
+        assert!(StateFile::new(&dir).load().unwrap().bindings.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn port_ids_map_to_file_names_and_back() {
+        for id in ["3f1c2d4e-aaaa", "a/b", "..", "x_y", "é"] {
+            let f = file_name(id);
+            assert!(!f.contains('/') && f != "..json", "{f}");
+            assert_eq!(port_of(&f).as_deref(), Some(id));
+        }
+    }
+
+    #[test]
     fn save_and_load_round_trip() {
         let dir = std::env::temp_dir().join(format!("kuryr-state-{}", std::process::id()));
         let f = StateFile::new(&dir);
@@ -171,6 +333,21 @@ mod tests {
         );
         f.save(&s).unwrap();
         assert_eq!(f.load().unwrap().bindings, s.bindings);
+        assert!(dir.join("bindings/p.json").exists());
+        // another binding, then the first one gone: one file each
+        s.bindings.insert(
+            "q/1".into(),
+            Binding {
+                netns: "/run/netns/y".into(),
+                ifname: "eth1".into(),
+                ..Default::default()
+            },
+        );
+        s.bindings.remove("p");
+        f.save(&s).unwrap();
+        assert!(!dir.join("bindings/p.json").exists());
+        assert!(dir.join("bindings/q_2f1.json").exists());
+        assert_eq!(StateFile::new(&dir).load().unwrap().bindings, s.bindings);
         std::fs::write(dir.join("state.json"), b"{not json").unwrap();
         assert!(matches!(f.load(), Err(StateError::Decode { .. })));
         let _ = std::fs::remove_dir_all(dir);
