@@ -242,6 +242,28 @@ pub(super) fn diff_chains(
         .collect()
 }
 
+/// `delete element` then `add element` lines for set or map `name` of table `fam
+/// kuryr`, each only when it has elements.
+fn write_elements(
+    out: &mut String,
+    fam: &str,
+    name: &str,
+    dels: &[impl AsRef<str>],
+    adds: &[impl AsRef<str>],
+) {
+    let mut line = |verb: &str, elems: Vec<&str>| {
+        if !elems.is_empty() {
+            let _ = writeln!(
+                out,
+                "{verb} element {fam} {TABLE} {name} {{ {} }}",
+                elems.join(", ")
+            );
+        }
+    };
+    line("delete", dels.iter().map(AsRef::as_ref).collect());
+    line("add", adds.iter().map(AsRef::as_ref).collect());
+}
+
 /// Deletes then adds the elements of map `name` that differ (a changed value is a
 /// delete and an add).
 pub(super) fn diff_map<K: Ord, V: PartialEq>(
@@ -263,20 +285,7 @@ pub(super) fn diff_map<K: Ord, V: PartialEq>(
         .filter(|(k, v)| old.get(k) != Some(v))
         .map(|(k, v)| format!("{} : {}", key(k), val(v)))
         .collect();
-    if !dels.is_empty() {
-        let _ = writeln!(
-            out,
-            "delete element {fam} {TABLE} {name} {{ {} }}",
-            dels.join(", ")
-        );
-    }
-    if !adds.is_empty() {
-        let _ = writeln!(
-            out,
-            "add element {fam} {TABLE} {name} {{ {} }}",
-            adds.join(", ")
-        );
-    }
+    write_elements(out, fam, name, &dels, &adds);
 }
 
 /// The smallest script that turns the kernel state of `render(old)` into that of
@@ -357,20 +366,7 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
             .filter(|e| !old_elems.contains(e))
             .map(elem)
             .collect();
-        if !dels.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element inet {TABLE} {name} {{ {} }}",
-                dels.join(", ")
-            );
-        }
-        if !adds.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element inet {TABLE} {name} {{ {} }}",
-                adds.join(", ")
-            );
-        }
+        write_elements(&mut s, "inet", name, &dels, &adds);
     }
     // 4. Map elements.
     diff_map(
@@ -394,20 +390,7 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         .filter(|b| !o.zones.contains_key(*b))
         .map(bridged_elem)
         .collect();
-    if !dels.is_empty() {
-        let _ = writeln!(
-            s,
-            "delete element inet {TABLE} bridged {{ {} }}",
-            dels.join(", ")
-        );
-    }
-    if !adds.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet {TABLE} bridged {{ {} }}",
-            adds.join(", ")
-        );
-    }
+    write_elements(&mut s, "inet", "bridged", &dels, &adds);
     if let (Some(op), Some(np)) = (&o.published, &n.published) {
         for (_, name, _) in PUB_OBJECTS {
             let (old_e, new_e) = (op.projection(name), np.projection(name));
@@ -421,20 +404,7 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
                 .filter(|(k, v)| old_e.get(*k) != Some(v))
                 .map(|(k, v)| pub_elem(k, v))
                 .collect();
-            if !dels.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "delete element inet {TABLE} {name} {{ {} }}",
-                    dels.join(", ")
-                );
-            }
-            if !adds.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "add element inet {TABLE} {name} {{ {} }}",
-                    adds.join(", ")
-                );
-            }
+            write_elements(&mut s, "inet", name, &dels, &adds);
         }
     }
     let none = BTreeSet::new();
@@ -445,20 +415,7 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         );
         let dels: Vec<String> = old_e.difference(new_e).map(BElem::text).collect();
         let adds: Vec<String> = new_e.difference(old_e).map(BElem::text).collect();
-        if !dels.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element bridge {TABLE} {name} {{ {} }}",
-                dels.join(", ")
-            );
-        }
-        if !adds.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element bridge {TABLE} {name} {{ {} }}",
-                adds.join(", ")
-            );
-        }
+        write_elements(&mut s, "bridge", name, &dels, &adds);
     }
     let empty = BTreeMap::new();
     for name in VMAPS {
@@ -480,20 +437,7 @@ pub fn diff_compiled(old: &Compiled, new: &Compiled) -> Option<String> {
         );
         let dels: Vec<String> = old_e.difference(new_e).map(vmap_elem).collect();
         let adds: Vec<String> = new_e.difference(old_e).map(vmap_elem).collect();
-        if !dels.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element inet {TABLE} {name} {{ {} }}",
-                dels.join(", ")
-            );
-        }
-        if !adds.is_empty() {
-            let _ = writeln!(
-                s,
-                "add element inet {TABLE} {name} {{ {} }}",
-                adds.join(", ")
-            );
-        }
+        write_elements(&mut s, "inet", name, &dels, &adds);
     }
     // 5. Chains nothing jumps to any more, then sets no rule refers to any more.
     for chain in gone_i {
