@@ -148,6 +148,21 @@ pub struct VxlanSpec {
     pub underlay: Option<u32>,
 }
 
+impl VxlanSpec {
+    /// What the kernel reports for a device made from this spec (learning off,
+    /// ARP/ND proxy on): what an existing device is compared with.
+    pub fn info(&self) -> VxlanInfo {
+        VxlanInfo {
+            vni: self.vni,
+            local: Some(self.local),
+            port: self.port,
+            learning: false,
+            proxy: true,
+            underlay: self.underlay.filter(|&u| u != 0),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VethSpec<'a> {
     pub host_name: String,
@@ -441,14 +456,7 @@ impl Netlink {
     /// master/mtu/up ensured. Idempotent.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link, NetlinkError> {
         let name = &spec.name;
-        let wanted = VxlanInfo {
-            vni: spec.vni,
-            local: Some(spec.local),
-            port: spec.port,
-            learning: false,
-            proxy: true,
-            underlay: spec.underlay.filter(|&u| u != 0),
-        };
+        let wanted = spec.info();
         let mut existing = self.link_by_name(name).await?;
         if let Some(link) = &existing
             && (link.kind.as_deref() != Some("vxlan") || link.vxlan.as_ref() != Some(&wanted))

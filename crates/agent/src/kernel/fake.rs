@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::{
-    AddressEntry, FdbEntry, Link, Neighbour, NetlinkError, Route, RouteSpec, VxlanInfo, VxlanSpec,
+    AddressEntry, FdbEntry, Link, Neighbour, NetlinkError, Route, RouteSpec, VxlanSpec,
 };
 use kuryr_dataplane::netns::NetnsError;
 use kuryr_dataplane::nfnl::{Change, NfnlError};
@@ -369,14 +369,7 @@ impl Kernel for FakeKernel {
     }
 
     async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link, NetlinkError> {
-        let wanted = VxlanInfo {
-            vni: spec.vni,
-            local: Some(spec.local),
-            port: spec.port,
-            learning: false,
-            proxy: true,
-            underlay: spec.underlay.filter(|&u| u != 0),
-        };
+        let wanted = spec.info();
         let mut w = self.world();
         let existing = w.link(&spec.name).cloned();
         let index = match existing {
