@@ -205,7 +205,7 @@ impl Monitor {
                             wake.notify_one();
                         }
                     }
-                    Err(e) if e.raw_os_error() == Some(libc_enobufs()) => {
+                    Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
                         tracing::warn!("nftables notifications lost; checking kuryr's tables");
                         tracker = Tracker::default();
                         flag.store(true, Ordering::SeqCst);
@@ -548,10 +548,6 @@ fn acks(buf: &[u8]) -> Vec<(u32, i32, Option<String>)> {
         out.push((seq, errno, message));
     }
     out
-}
-
-fn libc_enobufs() -> i32 {
-    nix::errno::Errno::ENOBUFS as i32
 }
 
 #[cfg(test)]

@@ -62,16 +62,16 @@ pub(super) fn concat_exact(name: &str, net: &IpNet) -> nfnl::Element {
     }
 }
 
-/// `ifname . addr` in set `set`: a range or an exact key, as the set holds.
-pub(super) fn concat(set: &str, name: &str, net: &IpNet) -> nfnl::Element {
-    if holds_ranges(set) || set.starts_with("nets") {
+/// `ifname . addr` in a set that holds ranges (`ranges`) or single addresses.
+pub(super) fn concat(ranges: bool, name: &str, net: &IpNet) -> nfnl::Element {
+    if ranges {
         concat_range(name, net)
     } else {
         concat_exact(name, net)
     }
 }
 
-pub(super) fn belem(set: &str, e: &BElem) -> nfnl::Element {
+pub(super) fn belem(ranges: bool, e: &BElem) -> nfnl::Element {
     let plain = |key: Vec<u8>| nfnl::Element {
         key,
         key_end: None,
@@ -86,7 +86,7 @@ pub(super) fn belem(set: &str, e: &BElem) -> nfnl::Element {
             k.extend_from_slice(&[0, 0]);
             plain(k)
         }
-        BElem::Net(t, n) => concat(set, t, n),
+        BElem::Net(t, n) => concat(ranges, t, n),
     }
 }
 
@@ -186,12 +186,12 @@ pub fn element_changes(old: &Compiled, new: &Compiled) -> Option<Vec<nfnl::Chang
     }
     let mut c = Changes(Vec::new(), Vec::new());
     let none = BTreeSet::new();
-    for (name, _, _) in BSETS {
+    for (name, _, ranges) in BSETS {
         let (old_e, new_e) = (
             o.bsets.get(name).unwrap_or(&none),
             n.bsets.get(name).unwrap_or(&none),
         );
-        c.set(Bridge, name, old_e, new_e, |e| vec![belem(name, e)]);
+        c.set(Bridge, name, old_e, new_e, |e| vec![belem(ranges, e)]);
     }
     c.map(Inet, "zones", &o.zones, &n.zones, |b, z| nfnl::Element {
         key: ifname_key(b),
@@ -228,7 +228,7 @@ pub fn element_changes(old: &Compiled, new: &Compiled) -> Option<Vec<nfnl::Chang
             n.vmaps.get(name).unwrap_or(&empty),
             |(bridge, net), chain| nfnl::Element {
                 data: Some(nfnl::Data::Jump(chain.clone())),
-                ..concat(name, bridge, net)
+                ..concat(holds_ranges(name), bridge, net)
             },
         );
     }
@@ -239,7 +239,7 @@ pub fn element_changes(old: &Compiled, new: &Compiled) -> Option<Vec<nfnl::Chang
             name,
             o.notrack.get(name).unwrap_or(&no_addrs),
             n.notrack.get(name).unwrap_or(&no_addrs),
-            |(bridge, net)| vec![concat(name, bridge, net)],
+            |(bridge, net)| vec![concat(holds_ranges(name), bridge, net)],
         );
     }
     let Changes(mut dels, adds) = c;
