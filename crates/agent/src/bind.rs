@@ -294,6 +294,8 @@ impl Agent {
         let removed = state.bindings.remove(port_id).is_some();
         if removed {
             self.save_state(&state)?;
+            // A new input of the passes (see converge_loop).
+            self.mirror_changed.send_modify(|n| *n += 1);
         }
         Ok(removed)
     }
@@ -375,8 +377,9 @@ impl Agent {
             }
             b.published = published;
             self.save_state(&state)?;
+            self.mirror_changed.send_modify(|n| *n += 1);
         }
-        self.converge_once().await.map(|_| ())
+        self.converge_once().await
     }
 
     /// Forgets a binding without waiting for the kernel: the interface goes with the

@@ -2,9 +2,10 @@
 //! the server and the local bindings. Pure: no I/O, so every rule of the mapping is
 //! unit-tested here and the engine only compares and applies.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use kuryr_client::HostMirror;
@@ -13,7 +14,7 @@ use kuryr_dataplane::netlink::RouteSpec;
 use kuryr_dataplane::nft;
 use kuryr_model::{Port, SecurityGroupRule, Subnet};
 
-use crate::state::{LocalState, PublishedPort};
+use crate::state::{Binding, LocalState, PublishedPort};
 
 /// `brq<network-id[:11]>`, as Neutron's Linux bridge agent names it.
 pub fn bridge_name(network_id: &str) -> String {
@@ -92,7 +93,8 @@ pub struct PortDesired {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
     pub networks: BTreeMap<String, NetDesired>,
-    pub ports: BTreeMap<String, PortDesired>,
+    /// Shared with the [`Memo`]: the same allocation while the port is unchanged.
+    pub ports: BTreeMap<String, Arc<PortDesired>>,
     pub ruleset: nft::Ruleset,
     /// Bound ports that cannot be realized yet, with the reason (logged, retried on
     /// the next change).
@@ -103,6 +105,8 @@ pub struct Inputs<'a> {
     pub host: &'a str,
     pub view: &'a HostMirror,
     pub state: &'a mut LocalState,
+    /// What earlier passes derived (see [`Memo`]).
+    pub memo: &'a mut Memo,
     /// physical network → host interface.
     pub interface_mappings: &'a BTreeMap<String, String>,
 }
@@ -298,14 +302,133 @@ fn published_of(
     })
 }
 
+/// What [`compute`] derived from one bound port, kept between passes and derived
+/// again only when the port (its revision), its binding or the rest of the view
+/// (the mirror's epoch) changed: a pass then costs little per unchanged port, and
+/// an unchanged port is the same allocation from pass to pass (which the engine
+/// and the nft model use to find what changed without comparing).
+#[derive(Debug, Default)]
+pub struct Memo {
+    ports: HashMap<String, Derived>,
+}
+
+#[derive(Debug)]
+struct Derived {
+    revision: u64,
+    epoch: u64,
+    binding: Binding,
+    local: Result<Local, String>,
+}
+
+#[derive(Debug)]
+struct Local {
+    kind: NetKind,
+    desired: Arc<PortDesired>,
+    filter: Arc<nft::PortFilter>,
+    ips: Vec<IpAddr>,
+}
+
+/// A bound port's interface and filter, from the port, its network, subnets and
+/// groups; `Err` says why it cannot be realized yet.
+fn derive(
+    p: &Port,
+    b: &Binding,
+    view: &HostMirror,
+    interface_mappings: &BTreeMap<String, String>,
+) -> Result<Local, String> {
+    let net = view
+        .networks
+        .get(&p.network_id)
+        .ok_or("network not known yet")?;
+    let kind = match net.network_type.as_str() {
+        "vxlan" => match net.segmentation_id {
+            Some(vni) => NetKind::Vxlan { vni },
+            None => return Err("vxlan network without a VNI".into()),
+        },
+        "flat" => {
+            let physnet = net.physical_network.clone().unwrap_or_default();
+            match interface_mappings.get(&physnet) {
+                Some(i) => NetKind::Flat {
+                    interface: i.clone(),
+                },
+                None => {
+                    return Err(format!(
+                        "no interface mapped to physical network {physnet:?}"
+                    ));
+                }
+            }
+        }
+        "local" => NetKind::Local,
+        other => return Err(format!("network type {other} not supported")),
+    };
+    let mac: MacAddr = p
+        .mac_address
+        .parse()
+        .map_err(|_| format!("bad MAC {}", p.mac_address))?;
+    let subnets: BTreeMap<&str, &Subnet> =
+        view.subnets.values().map(|s| (s.id.as_str(), s)).collect();
+    let addresses = subnet_addresses(p, &subnets)?;
+    let bridge = bridge_name(&net.id);
+    let tap = tap_name(&p.id);
+    let ips: Vec<IpAddr> = p.fixed_ips.iter().map(|f| f.ip_address).collect();
+    let port_security = p.port_security_enabled;
+    // Neutron refuses ports mixing stateful and stateless groups; a group not in
+    // the view yet counts as stateful (the default).
+    let stateless = port_security
+        && !p.security_groups.is_empty()
+        && p.security_groups
+            .iter()
+            .all(|g| view.security_groups.get(g).is_some_and(|g| !g.stateful));
+    let mut rules = Vec::new();
+    if port_security {
+        let mut rule_list: Vec<&SecurityGroupRule> = view
+            .security_group_rules
+            .values()
+            .filter(|r| p.security_groups.contains(&r.security_group_id))
+            .collect();
+        rule_list.sort_by(|a, b| a.id.cmp(&b.id));
+        rules = rule_list.into_iter().filter_map(rule_of).collect();
+    }
+    let filter = nft::PortFilter {
+        id: p.id.clone(),
+        tap: tap.clone(),
+        bridge: bridge.clone(),
+        mac,
+        ips: ips.clone(),
+        allowed_address_pairs: address_pairs(p),
+        port_security,
+        stateless,
+        rules,
+    };
+    let desired = PortDesired {
+        id: p.id.clone(),
+        network_id: net.id.clone(),
+        bridge,
+        tap,
+        netns: b.netns.clone(),
+        ifname: b.ifname.clone(),
+        handoff: b.handoff,
+        mac,
+        mtu: net.mtu,
+        addresses,
+        routes: routes_for(p, &subnets),
+    };
+    Ok(Local {
+        kind,
+        desired: Arc::new(desired),
+        filter: Arc::new(filter),
+        ips,
+    })
+}
+
 pub fn compute(inp: Inputs<'_>) -> Desired {
     let view = inp.view;
     let mut d = Desired::default();
-    let subnets: BTreeMap<&str, &Subnet> =
-        view.subnets.values().map(|s| (s.id.as_str(), s)).collect();
+    let epoch = view.epoch();
 
     // Local ports: bound here by us, and the server agrees they are on this host.
-    let bindings = inp.state.bindings.clone();
+    // (Taken out for the loop, which needs the state for zones; put back below.)
+    let bindings = std::mem::take(&mut inp.state.bindings);
     // Networks with published host ports here.
     let mut publishing = BTreeSet::new();
     for (port_id, b) in &bindings {
@@ -321,115 +444,59 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             );
             continue;
         }
-        let Some(net) = view.networks.get(&p.network_id) else {
-            d.waiting
-                .insert(port_id.clone(), "network not known yet".into());
+        let fresh = inp.memo.ports.get(port_id).is_some_and(|m| {
+            m.revision == p.revision_number && m.epoch == epoch && m.binding == *b
+        });
+        if !fresh {
+            inp.memo.ports.insert(
+                port_id.clone(),
+                Derived {
+                    revision: p.revision_number,
+                    epoch,
+                    binding: b.clone(),
+                    local: derive(p, b, view, inp.interface_mappings),
+                },
+            );
+        }
+        let Some(derived) = inp.memo.ports.get(port_id) else {
             continue;
         };
-        let kind = match net.network_type.as_str() {
-            "vxlan" => match net.segmentation_id {
-                Some(vni) => NetKind::Vxlan { vni },
-                None => {
-                    d.waiting
-                        .insert(port_id.clone(), "vxlan network without a VNI".into());
+        let local = match &derived.local {
+            Ok(l) => l,
+            Err(why) => {
+                d.waiting.insert(port_id.clone(), why.clone());
+                continue;
+            }
+        };
+        let net_id = &local.desired.network_id;
+        let bridge = &local.desired.bridge;
+        if !d.networks.contains_key(net_id) {
+            let zone = match inp.state.zone_for(net_id) {
+                Ok(z) => z,
+                Err(e) => {
+                    d.waiting.insert(port_id.clone(), e.to_string());
                     continue;
                 }
-            },
-            "flat" => {
-                let physnet = net.physical_network.clone().unwrap_or_default();
-                match inp.interface_mappings.get(&physnet) {
-                    Some(i) => NetKind::Flat {
-                        interface: i.clone(),
-                    },
-                    None => {
-                        d.waiting.insert(
-                            port_id.clone(),
-                            format!("no interface mapped to physical network {physnet:?}"),
-                        );
-                        continue;
-                    }
-                }
-            }
-            "local" => NetKind::Local,
-            other => {
-                d.waiting.insert(
-                    port_id.clone(),
-                    format!("network type {other} not supported"),
-                );
-                continue;
-            }
-        };
-        let mac: MacAddr = match p.mac_address.parse() {
-            Ok(m) => m,
-            Err(_) => {
-                d.waiting
-                    .insert(port_id.clone(), format!("bad MAC {}", p.mac_address));
-                continue;
-            }
-        };
-        let addresses = match subnet_addresses(p, &subnets) {
-            Ok(a) => a,
-            Err(why) => {
-                d.waiting.insert(port_id.clone(), why);
-                continue;
-            }
-        };
-        let zone = match inp.state.zone_for(&net.id) {
-            Ok(z) => z,
-            Err(e) => {
-                d.waiting.insert(port_id.clone(), e.to_string());
-                continue;
-            }
-        };
-        let bridge = bridge_name(&net.id);
-        d.networks
-            .entry(net.id.clone())
-            .or_insert_with(|| NetDesired {
-                id: net.id.clone(),
-                bridge: bridge.clone(),
-                mtu: net.mtu,
-                kind,
-                remote: RemoteL2::default(),
-                gateways: Vec::new(),
-                subnet_gateways: gateways_of(&net.id, view),
-            });
-        if !d.ruleset.networks.iter().any(|z| z.bridge == bridge) {
+            };
+            d.networks.insert(
+                net_id.clone(),
+                NetDesired {
+                    id: net_id.clone(),
+                    bridge: bridge.clone(),
+                    mtu: local.desired.mtu,
+                    kind: local.kind.clone(),
+                    remote: RemoteL2::default(),
+                    gateways: Vec::new(),
+                    subnet_gateways: gateways_of(net_id, view),
+                },
+            );
             d.ruleset.networks.push(nft::NetworkZone {
                 bridge: bridge.clone(),
                 zone,
             });
         }
-        let tap = tap_name(&p.id);
-        let ips: Vec<IpAddr> = p.fixed_ips.iter().map(|f| f.ip_address).collect();
-        let port_security = p.port_security_enabled;
-        // Neutron refuses ports mixing stateful and stateless groups; a group not in
-        // the view yet counts as stateful (the default).
-        let stateless = port_security
-            && !p.security_groups.is_empty()
-            && p.security_groups
-                .iter()
-                .all(|g| view.security_groups.get(g).is_some_and(|g| !g.stateful));
-        let mut rules = Vec::new();
-        if port_security {
-            let mut rule_list: Vec<&SecurityGroupRule> = view
-                .security_group_rules
-                .values()
-                .filter(|r| p.security_groups.contains(&r.security_group_id))
-                .collect();
-            rule_list.sort_by(|a, b| a.id.cmp(&b.id));
-            rules = rule_list.into_iter().filter_map(rule_of).collect();
-        }
-        d.ruleset.ports.push(nft::PortFilter {
-            id: p.id.clone(),
-            tap: tap.clone(),
-            bridge: bridge.clone(),
-            mac,
-            ips: ips.clone(),
-            allowed_address_pairs: address_pairs(p),
-            port_security,
-            stateless,
-            rules,
-        });
+        let stateless = local.filter.stateless;
+        d.ruleset.ports.push(local.filter.clone());
         for pp in &b.published {
             if stateless {
                 tracing::warn!(port = %p.id, mapping = ?pp,
@@ -437,31 +504,22 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
                      connection tracking; not published");
                 continue;
             }
-            match published_of(pp, &ips, &bridge) {
+            match published_of(pp, &local.ips, bridge) {
                 Ok(x) => {
-                    publishing.insert(net.id.clone());
+                    publishing.insert(net_id.clone());
                     d.ruleset.published.push(x);
                 }
                 Err(why) => tracing::warn!(port = %p.id, mapping = ?pp, "{why}; not published"),
             }
         }
-        d.ports.insert(
-            p.id.clone(),
-            PortDesired {
-                id: p.id.clone(),
-                network_id: net.id.clone(),
-                bridge,
-                tap,
-                netns: b.netns.clone(),
-                ifname: b.ifname.clone(),
-                handoff: b.handoff,
-                mac,
-                mtu: net.mtu,
-                addresses,
-                routes: routes_for(p, &subnets),
-            },
-        );
+        d.ports.insert(p.id.clone(), local.desired.clone());
     }
+    // Entries of ports no longer bound (only when there can be some: a walk of
+    // every entry per pass is what the memo saves).
+    if inp.memo.ports.len() > bindings.len() {
+        inp.memo.ports.retain(|id, _| bindings.contains_key(id));
+    }
+    inp.state.bindings = bindings;
     for id in &publishing {
         if let Some(n) = d.networks.get_mut(id) {
             n.gateways = n.subnet_gateways.clone();
@@ -504,36 +562,49 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
     }
 
     // Remote groups: member addresses of every group a local rule names.
-    let named: BTreeSet<String> = d
-        .ruleset
-        .ports
-        .iter()
-        .flat_map(|pf| pf.rules.iter())
-        .filter_map(|r| match &r.remote {
-            nft::Remote::Group(g) => Some(g.clone()),
-            _ => None,
-        })
-        .collect();
-    for g in named {
-        let mut members = nft::GroupMembers::default();
-        for p in view.ports.values() {
-            if !p.security_groups.contains(&g) {
-                continue;
-            }
-            let nets = p
-                .fixed_ips
-                .iter()
-                .map(|f| IpNet::from(f.ip_address))
-                .chain(address_pairs(p).into_iter().map(|a| a.ip));
-            for n in nets {
-                match n {
-                    IpNet::V4(_) => members.v4.insert(n),
-                    IpNet::V6(_) => members.v6.insert(n),
-                };
+    // (Ports share rule lists: each distinct list looked at once.)
+    let mut named: BTreeMap<&str, nft::GroupMembers> = BTreeMap::new();
+    let mut seen: std::collections::HashSet<&[nft::Rule]> = Default::default();
+    for pf in &d.ruleset.ports {
+        if !seen.insert(&pf.rules) {
+            continue;
+        }
+        for r in &pf.rules {
+            if let nft::Remote::Group(g) = &r.remote {
+                named.entry(g.as_str()).or_default();
             }
         }
-        d.ruleset.groups.insert(g, members);
     }
+    // One walk over the ports for all the groups named.
+    if !named.is_empty() {
+        for p in view.ports.values() {
+            for g in &p.security_groups {
+                let Some(members) = named.get_mut(g.as_str()) else {
+                    continue;
+                };
+                let pairs = p.allowed_address_pairs.iter().filter_map(|a| {
+                    a.ip_address
+                        .parse::<IpNet>()
+                        .or_else(|_| a.ip_address.parse::<IpAddr>().map(IpNet::from))
+                        .ok()
+                });
+                for n in p
+                    .fixed_ips
+                    .iter()
+                    .map(|f| IpNet::from(f.ip_address))
+                    .chain(pairs)
+                {
+                    match n {
+                        IpNet::V4(_) => members.v4.insert(n),
+                        IpNet::V6(_) => members.v6.insert(n),
+                    };
+                }
+            }
+        }
+    }
+    let named: Vec<(String, nft::GroupMembers)> =
+        named.into_iter().map(|(g, m)| (g.to_string(), m)).collect();
+    d.ruleset.groups.extend(named);
     d.ruleset.ports.sort_by(|a, b| a.id.cmp(&b.id));
     d.ruleset.networks.sort_by(|a, b| a.bridge.cmp(&b.bridge));
     d
@@ -682,6 +753,7 @@ mod tests {
             host,
             view,
             state,
+            memo: &mut Memo::default(),
             interface_mappings: &BTreeMap::new(),
         })
     }
@@ -697,6 +769,70 @@ mod tests {
             },
         );
         s
+    }
+
+    /// An unchanged port is derived once and shared from pass to pass; a change
+    /// of the rest of the view (a subnet's routes) or of the binding derives it
+    /// again, with the change in it.
+    #[test]
+    fn ports_are_derived_again_only_when_something_they_depend_on_changed() {
+        let mut view = mirror();
+        let mut state = bound_state();
+        let mut memo = Memo::default();
+        let mut run = |view: &HostMirror, state: &mut LocalState| {
+            compute(Inputs {
+                host: "h1",
+                view,
+                state,
+                memo: &mut memo,
+                interface_mappings: &BTreeMap::new(),
+            })
+        };
+        let id = "local-port-0001";
+        let a = run(&view, &mut state);
+        let b = run(&view, &mut state);
+        assert!(Arc::ptr_eq(&a.ports[id], &b.ports[id]));
+        assert!(Arc::ptr_eq(&a.ruleset.ports[0], &b.ruleset.ports[0]));
+
+        view.apply(HostFrame {
+            revision: 6,
+            present: None,
+            put: HostObjects {
+                subnets: vec![subnet(
+                    SUB4,
+                    "10.0.0.0/24",
+                    "10.0.0.1",
+                    4,
+                    json!([{"destination": "172.16.0.0/12", "nexthop": "10.0.0.254"}]),
+                )],
+                ..Default::default()
+            },
+            delete: HostIds::default(),
+        });
+        let c = run(&view, &mut state);
+        assert!(!Arc::ptr_eq(&b.ports[id], &c.ports[id]));
+        let dests = |d: &Desired| -> Vec<String> {
+            d.ports[id]
+                .routes
+                .iter()
+                .map(|r| r.dest.to_string())
+                .collect()
+        };
+        assert!(
+            dests(&b).contains(&"192.168.0.0/16".to_string()),
+            "{:?}",
+            dests(&b)
+        );
+        assert!(
+            dests(&c).contains(&"172.16.0.0/12".to_string()),
+            "{:?}",
+            dests(&c)
+        );
+
+        state.bindings.get_mut(id).expect("bound").ifname = "eth1".into();
+        let e = run(&view, &mut state);
+        assert_eq!(c.ports[id].ifname, "eth0");
+        assert_eq!(e.ports[id].ifname, "eth1");
     }
 
     #[test]

@@ -93,10 +93,12 @@ pub struct Engine<K: Kernel = Netlink, F: Firewall = NftFirewall> {
     vxlan_port: u16,
     /// What the last successful pass applied, so unchanged things are not re-read.
     applied_rules: Option<(Ruleset, nft::Compiled)>,
-    applied_ports: HashMap<String, PortDesired>,
+    applied_ports: HashMap<String, Arc<PortDesired>>,
     applied_remote: HashMap<String, RemoteL2>,
     /// Links as last read (a full dump now and then, lookups by name between).
     known: HashMap<String, Link>,
+    /// Links a pass found changed or gone, dropped from `known` when it ends.
+    forgotten: Vec<String>,
     full_dump_at: Option<std::time::Instant>,
     /// Link names the last pass wanted: one gone means a full dump and a sweep.
     last_wanted: BTreeSet<String>,
@@ -167,6 +169,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             applied_ports: HashMap::new(),
             applied_remote: HashMap::new(),
             known: HashMap::new(),
+            forgotten: Vec::new(),
             full_dump_at: None,
             last_wanted: BTreeSet::new(),
             applied_gateways: HashMap::new(),
@@ -262,19 +265,47 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                 }
             }
         }
-        let links = self.known.clone();
+        // Borrowed for the pass (a clone costs thousands of allocations on a big
+        // host); what the pass finds stale is dropped from it afterwards.
+        let links = std::mem::take(&mut self.known);
+        let outcome = self
+            .converge_on(d, &links, &wanted, full, started, &mut pass)
+            .await;
+        let mut links = links;
+        for name in self.forgotten.drain(..) {
+            links.remove(&name);
+        }
+        self.known = links;
+        outcome?;
+        self.last_wanted = wanted;
+        self.applied_ports.retain(|id, _| d.ports.contains_key(id));
+        self.applied_remote
+            .retain(|id, _| d.networks.contains_key(id));
+        self.applied_gateways
+            .retain(|id, _| d.networks.contains_key(id));
+        Ok(pass)
+    }
 
+    /// The body of [`Engine::converge`], on the links read at its start.
+    async fn converge_on(
+        &mut self,
+        d: &Desired,
+        links: &HashMap<String, Link>,
+        wanted: &BTreeSet<String>,
+        full: bool,
+        started: Instant,
+        pass: &mut Pass,
+    ) -> Result<(), EngineError> {
         // Networks: bridge, then its uplink (vxlan or a host interface).
         let mut bridges: HashMap<String, u32> = HashMap::new();
         for n in d.networks.values() {
-            let br = self.ensure_network(n, &links, &mut pass).await?;
+            let br = self.ensure_network(n, links, pass).await?;
             bridges.insert(n.id.clone(), br);
         }
 
         // Published ports: the gateways their traffic is routed through, and
         // forwarding, before the rules that send traffic there.
-        self.ensure_gateways(d, &bridges, &links, full, &mut pass)
-            .await;
+        self.ensure_gateways(d, &bridges, links, full, pass).await;
         if full {
             self.forwarding = (false, false);
         }
@@ -283,7 +314,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         let t_links = started.elapsed();
         // Security groups before ports come up, so a new port is filtered from its
         // first packet.
-        pass.nft_apply = self.apply_rules(&d.ruleset, &mut pass).await?;
+        pass.nft_apply = self.apply_rules(&d.ruleset, pass).await?;
         if pass.nft_apply.is_some() {
             pass.rules_done = Some(Instant::now());
         }
@@ -318,18 +349,32 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             for (name, index) in gone {
                 tracing::info!(link = %name, "removing a link no port owns");
                 self.kernel.delete_link(index).await?;
-                self.known.remove(&name);
+                self.forget_link(&name);
             }
         }
         for p in d.ports.values() {
             let Some(&bridge) = bridges.get(&p.network_id) else {
                 continue;
             };
-            let in_place_before = self.applied_ports.get(&p.id) == Some(p);
-            let span = tracing::debug_span!("port", port = %p.id, tap = %p.tap);
+            let in_place_before = self
+                .applied_ports
+                .get(&p.id)
+                .is_some_and(|a| Arc::ptr_eq(a, p) || a == p);
             let check = verify.contains(p.id.as_str());
+            // Unchanged and in place (most ports, most passes): nothing to do, and
+            // no span or future made for it.
+            if in_place_before
+                && (!check || p.handoff)
+                && links
+                    .get(&p.tap)
+                    .is_some_and(|l| l.master == Some(bridge) && l.up)
+            {
+                pass.realized.insert(p.id.clone());
+                continue;
+            }
+            let span = tracing::debug_span!("port", port = %p.id, tap = %p.tap);
             match self
-                .ensure_port(p, bridge, links.get(&p.tap), check, &mut pass)
+                .ensure_port(p, bridge, links.get(&p.tap), check, pass)
                 .instrument(span)
                 .await
             {
@@ -343,13 +388,13 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
             if !in_place_before {
                 // Created or changed: read it back by name next time.
-                self.known.remove(&p.tap);
+                self.forget_link(&p.tap);
             }
         }
 
         for n in d.networks.values() {
             if let NetKind::Vxlan { vni } = n.kind
-                && let Err(e) = self.ensure_remote(n, vni, full, &mut pass).await
+                && let Err(e) = self.ensure_remote(n, vni, full, pass).await
             {
                 tracing::warn!(network = %n.id, error = %e, "l2 population failed; retried next pass");
                 self.applied_remote.remove(&n.id);
@@ -374,17 +419,11 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                     }
                     tracing::info!(link = %l.name, "removing a link no port owns");
                     self.kernel.delete_link(l.index).await?;
-                    self.known.remove(&l.name);
+                    self.forget_link(&l.name);
                     self.lingering.remove(&l.name);
                 }
             }
         }
-        self.last_wanted = wanted;
-        self.applied_ports.retain(|id, _| d.ports.contains_key(id));
-        self.applied_remote
-            .retain(|id, _| d.networks.contains_key(id));
-        self.applied_gateways
-            .retain(|id, _| d.networks.contains_key(id));
         tracing::debug!(
             links_ms = t_links.as_secs_f64() * 1e3,
             rules_ms = (t_rules - t_links).as_secs_f64() * 1e3,
@@ -392,7 +431,12 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             ports = d.ports.len(),
             "convergence pass"
         );
-        Ok(pass)
+        Ok(())
+    }
+
+    /// A link changed or gone: read it again next time.
+    fn forget_link(&mut self, name: &str) {
+        self.forgotten.push(name.to_string());
     }
 
     async fn ensure_network(
@@ -407,7 +451,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                 if self.last_wanted.contains(&n.bridge) {
                     pass.repaired("link", &n.bridge);
                 }
-                self.known.remove(&n.bridge);
+                self.forget_link(&n.bridge);
                 if !links.contains_key(&n.bridge) {
                     // A new bridge holds no address yet.
                     self.applied_gateways.remove(&n.id);
@@ -436,7 +480,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                         pass.repaired("link", &name);
                     }
                     self.applied_remote.remove(&n.id);
-                    self.known.remove(&name);
+                    self.forget_link(&name);
                     self.kernel
                         .ensure_vxlan(&VxlanSpec {
                             name,
@@ -456,7 +500,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
                     if self.last_wanted.contains(interface) {
                         pass.repaired("link", interface);
                     }
-                    self.known.remove(interface);
+                    self.forget_link(interface);
                     self.kernel.set_master(l.index, bridge).await?;
                     self.kernel.set_up(l.index).await?;
                 }
@@ -472,7 +516,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
     /// reads the container end back even if nothing changed since last time.
     async fn ensure_port(
         &mut self,
-        p: &PortDesired,
+        p: &Arc<PortDesired>,
         bridge: u32,
         tap: Option<&Link>,
         verify: bool,
@@ -821,39 +865,30 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         if self.applied_rules.is_none() {
             self.nft_drift = false;
         }
-        let (script, compiled) = match &self.applied_rules {
-            Some((old, _)) if old == want => return Ok(None),
+        let (script, compiled) = match self.applied_rules.take() {
+            Some((old, compiled)) if old == *want => {
+                self.applied_rules = Some((old, compiled));
+                return Ok(None);
+            }
             None => (Some(nft::render(want)), nft::compile(want)),
-            Some((_, old)) => {
-                let new = nft::compile(want);
+            Some((old, mut compiled)) => {
                 // Elements only (the common case: ports and members coming and
-                // going): one netlink batch in-process.
-                // `None`: not elements only, or the firewall cannot batch them.
-                let batch = nft::element_changes(old, &new).and_then(|changes| {
-                    let started = Instant::now();
-                    let applied = self.firewall.apply_elements(nft::TABLE, &changes)?;
-                    Some((changes.len(), started.elapsed(), applied))
-                });
-                if let Some((sets, took, applied)) = batch {
-                    match applied {
-                        Ok(()) => {
-                            tracing::debug!(
-                                sets,
-                                ms = took.as_secs_f64() * 1e3,
-                                "nft elements applied over netlink"
-                            );
-                            self.applied_rules = Some((want.clone(), new));
-                            return Ok(Some(took));
-                        }
-                        Err(e) => {
-                            // The kernel does not hold what was last applied: start over.
-                            tracing::warn!(error = %e, "element batch refused; replacing kuryr's tables");
-                            self.applied_rules = None;
-                            (Some(nft::render(want)), new)
-                        }
+                // going), found and applied in place: a cost that follows the
+                // change, not the number of ports on the host.
+                match self
+                    .firewall
+                    .can_batch()
+                    .then(|| compiled.update(&old, want))
+                    .flatten()
+                {
+                    Some(changes) => match self.apply_changes(want, compiled, changes) {
+                        Some(took) => return Ok(took),
+                        None => (Some(nft::render(want)), nft::compile(want)),
+                    },
+                    None => {
+                        let new = nft::compile(want);
+                        (nft::diff_compiled(&compiled, &new), new)
                     }
-                } else {
-                    (nft::diff_compiled(old, &new), new)
                 }
             }
         };
@@ -871,6 +906,40 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         }
         self.applied_rules = Some((want.clone(), compiled));
         Ok(took)
+    }
+
+    /// Sends element changes as one netlink batch, and records `want` as applied
+    /// with `compiled` (already brought to it): how long the batch took, if one was
+    /// needed. `None` when the batch is refused: then replace kuryr's tables whole.
+    fn apply_changes(
+        &mut self,
+        want: &Ruleset,
+        compiled: nft::Compiled,
+        changes: Vec<kuryr_dataplane::nfnl::Change>,
+    ) -> Option<Option<Duration>> {
+        if changes.is_empty() {
+            self.applied_rules = Some((want.clone(), compiled));
+            return Some(None);
+        }
+        let started = Instant::now();
+        match self.firewall.apply_elements(nft::TABLE, &changes) {
+            Some(Ok(())) => {
+                let took = started.elapsed();
+                tracing::debug!(
+                    sets = changes.len(),
+                    ms = took.as_secs_f64() * 1e3,
+                    "nft elements applied over netlink"
+                );
+                self.applied_rules = Some((want.clone(), compiled));
+                Some(Some(took))
+            }
+            Some(Err(e)) => {
+                // The kernel does not hold what was last applied: start over.
+                tracing::warn!(error = %e, "element batch refused; replacing kuryr's tables");
+                None
+            }
+            None => None,
+        }
     }
 
     /// Removes everything kuryr made on this host (`kuryr agent --cleanup`).

@@ -201,6 +201,9 @@ pub trait Firewall: Send {
     fn take_foreign_change(&self) -> bool;
     /// Applies an nft script (a full replace or a diff) as one transaction.
     fn apply(&mut self, script: &str) -> impl Future<Output = Result<(), NftError>> + Send;
+    /// Whether this firewall can apply element changes (asked before computing
+    /// them in place, which leaves no old state to diff a script from).
+    fn can_batch(&mut self) -> bool;
     /// Applies set and map element changes to `table` as one transaction; `None`
     /// when this firewall cannot (then a script does it).
     fn apply_elements(&mut self, table: &str, changes: &[Change]) -> Option<Result<(), NfnlError>>;

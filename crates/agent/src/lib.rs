@@ -42,7 +42,7 @@ use host::enable_bridge_netfilter;
 #[derive(Debug, Clone, Default)]
 struct PassReport {
     generation: u64,
-    ports: BTreeMap<String, desired::PortDesired>,
+    ports: BTreeMap<String, Arc<desired::PortDesired>>,
     /// port → why it is not realized.
     problems: BTreeMap<String, String>,
     /// Ports whose interface is in place.
@@ -58,6 +58,8 @@ pub struct Agent {
     /// Bumped after every applied frame; binds wait on it for their port.
     mirror_changed: tokio::sync::watch::Sender<u64>,
     engine: tokio::sync::Mutex<Engine>,
+    /// What passes derived from unchanged ports (used under the engine lock).
+    memo: Mutex<desired::Memo>,
     converge_wanted: tokio::sync::Notify,
     /// The outcome of each finished pass, for binds waiting on one.
     passes: tokio::sync::watch::Sender<PassReport>,
@@ -118,6 +120,7 @@ impl Agent {
             mirror: RwLock::new(HostMirror::new()),
             mirror_changed,
             engine: tokio::sync::Mutex::new(engine),
+            memo: Mutex::new(desired::Memo::default()),
             converge_wanted: tokio::sync::Notify::new(),
             passes,
             metrics: metrics::Metrics::new(),

@@ -153,6 +153,7 @@ impl Agent {
             if let Err(e) = self.save_state(&state) {
                 tracing::warn!(error = %e, "could not save the agent state");
             }
+            self.mirror_changed.send_modify(|n| *n += 1);
         }
     }
 
@@ -160,18 +161,26 @@ impl Agent {
     /// what kuryr owns, and on the engine's cadence (verification, lingering links).
     pub(crate) async fn converge_loop(self: Arc<Self>) {
         let kernel = self.engine.lock().await.wake();
+        // The generation (of the mirror and the bindings) the last good pass started
+        // from: a wake-up for a change that pass already saw (a bind waking the loop
+        // for the frame that woke it too) runs no second pass.
+        let mut done: Option<u64> = None;
         loop {
             let due = self.engine.lock().await.next_wakeup();
-            match due {
+            let for_inputs = match due {
                 Some(at) => tokio::select! {
-                    _ = self.converge_wanted.notified() => {}
-                    _ = kernel.notified() => {}
-                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = self.converge_wanted.notified() => true,
+                    _ = kernel.notified() => false,
+                    _ = tokio::time::sleep_until(at.into()) => false,
                 },
                 None => tokio::select! {
-                    _ = self.converge_wanted.notified() => {}
-                    _ = kernel.notified() => {}
+                    _ = self.converge_wanted.notified() => true,
+                    _ = kernel.notified() => false,
                 },
+            };
+            if for_inputs && done == Some(*self.mirror_changed.borrow()) {
+                self.metrics.passes_skipped.inc();
+                continue;
             }
             let started = std::time::Instant::now();
             let result = self
@@ -181,6 +190,10 @@ impl Agent {
             self.metrics
                 .pass_seconds
                 .observe(started.elapsed().as_secs_f64());
+            done = result
+                .as_ref()
+                .ok()
+                .map(|_| self.passes.borrow().generation);
             if let Err(e) = result {
                 self.metrics.pass_failures.inc();
                 tracing::warn!(error = %e, "convergence failed; retrying in 1 s");
@@ -193,7 +206,7 @@ impl Agent {
     /// One pass: desired state from the mirror and the bindings, applied by the
     /// engine, then port status reported to the server. Does nothing until the
     /// mirror holds a complete view (never tear down from an empty one).
-    pub async fn converge_once(&self) -> Result<desired::Desired, AgentError> {
+    pub async fn converge_once(&self) -> Result<(), AgentError> {
         let started = std::time::Instant::now();
         let mut engine = self.engine.lock().await;
         let t_lock = started.elapsed();
@@ -212,6 +225,7 @@ impl Agent {
                 host: &self.cfg.host,
                 view: &mirror,
                 state: &mut state,
+                memo: &mut lock(&self.memo),
                 interface_mappings: &self.cfg.interface_mappings,
             });
             if state.zones != zones_before
@@ -281,16 +295,16 @@ impl Agent {
         );
         self.passes.send_replace(PassReport {
             generation,
-            ports: desired.ports.clone(),
+            ports: desired.ports,
             problems: pass
                 .failed
                 .into_iter()
                 .map(|(port, e)| (port, e.to_string()))
-                .chain(desired.waiting.clone())
+                .chain(desired.waiting)
                 .collect(),
             realized: pass.realized,
         });
-        Ok(desired)
+        Ok(())
     }
 
     /// Tells the server the port is `ACTIVE`, bound with vif_type `bridge`, unless

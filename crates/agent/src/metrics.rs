@@ -15,6 +15,7 @@ pub struct Metrics {
     pub ports_realized: Gauge,
     pub pass_seconds: Histogram,
     pub pass_failures: Counter,
+    pub passes_skipped: Counter,
     pub nft_apply_seconds: Histogram,
     pub watch_reconnects: Counter,
     pub event_to_rules_seconds: Histogram,
@@ -35,6 +36,7 @@ impl Metrics {
         // 100 µs to ~3 s: a pass with nothing to do is well under a millisecond.
         let pass_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let pass_failures = Counter::default();
+        let passes_skipped = Counter::default();
         let nft_apply_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let watch_reconnects = Counter::default();
         // 50 µs to ~1.6 s.
@@ -73,6 +75,11 @@ impl Metrics {
             "Convergence passes that failed (retried)",
             pass_failures.clone(),
         );
+        registry.register(
+            "passes_skipped",
+            "Wake-ups for a change the last pass had already seen (no pass run)",
+            passes_skipped.clone(),
+        );
         registry.register_with_unit(
             "nft_apply",
             "Duration of nftables transactions (passes whose rules changed)",
@@ -90,6 +97,7 @@ impl Metrics {
             ports_realized,
             pass_seconds,
             pass_failures,
+            passes_skipped,
             nft_apply_seconds,
             watch_reconnects,
             event_to_rules_seconds,

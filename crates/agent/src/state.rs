@@ -209,7 +209,10 @@ impl StateFile {
             self.load()?;
         }
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let (before, legacy) = written.take().unwrap_or_default();
+        // Brought up to date in place (a clone of every binding per save would cost
+        // what the per-binding files save); left out on an error, so that the
+        // next save starts from what is on disk.
+        let (mut before, legacy) = written.take().unwrap_or_default();
         std::fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
         let mut dir_changed = false;
         for (port, b) in &state.bindings {
@@ -220,17 +223,23 @@ impl StateFile {
             let bytes =
                 serde_json::to_vec_pretty(b).map_err(|e| err(&path, std::io::Error::other(e)))?;
             write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
+            before.bindings.insert(port.clone(), b.clone());
             dir_changed = true;
         }
-        for port in before.bindings.keys() {
-            if !state.bindings.contains_key(port) {
-                let path = self.dir.join(file_name(port));
-                match std::fs::remove_file(&path) {
-                    Ok(()) => dir_changed = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(err(&path, e)),
+        if before.bindings.len() > state.bindings.len() {
+            for port in before.bindings.keys() {
+                if !state.bindings.contains_key(port) {
+                    let path = self.dir.join(file_name(port));
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => dir_changed = true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(err(&path, e)),
+                    }
                 }
             }
+            before
+                .bindings
+                .retain(|port, _| state.bindings.contains_key(port));
         }
         if dir_changed {
             sync_dir(&self.dir);
@@ -248,7 +257,8 @@ impl StateFile {
                 sync_dir(parent);
             }
         }
-        *written = Some((state.clone(), false));
+        before.zones.clone_from(&state.zones);
+        *written = Some((before, false));
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 //! namespaces, deleted when the test ends (on a panic too).
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -161,7 +162,7 @@ fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
     let mac: MacAddr = "fa:16:3e:00:01:05".parse().unwrap();
     d.ports.insert(
         "port-1".into(),
-        PortDesired {
+        Arc::new(PortDesired {
             id: "port-1".into(),
             network_id: "net-1".into(),
             bridge: BR.into(),
@@ -182,7 +183,7 @@ fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
                     gateway: Some("fd78:1::fe".parse().unwrap()),
                 },
             ],
-        },
+        }),
     );
     let any =
         |d: nft::Direction, e: nft::EtherType, proto: Option<u8>, port: Option<u16>| nft::Rule {
@@ -202,7 +203,7 @@ fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
         bridge: BR.into(),
         zone: 1,
     });
-    d.ruleset.ports.push(nft::PortFilter {
+    d.ruleset.ports.push(Arc::new(nft::PortFilter {
         id: "port-1".into(),
         tap: "tapkt-eng1".into(),
         bridge: BR.into(),
@@ -212,7 +213,7 @@ fn desired(ct: &Name, published: &[(u16, &str)]) -> Desired {
         port_security: true,
         stateless: false,
         rules,
-    });
+    }));
     d.ruleset.published = published
         .iter()
         .map(|(hport, to)| nft::Published {

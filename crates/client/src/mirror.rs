@@ -20,6 +20,9 @@ pub struct HostMirror {
     pub vteps: BTreeMap<String, HostVtep>,
     revision: u64,
     synced: bool,
+    /// Bumped whenever anything but ports and VTEPs may have changed (networks,
+    /// subnets, groups, rules, a resync): see [`HostMirror::epoch`].
+    epoch: u64,
 }
 
 /// What one [`HostMirror::apply`] changed.
@@ -80,7 +83,17 @@ impl HostMirror {
 
     /// Empties the mirror; the next watch must start from `since = 0`.
     pub fn reset(&mut self) {
+        let epoch = self.epoch;
         *self = Self::default();
+        self.epoch = epoch + 1;
+    }
+
+    /// Changes (never repeats, even across [`HostMirror::reset`]) whenever a
+    /// network, subnet, security group or rule may have changed, or a resync
+    /// replaced the view. With a port's `revision_number`, it tells a consumer
+    /// whether what it derived from that port and the rest of the view still holds.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Applies one frame: with `present`, first drops every object whose id is not listed
@@ -229,6 +242,15 @@ impl HostMirror {
                 );
             }
             self.synced = true;
+        }
+        let beyond_ports = |ids: &HostIds| {
+            !(ids.networks.is_empty()
+                && ids.subnets.is_empty()
+                && ids.security_groups.is_empty()
+                && ids.security_group_rules.is_empty())
+        };
+        if delta.resync || beyond_ports(&delta.put) || beyond_ports(&delta.removed) {
+            self.epoch += 1;
         }
         self.revision = revision;
         delta
@@ -429,6 +451,39 @@ mod tests {
             },
             delete: HostIds::default(),
         }
+    }
+
+    /// The epoch moves with networks, subnets, groups, rules and resyncs, never with
+    /// ports alone, and never goes back, even across a reset.
+    #[test]
+    fn epoch_moves_with_everything_but_ports() {
+        let mut m = HostMirror::new();
+        let frame = |revision, put: HostObjects| HostFrame {
+            revision,
+            present: None,
+            put,
+            delete: HostIds::default(),
+        };
+        let e0 = m.epoch();
+        m.apply(frame(
+            1,
+            HostObjects {
+                ports: vec![port("p1", "h1", "a")],
+                ..Default::default()
+            },
+        ));
+        assert_eq!(m.epoch(), e0);
+        m.apply(frame(
+            2,
+            HostObjects {
+                security_group_rules: vec![rule("r1", "sg1")],
+                ..Default::default()
+            },
+        ));
+        let e1 = m.epoch();
+        assert!(e1 > e0);
+        m.reset();
+        assert!(m.epoch() > e1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -462,7 +463,7 @@ fn sample() -> Ruleset {
             bridge: "brqaaaa".into(),
             zone: 7,
         }],
-        ports: vec![
+        ports: arcs(vec![
             PortFilter {
                 id: "3f1c2d4e-aaaa-bbbb-cccc-0123456789ab".into(),
                 tap: "tap3f1c2d4e-aa".into(),
@@ -517,7 +518,7 @@ fn sample() -> Ruleset {
                 stateless: false,
                 rules: vec![],
             },
-        ],
+        ]),
         groups,
         published: vec![],
     }
@@ -566,7 +567,7 @@ fn diff_of_equal_is_none_and_membership_is_elements_only() {
     assert_eq!(diff(&old, &old.clone()), None);
     // reordering rules does not change anything
     let mut reordered = old.clone();
-    reordered.ports[0].rules.reverse();
+    Arc::make_mut(&mut reordered.ports[0]).rules.reverse();
     assert_eq!(diff(&old, &reordered), None);
 
     let mut new = old.clone();
@@ -591,7 +592,7 @@ fn diff_of_port_changes() {
     // a new rule: a chain with the new rules, the port's map elements sent there,
     // then the old chain deleted; the egress side untouched
     let mut new = old.clone();
-    new.ports[0].rules.push(rule(
+    Arc::make_mut(&mut new.ports[0]).rules.push(rule(
         Direction::Ingress,
         EtherType::V6,
         Some(17),
@@ -634,7 +635,7 @@ fn diff_of_port_changes() {
 
     // turning port security off removes everything of the port
     let mut off = old.clone();
-    off.ports[0].port_security = false;
+    Arc::make_mut(&mut off.ports[0]).port_security = false;
     let d = diff(&old, &off).expect("a diff");
     assert!(d.contains(&format!("delete chain inet kuryr {outc}")));
     assert_eq!(render(&off), render(&gone));
@@ -646,7 +647,7 @@ fn diff_of_port_changes() {
 #[test]
 fn ports_with_the_same_rules_share_chains_and_bind_by_elements() {
     let old = sample();
-    let mut twin = old.ports[0].clone();
+    let mut twin = (*old.ports[0]).clone();
     twin.id = "twin".into();
     twin.tap = "taptwin".into();
     twin.mac = "fa:16:3e:00:00:07".parse().expect("mac");
@@ -654,7 +655,7 @@ fn ports_with_the_same_rules_share_chains_and_bind_by_elements() {
     twin.allowed_address_pairs.clear();
     assert_eq!(chains_of(&twin), chains_of(&old.ports[0]));
     let mut new = old.clone();
-    new.ports.push(twin);
+    new.ports.push(Arc::new(twin));
     new.groups
         .get_mut("sg-1")
         .expect("group")
@@ -682,7 +683,7 @@ fn ports_with_the_same_rules_share_chains_and_bind_by_elements() {
     assert!(back.iter().all(|c| !c.add), "{back:?}");
 
     let mut other = new.clone();
-    other.ports[2].rules.pop();
+    Arc::make_mut(&mut other.ports[2]).rules.pop();
     assert_ne!(chains_of(&other.ports[2]), chains_of(&other.ports[0]));
     assert!(element_changes(&compile(&new), &compile(&other)).is_none());
     assert!(element_changes(&compile(&new), &compile(&new)).is_some_and(|c| c.is_empty()));
@@ -711,7 +712,7 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
     );
 
     let mut new = old.clone();
-    new.ports[0].stateless = true;
+    Arc::make_mut(&mut new.ports[0]).stateless = true;
     let s = render(&new);
     assert!(
         s.contains(
@@ -765,9 +766,9 @@ fn stateless_ports_are_in_the_notrack_sets_and_toggle_by_elements() {
 #[test]
 fn bad_names_and_impossible_rules_are_left_out() {
     let mut rs = sample();
-    rs.ports[0].tap = "tap\"; flush ruleset".into();
+    Arc::make_mut(&mut rs.ports[0]).tap = "tap\"; flush ruleset".into();
     rs.networks[0].bridge = "a-very-long-bridge-name".into();
-    rs.ports[0].rules.push(rule(
+    Arc::make_mut(&mut rs.ports[0]).rules.push(rule(
         Direction::Ingress,
         EtherType::V4,
         None,
@@ -964,8 +965,8 @@ async fn kernel_accepts_render_and_diffs() {
 
     let mut variants = vec![Ruleset::default(), rs.clone()];
     let mut v = rs.clone();
-    v.ports[0].ips.push(ip("10.0.0.77"));
-    v.ports[0].allowed_address_pairs.clear();
+    Arc::make_mut(&mut v.ports[0]).ips.push(ip("10.0.0.77"));
+    Arc::make_mut(&mut v.ports[0]).allowed_address_pairs.clear();
     variants.push(v.clone());
     v.groups.remove("sg-1");
     v.networks[0].zone = 9;
@@ -974,9 +975,9 @@ async fn kernel_accepts_render_and_diffs() {
         zone: 3,
     });
     variants.push(v.clone());
-    v.ports[0].mac = "fa:16:3e:00:00:05".parse().expect("mac");
-    v.ports[1].port_security = true;
-    v.ports[0].tap = "tapnew".into();
+    Arc::make_mut(&mut v.ports[0]).mac = "fa:16:3e:00:00:05".parse().expect("mac");
+    Arc::make_mut(&mut v.ports[1]).port_security = true;
+    Arc::make_mut(&mut v.ports[0]).tap = "tapnew".into();
     variants.push(v);
     // published ports come, change and go
     let mut p = rs.clone();
@@ -1011,7 +1012,7 @@ async fn kernel_accepts_render_and_diffs() {
 async fn element_batches_leave_what_render_leaves() {
     let ns = TestNs::new();
     let v0 = sample();
-    let mut twin = v0.ports[0].clone();
+    let mut twin = (*v0.ports[0]).clone();
     twin.id = "twin".into();
     twin.tap = "taptwin".into();
     twin.mac = "fa:16:3e:00:00:07".parse().expect("mac");
@@ -1021,15 +1022,15 @@ async fn element_batches_leave_what_render_leaves() {
         mac: None,
     }];
     let mut v1 = v0.clone();
-    v1.ports.push(twin);
+    v1.ports.push(Arc::new(twin));
     let g = v1.groups.get_mut("sg-1").expect("group");
     g.v4.insert(net("10.0.0.7/32"));
     g.v4.insert(net("10.0.2.0/25"));
     g.v6.insert(net("fd00::7/128"));
     let mut v2 = v1.clone();
-    v2.ports[2].ips = vec![ip("10.0.0.8")];
-    v2.ports[2].mac = "fa:16:3e:00:00:08".parse().expect("mac");
-    v2.ports[2].stateless = true;
+    Arc::make_mut(&mut v2.ports[2]).ips = vec![ip("10.0.0.8")];
+    Arc::make_mut(&mut v2.ports[2]).mac = "fa:16:3e:00:00:08".parse().expect("mac");
+    Arc::make_mut(&mut v2.ports[2]).stateless = true;
     v2.networks[0].zone = 9;
     let g = v2.groups.get_mut("sg-1").expect("group");
     g.v4.remove(&net("10.0.0.7/32"));
@@ -1110,11 +1111,11 @@ async fn default_group_port_rules_and_established() {
     ));
     let rs = Ruleset {
         networks: zone(),
-        ports: vec![
+        ports: arcs(vec![
             t.port('a', a_rules),
             t.port('b', default_rules("sg-default")),
             t.port('c', c_rules),
-        ],
+        ]),
         groups: BTreeMap::from([("sg-default".to_string(), t.members(&['a', 'b']))]),
         published: vec![],
     };
@@ -1147,11 +1148,11 @@ async fn remote_group_membership_follows_diff() {
     let nft = t.host.nft();
     let old = Ruleset {
         networks: zone(),
-        ports: vec![
+        ports: arcs(vec![
             t.port('a', default_rules("sg-default")),
             t.port('b', default_rules("sg-default")),
             t.port('c', default_rules("sg-other")),
-        ],
+        ]),
         groups: BTreeMap::from([
             ("sg-default".to_string(), t.members(&['a', 'b'])),
             ("sg-other".to_string(), t.members(&['c'])),
@@ -1223,7 +1224,7 @@ async fn egress_restriction_and_ipv6_rule() {
     ];
     let rs = Ruleset {
         networks: zone(),
-        ports: vec![t.port('a', a_rules), t.port('b', allow_all())],
+        ports: arcs(vec![t.port('a', a_rules), t.port('b', allow_all())]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -1246,7 +1247,7 @@ async fn anti_spoofing_cuts_off_changed_ip_or_mac() {
     let nft = t.host.nft();
     let rs = Ruleset {
         networks: zone(),
-        ports: vec![t.port('a', allow_all()), t.port('b', allow_all())],
+        ports: arcs(vec![t.port('a', allow_all()), t.port('b', allow_all())]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -1277,10 +1278,12 @@ async fn anti_spoofing_cuts_off_changed_ip_or_mac() {
 
     // an allowed address pair makes the other address legitimate
     let mut rs2 = rs.clone();
-    rs2.ports[0].allowed_address_pairs.push(AddressPair {
-        ip: net("10.78.0.96/29"),
-        mac: None,
-    });
+    Arc::make_mut(&mut rs2.ports[0])
+        .allowed_address_pairs
+        .push(AddressPair {
+            ip: net("10.78.0.96/29"),
+            mac: None,
+        });
     nft.apply(&diff(&rs, &rs2).expect("a diff"))
         .await
         .expect("apply diff");
@@ -1297,7 +1300,7 @@ async fn port_security_false_passes_everything() {
     open.port_security = false;
     let rs = Ruleset {
         networks: zone(),
-        ports: vec![open, t.port('b', allow_all()), t.port('c', vec![])],
+        ports: arcs(vec![open, t.port('b', allow_all()), t.port('c', vec![])]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -1333,7 +1336,7 @@ async fn stateless_ports_need_rules_both_ways_and_are_not_tracked() {
     let nft = t.host.nft();
     let ruleset = |a: PortFilter| Ruleset {
         networks: zone(),
-        ports: vec![a, t.port('b', allow_all()), t.port('c', allow_all())],
+        ports: arcs(vec![a, t.port('b', allow_all()), t.port('c', allow_all())]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -1454,7 +1457,7 @@ async fn published_ports_forward_to_the_container_and_go_away() {
     }
     let base = Ruleset {
         networks: zone(),
-        ports: vec![t.port('a', a_rules), t.port('b', egress_only())],
+        ports: arcs(vec![t.port('a', a_rules), t.port('b', egress_only())]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -1518,7 +1521,7 @@ async fn published_ports_forward_to_the_container_and_go_away() {
 
     // a's ingress rules still apply to what is forwarded
     let mut closed = rs.clone();
-    closed.ports[0]
+    Arc::make_mut(&mut closed.ports[0])
         .rules
         .retain(|r| r.direction == Direction::Egress);
     nft.apply(&diff(&rs, &closed).expect("a diff"))
@@ -1600,7 +1603,12 @@ async fn overlapping_networks_are_kept_apart_by_zones() {
             },
         ],
         // a allows everything in; b allows nothing in (established only)
-        ports: vec![t.port('a', allow_all()), t.port('b', egress_only()), x, y],
+        ports: arcs(vec![
+            t.port('a', allow_all()),
+            t.port('b', egress_only()),
+            x,
+            y,
+        ]),
         groups: BTreeMap::from([(
             "sg-x".to_string(),
             GroupMembers {
@@ -1705,7 +1713,7 @@ fn big_ruleset(ports: usize) -> Ruleset {
             (None, None),
             Remote::Any,
         ));
-        rs.ports.push(PortFilter {
+        rs.ports.push(Arc::new(PortFilter {
             id: format!("00000000-0000-0000-0000-{i:012}"),
             tap: format!("tap{i:011}"),
             bridge: format!("brqnet{}", i % 10),
@@ -1715,7 +1723,7 @@ fn big_ruleset(ports: usize) -> Ruleset {
             port_security: true,
             stateless: false,
             rules,
-        });
+        }));
     }
     rs.groups.insert("sg-default".into(), members);
     rs
@@ -1849,7 +1857,7 @@ async fn bench_published() {
     let nft = t.host.nft();
     let base = Ruleset {
         networks: zone(),
-        ports: vec![t.port('a', allow_all()), t.port('b', allow_all())],
+        ports: arcs(vec![t.port('a', allow_all()), t.port('b', allow_all())]),
         groups: BTreeMap::new(),
         published: vec![],
     };
@@ -2001,11 +2009,11 @@ async fn bench_element_batches() {
             .expect("enter")
             .expect("socket");
         let mut new = old.clone();
-        let mut p = new.ports[0].clone();
+        let mut p = (*new.ports[0]).clone();
         p.id = "extra".into();
         p.tap = "tapextra".into();
         p.ips = vec![ip("10.250.0.1"), ip("fd00::fa:1")];
-        new.ports.push(p);
+        new.ports.push(Arc::new(p));
         let g = new.groups.get_mut("sg-default").expect("group");
         g.v4.insert(net("10.250.0.1/32"));
         g.v6.insert(net("fd00::fa:1/128"));
@@ -2023,4 +2031,8 @@ async fn bench_element_batches() {
         }
         println!("{line} | total {:.3} ms", total.as_secs_f64() * 1e3);
     }
+}
+
+fn arcs(ports: Vec<PortFilter>) -> Vec<Arc<PortFilter>> {
+    ports.into_iter().map(Arc::new).collect()
 }

@@ -3,6 +3,7 @@
 //! `tests/engine_kernel.rs`.)
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -105,8 +106,8 @@ fn desired(kind: NetKind, ports: &[PortDesired]) -> Desired {
         zone: 1,
     });
     for p in ports {
-        d.ports.insert(p.id.clone(), p.clone());
-        d.ruleset.ports.push(nft::PortFilter {
+        d.ports.insert(p.id.clone(), Arc::new(p.clone()));
+        d.ruleset.ports.push(Arc::new(nft::PortFilter {
             id: p.id.clone(),
             tap: p.tap.clone(),
             bridge: p.bridge.clone(),
@@ -116,7 +117,7 @@ fn desired(kind: NetKind, ports: &[PortDesired]) -> Desired {
             port_security: true,
             stateless: false,
             rules: rules(&[]),
-        });
+        }));
     }
     d
 }
@@ -419,7 +420,7 @@ fn three_states() -> [Desired; 3] {
     let d2 = desired(NetKind::Local, &[port(1, CT1), port(2, CT2)]);
     let mut d3 = d2.clone();
     if let Some(f) = d3.ruleset.ports.iter_mut().find(|f| f.id == "port-2") {
-        f.rules = rules(&[ssh()]);
+        Arc::make_mut(f).rules = rules(&[ssh()]);
     }
     [d1, d2, d3]
 }

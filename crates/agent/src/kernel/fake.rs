@@ -723,6 +723,10 @@ impl Firewall for FakeFirewall {
         Ok(())
     }
 
+    fn can_batch(&mut self) -> bool {
+        !self.world().no_elements
+    }
+
     fn apply_elements(
         &mut self,
         _table: &str,

@@ -214,16 +214,23 @@ impl Firewall for NftFirewall {
         self.nft.apply(script).await
     }
 
-    fn apply_elements(&mut self, table: &str, changes: &[Change]) -> Option<Result<(), NfnlError>> {
+    fn can_batch(&mut self) -> bool {
         if self.elements.is_none() {
             match Elements::open() {
                 Ok(e) => self.elements = Some(e),
                 Err(e) => {
                     tracing::warn!(error = %e,
                         "cannot open an nf_tables netlink socket: element changes run nft");
-                    return None;
+                    return false;
                 }
             }
+        }
+        true
+    }
+
+    fn apply_elements(&mut self, table: &str, changes: &[Change]) -> Option<Result<(), NfnlError>> {
+        if !self.can_batch() {
+            return None;
         }
         self.elements.as_mut().map(|e| e.apply(table, changes))
     }

@@ -111,7 +111,7 @@ pub(super) fn interval(net: &IpNet) -> Vec<nfnl::Element> {
 }
 
 /// Collects the element changes of one set or map.
-pub(super) struct Changes(Vec<nfnl::Change>, Vec<nfnl::Change>);
+pub(super) struct Changes(pub(super) Vec<nfnl::Change>, pub(super) Vec<nfnl::Change>);
 
 impl Changes {
     pub(super) fn push(

@@ -172,12 +172,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::MacAddr;
 
 mod elements;
+mod incremental;
 mod model;
 mod process;
 mod render;
@@ -194,7 +196,10 @@ pub const TABLE: &str = "kuryr";
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ruleset {
     pub networks: Vec<NetworkZone>,
-    pub ports: Vec<PortFilter>,
+    /// Sorted by id. Shared: a port whose filter did not change between two rulesets
+    /// is the same allocation in both, which is how [`Compiled::update`] finds the
+    /// few that changed among thousands without comparing them.
+    pub ports: Vec<Arc<PortFilter>>,
     /// Remote-group members by security-group id.
     pub groups: BTreeMap<String, GroupMembers>,
     /// Host ports forwarded to ports on this host (Docker's `-p`). While there are

@@ -181,6 +181,17 @@ pub(super) struct Model {
     pub(super) notrack: BTreeMap<&'static str, BTreeSet<(String, IpNet)>>,
     /// Published host ports; `None` when there are none (no chains for them then).
     pub(super) published: Option<PubModel>,
+    /// What [`Model::update`] (incremental.rs) needs to change the model in place:
+    /// the number of ports using each chain,
+    pub(super) chain_refs: BTreeMap<String, usize>,
+    /// the number of ports whose rules name each remote-group set,
+    pub(super) group_refs: BTreeMap<(String, EtherType), usize>,
+    /// the addresses given to ports in the vmaps, by bridge and first address,
+    pub(super) taken: BTreeMap<(String, IpAddr), IpNet>,
+    /// and whether the build left nothing out (a port listed twice, a tap or an
+    /// address of another port, an invalid name): only then is a change applied in
+    /// place, since removing a port may bring back what another one lost to it.
+    pub(super) clean: bool,
 }
 
 /// Published host ports as the elements of each of [`PUB_OBJECTS`], by name:
@@ -606,6 +617,14 @@ pub(super) fn port_chains(p: &PortFilter) -> (Vec<String>, Vec<String>) {
     (in_rules, out_rules)
 }
 
+/// The addresses a port is given in the vmaps: its fixed IPs and its address
+/// pairs' CIDRs (host bits cleared).
+pub(super) fn candidate_nets(p: &PortFilter) -> BTreeSet<IpNet> {
+    let mut nets: BTreeSet<IpNet> = p.ips.iter().map(|ip| host_net(*ip)).collect();
+    nets.extend(p.allowed_address_pairs.iter().map(|a| a.ip.trunc()));
+    nets
+}
+
 pub(super) fn referenced_groups(p: &PortFilter, out: &mut BTreeSet<(String, EtherType)>) {
     for rule in &p.rules {
         if let Remote::Group(g) = &rule.remote {
@@ -619,7 +638,10 @@ pub(super) type Candidate = (IpNet, String, String);
 
 impl Model {
     pub(super) fn build(rs: &Ruleset) -> Model {
-        let mut m = Model::default();
+        let mut m = Model {
+            clean: true,
+            ..Model::default()
+        };
         for name in VMAPS {
             m.vmaps.insert(name, BTreeMap::new());
         }
@@ -648,21 +670,30 @@ impl Model {
                 continue;
             }
             if !seen.insert(p.id.clone()) {
+                m.clean = false;
                 tracing::warn!(port = %p.id, "port listed twice; first one used");
                 continue;
             }
             if !taps.insert(p.tap.clone()) {
+                m.clean = false;
                 tracing::warn!(port = %p.id, tap = %p.tap, "tap of another port; no anti-spoofing");
             } else if valid_ifname(&p.tap) {
                 spoof_elements(p, &mut m.bsets);
             } else {
+                m.clean = false;
                 tracing::warn!(port = %p.id, tap = %p.tap, "invalid tap name; no anti-spoofing");
             }
             if !valid_ifname(&p.bridge) {
+                m.clean = false;
                 tracing::warn!(port = %p.id, bridge = %p.bridge, "invalid bridge name; no filtering");
                 continue;
             }
-            referenced_groups(p, &mut referenced);
+            let mut named = BTreeSet::new();
+            referenced_groups(p, &mut named);
+            for g in named {
+                *m.group_refs.entry(g.clone()).or_default() += 1;
+                referenced.insert(g);
+            }
             if p.stateless {
                 stateless.insert(p.id.clone());
             }
@@ -678,9 +709,9 @@ impl Model {
                     names
                 }
             };
-            let mut nets: BTreeSet<IpNet> = p.ips.iter().map(|ip| host_net(*ip)).collect();
-            nets.extend(p.allowed_address_pairs.iter().map(|a| a.ip.trunc()));
-            for net in nets {
+            *m.chain_refs.entry(inc.clone()).or_default() += 1;
+            *m.chain_refs.entry(outc.clone()).or_default() += 1;
+            for net in candidate_nets(p) {
                 let (e, i) = match net {
                     IpNet::V4(_) => ("egress4", "ingress4"),
                     IpNet::V6(_) => ("egress6", "ingress6"),
@@ -712,11 +743,13 @@ impl Model {
                     .next()
                     .is_some()
                 {
+                    m.clean = false;
                     tracing::warn!(%port, %bridge, net = %net, map,
                         "address overlaps another port's on the same bridge; not attributed to this port");
                     continue;
                 }
                 taken.insert(net.network(), net);
+                m.taken.insert((bridge.clone(), net.network()), net);
                 let map = map_for(map, &net);
                 owners.insert((map, bridge.clone(), net), port);
                 m.vmaps
