@@ -99,6 +99,9 @@ pub struct Desired {
     /// Bound ports that cannot be realized yet, with the reason (logged, retried on
     /// the next change).
     pub waiting: BTreeMap<String, String>,
+    /// How many bound ports this computation derived anew (the others came from
+    /// the [`Memo`]).
+    pub derived: usize,
 }
 
 pub struct Inputs<'a> {
@@ -323,6 +326,8 @@ struct Derived {
 #[derive(Debug)]
 struct Local {
     kind: NetKind,
+    /// The remote groups its rules name.
+    groups: Vec<String>,
     desired: Arc<PortDesired>,
     filter: Arc<nft::PortFilter>,
     ips: Vec<IpAddr>,
@@ -413,12 +418,32 @@ fn derive(
         addresses,
         routes: routes_for(p, &subnets),
     };
+    let mut groups: Vec<String> = filter
+        .rules
+        .iter()
+        .filter_map(|r| match &r.remote {
+            nft::Remote::Group(g) => Some(g.clone()),
+            _ => None,
+        })
+        .collect();
+    groups.sort();
+    groups.dedup();
     Ok(Local {
         kind,
+        groups,
         desired: Arc::new(desired),
         filter: Arc::new(filter),
         ips,
     })
+}
+
+/// Equal bindings; paths compared as bytes (`Path`'s own equality walks their
+/// components, which costs more than everything else a pass does per port).
+fn same_binding(a: &Binding, b: &Binding) -> bool {
+    a.netns.as_os_str() == b.netns.as_os_str()
+        && a.ifname == b.ifname
+        && a.handoff == b.handoff
+        && a.published == b.published
 }
 
 pub fn compute(inp: Inputs<'_>) -> Desired {
@@ -445,9 +470,10 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             continue;
         }
         let fresh = inp.memo.ports.get(port_id).is_some_and(|m| {
-            m.revision == p.revision_number && m.epoch == epoch && m.binding == *b
+            m.revision == p.revision_number && m.epoch == epoch && same_binding(&m.binding, b)
         });
         if !fresh {
+            d.derived += 1;
             inp.memo.ports.insert(
                 port_id.clone(),
                 Derived {
@@ -562,16 +588,18 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
     }
 
     // Remote groups: member addresses of every group a local rule names.
-    // (Ports share rule lists: each distinct list looked at once.)
     let mut named: BTreeMap<&str, nft::GroupMembers> = BTreeMap::new();
-    let mut seen: std::collections::HashSet<&[nft::Rule]> = Default::default();
-    for pf in &d.ruleset.ports {
-        if !seen.insert(&pf.rules) {
-            continue;
-        }
-        for r in &pf.rules {
-            if let nft::Remote::Group(g) = &r.remote {
-                named.entry(g.as_str()).or_default();
+    for l in inp
+        .memo
+        .ports
+        .values()
+        .filter_map(|m| m.local.as_ref().ok())
+    {
+        if d.ports.contains_key(&l.desired.id) {
+            for g in &l.groups {
+                if !named.contains_key(g.as_str()) {
+                    named.insert(g.as_str(), nft::GroupMembers::default());
+                }
             }
         }
     }

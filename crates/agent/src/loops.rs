@@ -262,7 +262,15 @@ impl Agent {
         for (kind, n) in &pass.repairs {
             self.metrics.repaired(kind, *n);
         }
-        lock(&self.reported).retain(|p, _| pass.realized.contains(p));
+        {
+            // Only when some port left (a walk of all of them per pass otherwise; an
+            // entry of a port that failed meanwhile is harmless: it is reported
+            // again only if the server no longer says ACTIVE).
+            let mut reported = lock(&self.reported);
+            if reported.len() > pass.realized.len() {
+                reported.retain(|p, _| pass.realized.contains(p));
+            }
+        }
         // One read of the mirror for all: only ports whose status needs a look are
         // handed to report_active (which reads it again, per port).
         let todo: Vec<(String, String)> = {
@@ -291,6 +299,7 @@ impl Agent {
             engine_ms = ms(t_engine - t_desired),
             report_ms = ms(started.elapsed() - t_engine),
             ports = desired.ports.len(),
+            derived = desired.derived,
             "pass timing"
         );
         self.passes.send_replace(PassReport {
