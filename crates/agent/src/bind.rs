@@ -188,7 +188,7 @@ impl Agent {
                     self.save_state(&state)?;
                     // A new input of the passes: only a pass that starts after this
                     // counts (the port may already be in the view, claimed when made).
-                    self.mirror_changed.send_modify(|n| *n += 1);
+                    self.inputs_changed();
                     true
                 }
             }
@@ -294,8 +294,7 @@ impl Agent {
         let removed = state.bindings.remove(port_id).is_some();
         if removed {
             self.save_state(&state)?;
-            // A new input of the passes (see converge_loop).
-            self.mirror_changed.send_modify(|n| *n += 1);
+            self.inputs_changed();
         }
         Ok(removed)
     }
@@ -377,7 +376,7 @@ impl Agent {
             }
             b.published = published;
             self.save_state(&state)?;
-            self.mirror_changed.send_modify(|n| *n += 1);
+            self.inputs_changed();
         }
         self.converge_once().await
     }

@@ -180,16 +180,20 @@ fn rule_of(r: &SecurityGroupRule) -> Option<nft::Rule> {
     })
 }
 
+/// An address pair's address or CIDR, if it parses.
+fn pair_net(a: &kuryr_model::AddressPair) -> Option<IpNet> {
+    a.ip_address
+        .parse::<IpNet>()
+        .or_else(|_| a.ip_address.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
 /// The address pairs of a port, as nft and the neighbour table want them.
 fn address_pairs(p: &Port) -> Vec<nft::AddressPair> {
     p.allowed_address_pairs
         .iter()
         .filter_map(|a| {
-            let ip = a
-                .ip_address
-                .parse::<IpNet>()
-                .or_else(|_| a.ip_address.parse::<IpAddr>().map(IpNet::from))
-                .ok()?;
+            let ip = pair_net(a)?;
             Some(nft::AddressPair {
                 ip,
                 mac: a.mac_address.parse().ok(),
@@ -330,7 +334,6 @@ struct Local {
     groups: Vec<String>,
     desired: Arc<PortDesired>,
     filter: Arc<nft::PortFilter>,
-    ips: Vec<IpAddr>,
 }
 
 /// A bound port's interface and filter, from the port, its network, subnets and
@@ -399,7 +402,7 @@ fn derive(
         tap: tap.clone(),
         bridge: bridge.clone(),
         mac,
-        ips: ips.clone(),
+        ips,
         allowed_address_pairs: address_pairs(p),
         port_security,
         stateless,
@@ -433,7 +436,6 @@ fn derive(
         groups,
         desired: Arc::new(desired),
         filter: Arc::new(filter),
-        ips,
     })
 }
 
@@ -530,7 +532,7 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
                      connection tracking; not published");
                 continue;
             }
-            match published_of(pp, &local.ips, bridge) {
+            match published_of(pp, &local.filter.ips, bridge) {
                 Ok(x) => {
                     publishing.insert(net_id.clone());
                     d.ruleset.published.push(x);
@@ -610,12 +612,7 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
                 let Some(members) = named.get_mut(g.as_str()) else {
                     continue;
                 };
-                let pairs = p.allowed_address_pairs.iter().filter_map(|a| {
-                    a.ip_address
-                        .parse::<IpNet>()
-                        .or_else(|_| a.ip_address.parse::<IpAddr>().map(IpNet::from))
-                        .ok()
-                });
+                let pairs = p.allowed_address_pairs.iter().filter_map(pair_net);
                 for n in p
                     .fixed_ips
                     .iter()

@@ -356,13 +356,12 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             let Some(&bridge) = bridges.get(&p.network_id) else {
                 continue;
             };
-            let in_place_before = self
-                .applied_ports
-                .get(&p.id)
-                .is_some_and(|a| Arc::ptr_eq(a, p) || a == p);
+            // Arc's equality checks identity first: an unchanged port is one compare.
+            let in_place_before = self.applied_ports.get(&p.id) == Some(p);
             let check = verify.contains(p.id.as_str());
             // Unchanged and in place (most ports, most passes): nothing to do, and
-            // no span or future made for it.
+            // no span or future made for it. A handed-off container end is
+            // configured by Docker: never read back.
             if in_place_before
                 && (!check || p.handoff)
                 && links
@@ -374,7 +373,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
             let span = tracing::debug_span!("port", port = %p.id, tap = %p.tap);
             match self
-                .ensure_port(p, bridge, links.get(&p.tap), check, pass)
+                .ensure_port(p, bridge, links.get(&p.tap), pass)
                 .instrument(span)
                 .await
             {
@@ -512,22 +511,19 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         Ok(bridge)
     }
 
-    /// Puts a port's veth in place and configures its container end; with `verify`,
-    /// reads the container end back even if nothing changed since last time.
+    /// Puts a port's veth in place and configures its container end, or reads an
+    /// unchanged one back (repairing what is missing) when it is due for a check.
     async fn ensure_port(
         &mut self,
         p: &Arc<PortDesired>,
         bridge: u32,
         tap: Option<&Link>,
-        verify: bool,
         pass: &mut Pass,
     ) -> Result<(), PortError> {
+        // (Unchanged ports in place that need no check never get here: see the
+        // caller's loop.)
         let in_place = tap.is_some_and(|l| l.master == Some(bridge) && l.up);
         let was_applied = self.applied_ports.get(&p.id) == Some(p);
-        // A handed-off container end is configured by Docker: not read back.
-        if in_place && was_applied && (!verify || p.handoff) {
-            return Ok(());
-        }
         if was_applied && !in_place {
             pass.repaired("link", &p.tap);
         }

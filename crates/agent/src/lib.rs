@@ -78,6 +78,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Agent {
+    /// An input of the passes changed (a frame applied, a binding recorded or
+    /// forgotten): a pass that starts after this sees it, and the convergence loop
+    /// skips only wake-ups for nothing newer than its last pass.
+    fn inputs_changed(&self) {
+        self.mirror_changed.send_modify(|n| *n += 1);
+    }
+
     pub async fn new(cfg: AgentConfig, client: Client) -> Result<Arc<Agent>, StartError> {
         enable_bridge_netfilter().await?;
         // Fail at start, clearly, rather than on every convergence pass.

@@ -69,7 +69,7 @@ impl Agent {
                                     let delta = mirror.apply(frame);
                                     // Bumped under the lock: whoever reads the mirror
                                     // reads the generation that matches it.
-                                    self.mirror_changed.send_modify(|n| *n += 1);
+                                    self.inputs_changed();
                                     *lock(&self.frame_seen) =
                                         (*self.mirror_changed.borrow(), arrived);
                                     delta
@@ -153,7 +153,7 @@ impl Agent {
             if let Err(e) = self.save_state(&state) {
                 tracing::warn!(error = %e, "could not save the agent state");
             }
-            self.mirror_changed.send_modify(|n| *n += 1);
+            self.inputs_changed();
         }
     }
 
