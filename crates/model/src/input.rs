@@ -105,6 +105,22 @@ impl Input {
         Ok(())
     }
 
+    /// Read-only attributes in an update, answered as Neutron does.
+    pub fn read_only(&self, keys: &[&str]) -> Result<()> {
+        for k in keys {
+            if self.map.contains_key(*k) {
+                return Err(NeutronError::bad_request(format!(
+                    "Cannot update read-only attribute {k}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// A non-null string of at most `max` characters.
     pub fn string(&mut self, key: &str, max: usize) -> Result<Option<String>> {
         match self.take(key) {

@@ -218,6 +218,69 @@ impl SecurityGroupRule {
     }
 }
 
+/// A router as stored. Its interfaces are the ports whose `device_id` is the router
+/// (owner `network:router_interface`); its gateway port is `gateway.port_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Router {
+    pub id: String,
+    pub name: String,
+    pub project_id: String,
+    pub admin_state_up: bool,
+    pub status: String,
+    pub description: String,
+    pub gateway: Option<RouterGateway>,
+    pub routes: Vec<HostRoute>,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+/// A router's external gateway: the network, whether ports without a floating IP
+/// are SNATed, and the `network:router_gateway` port that holds its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterGateway {
+    pub network_id: String,
+    pub enable_snat: bool,
+    pub port_id: String,
+}
+
+/// A floating IP as stored. `floating_port_id` is its `network:floatingip` port on
+/// the external network (it holds the address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FloatingIp {
+    pub id: String,
+    pub project_id: String,
+    pub floating_network_id: String,
+    pub floating_ip_address: IpAddr,
+    pub floating_port_id: String,
+    pub port_id: Option<String>,
+    pub fixed_ip_address: Option<IpAddr>,
+    pub router_id: Option<String>,
+    pub status: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub revision_number: u64,
+}
+
+/// A floating IP port forwarding: `protocol` traffic to the floating IP's
+/// `external` ports goes to `internal_ip_address`'s `internal` ports on port
+/// `internal_port_id`. Ranges are inclusive; a single port is `(p, p)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForwarding {
+    pub id: String,
+    pub floatingip_id: String,
+    pub project_id: String,
+    pub protocol: String,
+    pub internal_port_id: String,
+    pub internal_ip_address: IpAddr,
+    pub internal: (u16, u16),
+    pub external: (u16, u16),
+    pub description: String,
+}
+
 /// Per-project limits; -1 means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
@@ -229,6 +292,13 @@ pub struct Quota {
     pub security_group_rule: i64,
     pub router: i64,
     pub floatingip: i64,
+    /// Extra routes per router (Neutron's `router_route`).
+    #[serde(default = "default_router_route")]
+    pub router_route: i64,
+}
+
+fn default_router_route() -> i64 {
+    30
 }
 
 impl Default for Quota {
@@ -243,6 +313,7 @@ impl Default for Quota {
             security_group_rule: 100,
             router: 10,
             floatingip: 50,
+            router_route: default_router_route(),
         }
     }
 }

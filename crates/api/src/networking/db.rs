@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use kuryr_model::{
-    Agent, Network, Port, Quota, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool,
+    Agent, FloatingIp, Network, Port, PortForwarding, Quota, Router, SecurityGroup,
+    SecurityGroupRule, Subnet, SubnetPool,
 };
 use kuryr_store::{Event, EventKind, KeyValue, Revision};
 use serde::de::DeserializeOwned;
@@ -40,6 +41,9 @@ pub struct Db {
     pub ports: Table<Port>,
     pub security_groups: Table<SecurityGroup>,
     pub security_group_rules: Table<SecurityGroupRule>,
+    pub routers: Table<Router>,
+    pub floatingips: Table<FloatingIp>,
+    pub port_forwardings: Table<PortForwarding>,
     pub quotas: HashMap<String, Quota>,
     /// Registered agents, by host.
     pub agents: Table<Agent>,
@@ -58,6 +62,16 @@ pub struct Db {
     pub ports_by_host: HashMap<String, BTreeSet<String>>,
     /// security group → its member ports.
     pub ports_by_group: HashMap<String, BTreeSet<String>>,
+    /// `device_id` → ports (a router's interface and gateway ports).
+    pub ports_by_device: HashMap<String, BTreeSet<String>>,
+    /// fixed port → floating IPs associated with it.
+    pub fips_by_port: HashMap<String, BTreeSet<String>>,
+    /// router → floating IPs that go through it.
+    pub fips_by_router: HashMap<String, BTreeSet<String>>,
+    /// floating IP → its port forwardings.
+    pub pfs_by_fip: HashMap<String, BTreeSet<String>>,
+    /// internal port → port forwardings to it.
+    pub pfs_by_port: HashMap<String, BTreeSet<String>>,
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
@@ -177,6 +191,72 @@ impl Db {
                     );
                 }
             }
+            "routers" => {
+                self.routers.remove(&id);
+                if put && let Some(v) = decode::<Router>(kv) {
+                    self.routers.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "floatingips" => {
+                if let Some(o) = self.floatingips.remove(&id) {
+                    if let Some(p) = &o.value.port_id {
+                        remove_from(&mut self.fips_by_port, p, &id);
+                    }
+                    if let Some(r) = &o.value.router_id {
+                        remove_from(&mut self.fips_by_router, r, &id);
+                    }
+                }
+                if put && let Some(v) = decode::<FloatingIp>(kv) {
+                    if let Some(p) = &v.port_id {
+                        self.fips_by_port
+                            .entry(p.clone())
+                            .or_default()
+                            .insert(id.clone());
+                    }
+                    if let Some(r) = &v.router_id {
+                        self.fips_by_router
+                            .entry(r.clone())
+                            .or_default()
+                            .insert(id.clone());
+                    }
+                    self.floatingips.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "port-forwardings" => {
+                if let Some(o) = self.port_forwardings.remove(&id) {
+                    remove_from(&mut self.pfs_by_fip, &o.value.floatingip_id, &id);
+                    remove_from(&mut self.pfs_by_port, &o.value.internal_port_id, &id);
+                }
+                if put && let Some(v) = decode::<PortForwarding>(kv) {
+                    self.pfs_by_fip
+                        .entry(v.floatingip_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    self.pfs_by_port
+                        .entry(v.internal_port_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    self.port_forwardings.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
             "agents" => {
                 self.agents.remove(&id);
                 if put && let Some(v) = decode::<Agent>(kv) {
@@ -231,6 +311,12 @@ impl Db {
                 .or_default()
                 .insert(ip.ip_address);
         }
+        if !p.device_id.is_empty() {
+            self.ports_by_device
+                .entry(p.device_id.clone())
+                .or_default()
+                .insert(p.id.clone());
+        }
         if !p.host_id.is_empty() {
             self.ports_by_host
                 .entry(p.host_id.clone())
@@ -254,6 +340,7 @@ impl Db {
         }
         remove_from(&mut self.ports_by_network, &p.network_id, &p.id);
         remove_from(&mut self.ports_by_host, &p.host_id, &p.id);
+        remove_from(&mut self.ports_by_device, &p.device_id, &p.id);
         for sg in &p.security_groups {
             remove_from(&mut self.ports_by_group, sg, &p.id);
         }

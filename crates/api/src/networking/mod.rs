@@ -3,12 +3,17 @@
 
 mod agents;
 mod db;
+mod floatingips;
+mod ip_availability;
 mod networks;
 pub mod policy;
+mod port_forwardings;
 mod ports;
 mod query;
 mod quotas;
 mod resource;
+mod router_interfaces;
+mod routers;
 mod security_groups;
 mod subnetpools;
 mod subnets;
@@ -278,8 +283,14 @@ impl Networking {
             .merge(resource::routes::<kuryr_model::Port>())
             .merge(resource::routes::<kuryr_model::SecurityGroup>())
             .merge(resource::routes::<kuryr_model::SecurityGroupRule>())
+            .merge(resource::routes::<kuryr_model::Router>())
+            .merge(router_interfaces::routes())
+            .merge(resource::routes::<kuryr_model::FloatingIp>())
+            .merge(floatingips::routes())
+            .merge(port_forwardings::routes())
             .merge(quotas::routes())
             .merge(agents::routes())
+            .merge(ip_availability::routes())
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 authenticate,
@@ -499,6 +510,9 @@ async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
         ("security_group_rule", "security-group-rules"),
         ("quota", "quotas"),
         ("agent", "agents"),
+        ("router", "routers"),
+        ("floatingip", "floatingips"),
+        ("floatingip_pool", "floatingip_pools"),
     ]
     .iter()
     .map(|(n, c)| json!({"name": n, "collection": c, "links": [{"rel": "self", "href": format!("{base}/{c}")}]}))
@@ -525,14 +539,84 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Provides ability to mark and use a subnetpool as the default.",
     ),
     (
+        "expose-port-forwarding-in-fip",
+        "Expose Floating IP port forwardings",
+        "Expose port forwarding fields in floating IP response",
+    ),
+    (
+        "ext-gw-mode",
+        "Neutron L3 Configurable external gateway mode",
+        "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway",
+    ),
+    (
         "external-net",
         "Neutron external network",
         "Adds external network attribute to network resource.",
     ),
     (
+        "extraroute",
+        "Neutron Extra Route",
+        "Extra routes configuration for L3 router",
+    ),
+    (
+        "extraroute-atomic",
+        "Atomically add/remove extra routes",
+        "Edit extra routes of a router on server side by atomically adding/removing extra routes",
+    ),
+    (
         "filter-validation",
         "Filter parameters validation",
         "Provides validation on filter parameters.",
+    ),
+    (
+        "fip-port-details",
+        "Floating IP Port Details Extension",
+        "Add port_details attribute to Floating IP resource",
+    ),
+    (
+        "floating-ip-port-forwarding",
+        "Floating IP Port Forwarding",
+        "Allow port forwarding from floating IP port to an internal port",
+    ),
+    (
+        "floating-ip-port-forwarding-description",
+        "Floating IP Port Forwarding new attribute description",
+        "Add a description field to Port Forwarding rules",
+    ),
+    (
+        "floating-ip-port-forwarding-detail",
+        "Floating IP port forwarding detail",
+        "Floating IPs list their port forwardings with their id and internal_port_id",
+    ),
+    (
+        "floating-ip-port-forwarding-port-ranges",
+        "Floating IP Port Forwarding support port ranges",
+        "Add support to port ranges",
+    ),
+    (
+        "floating-ip-router-writable",
+        "Floating IP Router (writable)",
+        "Provides a writable router_id attribute for a floating IP resource.",
+    ),
+    (
+        "floatingip-pools",
+        "Floating IP Pools Extension",
+        "Provides a floating IP pools API.",
+    ),
+    (
+        "l3-port-ip-change-not-allowed",
+        "Prevent L3 router ports IP address change extension",
+        "Prevent change of IP address for some L3 router ports",
+    ),
+    (
+        "network-ip-availability",
+        "Network IP Availability",
+        "Provides IP availability data for each network and subnet.",
+    ),
+    (
+        "network-ip-availability-details",
+        "Network IP Availability Details Extension",
+        "Add ip_availability_details attribute to network-ip-availabilities resource.",
     ),
     (
         "net-mtu",
@@ -561,19 +645,24 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "Expose mapping of virtual networks to physical networks",
     ),
     (
-        "quotas",
-        "Quota management support",
-        "Expose functions for quotas management per project",
-    ),
-    (
         "quota_details",
         "Quota details management support",
         "Expose functions for quotas usage statistics per project",
     ),
     (
+        "quotas",
+        "Quota management support",
+        "Expose functions for quotas management per project",
+    ),
+    (
         "revision-if-match",
         "If-Match constraints based on revision_number",
         "Extension indicating that If-Match based on revision_number is supported.",
+    ),
+    (
+        "router",
+        "Neutron L3 Router",
+        "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway.",
     ),
     (
         "security-group",

@@ -1,11 +1,12 @@
 //! Networks: provider attributes, VNI allocation, MTU, sharing.
 
 use kuryr_model::input::Input;
-use kuryr_model::{Network, NeutronError};
+use kuryr_model::{FloatingIp, Network, NeutronError, Port};
 use kuryr_store::{Compare, Op, Txn};
 use serde_json::{Map, Value};
 
 use super::db::{Db, Table, keys};
+use super::ports::{OWNER_FLOATINGIP, OWNER_ROUTER_GATEWAY};
 use super::resource::{self, Resource, check_quota, clean_tags, encode, standard_fields, view_of};
 use super::{ApiError, ApiResult, Ctx, Shared, new_id, now};
 
@@ -129,6 +130,21 @@ impl Resource for Network {
             if let Some(v) = shared {
                 n.shared = v;
             }
+            if external == Some(false) && n.router_external {
+                let gateways = db
+                    .ports_by_network
+                    .get(&n.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| db.ports.get(p))
+                    .any(|p| p.value.device_owner == OWNER_ROUTER_GATEWAY);
+                if gateways {
+                    return Err(ApiError(NeutronError::conflict(
+                        "ExternalNetworkInUse",
+                        format!("External network {} cannot be updated to be made non-external, since it has existing gateway ports.", n.id),
+                    )));
+                }
+            }
             if let Some(v) = external {
                 n.router_external = v;
             }
@@ -161,6 +177,39 @@ impl Resource for Network {
     }
 
     async fn delete(net: &Shared, ctx: &Ctx, id: &str) -> ApiResult<()> {
+        // Floating IPs nobody uses go first, as in Neutron (even when the network
+        // then turns out to be in use).
+        let idle: Vec<(Port, FloatingIp, u64)> = {
+            let db = net.db();
+            resource::find::<Network>(&db, ctx, id)?;
+            db.ports_by_network
+                .get(id)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| db.ports.get(p))
+                .filter(|p| p.value.device_owner == OWNER_FLOATINGIP)
+                .filter_map(|p| {
+                    let f = db.floatingips.get(&p.value.device_id)?;
+                    (f.value.port_id.is_none() && f.value.router_id.is_none())
+                        .then(|| ((*p.value).clone(), (*f.value).clone(), f.rev))
+                })
+                .collect()
+        };
+        if !idle.is_empty() {
+            let mut txn = Txn::new();
+            for (p, f, rev) in &idle {
+                txn = txn.when(Compare::ModRevision(
+                    keys::resource("floatingips", &f.id),
+                    *rev,
+                ));
+                txn.ops
+                    .push(Op::Delete(keys::resource("floatingips", &f.id)));
+                txn.ops.extend(super::ports::delete_ops(p));
+                txn.ops.push(Op::Delete(keys::resource("ports", &p.id)));
+            }
+            // A floating IP that changed meanwhile is in use now: leave it.
+            net.commit(txn).await?;
+        }
         resource::delete_with::<Network, _>(net, ctx, id, |db, n| {
             if let Some(ports) = db.ports_by_network.get(&n.id).filter(|p| !p.is_empty()) {
                 let ids: Vec<&str> = ports.iter().map(String::as_str).collect();

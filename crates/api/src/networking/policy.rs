@@ -368,6 +368,98 @@ pub const DEFAULTS: &[(&str, &str)] = &[
         "kuryr_watch_host",
         "(rule:admin_only) or kuryr_agent:%(host)s",
     ),
+    // Routers.
+    ("create_router", ADMIN_OR_MEMBER),
+    ("create_router:external_gateway_info", ADMIN_OR_MEMBER),
+    (
+        "create_router:external_gateway_info:network_id",
+        ADMIN_OR_MEMBER,
+    ),
+    (
+        "create_router:external_gateway_info:enable_snat",
+        "rule:admin_only",
+    ),
+    (
+        "create_router:external_gateway_info:external_fixed_ips",
+        "rule:admin_only",
+    ),
+    ("create_router:tags", ADMIN_OR_MEMBER),
+    (
+        "get_router",
+        "(rule:admin_only) or (role:reader and project_id:%(project_id)s)",
+    ),
+    (
+        "get_router:tags",
+        "(rule:admin_only) or (role:reader and project_id:%(project_id)s)",
+    ),
+    ("update_router", ADMIN_OR_MEMBER),
+    ("update_router:external_gateway_info", ADMIN_OR_MEMBER),
+    (
+        "update_router:external_gateway_info:network_id",
+        ADMIN_OR_MEMBER,
+    ),
+    (
+        "update_router:external_gateway_info:enable_snat",
+        "rule:admin_only",
+    ),
+    (
+        "update_router:external_gateway_info:external_fixed_ips",
+        "rule:admin_only",
+    ),
+    ("update_router:tags", ADMIN_OR_MEMBER),
+    ("delete_router", ADMIN_OR_MEMBER),
+    ("delete_router:tags", ADMIN_OR_MEMBER),
+    ("add_router_interface", ADMIN_OR_MEMBER),
+    ("remove_router_interface", ADMIN_OR_MEMBER),
+    ("add_extraroutes", ADMIN_OR_MEMBER),
+    ("remove_extraroutes", ADMIN_OR_MEMBER),
+    // Floating IPs.
+    ("create_floatingip", ADMIN_OR_MEMBER),
+    (
+        "create_floatingip:floating_ip_address",
+        "(rule:admin_only) or (role:manager and project_id:%(project_id)s)",
+    ),
+    ("create_floatingip:router_id", ADMIN_OR_MEMBER),
+    ("create_floatingip:tags", ADMIN_OR_MEMBER),
+    (
+        "get_floatingip",
+        "(rule:admin_only) or (role:reader and project_id:%(project_id)s)",
+    ),
+    (
+        "get_floatingip:tags",
+        "(rule:admin_only) or (role:reader and project_id:%(project_id)s)",
+    ),
+    ("update_floatingip", ADMIN_OR_MEMBER),
+    ("update_floatingip:router_id", ADMIN_OR_MEMBER),
+    ("update_floatingip:tags", ADMIN_OR_MEMBER),
+    ("delete_floatingip", ADMIN_OR_MEMBER),
+    ("delete_floatingip:tags", ADMIN_OR_MEMBER),
+    (
+        "get_floatingip_pool",
+        "(rule:admin_only) or (role:reader and project_id:%(project_id)s)",
+    ),
+    // Port forwardings: owned through their floating IP.
+    ("ext_parent_owner", "project_id:%(ext_parent:project_id)s"),
+    (
+        "create_floatingip_port_forwarding",
+        "(rule:admin_only) or (role:member and rule:ext_parent_owner)",
+    ),
+    (
+        "get_floatingip_port_forwarding",
+        "(rule:admin_only) or (role:reader and rule:ext_parent_owner)",
+    ),
+    (
+        "update_floatingip_port_forwarding",
+        "(rule:admin_only) or (role:member and rule:ext_parent_owner)",
+    ),
+    (
+        "delete_floatingip_port_forwarding",
+        "(rule:admin_only) or (role:member and rule:ext_parent_owner)",
+    ),
+    (
+        "get_network_ip_availability",
+        "(rule:admin_only) or (rule:service_api)",
+    ),
 ];
 
 /// One parsed check.

@@ -50,9 +50,28 @@ fn membership_keys(p: &Port) -> Vec<String> {
 }
 
 #[derive(Clone)]
-struct IpRequest {
-    subnet_id: Option<String>,
-    ip: Option<IpAddr>,
+pub struct IpRequest {
+    pub subnet_id: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// Owners whose ports Neutron treats as trusted: no port security, no default group.
+pub fn is_trusted(device_owner: &str) -> bool {
+    device_owner.starts_with("network:")
+}
+
+pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
+pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
+pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+
+/// Ports that exist for a router or a floating IP: deleted through them, never
+/// directly (Neutron's `ServicePortInUse`).
+fn service_owner(db: &Db, p: &Port) -> bool {
+    match p.device_owner.as_str() {
+        OWNER_ROUTER_INTERFACE | OWNER_ROUTER_GATEWAY => db.routers.contains_key(&p.device_id),
+        OWNER_FLOATINGIP => db.floatingips.contains_key(&p.device_id),
+        _ => false,
+    }
 }
 
 /// A port create request, validated once before any allocation attempt.
@@ -80,7 +99,7 @@ struct PortSpec {
 pub const MAX_FIXED_IPS: usize = 5;
 pub const MAX_ADDRESS_PAIRS: usize = 10;
 
-fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> {
+pub fn parse_fixed_ips(items: Vec<Map<String, Value>>) -> ApiResult<Vec<IpRequest>> {
     if items.len() > MAX_FIXED_IPS {
         return Err(ApiError(NeutronError::invalid_input(
             "Exceeded maximum amount of fixed ips per port",
@@ -307,17 +326,22 @@ fn parse_spec(ctx: &Ctx, item: Map<String, Value>) -> ApiResult<PortSpec> {
 
 /// Allocation state of one create/update attempt: what this attempt has reserved
 /// (given back when it is dropped, whether the request ends or is cancelled).
-struct Alloc<'a> {
+pub struct Alloc<'a> {
     net: &'a Networking,
     reserved: Reservation<'a>,
 }
 
 impl<'a> Alloc<'a> {
-    fn new(net: &'a Networking) -> Self {
+    pub fn new(net: &'a Networking) -> Self {
         Alloc {
             net,
             reserved: net.reservation(),
         }
+    }
+
+    /// Gives back what this attempt reserved (a retry starts from scratch).
+    pub fn clear(&mut self) {
+        self.reserved.clear();
     }
 
     fn taken(&self, db: &Db, subnet: &str, ip: &IpAddr) -> bool {
@@ -387,7 +411,7 @@ fn exhausted(network_id: &str) -> ApiError {
 }
 
 /// Resolves requested fixed IPs (or the defaults) into addresses on `subnets`.
-fn allocate_ips(
+pub fn allocate_ips(
     alloc: &mut Alloc<'_>,
     db: &Db,
     network_id: &str,
@@ -555,6 +579,110 @@ fn prepare(
     txn: &mut Txn,
 ) -> ApiResult<String> {
     let n: Entry<Network> = find_network(db, ctx, &spec.network_id)?;
+    build(alloc, db, ctx, spec, &n, default_sg, txn).map(|p| p.id)
+}
+
+/// A port a router or floating IP owns (project `project_id`, no security groups,
+/// port security off), allocated on `network` and written by `txn`.
+#[allow(clippy::too_many_arguments)]
+pub fn service_port(
+    alloc: &mut Alloc<'_>,
+    db: &Db,
+    ctx: &Ctx,
+    network: &Entry<Network>,
+    project_id: &str,
+    device_owner: &str,
+    device_id: &str,
+    fixed_ips: Option<Vec<IpRequest>>,
+    status: &str,
+    txn: &mut Txn,
+) -> ApiResult<Port> {
+    let spec = PortSpec {
+        project_id: project_id.to_string(),
+        network_id: network.value.id.clone(),
+        name: String::new(),
+        description: String::new(),
+        admin_state_up: true,
+        mac: None,
+        fixed_ips,
+        device_id: device_id.to_string(),
+        device_owner: device_owner.to_string(),
+        host_id: String::new(),
+        profile: Value::Object(Map::new()),
+        vnic_type: "normal".into(),
+        security_groups: Some(Vec::new()),
+        port_security: Some(false),
+        pairs: Vec::new(),
+        tags: Vec::new(),
+    };
+    let mut p = build(alloc, db, ctx, &spec, network, None, txn)?;
+    if p.status != status {
+        // Rewrite the port record the build queued with the status asked for.
+        p.status = status.to_string();
+        let k = key::<Port>(&p.id);
+        let bytes = encode(&p)?;
+        for op in txn.ops.iter_mut() {
+            if let Op::Put(ok, v) = op
+                && *ok == k
+            {
+                *v = bytes.clone();
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The guard-key deletes that go with deleting port `p`.
+pub fn delete_ops(p: &Port) -> Vec<Op> {
+    exclusive_keys(p)
+        .into_iter()
+        .chain(membership_keys(p))
+        .map(Op::Delete)
+        .collect()
+}
+
+/// Re-addresses port `p` in place (a router gateway's `external_fixed_ips`),
+/// returning the guard-key compares and ops; the caller writes `p`.
+pub fn readdress(
+    alloc: &mut Alloc<'_>,
+    db: &Db,
+    p: &mut Port,
+    requests: &[IpRequest],
+) -> ApiResult<(Vec<Compare>, Vec<Op>)> {
+    let old = exclusive_keys(p);
+    let subnets = db.subnets_of(&p.network_id);
+    let keep = p.fixed_ips.clone();
+    p.fixed_ips = allocate_ips(
+        alloc,
+        db,
+        &p.network_id,
+        &subnets,
+        Some(requests),
+        &p.mac_address,
+        &keep,
+    )?;
+    let new = exclusive_keys(p);
+    let mut compares = Vec::new();
+    let mut ops = Vec::new();
+    for k in old.iter().filter(|k| !new.contains(k)) {
+        ops.push(Op::Delete(k.clone()));
+    }
+    for k in new.iter().filter(|k| !old.contains(k)) {
+        compares.push(Compare::Absent(k.clone()));
+        ops.push(Op::Put(k.clone(), p.id.clone().into_bytes()));
+    }
+    Ok((compares, ops))
+}
+
+fn build(
+    alloc: &mut Alloc<'_>,
+    db: &Db,
+    ctx: &Ctx,
+    spec: &PortSpec,
+    n: &Entry<Network>,
+    default_sg: Option<&String>,
+    txn: &mut Txn,
+) -> ApiResult<Port> {
     let subnets = db.subnets_of(&spec.network_id);
     let mac = match &spec.mac {
         Some(m) => {
@@ -585,7 +713,12 @@ fn prepare(
         &mac,
         &[],
     )?;
-    let port_security = spec.port_security.unwrap_or(n.value.port_security_enabled);
+    // Neutron's trusted ports (`network:*` owners) never get port security.
+    let port_security = if is_trusted(&spec.device_owner) {
+        false
+    } else {
+        spec.port_security.unwrap_or(n.value.port_security_enabled)
+    };
     let groups = match &spec.security_groups {
         Some(g) => g.clone(),
         None if port_security => default_sg.cloned().into_iter().collect(),
@@ -593,8 +726,10 @@ fn prepare(
     };
     let pairs = with_port_mac(spec.pairs.clone(), &mac);
     check_port_security(port_security, &groups, &pairs)?;
-    txn.compares
-        .extend(check_groups(db, &spec.project_id, ctx, &groups)?);
+    if !groups.is_empty() {
+        txn.compares
+            .extend(check_groups(db, &spec.project_id, ctx, &groups)?);
+    }
     let ts = now();
     let p = Port {
         id: new_id(),
@@ -639,7 +774,7 @@ fn prepare(
         txn.ops.push(Op::Put(k, Vec::new()));
     }
     txn.ops.push(Op::Put(key::<Port>(&p.id), encode(&p)?));
-    Ok(p.id)
+    Ok(p)
 }
 
 impl Resource for Port {
@@ -704,6 +839,17 @@ impl Resource for Port {
         if let Some(ids) = q.filter("id") {
             return Some((ids.to_vec(), "id"));
         }
+        if let Some(devs) = q
+            .filter("device_id")
+            .filter(|d| d.iter().all(|v| !v.is_empty()))
+        {
+            return Some((
+                devs.iter()
+                    .flat_map(|d| db.ports_by_device.get(d).into_iter().flatten().cloned())
+                    .collect(),
+                "device_id",
+            ));
+        }
         let nets = q.filter("network_id")?;
         Some((
             nets.iter()
@@ -727,6 +873,7 @@ impl Resource for Port {
         for s in &specs {
             if s.security_groups.is_none()
                 && s.port_security != Some(false)
+                && !is_trusted(&s.device_owner)
                 && !defaults.contains_key(&s.project_id)
             {
                 let sg = ensure_default_sg(net, &s.project_id).await?;
@@ -865,10 +1012,24 @@ impl Resource for Port {
                     }
                     p.mac_address = m.clone();
                 }
+            let mut l3 = (Vec::new(), Vec::new());
             if let Some(reqs) = &fixed_ips {
                 let subnets = db.subnets_of(&p.network_id);
                 let keep = p.fixed_ips.clone();
                 p.fixed_ips = allocate_ips(&mut alloc, db, &p.network_id, &subnets, Some(reqs), &p.mac_address, &keep)?;
+                let v4 = |ips: &[FixedIp]| -> Vec<IpAddr> {
+                    ips.iter().map(|f| f.ip_address).filter(IpAddr::is_ipv4).collect()
+                };
+                if p.device_owner == OWNER_ROUTER_INTERFACE
+                    && db.routers.contains_key(&p.device_id)
+                    && v4(&keep) != v4(&p.fixed_ips)
+                {
+                    return Err(ApiError(NeutronError::new(400, "BadRequest", format!(
+                        "Bad ports request: IP updates for port {} are not allowed.", p.id
+                    ))));
+                }
+                let kept: Vec<IpAddr> = p.fixed_ips.iter().map(|f| f.ip_address).collect();
+                l3 = super::floatingips::release_port(db, ctx, p, Some(&kept))?;
             }
             if let Some(v) = &name {
                 p.name = v.clone();
@@ -933,6 +1094,8 @@ impl Resource for Port {
             for k in new_members.iter().filter(|k| !old_members.contains(k)) {
                 ops.push(Op::Put(k.clone(), Vec::new()));
             }
+            compares.extend(l3.0);
+            ops.extend(l3.1);
             Ok((compares, ops))
         })
         .await;
@@ -941,13 +1104,20 @@ impl Resource for Port {
     }
 
     async fn delete(net: &Shared, ctx: &Ctx, id: &str) -> ApiResult<()> {
-        resource::delete_with::<Port, _>(net, ctx, id, |_db, p| {
-            let ops = exclusive_keys(p)
-                .into_iter()
-                .chain(membership_keys(p))
-                .map(Op::Delete)
-                .collect();
-            Ok((vec![], ops))
+        resource::delete_with::<Port, _>(net, ctx, id, |db, p| {
+            if service_owner(db, p) {
+                return Err(ApiError(NeutronError::conflict(
+                    "ServicePortInUse",
+                    format!(
+                        "Port {} cannot be deleted directly via the port API: has device owner {}.",
+                        p.id, p.device_owner
+                    ),
+                )));
+            }
+            // Floating IPs let go of the port; its port forwardings go with it.
+            let (compares, mut ops) = super::floatingips::release_port(db, ctx, p, None)?;
+            ops.extend(delete_ops(p));
+            Ok((compares, ops))
         })
         .await
     }

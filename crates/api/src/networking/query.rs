@@ -147,6 +147,23 @@ const COMMON_FILTERS: [&str; 5] = [
 
 const FILTER_SPECS: &[FilterSpec] = &[
     FilterSpec {
+        resource: "router",
+        shown: &["name", "admin_state_up"],
+        hidden: &[],
+    },
+    FilterSpec {
+        resource: "floatingip",
+        shown: &[
+            "floating_ip_address",
+            "floating_network_id",
+            "router_id",
+            "port_id",
+            "fixed_ip_address",
+            "status",
+        ],
+        hidden: &[],
+    },
+    FilterSpec {
         resource: "network",
         shown: &[
             "name",
@@ -242,7 +259,7 @@ fn filter_spec(resource: &str) -> Option<&'static FilterSpec> {
 
 /// Neutron's 400 for filters that are not filters, naming all of them as a Python
 /// list: `['foo', 'bar'] is invalid attribute for filtering`.
-fn check_filters<'a>(
+pub(super) fn check_filters<'a>(
     names: impl Iterator<Item = &'a str>,
     valid: impl Fn(&str) -> bool,
 ) -> ApiResult<()> {
@@ -257,7 +274,7 @@ fn check_filters<'a>(
 }
 
 /// A string as Python's `repr` writes it (what neutron's messages quote).
-fn py_repr(s: &str) -> String {
+pub(super) fn py_repr(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
     } else {
@@ -528,6 +545,8 @@ mod tests {
             Port::SINGULAR,
             SecurityGroup::SINGULAR,
             SecurityGroupRule::SINGULAR,
+            kuryr_model::Router::SINGULAR,
+            kuryr_model::FloatingIp::SINGULAR,
         ] {
             let spec = filter_spec(r).unwrap_or_else(|| panic!("no filters for {r}"));
             for common in ["id", "project_id", "tenant_id", "revision_number"] {

@@ -28,7 +28,7 @@ fn to_json(q: &Quota) -> Value {
     json!({
         "network": q.network, "subnet": q.subnet, "subnetpool": q.subnetpool, "port": q.port,
         "security_group": q.security_group, "security_group_rule": q.security_group_rule,
-        "router": q.router, "floatingip": q.floatingip,
+        "router": q.router, "floatingip": q.floatingip, "router_route": q.router_route,
     })
 }
 
@@ -117,8 +117,20 @@ fn usage(db: &Db, project: &str) -> Quota {
                 .filter(|e| e.value.project_id == project)
                 .count(),
         ),
-        router: 0,
-        floatingip: 0,
+        router: count(
+            db.routers
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
+        floatingip: count(
+            db.floatingips
+                .values()
+                .filter(|e| e.value.project_id == project)
+                .count(),
+        ),
+        // Checked per router when routes are written (Neutron shows 0 used too).
+        router_route: 0,
     }
 }
 
@@ -170,6 +182,7 @@ async fn update(
         "security_group_rule",
         "router",
         "floatingip",
+        "router_route",
     ] {
         if let Some(v) = input.take(name) {
             given.push((name, quota_value(name, &v)?));
@@ -200,6 +213,7 @@ async fn update(
             "security_group" => &mut q.security_group,
             "security_group_rule" => &mut q.security_group_rule,
             "router" => &mut q.router,
+            "router_route" => &mut q.router_route,
             _ => &mut q.floatingip,
         };
         *slot = limit;

@@ -31,6 +31,9 @@ pub trait Resource: Serialize + DeserializeOwned + Clone + Send + Sync + 'static
     /// Name in messages, e.g. `Security group`.
     const DISPLAY: &'static str;
     const NOT_FOUND: &'static str;
+    /// Whether Neutron ends this resource's not-found message with a period (the
+    /// L3 ones do not: `Router <id> could not be found`).
+    const NOT_FOUND_PERIOD: bool = true;
 
     fn table(db: &Db) -> &Table<Self>;
     fn project_id(&self) -> &str;
@@ -172,7 +175,11 @@ pub fn key<R: Resource>(id: &str) -> String {
 }
 
 pub fn not_found<R: Resource>(id: &str) -> ApiError {
-    ApiError(NeutronError::not_found(R::DISPLAY, R::NOT_FOUND, id))
+    let mut e = NeutronError::not_found(R::DISPLAY, R::NOT_FOUND, id);
+    if !R::NOT_FOUND_PERIOD {
+        e.message.pop();
+    }
+    ApiError(e)
 }
 
 /// The policy target of a stored resource: its representation and related facts.
@@ -242,10 +249,11 @@ pub fn enforce(
                 }
             })
             .collect();
-        format!(
-            "(rule:{action} and {}) is disallowed by policy",
-            parts.join(" and ")
-        )
+        // Neutron nests the checks pairwise from the left: ((a and b) and c).
+        let nested = parts.iter().fold(format!("rule:{action}"), |acc, p| {
+            format!("({acc} and {p})")
+        });
+        format!("{nested} is disallowed by policy")
     };
     Err(ApiError(NeutronError::new(
         403,

@@ -167,6 +167,15 @@ impl Resource for Subnet {
                 if let Some(ip) = g {
                     check_gateway(&cidr, ip)?;
                 }
+                if let Some(cur) = s.gateway_ip
+                    && g != Some(cur)
+                    && let Some(holder) = port_holding(db, &s.network_id, &s.id, cur)
+                {
+                    return Err(ApiError(NeutronError::conflict(
+                        "GatewayIpInUse",
+                        format!("Current gateway ip {cur} already in use by port {holder}. Unable to update."),
+                    )));
+                }
                 s.gateway_ip = g;
             }
             if let Some(p) = &pools {
@@ -202,6 +211,25 @@ impl Resource for Subnet {
         })
         .await
     }
+}
+
+/// The port that holds address `ip` of subnet `subnet`, if any.
+fn port_holding(db: &Db, network: &str, subnet: &str, ip: IpAddr) -> Option<String> {
+    if !db.ip_in_use(subnet, &ip) {
+        return None;
+    }
+    db.ports_by_network
+        .get(network)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| db.ports.get(p))
+        .find(|p| {
+            p.value
+                .fixed_ips
+                .iter()
+                .any(|f| f.subnet_id == subnet && f.ip_address == ip)
+        })
+        .map(|p| p.value.id.clone())
 }
 
 /// `gateway_ip`: absent, null (no gateway), or an address.
