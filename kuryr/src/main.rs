@@ -104,6 +104,12 @@ struct ServerArgs {
     #[arg(long, default_value_t = 1000)]
     max_bulk: usize,
 
+    /// Quota of projects without their own, as RESOURCE=LIMIT (repeatable or comma
+    /// separated; -1: unlimited), e.g. `router=100,floatingip=500` (Neutron's
+    /// `[quotas] quota_router`, ...).
+    #[arg(long, value_delimiter = ',', value_parser = parse_quota)]
+    default_quota: Vec<(String, i64)>,
+
     /// Revisions of change history kept so that watchers can resume.
     #[arg(long, default_value_t = 100_000)]
     history: u64,
@@ -179,6 +185,25 @@ struct UpArgs {
 
     #[command(flatten)]
     docker: agent_cmd::DockerArgs,
+}
+
+fn parse_quota(s: &str) -> Result<(String, i64), String> {
+    let (name, limit) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s}: expected RESOURCE=LIMIT"))?;
+    if !kuryr_model::Quota::NAMES.contains(&name) {
+        return Err(format!(
+            "{name}: not a quota resource (one of {})",
+            kuryr_model::Quota::NAMES.join(", ")
+        ));
+    }
+    let limit: i64 = limit
+        .parse()
+        .map_err(|_| format!("{limit}: not an integer"))?;
+    if limit < -1 {
+        return Err(format!("{limit}: a limit is -1 (unlimited) or more"));
+    }
+    Ok((name.to_string(), limit))
 }
 
 fn parse_range(s: &str) -> Result<(u32, u32), String> {
@@ -323,6 +348,15 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             agent_down_time: Duration::from_secs(args.agent_down_time),
             watch_keepalive: Duration::from_secs(args.watch_keepalive.max(1)),
             max_bulk: args.max_bulk,
+            default_quota: {
+                let mut q = kuryr_model::Quota::default();
+                for (name, limit) in &args.default_quota {
+                    if let Some(slot) = q.slot(name) {
+                        *slot = *limit;
+                    }
+                }
+                q
+            },
         },
         max_request_body: args.max_request_body,
     };

@@ -56,7 +56,10 @@ class Server:
         self.proc = subprocess.Popen(
             [KURYR_BIN, "server", "--listen", "127.0.0.1:0",
              "--data-dir", os.path.join(workdir, "data"),
-             f"--admin-password={self.password}"],
+             f"--admin-password={self.password}",
+             # As neutron-tempest-plugin's jobs set: a test class makes more routers
+             # and floating IPs in its one project than Neutron's defaults allow.
+             "--default-quota=router=100,floatingip=500"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while True:
@@ -113,6 +116,22 @@ class Server:
                              headers={"X-Auth-Token": self.token}, timeout=30)
             r.raise_for_status()
 
+    def create_public_network(self):
+        """The external network tempest's L3 tests put router gateways and floating IPs
+        on (devstack's `public`), with an IPv4 and an IPv6 subnet outside the project
+        CIDRs below. The API tests need no dataplane behind it."""
+        h = {"X-Auth-Token": self.token}
+        r = requests.post(f"{self.network_url}/networks", headers=h, timeout=30, json={
+            "network": {"name": "public", "router:external": True}})
+        r.raise_for_status()
+        net = r.json()["network"]["id"]
+        for version, cidr in ((4, "172.24.4.0/24"), (6, "2001:db8:ffff::/64")):
+            r = requests.post(f"{self.network_url}/subnets", headers=h, timeout=30, json={
+                "subnet": {"network_id": net, "ip_version": version, "cidr": cidr,
+                           "name": f"public-v{version}"}})
+            r.raise_for_status()
+        return net
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -124,12 +143,12 @@ class Server:
         self.log.close()
 
 
-def tempest_conf(server, extensions, workspace):
+def tempest_conf(server, extensions, workspace, public_network):
     # Every service but neutron is off. Dynamic credentials: tempest makes a project and
     # users per test class through our Keystone subset, with the admin below. No isolated
-    # network/router per project (the tests make their own; kuryr has no routers yet) and
-    # no public network (floating IPs come later). kuryr's network types are vxlan, flat
-    # and local; the underlay MTU is the server's default, 1500.
+    # network/router per project (the tests make their own). The public network is the
+    # external one made above. kuryr's network types are vxlan, flat and local; the
+    # underlay MTU is the server's default, 1500.
     return f"""[DEFAULT]
 log_dir = {workspace}/logs
 log_file = tempest.log
@@ -174,8 +193,8 @@ project_network_mask_bits = 28
 project_network_v6_cidr = 2001:db8::/48
 project_network_v6_mask_bits = 64
 project_networks_reachable = False
-public_network_id =
-floating_network_name =
+public_network_id = {public_network}
+floating_network_name = public
 shared_physical_network = False
 
 [network-feature-enabled]
@@ -320,10 +339,11 @@ def main():
         server = Server(workdir)
         extensions = server.extensions()
         server.register_agents(AGENT_HOSTS)
+        public_network = server.create_public_network()
         log(f"kuryr server at {server.url} advertises {len(extensions)} extensions: "
             + ",".join(extensions))
         tempest = Tempest(workdir)
-        tempest.init(tempest_conf(server, extensions, tempest.workspace))
+        tempest.init(tempest_conf(server, extensions, tempest.workspace, public_network))
 
         selected = tempest.list(exclude=False)
         to_run = tempest.list(exclude=True)

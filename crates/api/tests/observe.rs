@@ -23,6 +23,7 @@ fn config(url: &str) -> ServerConfig {
             agent_down_time: Duration::from_secs(30),
             watch_keepalive: Duration::from_secs(10),
             max_bulk: 1000,
+            default_quota: Default::default(),
         },
         max_request_body: kuryr_api::limits::DEFAULT_MAX_REQUEST_BODY,
     }

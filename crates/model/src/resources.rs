@@ -301,6 +301,37 @@ fn default_router_route() -> i64 {
     30
 }
 
+impl Quota {
+    /// The resource names, as Neutron's quota API and `[quotas] quota_<name>` call them.
+    pub const NAMES: [&'static str; 9] = [
+        "network",
+        "subnet",
+        "subnetpool",
+        "port",
+        "security_group",
+        "security_group_rule",
+        "router",
+        "floatingip",
+        "router_route",
+    ];
+
+    /// The limit of resource `name` (None: no such resource).
+    pub fn slot(&mut self, name: &str) -> Option<&mut i64> {
+        Some(match name {
+            "network" => &mut self.network,
+            "subnet" => &mut self.subnet,
+            "subnetpool" => &mut self.subnetpool,
+            "port" => &mut self.port,
+            "security_group" => &mut self.security_group,
+            "security_group_rule" => &mut self.security_group_rule,
+            "router" => &mut self.router,
+            "floatingip" => &mut self.floatingip,
+            "router_route" => &mut self.router_route,
+            _ => return None,
+        })
+    }
+}
+
 impl Default for Quota {
     /// Neutron's defaults.
     fn default() -> Self {

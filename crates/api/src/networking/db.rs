@@ -45,6 +45,8 @@ pub struct Db {
     pub floatingips: Table<FloatingIp>,
     pub port_forwardings: Table<PortForwarding>,
     pub quotas: HashMap<String, Quota>,
+    /// The limits of projects without their own (the operator's `--default-quota`).
+    pub default_quota: Quota,
     /// Registered agents, by host.
     pub agents: Table<Agent>,
     /// project id → its `default` security group.
@@ -361,7 +363,10 @@ impl Db {
     }
 
     pub fn quota(&self, project: &str) -> Quota {
-        self.quotas.get(project).copied().unwrap_or_default()
+        self.quotas
+            .get(project)
+            .copied()
+            .unwrap_or(self.default_quota)
     }
 
     /// The objects host `host` needs (see `kuryr_model::HostFrame`).

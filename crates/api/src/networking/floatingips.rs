@@ -736,7 +736,10 @@ pub fn release_port(
 /// `GET /floatingip_pools`: every IPv4 subnet of every external network, shown as
 /// the caller's (Neutron's view).
 pub fn routes() -> Routes<Shared> {
-    Routes::new().route("/floatingip_pools", get(pools))
+    // Neutron's path has a dash; the collection key an underscore.
+    Routes::new()
+        .route("/floatingip-pools", get(pools))
+        .route("/floatingip_pools", get(pools))
 }
 
 async fn pools(State(net): State<Shared>, ctx: Ctx) -> ApiResult<Json<Value>> {

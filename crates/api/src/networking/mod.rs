@@ -53,6 +53,8 @@ pub struct NetworkingConfig {
     pub watch_keepalive: Duration,
     /// The most resources one bulk create may hold.
     pub max_bulk: usize,
+    /// Quotas of projects that have none of their own.
+    pub default_quota: kuryr_model::Quota,
 }
 
 pub struct Networking {
@@ -83,7 +85,10 @@ impl Networking {
         config: NetworkingConfig,
     ) -> Result<Arc<Self>, StoreError> {
         let (kvs, rev) = store.range(db::PREFIX).await?;
-        let mut db = Db::default();
+        let mut db = Db {
+            default_quota: config.default_quota,
+            ..Db::default()
+        };
         for kv in kvs {
             db.apply(&kuryr_store::Event {
                 kind: kuryr_store::EventKind::Put,
@@ -177,7 +182,10 @@ impl Networking {
 
     async fn relist(&self) -> Option<Revision> {
         let (kvs, rev) = self.store.range(db::PREFIX).await.ok()?;
-        let mut fresh = Db::default();
+        let mut fresh = Db {
+            default_quota: self.config.default_quota,
+            ..Db::default()
+        };
         for kv in kvs {
             fresh.apply(&kuryr_store::Event {
                 kind: kuryr_store::EventKind::Put,
@@ -512,7 +520,7 @@ async fn resources_doc(State(net): State<Shared>) -> Json<Value> {
         ("agent", "agents"),
         ("router", "routers"),
         ("floatingip", "floatingips"),
-        ("floatingip_pool", "floatingip_pools"),
+        ("floatingip_pool", "floatingip-pools"),
     ]
     .iter()
     .map(|(n, c)| json!({"name": n, "collection": c, "links": [{"rel": "self", "href": format!("{base}/{c}")}]}))
@@ -698,6 +706,11 @@ const EXTENSIONS: &[(&str, &str, &str)] = &[
         "stateful-security-group",
         "Stateful security group",
         "Indicates if the security group is stateful or not",
+    ),
+    (
+        "subnet-external-network",
+        "Subnet External Network",
+        "Informs if the subnet is associated to an external network",
     ),
     (
         "subnet_allocation",

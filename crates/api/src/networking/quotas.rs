@@ -78,9 +78,13 @@ async fn show(
     Ok(Json(json!({"quota": to_json(&net.db().quota(&project))})))
 }
 
-async fn defaults(ctx: Ctx, Path(project): Path<String>) -> ApiResult<Json<Value>> {
+async fn defaults(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(project): Path<String>,
+) -> ApiResult<Json<Value>> {
     check_access(&ctx, &project)?;
-    Ok(Json(json!({"quota": to_json(&Quota::default())})))
+    Ok(Json(json!({"quota": to_json(&net.db().default_quota)})))
 }
 
 fn usage(db: &Db, project: &str) -> Quota {
@@ -173,17 +177,7 @@ async fn update(
     let force = input.take("force") == Some(Value::Bool(true));
     input.ignore(&["check_limit"]);
     let mut given: Vec<(&str, i64)> = Vec::new();
-    for name in [
-        "network",
-        "subnet",
-        "subnetpool",
-        "port",
-        "security_group",
-        "security_group_rule",
-        "router",
-        "floatingip",
-        "router_route",
-    ] {
+    for name in Quota::NAMES {
         if let Some(v) = input.take(name) {
             given.push((name, quota_value(name, &v)?));
         }
@@ -205,18 +199,9 @@ async fn update(
         db.quota(&project)
     };
     for (name, limit) in given {
-        let slot = match name {
-            "network" => &mut q.network,
-            "subnet" => &mut q.subnet,
-            "subnetpool" => &mut q.subnetpool,
-            "port" => &mut q.port,
-            "security_group" => &mut q.security_group,
-            "security_group_rule" => &mut q.security_group_rule,
-            "router" => &mut q.router,
-            "router_route" => &mut q.router_route,
-            _ => &mut q.floatingip,
-        };
-        *slot = limit;
+        if let Some(slot) = q.slot(name) {
+            *slot = limit;
+        }
     }
     net.commit(Txn::new().put(keys::quota(&project), encode(&q)?))
         .await?;
