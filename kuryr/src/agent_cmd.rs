@@ -65,6 +65,12 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 60)]
     pub network_linger: u64,
 
+    /// Router namespaces are named PREFIX<router id>; namespaces with this prefix
+    /// that no router here owns are removed. Give each agent its own when several
+    /// share one machine's namespace names (a test lab).
+    #[arg(long, default_value = "kqr-")]
+    pub router_namespace_prefix: String,
+
     /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -164,6 +170,7 @@ impl AgentArgs {
                 .collect::<BTreeMap<_, _>>(),
             nft_binary: self.nft.clone(),
             network_linger: Duration::from_secs(self.network_linger),
+            router_prefix: self.router_namespace_prefix.clone(),
         }
     }
 }

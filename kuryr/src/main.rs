@@ -386,6 +386,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             physical_interface_mappings: Vec::new(),
             nft: "nft".into(),
             network_linger: 60,
+            router_namespace_prefix: "kqr-".into(),
             os_cloud: None,
             os_cacert: None,
             cleanup: false,

@@ -108,6 +108,8 @@ class Lab:
             f.write(str(os.getpid()))
         self.dir = tempfile.mkdtemp(prefix=f"kuryr-{self.prefix}-")
         self.namespaces = []
+        # Processes started inside lab namespaces (listeners): killed by close().
+        self.spawned = []
         self.server = None
         self.agents = {}
         # `=` form on the command line: a random password may start with '-'.
@@ -210,7 +212,10 @@ class Lab:
         env = env or self.agent_env(host)
         self.agents[host] = Process(
             host,
-            ["ip", "netns", "exec", self.ns(host), KURYR_BIN, "agent", "--host", host,
+            # nsenter, not `ip netns exec`: the latter gives the agent a mount
+            # namespace of its own (a slave), where the router namespaces it mounts
+            # under /run/netns would stay invisible to everyone else.
+            ["nsenter", f"--net=/run/netns/{self.ns(host)}", KURYR_BIN, "agent", "--host", host,
              "--underlay-ip", f"{UNDERLAY}.{10 + i}", "--underlay-interface", "eth0",
              "--socket", self.agent_socket(host),
              "--state-dir", os.path.join(self.dir, f"{host}-state"),
@@ -220,9 +225,23 @@ class Lab:
              *([] if any(str(a).startswith("--docker") for a in extra) else ["--no-docker"]),
              # Links of a network go with its last port, as the tests expect.
              *([] if "--network-linger" in map(str, extra) else ["--network-linger", "0"]),
+             # The hosts share the machine's namespace names: each its own routers,
+             # named with the lab's prefix so that close() and the sweep find them.
+             "--router-namespace-prefix", self.router_prefix(host),
              *extra],
             env, os.path.join(self.dir, f"{host}.log"))
         return self.agents[host]
+
+    def router_prefix(self, host):
+        return f"{self.prefix}-{host}-kqr-"
+
+    def router_ns(self, host, router_id):
+        """The full name of `host`'s namespace of a router."""
+        return f"{self.router_prefix(host)}{router_id}"
+
+    def router_namespaces(self, host):
+        return [n.split(" ")[0] for n in sh("ip", "netns", "list").split("\n")
+                if n.startswith(self.router_prefix(host))]
 
     def wait_agent_ready(self, host, timeout=30):
         def ready():
@@ -249,6 +268,13 @@ class Lab:
         return self.add_ns(name)
 
     def close(self):
+        for p in self.spawned:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        self.spawned = []
         for a in self.agents.values():
             a.kill9()
         if self.server:
@@ -256,6 +282,11 @@ class Lab:
         for ns in reversed(self.namespaces):
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces = []
+        # What the agents made under the lab's prefix (router namespaces).
+        for ns in sh("ip", "netns", "list", check=False).split("\n"):
+            ns = ns.split(" ")[0]
+            if ns.startswith(self.prefix + "-"):
+                sh("ip", "netns", "del", ns, check=False)
         try:
             os.unlink(os.path.join(PIDS_DIR, self.prefix))
         except FileNotFoundError:
@@ -302,6 +333,7 @@ class Lab:
                               "-p", str(port), "-e", "echo", "hello"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
+        self.spawned.append(p)
         # Listening before anyone connects (a negative check must not pass vacuously).
         self.wait_for(lambda: self.exec(name, "ss", "-Hltn", f"sport = :{port}").strip() != "",
                       10, f"nc to listen on port {port} in {name}")

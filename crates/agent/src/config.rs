@@ -24,4 +24,8 @@ pub struct AgentConfig {
     pub nft_binary: PathBuf,
     /// How long a network's bridge and vxlan device stay after its last port here.
     pub network_linger: Duration,
+    /// Router namespaces are `<prefix><router id>`; those with the prefix that no
+    /// router here owns are removed. `kqr-` unless several agents share one machine
+    /// (the test lab), each then with its own.
+    pub router_prefix: String,
 }

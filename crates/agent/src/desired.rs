@@ -102,6 +102,10 @@ pub struct Desired {
     /// How many bound ports this computation derived anew (the others came from
     /// the [`Memo`]).
     pub derived: usize,
+    /// Router namespaces (see `crate::routers`).
+    pub routers: Vec<crate::routers::RouterDesired>,
+    /// The anycast gateway containment rules of those routers.
+    pub dvr: nft::Dvr,
 }
 
 pub struct Inputs<'a> {
@@ -112,6 +116,8 @@ pub struct Inputs<'a> {
     pub memo: &'a mut Memo,
     /// physical network → host interface.
     pub interface_mappings: &'a BTreeMap<String, String>,
+    /// Names of router namespaces: this prefix and the router id.
+    pub router_prefix: &'a str,
 }
 
 /// Neutron protocol names (and numbers given as strings) → IP protocol number.
@@ -336,19 +342,12 @@ struct Local {
     filter: Arc<nft::PortFilter>,
 }
 
-/// A bound port's interface and filter, from the port, its network, subnets and
-/// groups; `Err` says why it cannot be realized yet.
-fn derive(
-    p: &Port,
-    b: &Binding,
-    view: &HostMirror,
+/// How a network is carried on this host; `Err` says why it cannot be.
+pub fn net_kind(
+    net: &kuryr_model::Network,
     interface_mappings: &BTreeMap<String, String>,
-) -> Result<Local, String> {
-    let net = view
-        .networks
-        .get(&p.network_id)
-        .ok_or("network not known yet")?;
-    let kind = match net.network_type.as_str() {
+) -> Result<NetKind, String> {
+    Ok(match net.network_type.as_str() {
         "vxlan" => match net.segmentation_id {
             Some(vni) => NetKind::Vxlan { vni },
             None => return Err("vxlan network without a VNI".into()),
@@ -368,7 +367,22 @@ fn derive(
         }
         "local" => NetKind::Local,
         other => return Err(format!("network type {other} not supported")),
-    };
+    })
+}
+
+/// A bound port's interface and filter, from the port, its network, subnets and
+/// groups; `Err` says why it cannot be realized yet.
+fn derive(
+    p: &Port,
+    b: &Binding,
+    view: &HostMirror,
+    interface_mappings: &BTreeMap<String, String>,
+) -> Result<Local, String> {
+    let net = view
+        .networks
+        .get(&p.network_id)
+        .ok_or("network not known yet")?;
+    let kind = net_kind(net, interface_mappings)?;
     let mac: MacAddr = p
         .mac_address
         .parse()
@@ -561,6 +575,56 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
     // Zones of networks no longer here are released.
     let here: BTreeSet<String> = d.networks.keys().cloned().collect();
     inp.state.zones.retain(|n, _| here.contains(n));
+
+    // Routers with a leg on a network here, and the networks their legs need.
+    if !view.routers.is_empty() {
+        let local_nets: BTreeSet<String> = d.networks.keys().cloned().collect();
+        let (routers, leg_nets) = crate::routers::compute(
+            view,
+            &local_nets,
+            inp.router_prefix,
+            |n| net_kind(n, inp.interface_mappings),
+            &mut d.waiting,
+        );
+        for n in leg_nets.values() {
+            if d.networks.contains_key(&n.id) {
+                continue;
+            }
+            let zone = match inp.state.zone_for(&n.id) {
+                Ok(z) => z,
+                Err(e) => {
+                    d.waiting.insert(format!("network {}", n.id), e.to_string());
+                    continue;
+                }
+            };
+            let bridge = bridge_name(&n.id);
+            d.networks.insert(
+                n.id.clone(),
+                NetDesired {
+                    id: n.id.clone(),
+                    bridge: bridge.clone(),
+                    mtu: n.mtu,
+                    kind: n.kind.clone(),
+                    remote: RemoteL2::default(),
+                    gateways: Vec::new(),
+                    subnet_gateways: gateways_of(&n.id, view),
+                },
+            );
+            d.ruleset.networks.push(nft::NetworkZone { bridge, zone });
+        }
+        let mut local_macs: BTreeMap<String, Vec<MacAddr>> = BTreeMap::new();
+        for p in d.ports.values() {
+            local_macs
+                .entry(p.network_id.clone())
+                .or_default()
+                .push(p.mac);
+        }
+        d.dvr = crate::routers::dvr_rules(&routers, &leg_nets, &local_macs);
+        d.routers = routers;
+        // Zones of router-only networks are kept too.
+        let here: BTreeSet<String> = d.networks.keys().cloned().collect();
+        inp.state.zones.retain(|n, _| here.contains(n));
+    }
 
     // Remote ports of the networks present here.
     for p in view.ports.values() {
@@ -767,6 +831,7 @@ mod tests {
                     host: "h2".into(),
                     tunneling_ip: "10.99.0.12".into(),
                 }],
+                ..HostObjects::default()
             },
             delete: HostIds::default(),
         });
@@ -780,6 +845,7 @@ mod tests {
             state,
             memo: &mut Memo::default(),
             interface_mappings: &BTreeMap::new(),
+            router_prefix: "kqr-",
         })
     }
 
@@ -811,6 +877,7 @@ mod tests {
                 state,
                 memo: &mut memo,
                 interface_mappings: &BTreeMap::new(),
+                router_prefix: "kqr-",
             })
         };
         let id = "local-port-0001";
@@ -1070,5 +1137,131 @@ mod tests {
         assert_eq!(protocol_number("rsvp", false), Some(46));
         assert_eq!(protocol_number("hopopt", false), Some(0));
         assert_eq!(protocol_number("bogus", false), None);
+    }
+
+    /// A router with an interface on the local network and one on another: a leg
+    /// on each (the other network made here too, with a zone), neighbours for every
+    /// port of the leg's subnets, containment rules naming the legs, local MACs and
+    /// uplinks. A router with no interface on a local network is not realized.
+    #[test]
+    fn routers_with_a_leg_on_a_local_network_are_realized_with_all_their_legs() {
+        const NET2: &str = "net-two-000000001";
+        const SUB2: &str = "sub-two-000000001";
+        let mut view = mirror();
+        let mut net2 = network();
+        net2.id = NET2.into();
+        net2.segmentation_id = Some(78);
+        let mut sub2 = subnet(SUB2, "10.0.1.0/24", "10.0.1.1", 4, json!([]));
+        sub2.network_id = NET2.into();
+        let mut leg1 = port(
+            "leg-one-00000001",
+            "",
+            "fa:16:3e:aa:00:01",
+            &[(SUB4, "10.0.0.1")],
+            &[],
+        );
+        leg1.device_owner = "network:router_interface".into();
+        leg1.device_id = "router-1".into();
+        let mut leg2 = port(
+            "leg-two-00000001",
+            "",
+            "fa:16:3e:aa:00:02",
+            &[(SUB2, "10.0.1.1")],
+            &[],
+        );
+        leg2.device_owner = "network:router_interface".into();
+        leg2.device_id = "router-1".into();
+        leg2.network_id = NET2.into();
+        let mut far = port(
+            "far-port-0000001",
+            "h2",
+            "fa:16:3e:bb:00:01",
+            &[(SUB2, "10.0.1.9")],
+            &[],
+        );
+        far.network_id = NET2.into();
+        let router: kuryr_model::Router = serde_json::from_value(merge(
+            std_attrs(),
+            json!({"id": "router-1", "name": "r", "admin_state_up": true, "status": "ACTIVE",
+                "gateway": null, "routes": [{"destination": "192.168.9.0/24", "nexthop": "10.0.1.9"}]}),
+        ))
+        .unwrap();
+        let mut lonely = router.clone();
+        lonely.id = "router-2".into();
+        view.apply(HostFrame {
+            revision: 6,
+            present: None,
+            put: HostObjects {
+                networks: vec![net2],
+                subnets: vec![sub2],
+                ports: vec![leg1, leg2, far],
+                routers: vec![router, lonely],
+                ..HostObjects::default()
+            },
+            delete: HostIds::default(),
+        });
+        let mut s = bound_state();
+        let d = desired_for("h1", &view, &mut s);
+        assert_eq!(d.routers.len(), 1, "{:?}", d.routers);
+        let r = &d.routers[0];
+        assert_eq!(r.netns, "kqr-router-1");
+        assert_eq!(r.legs.len(), 2);
+        let l1 = r
+            .legs
+            .iter()
+            .find(|l| l.port_id == "leg-one-00000001")
+            .unwrap();
+        assert_eq!(l1.peer_name, "qr-leg-one-000");
+        assert_eq!(l1.host_name, "tapleg-one-000");
+        assert_eq!(l1.addresses, vec!["10.0.0.1/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            l1.neighbours.get(&"10.0.0.5".parse::<IpAddr>().unwrap()),
+            Some(&"fa:16:3e:00:00:01".parse().unwrap()),
+            "the local port"
+        );
+        let l2 = r
+            .legs
+            .iter()
+            .find(|l| l.port_id == "leg-two-00000001")
+            .unwrap();
+        assert_eq!(
+            l2.neighbours.get(&"10.0.1.9".parse::<IpAddr>().unwrap()),
+            Some(&"fa:16:3e:bb:00:01".parse().unwrap()),
+            "a port on another host"
+        );
+        assert_eq!(r.routes.len(), 1);
+        assert!(
+            d.networks.contains_key(NET2),
+            "the other leg's network is made here"
+        );
+        assert!(
+            d.ruleset
+                .networks
+                .iter()
+                .any(|z| z.bridge == bridge_name(NET2)),
+            "with a conntrack zone"
+        );
+        assert_eq!(
+            d.networks[NET2].remote.fdb.len(),
+            1,
+            "and the far port l2-populated"
+        );
+        assert_eq!(d.dvr.legs.len(), 2);
+        assert!(d.dvr.uplinks.contains(&"vxlan-78".to_string()));
+        assert!(
+            d.dvr.local.contains(&(
+                "tapleg-one-000".into(),
+                "fa:16:3e:00:00:01".parse().unwrap()
+            )),
+            "{:?}",
+            d.dvr.local
+        );
+
+        // Without the local port's binding, no router and no second network here.
+        let mut none = LocalState::default();
+        let d = desired_for("h1", &view, &mut none);
+        assert!(d.routers.is_empty());
+        assert!(!d.networks.contains_key(NET2));
+        assert_eq!(d.dvr, nft::Dvr::default());
     }
 }

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::desired::{Desired, NetDesired, NetKind, PortDesired, RemoteL2, vxlan_name};
 use crate::kernel::{Firewall, InNetns, IpVersion, Kernel, NftFirewall, Veth};
+use crate::routers::RouterDesired;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -124,6 +125,11 @@ pub struct Engine<K: Kernel = Netlink, F: Firewall = NftFirewall> {
     /// A foreign nftables change seen and not yet repaired; the last repair.
     nft_drift: bool,
     nft_repaired_at: Option<Instant>,
+    /// Routers as last converged, and the gateway containment table as last applied.
+    applied_routers: HashMap<String, RouterDesired>,
+    applied_dvr: Option<nft::Dvr>,
+    /// Router namespaces with this prefix are this agent's (see `AgentConfig`).
+    router_prefix: String,
 }
 
 /// Container ends checked per verification pass: all of them on a small host, a
@@ -182,12 +188,24 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             wake: Arc::new(Notify::new()),
             nft_drift: false,
             nft_repaired_at: None,
+            applied_routers: HashMap::new(),
+            // Nothing to apply while no router is here (a table left by a run whose
+            // routers all went while the agent was down is inert, and goes with
+            // `--cleanup` or the next router).
+            applied_dvr: Some(nft::Dvr::default()),
+            router_prefix: "kqr-".into(),
         }
     }
 
     /// How often a pass reads back what kuryr owns ([`VERIFY_INTERVAL`] by default).
     pub fn verify_every(mut self, every: Duration) -> Engine<K, F> {
         self.verify = every;
+        self
+    }
+
+    /// The prefix of this agent's router namespaces (`kqr-` by default).
+    pub fn router_prefix(mut self, prefix: &str) -> Engine<K, F> {
+        self.router_prefix = prefix.to_string();
         self
     }
 
@@ -227,12 +245,25 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
         }
         if self.firewall.take_foreign_change() {
             self.nft_drift = true;
+            // The gateway containment table is put back too (it is small).
+            if self
+                .applied_dvr
+                .as_ref()
+                .is_some_and(|d| !d.legs.is_empty())
+            {
+                self.applied_dvr = None;
+            }
         }
         let wanted: BTreeSet<String> = d
             .ports
             .values()
             .map(|p| p.tap.clone())
             .chain(d.networks.values().map(|n| n.bridge.clone()))
+            .chain(
+                d.routers
+                    .iter()
+                    .flat_map(|r| r.legs.iter().map(|l| l.host_name.clone())),
+            )
             .chain(d.networks.values().filter_map(|n| match &n.kind {
                 NetKind::Vxlan { vni } => Some(vxlan_name(*vni)),
                 // Not ours, never removed: listed so that it is looked up.
@@ -391,6 +422,8 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
         }
 
+        self.converge_routers(d, full, pass).await;
+
         for n in d.networks.values() {
             if let NetKind::Vxlan { vni } = n.kind
                 && let Err(e) = self.ensure_remote(n, vni, full, pass).await
@@ -431,6 +464,62 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             "convergence pass"
         );
         Ok(())
+    }
+
+    /// Router namespaces: the gateway containment rules first (a leg must never
+    /// let its MAC be learned elsewhere or track a half flow), then each router
+    /// changed since the last pass (all of them, read back, on a full pass), then
+    /// the namespaces of routers no longer here. A router that fails is retried on
+    /// the next pass; the others are not held up by it.
+    async fn converge_routers(&mut self, d: &Desired, full: bool, pass: &mut Pass) {
+        if self.applied_dvr.as_ref() != Some(&d.dvr) {
+            match self.firewall.apply(&nft::render_dvr(&d.dvr)).await {
+                Ok(()) => self.applied_dvr = Some(d.dvr.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway containment rules not applied; retried next pass");
+                    self.applied_dvr = None;
+                }
+            }
+        }
+        for r in &d.routers {
+            let same = self.applied_routers.get(&r.id) == Some(r);
+            if same && !full {
+                continue;
+            }
+            let span = tracing::debug_span!("router", router = %r.id);
+            match self.kernel.converge_router(r).instrument(span).await {
+                Ok(changes) => {
+                    if same && changes > 0 {
+                        pass.repaired("router", &r.netns);
+                    }
+                    self.applied_routers.insert(r.id.clone(), r.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(router = %r.id, error = %e, "router not realized; retried next pass");
+                    self.applied_routers.remove(&r.id);
+                }
+            }
+        }
+        let gone = self
+            .applied_routers
+            .keys()
+            .any(|id| !d.routers.iter().any(|r| &r.id == id));
+        if full || gone {
+            let wanted: BTreeSet<&str> = d.routers.iter().map(|r| r.netns.as_str()).collect();
+            match self.kernel.router_namespaces(&self.router_prefix) {
+                Ok(present) => {
+                    for ns in present.iter().filter(|n| !wanted.contains(n.as_str())) {
+                        tracing::info!(netns = %ns, "removing a router namespace no router here owns");
+                        if let Err(e) = self.kernel.remove_router(ns).await {
+                            tracing::warn!(netns = %ns, error = %e, "router namespace not removed; retried next pass");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list router namespaces"),
+            }
+            self.applied_routers
+                .retain(|id, _| d.routers.iter().any(|r| &r.id == id));
+        }
     }
 
     /// A link changed or gone: read it again next time.

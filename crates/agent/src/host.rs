@@ -24,7 +24,8 @@ pub async fn cleanup(cfg: &AgentConfig) -> Result<(), StartError> {
         None,
         cfg.vxlan_port,
         Duration::ZERO,
-    );
+    )
+    .router_prefix(&cfg.router_prefix);
     engine.remove_all().await?;
     StateFile::new(&cfg.state_dir).save(&LocalState::default())?;
     Ok(())

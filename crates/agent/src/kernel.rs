@@ -25,6 +25,9 @@ use kuryr_dataplane::nfnl::{Change, NfnlError};
 use kuryr_dataplane::nft::NftError;
 use tokio::sync::Notify;
 
+use crate::routers::RouterDesired;
+pub use kuryr_dataplane::router::RouterError;
+
 #[cfg(test)]
 pub(crate) mod fake;
 mod real;
@@ -161,6 +164,18 @@ pub trait Kernel: Send + Sync {
     /// Whether the host forwards packets of `version`.
     fn forwarding(&self, version: IpVersion) -> io::Result<bool>;
     fn enable_forwarding(&self, version: IpVersion) -> io::Result<()>;
+
+    /// The router namespaces on the host whose names start with `prefix`.
+    fn router_namespaces(&self, prefix: &str) -> Result<Vec<String>, RouterError>;
+    /// Brings a router namespace, its legs (host ends on their bridges, which
+    /// exist), neighbours and routes to `router`, repairing whatever differs;
+    /// returns how many changes it made.
+    fn converge_router(
+        &self,
+        router: &RouterDesired,
+    ) -> impl Future<Output = Result<usize, RouterError>> + Send;
+    /// Removes a router namespace and its legs; a missing one is success.
+    fn remove_router(&self, netns: &str) -> impl Future<Output = Result<(), RouterError>> + Send;
 }
 
 /// Inside a container's namespace: its end of the port's veth.

@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod local;
 mod loops;
 pub mod metrics;
+pub mod routers;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,7 +117,8 @@ impl Agent {
             underlay_ifindex,
             cfg.vxlan_port,
             cfg.network_linger,
-        );
+        )
+        .router_prefix(&cfg.router_prefix);
         let (mirror_changed, _) = tokio::sync::watch::channel(0);
         let (passes, _) = tokio::sync::watch::channel(PassReport::default());
         Ok(Arc::new(Agent {

@@ -227,6 +227,7 @@ impl Agent {
                 state: &mut state,
                 memo: &mut lock(&self.memo),
                 interface_mappings: &self.cfg.interface_mappings,
+                router_prefix: &self.cfg.router_prefix,
             });
             if state.zones != zones_before
                 && let Err(e) = self.state_file.save(&state)

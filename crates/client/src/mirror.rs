@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use kuryr_model::{
-    HostFrame, HostIds, HostObjects, HostVtep, Network, Port, SecurityGroup, SecurityGroupRule,
-    Subnet,
+    FloatingIp, HostFrame, HostIds, HostObjects, HostVtep, Network, Port, PortForwarding, Router,
+    SecurityGroup, SecurityGroupRule, Subnet,
 };
 
 /// What the host holds: objects by id per kind (VTEPs by host) and the revision the view
@@ -18,10 +18,14 @@ pub struct HostMirror {
     pub security_group_rules: BTreeMap<String, SecurityGroupRule>,
     /// By host name.
     pub vteps: BTreeMap<String, HostVtep>,
+    pub routers: BTreeMap<String, Router>,
+    pub floatingips: BTreeMap<String, FloatingIp>,
+    pub port_forwardings: BTreeMap<String, PortForwarding>,
     revision: u64,
     synced: bool,
     /// Bumped whenever anything but ports and VTEPs may have changed (networks,
-    /// subnets, groups, rules, a resync): see [`HostMirror::epoch`].
+    /// subnets, groups, rules, routers, floating IPs, a resync): see
+    /// [`HostMirror::epoch`].
     epoch: u64,
 }
 
@@ -132,6 +136,21 @@ impl HostMirror {
                 &mut delta.removed.security_group_rules,
             );
             retain_listed(&mut self.vteps, &present.vteps, &mut delta.removed.vteps);
+            retain_listed(
+                &mut self.routers,
+                &present.routers,
+                &mut delta.removed.routers,
+            );
+            retain_listed(
+                &mut self.floatingips,
+                &present.floatingips,
+                &mut delta.removed.floatingips,
+            );
+            retain_listed(
+                &mut self.port_forwardings,
+                &present.port_forwardings,
+                &mut delta.removed.port_forwardings,
+            );
         }
 
         remove_ids(
@@ -156,6 +175,21 @@ impl HostMirror {
             &mut delta.removed.security_group_rules,
         );
         remove_ids(&mut self.vteps, delete.vteps, &mut delta.removed.vteps);
+        remove_ids(
+            &mut self.routers,
+            delete.routers,
+            &mut delta.removed.routers,
+        );
+        remove_ids(
+            &mut self.floatingips,
+            delete.floatingips,
+            &mut delta.removed.floatingips,
+        );
+        remove_ids(
+            &mut self.port_forwardings,
+            delete.port_forwardings,
+            &mut delta.removed.port_forwardings,
+        );
 
         let HostObjects {
             networks,
@@ -164,6 +198,9 @@ impl HostMirror {
             security_groups,
             security_group_rules,
             vteps,
+            routers,
+            floatingips,
+            port_forwardings,
         } = put;
         put_all(
             &mut self.networks,
@@ -200,6 +237,24 @@ impl HostMirror {
             &mut delta.put.security_group_rules,
         );
         put_all(&mut self.vteps, vteps, |o| &o.host, &mut delta.put.vteps);
+        put_all(
+            &mut self.routers,
+            routers,
+            |o| &o.id,
+            &mut delta.put.routers,
+        );
+        put_all(
+            &mut self.floatingips,
+            floatingips,
+            |o| &o.id,
+            &mut delta.put.floatingips,
+        );
+        put_all(
+            &mut self.port_forwardings,
+            port_forwardings,
+            |o| &o.id,
+            &mut delta.put.port_forwardings,
+        );
 
         // An id put in this frame is not "removed" from the caller's point of view.
         unremove(&mut delta.removed.networks, &delta.put.networks);
@@ -214,6 +269,12 @@ impl HostMirror {
             &delta.put.security_group_rules,
         );
         unremove(&mut delta.removed.vteps, &delta.put.vteps);
+        unremove(&mut delta.removed.routers, &delta.put.routers);
+        unremove(&mut delta.removed.floatingips, &delta.put.floatingips);
+        unremove(
+            &mut delta.removed.port_forwardings,
+            &delta.put.port_forwardings,
+        );
 
         if let Some(present) = &present {
             missing(
@@ -234,6 +295,17 @@ impl HostMirror {
                 &mut delta.missing.security_group_rules,
             );
             missing(&self.vteps, &present.vteps, &mut delta.missing.vteps);
+            missing(&self.routers, &present.routers, &mut delta.missing.routers);
+            missing(
+                &self.floatingips,
+                &present.floatingips,
+                &mut delta.missing.floatingips,
+            );
+            missing(
+                &self.port_forwardings,
+                &present.port_forwardings,
+                &mut delta.missing.port_forwardings,
+            );
             if delta.missing != HostIds::default() {
                 tracing::warn!(
                     revision,
@@ -247,7 +319,10 @@ impl HostMirror {
             !(ids.networks.is_empty()
                 && ids.subnets.is_empty()
                 && ids.security_groups.is_empty()
-                && ids.security_group_rules.is_empty())
+                && ids.security_group_rules.is_empty()
+                && ids.routers.is_empty()
+                && ids.floatingips.is_empty()
+                && ids.port_forwardings.is_empty())
         };
         if delta.resync || beyond_ports(&delta.put) || beyond_ports(&delta.removed) {
             self.epoch += 1;
@@ -440,6 +515,7 @@ mod tests {
                 security_groups: ids(&["sg1"]),
                 security_group_rules: ids(&["r1", "r2"]),
                 vteps: ids(&["h1", "h2"]),
+                ..HostIds::default()
             }),
             put: HostObjects {
                 networks: vec![network("n1", "net")],
@@ -448,6 +524,7 @@ mod tests {
                 security_groups: vec![group("sg1")],
                 security_group_rules: vec![rule("r1", "sg1"), rule("r2", "sg1")],
                 vteps: vec![vtep("h1", "192.0.2.1"), vtep("h2", "192.0.2.2")],
+                ..HostObjects::default()
             },
             delete: HostIds::default(),
         }
@@ -605,6 +682,7 @@ mod tests {
                 security_groups: ids(&["sg1"]),
                 security_group_rules: ids(&["r1"]),
                 vteps: ids(&["h1"]),
+                ..HostIds::default()
             }),
             put: HostObjects {
                 ports: vec![port("p1", "h1", "changed"), port("p4", "h1", "d")],

@@ -8,11 +8,13 @@
 //! - [`nft`]: the security-group ruleset, rendered from a desired state and applied
 //!   as one nft transaction, full or as a diff.
 //! - [`nfnl`]: nf_tables over netlink in-process: who changed kuryr's tables.
+//! - [`router`]: distributed router namespaces (`kqr-*`) converged to a spec.
 
 pub mod netlink;
 pub mod netns;
 pub mod nfnl;
 pub mod nft;
+pub mod router;
 
 mod mac;
 pub use mac::MacAddr;

@@ -267,8 +267,9 @@ impl Netlink {
 
     /// Sends one request and collects the replies. `flags` are added to
     /// NLM_F_REQUEST; non-dump requests always ask for an ack, so the kernel's
-    /// error (if any) comes back.
-    async fn request(
+    /// error (if any) comes back. Crate-visible for [`crate::router`], which builds
+    /// its own messages (sticky FDB entries, kuryr-marked routes).
+    pub(crate) async fn request(
         &self,
         what: &str,
         flags: u16,
@@ -327,7 +328,7 @@ impl Netlink {
     }
 
     /// A request whose only answer is an ack.
-    async fn ack(
+    pub(crate) async fn ack(
         &self,
         what: &str,
         flags: u16,

@@ -152,7 +152,9 @@ impl Tracker {
     fn feed(&mut self, e: Event) -> bool {
         match e {
             Event::Object { family, table } => {
-                if table == TABLE && (family == NFPROTO_INET || family == NFPROTO_BRIDGE) {
+                if (table == TABLE && (family == NFPROTO_INET || family == NFPROTO_BRIDGE))
+                    || (table == crate::nft::DVR_TABLE && family == NFPROTO_BRIDGE)
+                {
                     self.touched = true;
                 }
                 false

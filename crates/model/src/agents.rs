@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Network, Port, SecurityGroup, SecurityGroupRule, Subnet};
+use crate::{
+    FloatingIp, Network, Port, PortForwarding, Router, SecurityGroup, SecurityGroupRule, Subnet,
+};
 
 /// `agent_type` of kuryr's host agent, as `openstack network agent list` shows it.
 pub const AGENT_TYPE: &str = "Kuryr agent";
@@ -70,6 +72,12 @@ pub struct HostObjects {
     pub security_group_rules: Vec<SecurityGroupRule>,
     #[serde(default)]
     pub vteps: Vec<HostVtep>,
+    #[serde(default)]
+    pub routers: Vec<Router>,
+    #[serde(default)]
+    pub floatingips: Vec<FloatingIp>,
+    #[serde(default)]
+    pub port_forwardings: Vec<PortForwarding>,
 }
 
 /// Object ids per kind (`vteps` are named by host).
@@ -87,6 +95,12 @@ pub struct HostIds {
     pub security_group_rules: Vec<String>,
     #[serde(default)]
     pub vteps: Vec<String>,
+    #[serde(default)]
+    pub routers: Vec<String>,
+    #[serde(default)]
+    pub floatingips: Vec<String>,
+    #[serde(default)]
+    pub port_forwardings: Vec<String>,
 }
 
 /// One line (NDJSON) of `GET /v2.0/kuryr/hosts/{host}/watch?since=REV`.
@@ -102,7 +116,9 @@ pub struct HostIds {
 /// The view of host H: the ports bound to H; their networks and those networks'
 /// subnets and ports (all hosts); the VTEPs of the hosts with ports on them; the
 /// security groups of H's ports, their rules, and the ports that are members of
-/// any group those rules name as `remote_group_id`.
+/// any group those rules name as `remote_group_id`; the routers with an interface on
+/// any of those networks, with every network they connect (its subnets and ports);
+/// the floating IPs and port forwardings through those routers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HostFrame {
     pub revision: u64,

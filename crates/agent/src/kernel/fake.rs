@@ -26,7 +26,8 @@ use kuryr_dataplane::nfnl::{Change, NfnlError};
 use kuryr_dataplane::nft::NftError;
 use tokio::sync::Notify;
 
-use super::{Firewall, InNetns, IpVersion, Kernel, Veth};
+use super::{Firewall, InNetns, IpVersion, Kernel, RouterError, Veth};
+use crate::routers::RouterDesired;
 
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
@@ -68,6 +69,8 @@ pub(crate) struct World {
     pub fdb: BTreeMap<u32, BTreeSet<FdbEntry>>,
     pub neighbours: BTreeMap<u32, BTreeMap<IpAddr, MacAddr>>,
     pub forwarding: BTreeSet<IpVersion>,
+    /// Router namespaces by name, as last converged.
+    pub routers: BTreeMap<String, RouterDesired>,
     /// Each veth end (place, index) to its peer.
     peers: BTreeMap<(Place, u32), (Place, u32)>,
     next_index: u32,
@@ -568,6 +571,35 @@ impl Kernel for FakeKernel {
         let mut w = self.world();
         w.forwarding.insert(version);
         w.write(format!("forwarding {version:?}"));
+        Ok(())
+    }
+
+    fn router_namespaces(&self, prefix: &str) -> Result<Vec<String>, RouterError> {
+        let mut w = self.world();
+        w.reads.push("router namespaces".into());
+        Ok(w.routers
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn converge_router(&self, router: &RouterDesired) -> Result<usize, RouterError> {
+        let mut w = self.world();
+        w.reads.push(format!("router {}", router.netns));
+        if w.routers.get(&router.netns) == Some(router) {
+            return Ok(0);
+        }
+        w.write(format!("router {}", router.netns));
+        w.routers.insert(router.netns.clone(), router.clone());
+        Ok(1)
+    }
+
+    async fn remove_router(&self, netns: &str) -> Result<(), RouterError> {
+        let mut w = self.world();
+        if w.routers.remove(netns).is_some() {
+            w.write(format!("remove router {netns}"));
+        }
         Ok(())
     }
 }

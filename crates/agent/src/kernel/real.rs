@@ -17,7 +17,10 @@ use kuryr_dataplane::nfnl::{Change, Elements, Monitor, NfnlError};
 use kuryr_dataplane::nft::{Nft, NftError};
 use tokio::sync::Notify;
 
-use super::{Firewall, InNetns, IpVersion, Kernel, Veth};
+use kuryr_dataplane::router::{self, LegSpec, RouterSpec};
+
+use super::{Firewall, InNetns, IpVersion, Kernel, RouterError, Veth};
+use crate::routers::RouterDesired;
 
 /// Forwarding of the calling thread's namespace (the agent's).
 fn forwarding_sysctl(version: IpVersion) -> &'static str {
@@ -148,6 +151,39 @@ impl Kernel for Netlink {
 
     fn enable_forwarding(&self, version: IpVersion) -> io::Result<()> {
         std::fs::write(forwarding_sysctl(version), "1")
+    }
+
+    fn router_namespaces(&self, prefix: &str) -> Result<Vec<String>, RouterError> {
+        router::list(prefix)
+    }
+
+    async fn converge_router(&self, r: &RouterDesired) -> Result<usize, RouterError> {
+        router::converge(self, &spec_of(r)).await
+    }
+
+    async fn remove_router(&self, netns: &str) -> Result<(), RouterError> {
+        router::remove(self, netns).await
+    }
+}
+
+/// The dataplane's spec of a router namespace.
+fn spec_of(r: &RouterDesired) -> RouterSpec {
+    RouterSpec {
+        netns: r.netns.clone(),
+        legs: r
+            .legs
+            .iter()
+            .map(|l| LegSpec {
+                host_name: l.host_name.clone(),
+                bridge: l.bridge.clone(),
+                peer_name: l.peer_name.clone(),
+                mac: l.mac,
+                mtu: l.mtu,
+                addresses: l.addresses.clone(),
+                neighbours: l.neighbours.clone(),
+            })
+            .collect(),
+        routes: r.routes.clone(),
     }
 }
 

@@ -321,6 +321,9 @@ struct Sent {
     security_groups: HashMap<String, Revision>,
     security_group_rules: HashMap<String, Revision>,
     vteps: HashMap<String, String>,
+    routers: HashMap<String, Revision>,
+    floatingips: HashMap<String, Revision>,
+    port_forwardings: HashMap<String, Revision>,
 }
 
 /// Puts objects that are new or changed since `sent` (or, with `since`, changed
@@ -395,6 +398,27 @@ impl Sent {
             &mut put.security_group_rules,
             &mut delete.security_group_rules,
         );
+        diff_table(
+            &view.routers,
+            &mut self.routers,
+            since,
+            &mut put.routers,
+            &mut delete.routers,
+        );
+        diff_table(
+            &view.floatingips,
+            &mut self.floatingips,
+            since,
+            &mut put.floatingips,
+            &mut delete.floatingips,
+        );
+        diff_table(
+            &view.port_forwardings,
+            &mut self.port_forwardings,
+            since,
+            &mut put.port_forwardings,
+            &mut delete.port_forwardings,
+        );
         for (host, ip) in &view.vteps {
             if since.is_some() || self.vteps.get(host) != Some(ip) {
                 put.vteps.push(HostVtep {
@@ -427,6 +451,9 @@ impl Sent {
                 security_groups: ids(&self.security_groups),
                 security_group_rules: ids(&self.security_group_rules),
                 vteps: view.vteps.keys().cloned().collect(),
+                routers: ids(&self.routers),
+                floatingips: ids(&self.floatingips),
+                port_forwardings: ids(&self.port_forwardings),
             }
         });
         HostFrame {
@@ -448,6 +475,9 @@ fn is_empty(f: &HostFrame) -> bool {
         && p.security_groups.is_empty()
         && p.security_group_rules.is_empty()
         && p.vteps.is_empty()
+        && p.routers.is_empty()
+        && p.floatingips.is_empty()
+        && p.port_forwardings.is_empty()
         && d == &HostIds::default()
 }
 
@@ -471,6 +501,9 @@ fn relevant(keys: &[String], hosts_in_view: &HashSet<String>) -> bool {
                     "ports/",
                     "security-groups/",
                     "security-group-rules/",
+                    "routers/",
+                    "floatingips/",
+                    "port-forwardings/",
                 ]
                 .iter()
                 .any(|t| k["/neutron/".len().min(k.len())..].starts_with(t)),

@@ -396,6 +396,45 @@ impl Db {
                 }
             }
         }
+        // Routers with an interface on a network here: their legs are needed on this
+        // host, so are all the networks they connect (routed traffic goes there).
+        let local_nets: Vec<String> = v.networks.keys().cloned().collect();
+        for net in &local_nets {
+            for pid in self.ports_by_network.get(net).unwrap_or(&empty) {
+                let Some(p) = self.ports.get(pid) else {
+                    continue;
+                };
+                if p.value.device_owner != "network:router_interface" {
+                    continue;
+                }
+                if let Some(r) = self.routers.get(&p.value.device_id) {
+                    v.routers.insert(r.value.id.clone(), r.clone());
+                }
+            }
+        }
+        for rid in v.routers.keys() {
+            for pid in self.ports_by_device.get(rid).unwrap_or(&empty) {
+                let Some(p) = self.ports.get(pid) else {
+                    continue;
+                };
+                if p.value.device_owner != "network:router_interface" {
+                    continue;
+                }
+                if let Some(n) = self.networks.get(&p.value.network_id) {
+                    v.networks.insert(n.value.id.clone(), n.clone());
+                }
+            }
+            for fid in self.fips_by_router.get(rid).unwrap_or(&empty) {
+                if let Some(f) = self.floatingips.get(fid) {
+                    v.floatingips.insert(fid.clone(), f.clone());
+                    for pf in self.pfs_by_fip.get(fid).unwrap_or(&empty) {
+                        if let Some(e) = self.port_forwardings.get(pf) {
+                            v.port_forwardings.insert(pf.clone(), e.clone());
+                        }
+                    }
+                }
+            }
+        }
         for net in v.networks.keys() {
             for sid in self.subnets_by_network.get(net).unwrap_or(&empty) {
                 if let Some(s) = self.subnets.get(sid) {
@@ -457,6 +496,9 @@ pub struct HostView {
     pub security_groups: Table<SecurityGroup>,
     pub security_group_rules: Table<SecurityGroupRule>,
     pub vteps: BTreeMap<String, String>,
+    pub routers: Table<Router>,
+    pub floatingips: Table<FloatingIp>,
+    pub port_forwardings: Table<PortForwarding>,
 }
 
 fn remove_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {

@@ -178,12 +178,14 @@ use ipnet::IpNet;
 
 use crate::MacAddr;
 
+mod dvr;
 mod elements;
 mod incremental;
 mod model;
 mod process;
 mod render;
 
+pub use dvr::{DVR_TABLE, Dvr, render_dvr};
 pub use elements::element_changes;
 pub use model::{Compiled, chains_of, compile};
 pub use process::{Nft, NftError};

@@ -151,7 +151,12 @@ pub(super) const NOTRACK: [(&str, &str); 4] = [
 /// the network's conntrack zone. `notrack` is ignored on a packet that already has a
 /// zone template, and `ct zone set` would replace the untracked mark: hence first,
 /// and `accept` (which ends only this chain).
-pub(super) const ZONE: [&str; 9] = [
+///
+/// The first rule: frames a router leg sends toward another host (marked by
+/// `bridge kuryr_dvr`, see [`super::dvr`]) are half of a routed flow whose other half
+/// is routed on that host; tracked here they would be INVALID in the second packet.
+pub(super) const ZONE: [&str; 10] = [
+    super::dvr::NOTRACK_TRANSIT,
     "iifname . ip saddr @notrack4 notrack accept",
     "iifname . ip saddr @notrack4_nets notrack accept",
     "iifname . ip daddr @notrack4 notrack accept",

@@ -159,6 +159,8 @@ impl Nft {
             let _ = writeln!(s, "add table {fam} {TABLE}");
             let _ = writeln!(s, "delete table {fam} {TABLE}");
         }
+        let _ = writeln!(s, "add table bridge {}", super::DVR_TABLE);
+        let _ = writeln!(s, "delete table bridge {}", super::DVR_TABLE);
         self.apply(&s).await
     }
 }
