@@ -263,6 +263,79 @@ class Lab:
         raise RuntimeError(f"timed out after {timeout} s waiting for {what}"
                            + (f"\n{proc.name} log:\n{proc.log()}" if proc else ""))
 
+    # ---------------------------------------------------------------- outside
+
+    OUTSIDE_CIDR = "203.0.113.0/24"
+    OUTSIDE_IP = "203.0.113.1"
+
+    def outside(self):
+        """The namespace 'out' on the flat segment (physnet1): the external network's
+        upstream at 203.0.113.1/24, where tests run servers the routers reach."""
+        full = self.ns("out")
+        if full not in self.namespaces:
+            self.add_ns("out")
+            lab = self.ns("lab")
+            sh("ip", "-n", lab, "link", "add", "o-out", "type", "veth", "peer", "name", "eth0",
+               "netns", full)
+            sh("ip", "-n", lab, "link", "set", "o-out", "master", "br-flat", "up")
+            sh("ip", "-n", full, "addr", "add", f"{self.OUTSIDE_IP}/24", "dev", "eth0")
+            sh("ip", "-n", full, "link", "set", "eth0", "up")
+        return "out"
+
+    def external_network(self):
+        """The lab's one external network (flat on physnet1: one per physical network),
+        with a subnet whose gateway is the outside namespace. Made once per lab."""
+        if getattr(self, "_external", None) is None:
+            self.outside()
+            net = self.create("networks", {"name": "ext", "router:external": True,
+                                           "provider:network_type": "flat",
+                                           "provider:physical_network": "physnet1"})
+            sub = self.create("subnets", {"network_id": net["id"], "ip_version": 4,
+                                          "cidr": self.OUTSIDE_CIDR,
+                                          "gateway_ip": self.OUTSIDE_IP,
+                                          "allocation_pools": [{"start": "203.0.113.10",
+                                                                "end": "203.0.113.250"}]})
+            self._external = (net, sub)
+        return self._external
+
+    def serve_peer_address(self, name, port, udp=False):
+        """A server in namespace `name` that answers each TCP connection (or UDP
+        datagram) with the address it came from. Killed by close()."""
+        kind = "SOCK_DGRAM" if udp else "SOCK_STREAM"
+        code = (
+            "import socket\n"
+            f"s = socket.socket(socket.AF_INET, socket.{kind})\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('0.0.0.0', {port}))\n"
+            + ("while True:\n    d, a = s.recvfrom(100)\n    s.sendto(a[0].encode(), a)\n"
+               if udp else
+               "s.listen(16)\nwhile True:\n    c, a = s.accept()\n"
+               "    c.sendall(a[0].encode())\n    c.close()\n"))
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(name), "python3", "-c", code],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        self.spawned.append(p)
+        flag = "-Hlun" if udp else "-Hltn"
+        self.wait_for(lambda: self.exec(name, "ss", flag, f"sport = :{port}").strip() != "",
+                      10, f"a server on port {port} in {name}")
+        return p
+
+    def peer_address(self, src, ip, port, udp=False):
+        """What a peer_address server at ip:port says the connection from namespace
+        `src` came from ('' when nothing answered)."""
+        code = (
+            "import socket, sys\n"
+            f"s = socket.socket(socket.AF_INET, socket.{'SOCK_DGRAM' if udp else 'SOCK_STREAM'})\n"
+            "s.settimeout(2)\n"
+            "try:\n"
+            + (f"    s.sendto(b'x', ('{ip}', {port}))\n    print(s.recv(100).decode())\n"
+               if udp else
+               f"    s.connect(('{ip}', {port}))\n    print(s.recv(100).decode())\n")
+            + "except OSError:\n    pass\n")
+        p = subprocess.run(["ip", "netns", "exec", self.ns(src), "python3", "-c", code],
+                           capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+        return p.stdout.strip()
+
     def add_container(self, name):
         """A namespace standing for a container; its interfaces come from an agent."""
         return self.add_ns(name)

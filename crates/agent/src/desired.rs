@@ -576,17 +576,24 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
     let here: BTreeSet<String> = d.networks.keys().cloned().collect();
     inp.state.zones.retain(|n, _| here.contains(n));
 
-    // Routers with a leg on a network here, and the networks their legs need.
+    // Routers with a leg on a network here or their SNAT namespace here, and the
+    // networks their legs need.
     if !view.routers.is_empty() {
         let local_nets: BTreeSet<String> = d.networks.keys().cloned().collect();
-        let (routers, leg_nets) = crate::routers::compute(
+        let local_ports: BTreeSet<String> = d.ports.keys().cloned().collect();
+        let here = crate::routers::Here {
+            host: inp.host,
+            networks: &local_nets,
+            ports: &local_ports,
+            prefix: inp.router_prefix,
+        };
+        let computed = crate::routers::compute(
             view,
-            &local_nets,
-            inp.router_prefix,
+            &here,
             |n| net_kind(n, inp.interface_mappings),
             &mut d.waiting,
         );
-        for n in leg_nets.values() {
+        for n in computed.networks.values() {
             if d.networks.contains_key(&n.id) {
                 continue;
             }
@@ -612,15 +619,15 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
             );
             d.ruleset.networks.push(nft::NetworkZone { bridge, zone });
         }
-        let mut local_macs: BTreeMap<String, Vec<MacAddr>> = BTreeMap::new();
+        let mut local_macs = computed.local_macs.clone();
         for p in d.ports.values() {
             local_macs
                 .entry(p.network_id.clone())
                 .or_default()
                 .push(p.mac);
         }
-        d.dvr = crate::routers::dvr_rules(&routers, &leg_nets, &local_macs);
-        d.routers = routers;
+        d.dvr = crate::routers::dvr_rules(&computed.routers, &computed.networks, &local_macs);
+        d.routers = computed.routers;
         // Zones of router-only networks are kept too.
         let here: BTreeSet<String> = d.networks.keys().cloned().collect();
         inp.state.zones.retain(|n, _| here.contains(n));

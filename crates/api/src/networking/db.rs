@@ -398,6 +398,19 @@ impl Db {
         }
         // Routers with an interface on a network here: their legs are needed on this
         // host, so are all the networks they connect (routed traffic goes there).
+        // A router whose SNAT namespace is here (its gateway and SNAT ports are
+        // bound here) is needed whole.
+        for pid in local {
+            if let Some(p) = self.ports.get(pid)
+                && matches!(
+                    p.value.device_owner.as_str(),
+                    "network:router_gateway" | "network:router_centralized_snat"
+                )
+                && let Some(r) = self.routers.get(&p.value.device_id)
+            {
+                v.routers.insert(r.value.id.clone(), r.clone());
+            }
+        }
         let local_nets: Vec<String> = v.networks.keys().cloned().collect();
         for net in &local_nets {
             for pid in self.ports_by_network.get(net).unwrap_or(&empty) {
@@ -412,7 +425,13 @@ impl Db {
                 }
             }
         }
-        for rid in v.routers.keys() {
+        for (rid, r) in &v.routers {
+            // The external network: floating IPs of ports here leave through it.
+            if let Some(g) = &r.value.gateway
+                && let Some(n) = self.networks.get(&g.network_id)
+            {
+                v.networks.insert(n.value.id.clone(), n.clone());
+            }
             for pid in self.ports_by_device.get(rid).unwrap_or(&empty) {
                 let Some(p) = self.ports.get(pid) else {
                     continue;

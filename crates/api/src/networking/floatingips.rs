@@ -562,6 +562,7 @@ async fn create_one(net: &Shared, ctx: &Ctx, item: Map<String, Value>) -> ApiRes
                     &id,
                     Some(t),
                     "N/A",
+                    "",
                     &mut txn,
                 ) {
                     Ok(p) => {

@@ -5,6 +5,7 @@ mod agents;
 mod db;
 mod floatingips;
 mod ip_availability;
+mod l3_scheduler;
 mod networks;
 pub mod policy;
 mod port_forwardings;
@@ -110,6 +111,7 @@ impl Networking {
             config,
         });
         tokio::spawn(Self::follow(Arc::downgrade(&this), rev + 1));
+        tokio::spawn(l3_scheduler::run(Arc::downgrade(&this)));
         Ok(this)
     }
 

@@ -63,12 +63,16 @@ pub fn is_trusted(device_owner: &str) -> bool {
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
 pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
 pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+/// A router's address on an internal subnet in its SNAT namespace (Neutron DVR's).
+pub const OWNER_ROUTER_SNAT: &str = "network:router_centralized_snat";
 
 /// Ports that exist for a router or a floating IP: deleted through them, never
 /// directly (Neutron's `ServicePortInUse`).
 fn service_owner(db: &Db, p: &Port) -> bool {
     match p.device_owner.as_str() {
-        OWNER_ROUTER_INTERFACE | OWNER_ROUTER_GATEWAY => db.routers.contains_key(&p.device_id),
+        OWNER_ROUTER_INTERFACE | OWNER_ROUTER_GATEWAY | OWNER_ROUTER_SNAT => {
+            db.routers.contains_key(&p.device_id)
+        }
         OWNER_FLOATINGIP => db.floatingips.contains_key(&p.device_id),
         _ => false,
     }
@@ -595,6 +599,7 @@ pub fn service_port(
     device_id: &str,
     fixed_ips: Option<Vec<IpRequest>>,
     status: &str,
+    host: &str,
     txn: &mut Txn,
 ) -> ApiResult<Port> {
     let spec = PortSpec {
@@ -607,7 +612,7 @@ pub fn service_port(
         fixed_ips,
         device_id: device_id.to_string(),
         device_owner: device_owner.to_string(),
-        host_id: String::new(),
+        host_id: host.to_string(),
         profile: Value::Object(Map::new()),
         vnic_type: "normal".into(),
         security_groups: Some(Vec::new()),

@@ -19,8 +19,8 @@ use super::db::Db;
 use super::ports::{self, Alloc, IpRequest, OWNER_ROUTER_INTERFACE};
 use super::resource::{self, authorize_change, encode, find, key, parse_body, redact};
 use super::routers::{
-    Writes, bad_router, check_overlap, check_routes, interface_ports, parse_routes, router_subnets,
-    sort_routes,
+    Writes, add_snat_ports, bad_router, check_overlap, check_routes, interface_ports, parse_routes,
+    router_subnets, snat_host, snat_ports, sort_routes,
 };
 use super::{ApiError, ApiResult, Ctx, Shared, now};
 
@@ -176,7 +176,7 @@ async fn add_interface(
         (Some(_), Some(_)) => Err(bad_router("Cannot specify both subnet-id and port-id")),
         (None, None) => Err(bad_router("Either subnet_id or port_id must be specified")),
         (Some(sid), None) => run(net, |db, alloc| add_by_subnet(db, ctx, alloc, id, sid)).await,
-        (None, Some(pid)) => run(net, |db, _| add_by_port(db, ctx, id, pid)).await,
+        (None, Some(pid)) => run(net, |db, alloc| add_by_port(db, ctx, alloc, id, pid)).await,
     }
 }
 
@@ -243,6 +243,7 @@ fn add_by_subnet(
         txn.compares.extend(c);
         txn.ops.extend(o);
         txn.ops.push(Op::Put(key::<Port>(&q.id), encode(&q)?));
+        with_snat_ports(alloc, db, ctx, &r, std::slice::from_ref(&s.id), &mut txn)?;
         let answer = interface_info(&r, &q, vec![s.id.clone()], false);
         return Ok(Plan { txn, answer });
     }
@@ -259,13 +260,34 @@ fn add_by_subnet(
             ip: Some(gw),
         }]),
         "ACTIVE",
+        "",
         &mut txn,
     )?;
+    with_snat_ports(alloc, db, ctx, &r, std::slice::from_ref(&s.id), &mut txn)?;
     let answer = interface_info(&r, &p, vec![s.id.clone()], false);
     Ok(Plan { txn, answer })
 }
 
-fn add_by_port(db: &Db, ctx: &Ctx, id: &str, pid: &str) -> ApiResult<Plan> {
+/// A router with a gateway gets a SNAT port on each new interface subnet.
+fn with_snat_ports(
+    alloc: &mut Alloc<'_>,
+    db: &Db,
+    ctx: &Ctx,
+    r: &Router,
+    subnets: &[String],
+    txn: &mut Txn,
+) -> ApiResult<()> {
+    if r.gateway.is_none() {
+        return Ok(());
+    }
+    let mut w = Writes::default();
+    add_snat_ports(alloc, db, ctx, r, subnets, &snat_host(db, r), &mut w)?;
+    txn.compares.extend(w.compares);
+    txn.ops.extend(w.ops);
+    Ok(())
+}
+
+fn add_by_port(db: &Db, ctx: &Ctx, alloc: &mut Alloc<'_>, id: &str, pid: &str) -> ApiResult<Plan> {
     let (r, mut txn) = pinned(db, ctx, id)?;
     let e = find::<Port>(db, ctx, pid)?;
     let p = &e.value;
@@ -335,7 +357,8 @@ fn add_by_port(db: &Db, ctx: &Ctx, id: &str, pid: &str) -> ApiResult<Plan> {
     txn.compares
         .push(Compare::ModRevision(key::<Port>(&q.id), e.rev));
     txn.ops.push(Op::Put(key::<Port>(&q.id), encode(&q)?));
-    let ids = subnets.iter().map(|s| s.id.clone()).collect();
+    let ids: Vec<String> = subnets.iter().map(|s| s.id.clone()).collect();
+    with_snat_ports(alloc, db, ctx, &r, &ids, &mut txn)?;
     let answer = interface_info(&r, &q, ids, false);
     Ok(Plan { txn, answer })
 }
@@ -485,6 +508,14 @@ async fn remove_interface(
             w.ops.push(Op::Delete(key::<Port>(&port.id)));
             txn.ops.extend(w.ops);
         }
+        let mut w = Writes::default();
+        for sp in snat_ports(db, &r.id) {
+            if sp.fixed_ips.iter().any(|f| subnets.contains(&f.subnet_id)) {
+                w.delete_port(db, &sp.id);
+            }
+        }
+        txn.compares.extend(w.compares);
+        txn.ops.extend(w.ops);
         let answer = interface_info(&r, &port, subnets, true);
         Ok(Plan { txn, answer })
     })

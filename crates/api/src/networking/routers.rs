@@ -14,7 +14,9 @@ use serde_json::{Map, Value, json};
 
 use super::db::{Db, Entry, Table};
 use super::networks::{find_network, owner_project};
-use super::ports::{self, Alloc, IpRequest, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE};
+use super::ports::{
+    self, Alloc, IpRequest, OWNER_ROUTER_GATEWAY, OWNER_ROUTER_INTERFACE, OWNER_ROUTER_SNAT,
+};
 use super::resource::{
     self, Resource, check_quota, clean_tags, encode, key, standard_fields, view_of,
 };
@@ -122,6 +124,81 @@ pub fn interface_ports(db: &Db, router_id: &str) -> Vec<Arc<Port>> {
         .filter(|e| e.value.device_owner == OWNER_ROUTER_INTERFACE)
         .map(|e| e.value.clone())
         .collect()
+}
+
+/// The router's addresses on its internal subnets in its SNAT namespace (one
+/// `network:router_centralized_snat` port per interface subnet while it has a gateway).
+pub fn snat_ports(db: &Db, router_id: &str) -> Vec<Arc<Port>> {
+    db.ports_by_device
+        .get(router_id)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| db.ports.get(id))
+        .filter(|e| e.value.device_owner == OWNER_ROUTER_SNAT)
+        .map(|e| e.value.clone())
+        .collect()
+}
+
+/// The host the router's SNAT namespace is on (its gateway port's binding).
+pub fn snat_host(db: &Db, r: &Router) -> String {
+    r.gateway
+        .as_ref()
+        .and_then(|g| db.ports.get(&g.port_id))
+        .map(|p| p.value.host_id.clone())
+        .unwrap_or_default()
+}
+
+/// Adds a SNAT port on each subnet of `subnets` (ids) of router `r`, on `host`.
+pub fn add_snat_ports(
+    alloc: &mut Alloc<'_>,
+    db: &Db,
+    ctx: &Ctx,
+    r: &Router,
+    subnets: &[String],
+    host: &str,
+    w: &mut Writes,
+) -> ApiResult<()> {
+    for sid in subnets {
+        let Some(s) = db.subnets.get(sid) else {
+            continue;
+        };
+        let Some(n) = db.networks.get(&s.value.network_id).cloned() else {
+            continue;
+        };
+        let mut txn = Txn::new();
+        ports::service_port(
+            alloc,
+            db,
+            ctx,
+            &n,
+            "",
+            OWNER_ROUTER_SNAT,
+            &r.id,
+            Some(vec![IpRequest {
+                subnet_id: Some(sid.clone()),
+                ip: None,
+            }]),
+            "DOWN",
+            host,
+            &mut txn,
+        )?;
+        w.compares.extend(txn.compares);
+        w.ops.extend(txn.ops);
+    }
+    Ok(())
+}
+
+/// The subnet ids of a router's interfaces.
+pub fn interface_subnet_ids(db: &Db, router_id: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for p in interface_ports(db, router_id) {
+        for f in &p.fixed_ips {
+            if !ids.contains(&f.subnet_id) {
+                ids.push(f.subnet_id.clone());
+            }
+        }
+    }
+    ids
 }
 
 /// Every subnet a router is on: its interfaces' and, through the gateway, all of
@@ -301,7 +378,7 @@ pub struct Writes {
 }
 
 impl Writes {
-    fn delete_port(&mut self, db: &Db, port_id: &str) {
+    pub fn delete_port(&mut self, db: &Db, port_id: &str) {
         if let Some(e) = db.ports.get(port_id) {
             self.compares
                 .push(Compare::ModRevision(key::<Port>(port_id), e.rev));
@@ -371,6 +448,9 @@ pub fn apply_gateway(
         if let Some(old) = r.gateway.take() {
             check_gateway_unused(db, r, &old.network_id)?;
             w.delete_port(db, &old.port_id);
+            for p in snat_ports(db, &r.id) {
+                w.delete_port(db, &p.id);
+            }
             let subnets = router_subnets(db, r, None);
             let ips = router_ips(db, r);
             check_routes(db, r, &r.routes, &subnets, &ips)?;
@@ -418,9 +498,16 @@ pub fn apply_gateway(
         Some(old) => {
             check_gateway_unused(db, r, &old.network_id)?;
             w.delete_port(db, &old.port_id);
+            for p in snat_ports(db, &r.id) {
+                w.delete_port(db, &p.id);
+            }
         }
         None => {}
     }
+    // The SNAT namespace's addresses on the internal subnets (placed by the
+    // scheduler along with the gateway port).
+    let internal = interface_subnet_ids(db, &r.id);
+    add_snat_ports(alloc, db, ctx, r, &internal, "", w)?;
     let interfaces = router_subnets(db, r, None);
     let external: Vec<(String, IpNet)> = subnets
         .iter()
@@ -438,6 +525,7 @@ pub fn apply_gateway(
         &r.id,
         spec.fixed_ips.clone(),
         "DOWN",
+        "",
         &mut txn,
     )?;
     w.compares.extend(txn.compares);
@@ -596,6 +684,9 @@ impl Resource for Router {
             if let Some(g) = &r.gateway {
                 check_gateway_unused(db, r, &g.network_id)?;
                 w.delete_port(db, &g.port_id);
+                for p in snat_ports(db, &r.id) {
+                    w.delete_port(db, &p.id);
+                }
             }
             // No interface may be added while the router goes.
             for p in db.ports_by_device.get(&r.id).into_iter().flatten() {

@@ -1,0 +1,217 @@
+//! The NAT table of a router namespace (`table ip kuryr_nat`), rendered whole.
+//!
+//! - In a router namespace (`kqr-`), floating IPs of the ports on this host: what
+//!   arrives on the external leg for a floating IP goes to its fixed IP (DNAT), and
+//!   what the fixed IP sends out of that leg leaves as the floating IP (SNAT).
+//! - In the SNAT namespace (`ksnat-`) on the router's gateway host: ports without a
+//!   floating IP leave as the router's gateway address (SNAT), and port forwardings
+//!   of floating IPs go to their internal address and port (DNAT).
+//!
+//! Both are replaced whole when they change (a handful of rules per router).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub const NAT_TABLE: &str = "kuryr_nat";
+
+/// One port forwarding: `protocol` (tcp, udp, ...) to `fip` on the external ports
+/// goes to `internal` on the internal ports (N:N ranges keep their offset; 1:N
+/// sends every external port to the one internal port).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Forward {
+    pub protocol: String,
+    pub fip: Ipv4Addr,
+    pub external: (u16, u16),
+    pub internal_ip: Ipv4Addr,
+    pub internal: (u16, u16),
+}
+
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// Protocols nft names in `meta l4proto` (Neutron's port forwarding ones).
+fn l4proto(p: &str) -> Option<&'static str> {
+    Some(match p {
+        "tcp" => "tcp",
+        "udp" => "udp",
+        "sctp" => "sctp",
+        "dccp" => "dccp",
+        _ => return None,
+    })
+}
+
+fn header(s: &mut String) {
+    let _ = writeln!(s, "add table ip {NAT_TABLE}");
+    let _ = writeln!(s, "delete table ip {NAT_TABLE}");
+    let _ = writeln!(s, "table ip {NAT_TABLE} {{");
+}
+
+/// The floating IPs of a router namespace: (floating IP, fixed IP) on leg `leg`.
+pub fn render_fip_nat(leg: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]) -> Option<String> {
+    if pairs.is_empty() || !valid_ifname(leg) {
+        return None;
+    }
+    let mut s = String::new();
+    header(&mut s);
+    let dnat: Vec<String> = pairs.iter().map(|(f, x)| format!("{f} : {x}")).collect();
+    let snat: Vec<String> = pairs.iter().map(|(f, x)| format!("{x} : {f}")).collect();
+    let _ = writeln!(s, "  map fip_dnat {{ type ipv4_addr : ipv4_addr;");
+    let _ = writeln!(s, "    elements = {{ {} }} }}", dnat.join(", "));
+    let _ = writeln!(s, "  map fip_snat {{ type ipv4_addr : ipv4_addr;");
+    let _ = writeln!(s, "    elements = {{ {} }} }}", snat.join(", "));
+    let _ = writeln!(
+        s,
+        "  chain pre {{ type nat hook prerouting priority dstnat; policy accept;"
+    );
+    let _ = writeln!(s, "    iifname \"{leg}\" dnat ip to ip daddr map @fip_dnat");
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(
+        s,
+        "  chain post {{ type nat hook postrouting priority srcnat; policy accept;"
+    );
+    let _ = writeln!(s, "    oifname \"{leg}\" snat ip to ip saddr map @fip_snat");
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    Some(s)
+}
+
+/// The SNAT namespace: `snat` (the gateway address) for `internal` subnets leaving
+/// by `leg`, and port forwardings arriving on it.
+pub fn render_snat_nat(
+    leg: &str,
+    snat: Option<Ipv4Addr>,
+    internal: &[Ipv4Net],
+    forwards: &[Forward],
+) -> Option<String> {
+    if !valid_ifname(leg) || (forwards.is_empty() && (snat.is_none() || internal.is_empty())) {
+        return None;
+    }
+    let mut s = String::new();
+    header(&mut s);
+    let _ = writeln!(
+        s,
+        "  chain pre {{ type nat hook prerouting priority dstnat; policy accept;"
+    );
+    for f in forwards {
+        let Some(proto) = l4proto(&f.protocol) else {
+            continue;
+        };
+        let ext_w = f.external.1.saturating_sub(f.external.0);
+        let int_w = f.internal.1.saturating_sub(f.internal.0);
+        if int_w == 0 {
+            // One internal port for one or many external ones.
+            let dport = if ext_w == 0 {
+                format!("{}", f.external.0)
+            } else {
+                format!("{}-{}", f.external.0, f.external.1)
+            };
+            let _ = writeln!(
+                s,
+                "    iifname \"{leg}\" ip daddr {} {proto} dport {dport} dnat ip to {}:{}",
+                f.fip, f.internal_ip, f.internal.0
+            );
+        } else if f.external == f.internal {
+            // The same ports: only the address changes.
+            let _ = writeln!(
+                s,
+                "    iifname \"{leg}\" ip daddr {} {proto} dport {}-{} dnat ip to {}",
+                f.fip, f.external.0, f.external.1, f.internal_ip
+            );
+        } else {
+            // N:N with an offset: nft's port ranges pick a port instead of shifting
+            // by the offset, so one element per port.
+            let pairs: Vec<String> = (0..=ext_w)
+                .map(|i| {
+                    format!(
+                        "{} : {} . {}",
+                        f.external.0 + i,
+                        f.internal_ip,
+                        f.internal.0 + i
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "    iifname \"{leg}\" ip daddr {} meta l4proto {proto} dnat ip to {proto} dport map {{ {} }}",
+                f.fip,
+                pairs.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(
+        s,
+        "  chain post {{ type nat hook postrouting priority srcnat; policy accept;"
+    );
+    if let Some(gw) = snat
+        && !internal.is_empty()
+    {
+        let nets: Vec<String> = internal.iter().map(|n| n.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "    oifname \"{leg}\" ip saddr {{ {} }} snat ip to {gw}",
+            nets.join(", ")
+        );
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floating_ips_map_both_ways() {
+        let s = render_fip_nat(
+            "qf-abc",
+            &[("203.0.113.5".parse().unwrap(), "10.0.0.5".parse().unwrap())],
+        )
+        .unwrap();
+        assert!(s.contains("203.0.113.5 : 10.0.0.5"), "{s}");
+        assert!(s.contains("10.0.0.5 : 203.0.113.5"), "{s}");
+        assert!(render_fip_nat("qf-abc", &[]).is_none());
+    }
+
+    #[test]
+    fn forwards_single_same_range_and_offset_range() {
+        let f = |ext, int| Forward {
+            protocol: "tcp".into(),
+            fip: "203.0.113.9".parse().unwrap(),
+            external: ext,
+            internal_ip: "10.0.0.7".parse().unwrap(),
+            internal: int,
+        };
+        let s = render_snat_nat(
+            "qg-x",
+            Some("203.0.113.2".parse().unwrap()),
+            &["10.0.0.0/24".parse().unwrap()],
+            &[
+                f((8080, 8080), (80, 80)),
+                f((9000, 9001), (9000, 9001)),
+                f((100, 101), (200, 201)),
+            ],
+        )
+        .unwrap();
+        assert!(s.contains("tcp dport 8080 dnat ip to 10.0.0.7:80"), "{s}");
+        assert!(
+            s.contains("tcp dport 9000-9001 dnat ip to 10.0.0.7\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("100 : 10.0.0.7 . 200, 101 : 10.0.0.7 . 201"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip saddr { 10.0.0.0/24 } snat ip to 203.0.113.2"),
+            "{s}"
+        );
+    }
+}
