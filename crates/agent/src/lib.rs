@@ -97,6 +97,8 @@ impl Agent {
             Ok(out) if out.status.success() => {}
             _ => return Err(StartError::NoNft(cfg.nft_binary.clone())),
         }
+        // Router namespaces' NAT tables use the same binary.
+        kuryr_dataplane::router::set_nft_binary(&cfg.nft_binary);
         let state_file = StateFile::new(&cfg.state_dir);
         let state = state_file.load()?;
         let netlink = Netlink::current()?;

@@ -317,7 +317,7 @@ pub enum RouterError {
         netns: String,
         context: String,
         #[source]
-        source: NftError,
+        source: Box<NftError>,
     },
     /// A gratuitous ARP could not be sent; it stays pending for the next converge.
     #[error("router {netns}: gratuitous ARP for {address} on {leg}: {source}")]
@@ -1965,6 +1965,9 @@ fn nlas(mut b: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
+/// A message's attributes: (type, value).
+type Attributes = Vec<(u16, Vec<u8>)>;
+
 /// One nf_tables get request; the reply's attributes, or None if the kernel answered
 /// ENOENT. The kernel answers before `send` returns, so a non-blocking read finds it.
 fn nft_get(
@@ -1974,7 +1977,7 @@ fn nft_get(
     reply: u16,
     family: u8,
     attrs: &[(u16, &[u8])],
-) -> io::Result<Option<Vec<(u16, Vec<u8>)>>> {
+) -> io::Result<Option<Attributes>> {
     let mut buf = Vec::with_capacity(64);
     buf.extend_from_slice(&[0; 4]);
     buf.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
@@ -2159,7 +2162,7 @@ async fn nft_in(
     ran.map_err(|source| RouterError::Nat {
         netns: netns.to_string(),
         context: context.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -2200,16 +2203,17 @@ async fn converge_nat(
         None
     };
     let Some(script) = want else {
+        let mut genid = state.genid;
         if before.is_some() {
             let delete = format!("add table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n");
             nft_in(ns, netns, "deleting", &["-f", "-"], Some(delete)).await?;
             tracing::info!(netns, "nat table removed");
+            genid = nft_state(ns, netns)?.genid;
         }
-        let after = nft_state(ns, netns)?;
         remember(NatMemo {
             want: None,
             listing: None,
-            genid: after.genid,
+            genid,
         });
         return Ok(usize::from(before.is_some()));
     };

@@ -3,28 +3,39 @@
 //! Network safety: no test touches the machine's own namespace. Each test makes a
 //! "host" namespace with two bridges (`brqa`, `brqb`) that plays the agent's host,
 //! two "containers" (a veth onto each bridge), and lets `router::converge` make the
-//! router namespace `kqr-test-<pid>-<n>` itself. Every namespace of a test is deleted
-//! by a Drop guard, also when the test panics. Addresses (10.78.x.x, fd78::/16) exist
-//! only inside those namespaces. Results are read with iproute2 (`ip -j`, `bridge -j`)
-//! and checked with ping between the containers.
+//! router namespace `kqr-test-<pid>-<n>` (and the SNAT namespace `ksnat-test-…`)
+//! itself. North-south tests add an external bridge `brqe` and an "outside" namespace
+//! on it (203.0.113.1/24, TEST-NET-3). Every namespace of a test is deleted by a Drop
+//! guard, also when the test panics; a listener a test starts is ended by its own
+//! guard. Addresses (10.78.x.x, fd78::/16, 203.0.113.0/24) exist only inside those
+//! namespaces. Results are read with iproute2 (`ip -j`, `bridge -j`), nft and ss, and
+//! checked with ping and TCP (busybox nc) between the namespaces.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kuryr_dataplane::MacAddr;
 use kuryr_dataplane::netlink::Netlink;
 use kuryr_dataplane::netns::NetNs;
-use kuryr_dataplane::router::{self, LegSpec, RouterError, RouterSpec};
+use kuryr_dataplane::router::{self, LegSpec, RouterError, RouterSpec, RuleSpec, TableRoute};
 use serde_json::Value;
 
 const GA: &str = "fa:16:3e:78:01:01";
 const GB: &str = "fa:16:3e:78:02:01";
 const M1: &str = "fa:16:3e:78:01:11";
 const M2: &str = "fa:16:3e:78:02:12";
+/// The SNAT port on network A, the gateway port and the floating IP leg (external).
+const SG: &str = "fa:16:3e:78:01:03";
+const QG: &str = "fa:16:3e:78:0e:02";
+const QF: &str = "fa:16:3e:78:0e:05";
+/// The outside host on the external network.
+const OUT: &str = "02:78:0e:00:00:01";
 
 /// Deletes the named namespaces on drop (those that exist).
 struct Cleanup(Vec<String>);
@@ -49,6 +60,10 @@ struct Lab {
     c2: String,
     router: String,
     extra: String,
+    /// The SNAT namespace converge makes (north-south tests).
+    snat: String,
+    /// The outside host on `brqe` ([`Lab::external`]).
+    outside: String,
     _cleanup: Cleanup,
 }
 
@@ -65,12 +80,16 @@ impl Lab {
         let c2 = format!("kt-rt-{tag}-c2");
         let extra = format!("kt-rt-{tag}-x");
         let router = format!("kqr-test-{tag}");
+        let snat = format!("ksnat-test-{tag}");
+        let outside = format!("kt-rt-{tag}-o");
         // The guard first: whatever exists of these goes, even if setup fails.
         let cleanup = Cleanup(vec![
             router.clone(),
+            snat.clone(),
             c1.clone(),
             c2.clone(),
             extra.clone(),
+            outside.clone(),
             host.clone(),
         ]);
         run("ip", &["netns", "add", &host]);
@@ -85,6 +104,8 @@ impl Lab {
             c2,
             router,
             extra,
+            snat,
+            outside,
             _cleanup: cleanup,
         };
         lab.container(&lab.c1, "t-c1", "brqa", M1, "10.78.1.11", "fd78:1::11", 1);
@@ -163,6 +184,81 @@ impl Lab {
             netns: self.router.clone(),
             legs: vec![self.leg_a(), self.leg_b()],
             routes: vec![],
+            rules: vec![],
+            table_routes: vec![],
+            nat: None,
+            announce: vec![],
+        }
+    }
+
+    /// The external network: bridge `brqe` in the host namespace and the outside
+    /// host on it, 203.0.113.1/24.
+    fn external(&self) {
+        let (h, o) = (self.host.as_str(), self.outside.as_str());
+        ipn(h, &["link", "add", "brqe", "type", "bridge"]);
+        ipn(h, &["link", "set", "brqe", "up"]);
+        run("ip", &["netns", "add", o]);
+        ipn(o, &["link", "set", "lo", "up"]);
+        ipn(
+            h,
+            &[
+                "link", "add", "t-out", "type", "veth", "peer", "name", "eth0", "netns", o,
+            ],
+        );
+        ipn(h, &["link", "set", "t-out", "master", "brqe", "up"]);
+        ipn(o, &["link", "set", "eth0", "address", OUT, "up"]);
+        ipn(o, &["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+    }
+
+    /// The router's floating IP leg on the external network: 203.0.113.50 is c1's
+    /// (10.78.1.11) floating IP.
+    fn leg_fip(&self) -> LegSpec {
+        LegSpec {
+            host_name: "tapf".to_string(),
+            bridge: "brqe".to_string(),
+            peer_name: "qf-r".to_string(),
+            mac: mac(QF),
+            mtu: 1500,
+            addresses: vec![net("203.0.113.50/32")],
+            neighbours: BTreeMap::new(),
+        }
+    }
+
+    /// The router namespace with c1's floating IP (the design's distributed FIP leg).
+    fn fip_spec(&self) -> RouterSpec {
+        RouterSpec {
+            legs: vec![self.leg_a(), self.leg_b(), self.leg_fip()],
+            rules: vec![
+                RuleSpec {
+                    priority: 33000,
+                    from: Some(net("10.78.1.11/32")),
+                    iif: None,
+                    table: 200,
+                },
+                RuleSpec {
+                    priority: 33999,
+                    from: None,
+                    iif: Some("lo".to_string()),
+                    table: 200,
+                },
+            ],
+            table_routes: vec![
+                TableRoute {
+                    table: 200,
+                    dst: net("203.0.113.0/24"),
+                    via: None,
+                    dev: "qf-r".to_string(),
+                },
+                TableRoute {
+                    table: 200,
+                    dst: net("0.0.0.0/0"),
+                    via: Some(ip("203.0.113.1")),
+                    dev: "qf-r".to_string(),
+                },
+            ],
+            nat: Some(FIP_NAT.to_string()),
+            announce: vec![("qf-r".to_string(), ip("203.0.113.50"))],
+            ..self.spec()
         }
     }
 
@@ -177,6 +273,204 @@ impl Lab {
             assert!(ping(from, to), "{from} -> {to} failed");
         }
     }
+}
+
+/// c1's floating IP, as the agent renders it (with its own whole-table replace).
+const FIP_NAT: &str = "add table ip kuryr_nat
+delete table ip kuryr_nat
+table ip kuryr_nat {
+  map fip_dnat { type ipv4_addr : ipv4_addr; elements = { 203.0.113.50 : 10.78.1.11 } }
+  map fip_snat { type ipv4_addr : ipv4_addr; elements = { 10.78.1.11 : 203.0.113.50 } }
+  chain pre { type nat hook prerouting priority dstnat; policy accept;
+    iifname \"qf-r\" dnat ip to ip daddr map @fip_dnat
+  }
+  chain post { type nat hook postrouting priority srcnat; policy accept;
+    oifname \"qf-r\" snat ip to ip saddr map @fip_snat
+  }
+}
+";
+
+/// The SNAT namespace's table: the router's subnets leave as its gateway address.
+const SNAT_NAT: &str = "table ip kuryr_nat {
+  chain post { type nat hook postrouting priority srcnat; policy accept;
+    oifname \"qg-r\" ip saddr 10.78.0.0/16 snat ip to 203.0.113.2
+  }
+}
+";
+
+/// A one-shot TCP listener (`busybox nc -l`) in a namespace that answers its one
+/// client with what `ss` sees of the connection there; ended on drop (by its pid).
+struct Listener {
+    child: Child,
+}
+
+impl Listener {
+    fn start(ns: &str, port: u16) -> Listener {
+        let report = format!("ss -Htn state established '( sport = :{port} )'");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "timeout", "15", "busybox", "nc", "-l", "-p",
+            ])
+            .arg(port.to_string())
+            .args(["-e", "sh", "-c", &report])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting busybox nc");
+        let listener = Listener { child };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let filter = format!("( sport = :{port} )");
+        while exec(ns, &["ss", "-Htln", &filter]).trim().is_empty() {
+            assert!(Instant::now() < deadline, "listener in {ns} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        listener
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // SIGTERM to `timeout`, which passes it on to nc.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects from `client` to `dst:port` where a [`Listener`] runs in `server`;
+/// returns the client's address as the server saw it (None: no connection).
+fn tcp_peer(server: &str, client: &str, dst: &str, port: u16) -> Option<String> {
+    let _listener = Listener::start(server, port);
+    let mut child = Command::new("ip")
+        .args([
+            "netns", "exec", client, "timeout", "5", "busybox", "nc", dst,
+        ])
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting busybox nc");
+    // stdin stays open until the server has answered and closed.
+    let stdin = child.stdin.take();
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    drop(stdin);
+    let _ = child.wait();
+    // "0 0 [::ffff:10.78.1.11]:8080 [::ffff:203.0.113.1]:40000"
+    let peer = out.split_whitespace().nth(3)?;
+    let (addr, _port) = peer.rsplit_once(':')?;
+    Some(
+        addr.trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_start_matches("::ffff:")
+            .to_string(),
+    )
+}
+
+/// The outside host's ARP entry for `ip`: (lladdr, state).
+fn outside_neighbour(ns: &str, ip: &str) -> Option<(String, String)> {
+    let v = json("ip", ns, &["neigh", "show", ip, "dev", "eth0"]);
+    let n = v.as_array()?.first()?;
+    Some((
+        n["lladdr"].as_str().unwrap_or("").to_string(),
+        n["state"][0].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+/// Gives the outside host a stale ARP entry with a wrong MAC for `ip` (what a
+/// gratuitous ARP must correct: Linux only updates entries it has).
+fn seed_wrong_neighbour(ns: &str, ip: &str) {
+    ipn(
+        ns,
+        &[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            "02:00:00:00:00:99",
+            "dev",
+            "eth0",
+            "nud",
+            "stale",
+        ],
+    );
+}
+
+/// Waits (up to a second) for the outside host's entry for `ip` to have `want`.
+fn outside_learns(ns: &str, ip: &str, want: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if outside_neighbour(ns, ip).is_some_and(|(m, _)| m == want) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// kuryr's rules (proto 107), both families: "pref N from X iif Y lookup T".
+fn kuryr_rules(ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        let v = json("ip", ns, &[family, "rule", "show"]);
+        for r in v.as_array().into_iter().flatten() {
+            if r["protocol"] != "107" && r["protocol"] != 107 {
+                continue;
+            }
+            let mut s = format!(
+                "{family} pref {} from {}",
+                r["priority"],
+                r["src"].as_str().unwrap_or("?")
+            );
+            if let Some(len) = r["srclen"].as_u64() {
+                s.push_str(&format!("/{len}"));
+            }
+            if let Some(iif) = r["iif"].as_str() {
+                s.push_str(&format!(" iif {iif}"));
+            }
+            s.push_str(&format!(" lookup {}", r["table"].as_str().unwrap_or("?")));
+            out.push(s);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// kuryr's routes (proto 107) of table `table`: "dst [via gw] dev d".
+fn table_routes(ns: &str, table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for family in ["-4", "-6"] {
+        let v = json(
+            "ip",
+            ns,
+            &[family, "route", "show", "table", "all", "proto", "107"],
+        );
+        for r in v.as_array().into_iter().flatten() {
+            if r["table"] != table {
+                continue;
+            }
+            let mut s = r["dst"].as_str().unwrap_or("?").to_string();
+            if let Some(gw) = r["gateway"].as_str() {
+                s.push_str(&format!(" via {gw}"));
+            }
+            s.push_str(&format!(" dev {}", r["dev"].as_str().unwrap_or("?")));
+            out.push(s);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn has_nat_table(ns: &str) -> bool {
+    exec(ns, &["nft", "list", "tables"]).contains("table ip kuryr_nat")
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -619,7 +913,8 @@ async fn converge_repairs_drift() {
     assert_eq!(sysctl(r, "net.ipv4.ip_forward"), "1");
     assert!(is_up(&link(r, "lo")));
 
-    // A stray qr- leg goes; other links of the namespace are not kuryr's legs.
+    // Stray veths go, whatever their names (a pair inside the namespace is one
+    // change, one to the host another); links that are not veths are not legs.
     ipn(
         r,
         &[
@@ -627,13 +922,15 @@ async fn converge_repairs_drift() {
         ],
     );
     ipn(
-        r,
+        h,
         &[
-            "link", "add", "keep0", "type", "veth", "peer", "name", "keep1",
+            "link", "add", "tapz", "type", "veth", "peer", "name", "sg-zzz", "netns", r,
         ],
     );
-    assert_eq!(converge(&host, &spec).await, 1);
+    ipn(r, &["link", "add", "keep0", "type", "bridge"]);
+    assert_eq!(converge(&host, &spec).await, 2);
     assert!(!has_link(r, "qr-zzz") && !has_link(r, "other0"));
+    assert!(!has_link(r, "sg-zzz") && !has_link(h, "tapz"));
     assert!(has_link(r, "keep0"));
     assert_eq!(converge(&host, &spec).await, 0);
     lab.assert_routes_both_ways();
@@ -876,4 +1173,367 @@ async fn bad_specs_and_missing_bridges_are_errors() {
     ipn(&lab.host, &["link", "add", "brqzz", "type", "bridge"]);
     assert!(converge(&host, &spec).await > 0);
     assert_eq!(link(&lab.host, "tapb")["master"], "brqzz");
+}
+
+#[tokio::test]
+async fn snat_namespace_sends_the_subnets_out_as_the_gateway_address() {
+    let lab = Lab::new();
+    lab.external();
+    let host = lab.host_netlink();
+    let (r, sn, o) = (lab.router.as_str(), lab.snat.as_str(), lab.outside.as_str());
+    // kqr: subnet A's traffic that main has no route for goes to the SNAT port.
+    let mut kqr = lab.spec();
+    kqr.legs[0].neighbours.insert(ip("10.78.1.3"), mac(SG));
+    kqr.legs[0].neighbours.insert(ip("fd78:1::3"), mac(SG));
+    kqr.rules = vec![
+        RuleSpec {
+            priority: 40001,
+            from: Some(net("10.78.1.0/24")),
+            iif: None,
+            table: 1001,
+        },
+        RuleSpec {
+            priority: 40001,
+            from: Some(net("fd78:1::/64")),
+            iif: None,
+            table: 1001,
+        },
+    ];
+    kqr.table_routes = vec![
+        TableRoute {
+            table: 1001,
+            dst: net("0.0.0.0/0"),
+            via: Some(ip("10.78.1.3")),
+            dev: "qr-a".to_string(),
+        },
+        TableRoute {
+            table: 1001,
+            dst: net("::/0"),
+            via: Some(ip("fd78:1::3")),
+            dev: "qr-a".to_string(),
+        },
+    ];
+    // ksnat: the SNAT port on A, the gateway port on the external network.
+    let snat = RouterSpec {
+        netns: lab.snat.clone(),
+        legs: vec![
+            LegSpec {
+                host_name: "tapsa".to_string(),
+                bridge: "brqa".to_string(),
+                peer_name: "sg-a".to_string(),
+                mac: mac(SG),
+                mtu: 1450,
+                addresses: vec![net("10.78.1.3/24")],
+                neighbours: BTreeMap::from([(ip("10.78.1.11"), mac(M1))]),
+            },
+            LegSpec {
+                host_name: "tapg".to_string(),
+                bridge: "brqe".to_string(),
+                peer_name: "qg-r".to_string(),
+                mac: mac(QG),
+                mtu: 1500,
+                addresses: vec![net("203.0.113.2/24")],
+                neighbours: BTreeMap::new(),
+            },
+        ],
+        routes: vec![(net("0.0.0.0/0"), ip("203.0.113.1"))],
+        rules: vec![],
+        table_routes: vec![],
+        nat: Some(SNAT_NAT.to_string()),
+        announce: vec![("qg-r".to_string(), ip("203.0.113.2"))],
+    };
+    // The gateway address "moves here": the outside host still has an old entry.
+    seed_wrong_neighbour(o, "203.0.113.2");
+    assert!(converge(&host, &kqr).await > 0);
+    assert!(converge(&host, &snat).await > 0);
+    assert!(
+        outside_learns(o, "203.0.113.2", QG),
+        "gratuitous ARP for the gateway address: {:?}",
+        outside_neighbour(o, "203.0.113.2")
+    );
+    assert_eq!(
+        kuryr_rules(r),
+        vec![
+            "-4 pref 40001 from 10.78.1.0/24 lookup 1001",
+            "-6 pref 40001 from fd78:1::/64 lookup 1001",
+        ]
+    );
+    assert_eq!(
+        table_routes(r, "1001"),
+        vec![
+            "default via 10.78.1.3 dev qr-a",
+            "default via fd78:1::3 dev qr-a"
+        ]
+    );
+    assert_eq!(kuryr_routes(sn), vec!["default via 203.0.113.1"]);
+    assert!(has_nat_table(sn));
+    assert!(!has_nat_table(r));
+    // sysctls as in a router namespace
+    assert_eq!(sysctl(sn, "net.ipv4.conf.qg-r.arp_ignore"), "1");
+    assert_eq!(sysctl(sn, "net.ipv4.conf.qg-r.arp_announce"), "2");
+
+    assert!(ping(&lab.c1, "203.0.113.1"));
+    assert_eq!(
+        tcp_peer(o, &lab.c1, "203.0.113.1", 8081).as_deref(),
+        Some("203.0.113.2"),
+        "the outside sees the gateway address"
+    );
+    // East-west stays direct; subnet B has no SNAT rule.
+    lab.assert_routes_both_ways();
+    let conntrack = exec(sn, &["cat", "/proc/net/nf_conntrack"]);
+    assert!(
+        conntrack.contains("src=10.78.1.11 dst=203.0.113.1")
+            && conntrack.contains("src=203.0.113.1 dst=203.0.113.2"),
+        "{conntrack}"
+    );
+    assert!(!conntrack.contains("10.78.2.12"), "{conntrack}");
+    assert_eq!(converge(&host, &kqr).await, 0);
+    assert_eq!(converge(&host, &snat).await, 0);
+
+    router::remove(&host, sn).await.expect("remove snat");
+    assert!(!has_link(&lab.host, "tapg") && !has_link(&lab.host, "tapsa"));
+}
+
+#[tokio::test]
+async fn floating_ip_leg_translates_both_ways_and_announces_itself() {
+    let lab = Lab::new();
+    lab.external();
+    let host = lab.host_netlink();
+    let (r, o) = (lab.router.as_str(), lab.outside.as_str());
+    let spec = lab.fip_spec();
+    seed_wrong_neighbour(o, "203.0.113.50");
+    assert!(converge(&host, &spec).await > 0);
+    assert!(
+        outside_learns(o, "203.0.113.50", QF),
+        "gratuitous ARP when the leg was made: {:?}",
+        outside_neighbour(o, "203.0.113.50")
+    );
+    let qf = link(r, "qf-r");
+    assert_eq!(qf["address"], QF);
+    assert_eq!(addrs(r, "qf-r")[0], "203.0.113.50/32");
+    assert_eq!(
+        fdb(&lab.host, "brqe", QF),
+        vec![("tapf".to_string(), "static".to_string(), true)]
+    );
+    assert_eq!(
+        kuryr_rules(r),
+        vec![
+            "-4 pref 33000 from 10.78.1.11 lookup 200",
+            "-4 pref 33999 from all iif lo lookup 200",
+            "-6 pref 33999 from all iif lo lookup 200",
+        ]
+    );
+    assert_eq!(
+        table_routes(r, "200"),
+        vec![
+            "203.0.113.0/24 dev qf-r",
+            "default via 203.0.113.1 dev qf-r"
+        ]
+    );
+    assert_eq!(converge(&host, &spec).await, 0);
+
+    // A converge that changes nothing announces nothing.
+    seed_wrong_neighbour(o, "203.0.113.50");
+    assert_eq!(converge(&host, &spec).await, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        outside_neighbour(o, "203.0.113.50")
+            .map(|(m, _)| m)
+            .as_deref(),
+        Some("02:00:00:00:00:99")
+    );
+    // The floating IP gone (a leg without addresses), then back: announced again.
+    let mut without = spec.clone();
+    without.legs[2].addresses.clear();
+    without.announce.clear();
+    // The address, and the table's two routes: removing a link's last IPv4 address
+    // flushes the routes through it.
+    assert_eq!(converge(&host, &without).await, 3);
+    assert!(addrs(r, "qf-r").iter().all(|a| a.starts_with("fe80:")));
+    assert_eq!(table_routes(r, "200").len(), 2);
+    assert_eq!(converge(&host, &without).await, 0);
+    assert_eq!(converge(&host, &spec).await, 1);
+    assert!(
+        outside_learns(o, "203.0.113.50", QF),
+        "gratuitous ARP when the address was added: {:?}",
+        outside_neighbour(o, "203.0.113.50")
+    );
+
+    // The outside reaches c1 at its floating IP, and c1 sees the outside's address.
+    assert_eq!(
+        tcp_peer(&lab.c1, o, "203.0.113.50", 8080).as_deref(),
+        Some("203.0.113.1")
+    );
+    // c1's own connections leave as the floating IP.
+    assert_eq!(
+        tcp_peer(o, &lab.c1, "203.0.113.1", 8081).as_deref(),
+        Some("203.0.113.50")
+    );
+    assert!(ping(o, "203.0.113.50"));
+    // East-west untouched by the rules.
+    lab.assert_routes_both_ways();
+    // c2 has no floating IP: the outside is unreachable for it.
+    assert!(!succeeds(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.c2,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "203.0.113.1"
+        ]
+    ));
+    // PMTU: a DF packet too big for qr-a gets the router's own ICMP error back to the
+    // outside (the `iif lo` rule routes it out of the floating IP leg).
+    let out = Command::new("ip")
+        .args(["netns", "exec", o, "ping", "-c", "1", "-W", "1", "-M", "do"])
+        .args(["-s", "1472", "203.0.113.50"])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mtu = 1450"), "{text}");
+    assert_eq!(converge(&host, &spec).await, 0);
+}
+
+#[tokio::test]
+async fn rules_table_routes_and_nat_table_are_exact_and_repaired() {
+    let lab = Lab::new();
+    lab.external();
+    let host = lab.host_netlink();
+    let r = lab.router.as_str();
+    let mut spec = lab.fip_spec();
+    assert!(converge(&host, &spec).await > 0);
+    assert_eq!(converge(&host, &spec).await, 0);
+    assert_eq!(converge(&host, &spec).await, 0);
+    let rules = kuryr_rules(r);
+    let routes = table_routes(r, "200");
+    let nat = exec(r, &["nft", "-s", "list", "table", "ip", "kuryr_nat"]);
+    let same = || {
+        assert_eq!(kuryr_rules(r), rules);
+        assert_eq!(table_routes(r, "200"), routes);
+        assert_eq!(
+            exec(r, &["nft", "-s", "list", "table", "ip", "kuryr_nat"]),
+            nat
+        );
+    };
+
+    // Deleted by hand: back, one change each.
+    ipn(r, &["rule", "del", "pref", "33000"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    ipn(r, &["-6", "rule", "del", "pref", "33999"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    ipn(r, &["route", "del", "default", "table", "200"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    ipn(r, &["route", "del", "203.0.113.0/24", "table", "200"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    exec(r, &["nft", "delete", "table", "ip", "kuryr_nat"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    exec(r, &["nft", "flush", "chain", "ip", "kuryr_nat", "post"]);
+    assert_eq!(converge(&host, &spec).await, 1);
+    exec(
+        r,
+        &[
+            "nft",
+            "delete",
+            "element",
+            "ip",
+            "kuryr_nat",
+            "fip_dnat",
+            "{ 203.0.113.50 }",
+        ],
+    );
+    assert_eq!(converge(&host, &spec).await, 1);
+    same();
+    assert_eq!(converge(&host, &spec).await, 0);
+
+    // Somebody else's table, rule and route are theirs; stray kuryr-marked ones go.
+    exec(r, &["nft", "add", "table", "inet", "theirs"]);
+    ipn(
+        r,
+        &[
+            "rule", "add", "from", "10.9.9.8", "lookup", "300", "pref", "501",
+        ],
+    );
+    ipn(
+        r,
+        &[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "dev",
+            "qf-r",
+            "table",
+            "200",
+        ],
+    );
+    assert_eq!(converge(&host, &spec).await, 0);
+    ipn(
+        r,
+        &[
+            "rule", "add", "from", "10.9.9.9", "lookup", "300", "pref", "500", "proto", "107",
+        ],
+    );
+    ipn(
+        r,
+        &[
+            "route",
+            "add",
+            "10.9.9.0/24",
+            "dev",
+            "qf-r",
+            "table",
+            "300",
+            "proto",
+            "107",
+        ],
+    );
+    assert_eq!(converge(&host, &spec).await, 2);
+    same();
+    assert!(exec(r, &["nft", "list", "tables"]).contains("table inet theirs"));
+    assert!(ipn(r, &["rule", "show"]).contains("from 10.9.9.8 lookup 300"));
+    assert!(ipn(r, &["route", "show", "table", "200"]).contains("198.51.100.0/24"));
+
+    // A changed next hop replaces the route; a changed script replaces the table.
+    spec.table_routes[1].via = Some(ip("203.0.113.254"));
+    assert_eq!(converge(&host, &spec).await, 2);
+    assert!(table_routes(r, "200").contains(&"default via 203.0.113.254 dev qf-r".to_string()));
+    spec.nat = spec.nat.map(|s| {
+        s.replace(
+            "policy accept;\n    iifname",
+            "policy accept;\n    counter\n    iifname",
+        )
+    });
+    assert_eq!(converge(&host, &spec).await, 1);
+    assert!(exec(r, &["nft", "list", "chain", "ip", "kuryr_nat", "pre"]).contains("counter"));
+    assert_eq!(converge(&host, &spec).await, 0);
+
+    // A script nft refuses is reported, after everything else was converged.
+    let mut bad = spec.clone();
+    bad.nat = Some("table ip kuryr_nat { chain x { bogus } }\n".to_string());
+    bad.rules.pop();
+    match router::converge(&host, &bad).await {
+        Err(RouterError::Nat { source, .. }) => {
+            assert!(source.to_string().contains("bogus"), "{source}");
+        }
+        other => panic!("expected a nat error, got {other:?}"),
+    }
+    assert_eq!(kuryr_rules(r).len(), 1, "the rules were converged");
+    assert!(exec(r, &["nft", "list", "chain", "ip", "kuryr_nat", "pre"]).contains("counter"));
+    assert_eq!(converge(&host, &spec).await, 2, "both iif lo rules back");
+
+    // Out of the spec: gone (3 rules, 2 routes, the table), the rest stays.
+    spec.rules.clear();
+    spec.table_routes.clear();
+    spec.nat = None;
+    assert_eq!(converge(&host, &spec).await, 6);
+    assert!(kuryr_rules(r).is_empty());
+    assert!(table_routes(r, "200").is_empty());
+    assert!(!has_nat_table(r));
+    assert!(exec(r, &["nft", "list", "tables"]).contains("table inet theirs"));
+    assert_eq!(converge(&host, &spec).await, 0);
+    lab.assert_routes_both_ways();
 }

@@ -17,7 +17,7 @@ use kuryr_dataplane::nfnl::{Change, Elements, Monitor, NfnlError};
 use kuryr_dataplane::nft::{Nft, NftError};
 use tokio::sync::Notify;
 
-use kuryr_dataplane::router::{self, LegSpec, RouterSpec};
+use kuryr_dataplane::router::{self, LegSpec, RouterSpec, RuleSpec, TableRoute};
 
 use super::{Firewall, InNetns, IpVersion, Kernel, RouterError, Veth};
 use crate::routers::RouterDesired;
@@ -184,6 +184,28 @@ fn spec_of(r: &RouterDesired) -> RouterSpec {
             })
             .collect(),
         routes: r.routes.clone(),
+        rules: r
+            .rules
+            .iter()
+            .map(|(priority, from, iif, table)| RuleSpec {
+                priority: *priority,
+                from: *from,
+                iif: iif.clone(),
+                table: *table,
+            })
+            .collect(),
+        table_routes: r
+            .table_routes
+            .iter()
+            .map(|(table, dst, via, dev)| TableRoute {
+                table: *table,
+                dst: *dst,
+                via: *via,
+                dev: dev.clone(),
+            })
+            .collect(),
+        nat: r.nat.clone(),
+        announce: r.announce.clone(),
     }
 }
 
