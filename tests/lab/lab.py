@@ -145,6 +145,9 @@ class Lab:
         # A second, address-less segment for flat networks (physnet1 = eth1 on hosts).
         sh("ip", "-n", lab, "link", "add", "br-flat", "type", "bridge")
         sh("ip", "-n", lab, "link", "set", "br-flat", "up")
+        # The external segment (physnet2 = eth2 on hosts), where the outside lives.
+        sh("ip", "-n", lab, "link", "add", "br-ext", "type", "bridge")
+        sh("ip", "-n", lab, "link", "set", "br-ext", "up")
         for i, h in enumerate(self.hosts, start=1):
             host = self.add_ns(h)
             # Created inside the lab namespace, peer born in the host namespace.
@@ -156,6 +159,9 @@ class Lab:
             sh("ip", "-n", lab, "link", "add", f"f-{h}", "type", "veth",
                "peer", "name", "eth1", "netns", host)
             sh("ip", "-n", lab, "link", "set", f"f-{h}", "master", "br-flat", "up")
+            sh("ip", "-n", lab, "link", "add", f"x-{h}", "type", "veth",
+               "peer", "name", "eth2", "netns", host)
+            sh("ip", "-n", lab, "link", "set", f"x-{h}", "master", "br-ext", "up")
         self.server = Process(
             "server",
             ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", f"{UNDERLAY}.1:9696",
@@ -219,7 +225,7 @@ class Lab:
              "--underlay-ip", f"{UNDERLAY}.{10 + i}", "--underlay-interface", "eth0",
              "--socket", self.agent_socket(host),
              "--state-dir", os.path.join(self.dir, f"{host}-state"),
-             "--report-interval", "1", "--physical-interface-mappings", "physnet1:eth1",
+             "--report-interval", "1", "--physical-interface-mappings", "physnet1:eth1,physnet2:eth2",
              # The Docker plugin only where a test asks for it (its default socket
              # is a machine-wide path).
              *([] if any(str(a).startswith("--docker") for a in extra) else ["--no-docker"]),
@@ -269,27 +275,28 @@ class Lab:
     OUTSIDE_IP = "203.0.113.1"
 
     def outside(self):
-        """The namespace 'out' on the flat segment (physnet1): the external network's
-        upstream at 203.0.113.1/24, where tests run servers the routers reach."""
+        """The namespace 'out' on the external segment (physnet2): the external
+        network's upstream at 203.0.113.1/24, where tests run servers the routers
+        reach."""
         full = self.ns("out")
         if full not in self.namespaces:
             self.add_ns("out")
             lab = self.ns("lab")
             sh("ip", "-n", lab, "link", "add", "o-out", "type", "veth", "peer", "name", "eth0",
                "netns", full)
-            sh("ip", "-n", lab, "link", "set", "o-out", "master", "br-flat", "up")
+            sh("ip", "-n", lab, "link", "set", "o-out", "master", "br-ext", "up")
             sh("ip", "-n", full, "addr", "add", f"{self.OUTSIDE_IP}/24", "dev", "eth0")
             sh("ip", "-n", full, "link", "set", "eth0", "up")
         return "out"
 
     def external_network(self):
-        """The lab's one external network (flat on physnet1: one per physical network),
+        """The lab's one external network (flat on physnet2: one per physical network),
         with a subnet whose gateway is the outside namespace. Made once per lab."""
         if getattr(self, "_external", None) is None:
             self.outside()
             net = self.create("networks", {"name": "ext", "router:external": True,
                                            "provider:network_type": "flat",
-                                           "provider:physical_network": "physnet1"})
+                                           "provider:physical_network": "physnet2"})
             sub = self.create("subnets", {"network_id": net["id"], "ip_version": 4,
                                           "cidr": self.OUTSIDE_CIDR,
                                           "gateway_ip": self.OUTSIDE_IP,
