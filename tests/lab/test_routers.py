@@ -209,3 +209,41 @@ def test_interface_removal_router_delete_and_restart_leave_nothing(lab):
         lab.wait_for(lambda: no_trace(h), 15, f"{h} to hold no trace of the router")
     lab.unbind("h1", pa)
     lab.unbind("h2", pb)
+
+
+def test_ipv6_subnets_are_routed(lab):
+    _, v6 = cidr_block()
+    router = lab.openstack("router", "create", name("r"))
+    nets = []
+    for i in range(2):
+        net = lab.create("networks", {"name": name("net")})
+        sub = lab.create("subnets", {"network_id": net["id"], "ip_version": 6,
+                                     "cidr": f"{v6}:{i + 1}::/64"})
+        lab.openstack("router", "add", "subnet", router["id"], sub["id"], fmt=None)
+        nets.append(net)
+    a, _, _ = container(lab, "h1", nets[0])
+    b, _, ip_b = container(lab, "h2", nets[1])
+    c, _, ip_c = container(lab, "h1", nets[1])
+    assert lab.ping_eventually(a, ip_c, timeout=10), "same host"
+    assert lab.ping_eventually(a, ip_b, timeout=10), "across hosts"
+
+
+def test_extra_route_through_a_container(lab):
+    router, [(net_a, _), (net_b, _)] = router_with_subnets(lab)
+    v4, _ = cidr_block()
+    a, b = v4.split(".")[1:3]
+    behind = f"10.{a}.{(int(b) + 7) % 250}"
+    # x routes for `behind` (it holds .1 there): its port may send from that range.
+    x, _, ip_x = container(lab, "h1", net_a,
+                           allowed_address_pairs=[{"ip_address": f"{behind}.0/24"}])
+    lab.exec(x, "ip", "addr", "add", f"{behind}.1/32", "dev", "lo")
+    c, _, _ = container(lab, "h2", net_b)
+    assert lab.ping_eventually(c, ip_x, timeout=10), "positive control: x is reachable"
+    assert lab.never_pings(c, f"{behind}.1"), "no route to it yet"
+    lab.openstack("router", "add", "route", router["id"], "--route",
+                  f"destination={behind}.0/24,gateway={ip_x}", fmt=None)
+    assert lab.ping_eventually(c, f"{behind}.1", timeout=10), "routed through x"
+    lab.openstack("router", "remove", "route", router["id"], "--route",
+                  f"destination={behind}.0/24,gateway={ip_x}", fmt=None)
+    lab.wait_for(lambda: lab.never_pings(c, f"{behind}.1", attempts=2), 15,
+                 "the route to go")
