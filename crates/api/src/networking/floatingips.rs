@@ -444,9 +444,10 @@ impl Resource for FloatingIp {
             }
             let mut compares = Vec::new();
             let mut ops = Vec::new();
-            let mut copy = f.clone();
-            set_association(&mut copy, None, &mut compares, &mut ops);
-            compares.clear();
+            // The association's guard key goes with it.
+            if let (Some(p), Some(ip)) = (&f.port_id, &f.fixed_ip_address) {
+                ops.push(Op::Delete(assoc_key(p, ip, &f.floating_network_id)));
+            }
             if let Some(p) = db.ports.get(&f.floating_port_id) {
                 compares.push(Compare::ModRevision(key::<Port>(&p.value.id), p.rev));
                 ops.extend(ports::delete_ops(&p.value));

@@ -241,9 +241,19 @@ fn validate(
             "Invalid ranges of internal and/or external ports. The relation between internal and external ports must be N-N or 1-N",
         ));
     }
-    let others = db
-        .port_forwardings
-        .values()
+    // Only forwardings of the same floating IP or to the same port can collide:
+    // the indexes name them (not every forwarding of the cloud).
+    let mut ids: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+    ids.extend(db.pfs_by_fip.get(&pf.floatingip_id).into_iter().flatten());
+    ids.extend(
+        db.pfs_by_port
+            .get(&pf.internal_port_id)
+            .into_iter()
+            .flatten(),
+    );
+    let others = ids
+        .into_iter()
+        .filter_map(|id| db.port_forwardings.get(id))
         .map(|e| &e.value)
         .filter(|o| o.id != pf.id);
     for o in others {

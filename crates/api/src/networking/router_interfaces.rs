@@ -205,7 +205,7 @@ fn add_by_subnet(
     }
     check_subnet_modes(&s)?;
     let existing = router_subnets(db, &r, gw_network(&r));
-    check_overlap(db, &[(s.id.clone(), cidr_of(&s)?)], &existing)?;
+    check_overlap(&[(s.id.clone(), cidr_of(&s)?)], &existing)?;
     let Some(n) = db.networks.get(&s.network_id).cloned() else {
         return Err(ApiError(NeutronError::not_found(
             "Network",
@@ -326,7 +326,7 @@ fn add_by_port(db: &Db, ctx: &Ctx, alloc: &mut Alloc<'_>, id: &str, pid: &str) -
         .iter()
         .map(|s| Ok((s.id.clone(), cidr_of(s)?)))
         .collect::<ApiResult<_>>()?;
-    check_overlap(db, &new, &router_subnets(db, &r, gw_network(&r)))?;
+    check_overlap(&new, &router_subnets(db, &r, gw_network(&r)))?;
     if subnets.iter().filter(|s| s.ip_version == 4).count() > 1 {
         return Err(bad_router(
             "Cannot have multiple IPv4 subnets on router port",

@@ -411,11 +411,7 @@ fn check_gateway_unused(db: &Db, r: &Router, network: &str) -> ApiResult<()> {
 }
 
 /// Neutron's overlap check: `new` subnets may not overlap any of `existing`.
-pub fn check_overlap(
-    db: &Db,
-    new: &[(String, IpNet)],
-    existing: &[(String, IpNet)],
-) -> ApiResult<()> {
+pub fn check_overlap(new: &[(String, IpNet)], existing: &[(String, IpNet)]) -> ApiResult<()> {
     for (nid, nc) in new {
         for (eid, ec) in existing {
             if nid == eid {
@@ -423,8 +419,7 @@ pub fn check_overlap(
                     "Router already has a port on subnet {nid}"
                 )));
             }
-            if nc.contains(&ec.network()) || ec.contains(&nc.network()) {
-                let _ = db;
+            if kuryr_model::ipam::nets_overlap(nc, ec) {
                 return Err(bad_router(format!(
                     "Cidr {nc} of subnet {nid} overlaps with cidr {ec} of subnet {eid}"
                 )));
@@ -513,7 +508,7 @@ pub fn apply_gateway(
         .iter()
         .filter_map(|s| Some((s.id.clone(), parse_cidr(&s.cidr)?)))
         .collect();
-    check_overlap(db, &external, &interfaces)?;
+    check_overlap(&external, &interfaces)?;
     let mut txn = Txn::new();
     let port = ports::service_port(
         alloc,
