@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod limits;
+pub mod loadbalancing;
 pub mod networking;
 pub mod observe;
 
@@ -38,6 +39,7 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
     let router = Router::new()
         .nest("/identity", identity.router())
         .nest("/networking", networking.router())
+        .nest("/load-balancer", loadbalancing::start(&networking))
         .merge(obs.routes())
         .route_layer(axum::middleware::from_fn(observe::matched_route))
         .layer(axum::middleware::from_fn_with_state(

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use kuryr_model::{
-    FloatingIp, HostFrame, HostIds, HostObjects, HostVtep, Network, Port, PortForwarding, Router,
-    SecurityGroup, SecurityGroupRule, Subnet,
+    FloatingIp, HealthMonitor, HostFrame, HostIds, HostObjects, HostVtep, Listener, LoadBalancer,
+    Member, Network, Pool, Port, PortForwarding, Router, SecurityGroup, SecurityGroupRule, Subnet,
 };
 
 /// What the host holds: objects by id per kind (VTEPs by host) and the revision the view
@@ -21,6 +21,11 @@ pub struct HostMirror {
     pub routers: BTreeMap<String, Router>,
     pub floatingips: BTreeMap<String, FloatingIp>,
     pub port_forwardings: BTreeMap<String, PortForwarding>,
+    pub loadbalancers: BTreeMap<String, LoadBalancer>,
+    pub listeners: BTreeMap<String, Listener>,
+    pub pools: BTreeMap<String, Pool>,
+    pub members: BTreeMap<String, Member>,
+    pub healthmonitors: BTreeMap<String, HealthMonitor>,
     revision: u64,
     synced: bool,
     /// Bumped whenever anything but ports and VTEPs may have changed (networks,
@@ -151,6 +156,27 @@ impl HostMirror {
                 &present.port_forwardings,
                 &mut delta.removed.port_forwardings,
             );
+            retain_listed(
+                &mut self.loadbalancers,
+                &present.loadbalancers,
+                &mut delta.removed.loadbalancers,
+            );
+            retain_listed(
+                &mut self.listeners,
+                &present.listeners,
+                &mut delta.removed.listeners,
+            );
+            retain_listed(&mut self.pools, &present.pools, &mut delta.removed.pools);
+            retain_listed(
+                &mut self.members,
+                &present.members,
+                &mut delta.removed.members,
+            );
+            retain_listed(
+                &mut self.healthmonitors,
+                &present.healthmonitors,
+                &mut delta.removed.healthmonitors,
+            );
         }
 
         remove_ids(
@@ -190,6 +216,27 @@ impl HostMirror {
             delete.port_forwardings,
             &mut delta.removed.port_forwardings,
         );
+        remove_ids(
+            &mut self.loadbalancers,
+            delete.loadbalancers,
+            &mut delta.removed.loadbalancers,
+        );
+        remove_ids(
+            &mut self.listeners,
+            delete.listeners,
+            &mut delta.removed.listeners,
+        );
+        remove_ids(&mut self.pools, delete.pools, &mut delta.removed.pools);
+        remove_ids(
+            &mut self.members,
+            delete.members,
+            &mut delta.removed.members,
+        );
+        remove_ids(
+            &mut self.healthmonitors,
+            delete.healthmonitors,
+            &mut delta.removed.healthmonitors,
+        );
 
         let HostObjects {
             networks,
@@ -201,6 +248,11 @@ impl HostMirror {
             routers,
             floatingips,
             port_forwardings,
+            loadbalancers,
+            listeners,
+            pools,
+            members,
+            healthmonitors,
         } = put;
         put_all(
             &mut self.networks,
@@ -255,6 +307,31 @@ impl HostMirror {
             |o| &o.id,
             &mut delta.put.port_forwardings,
         );
+        put_all(
+            &mut self.loadbalancers,
+            loadbalancers,
+            |o| &o.id,
+            &mut delta.put.loadbalancers,
+        );
+        put_all(
+            &mut self.listeners,
+            listeners,
+            |o| &o.id,
+            &mut delta.put.listeners,
+        );
+        put_all(&mut self.pools, pools, |o| &o.id, &mut delta.put.pools);
+        put_all(
+            &mut self.members,
+            members,
+            |o| &o.id,
+            &mut delta.put.members,
+        );
+        put_all(
+            &mut self.healthmonitors,
+            healthmonitors,
+            |o| &o.id,
+            &mut delta.put.healthmonitors,
+        );
 
         // An id put in this frame is not "removed" from the caller's point of view.
         unremove(&mut delta.removed.networks, &delta.put.networks);
@@ -275,6 +352,11 @@ impl HostMirror {
             &mut delta.removed.port_forwardings,
             &delta.put.port_forwardings,
         );
+        unremove(&mut delta.removed.loadbalancers, &delta.put.loadbalancers);
+        unremove(&mut delta.removed.listeners, &delta.put.listeners);
+        unremove(&mut delta.removed.pools, &delta.put.pools);
+        unremove(&mut delta.removed.members, &delta.put.members);
+        unremove(&mut delta.removed.healthmonitors, &delta.put.healthmonitors);
 
         if let Some(present) = &present {
             missing(
@@ -306,6 +388,23 @@ impl HostMirror {
                 &present.port_forwardings,
                 &mut delta.missing.port_forwardings,
             );
+            missing(
+                &self.loadbalancers,
+                &present.loadbalancers,
+                &mut delta.missing.loadbalancers,
+            );
+            missing(
+                &self.listeners,
+                &present.listeners,
+                &mut delta.missing.listeners,
+            );
+            missing(&self.pools, &present.pools, &mut delta.missing.pools);
+            missing(&self.members, &present.members, &mut delta.missing.members);
+            missing(
+                &self.healthmonitors,
+                &present.healthmonitors,
+                &mut delta.missing.healthmonitors,
+            );
             if delta.missing != HostIds::default() {
                 tracing::warn!(
                     revision,
@@ -322,7 +421,12 @@ impl HostMirror {
                 && ids.security_group_rules.is_empty()
                 && ids.routers.is_empty()
                 && ids.floatingips.is_empty()
-                && ids.port_forwardings.is_empty())
+                && ids.port_forwardings.is_empty()
+                && ids.loadbalancers.is_empty()
+                && ids.listeners.is_empty()
+                && ids.pools.is_empty()
+                && ids.members.is_empty()
+                && ids.healthmonitors.is_empty())
         };
         if delta.resync || beyond_ports(&delta.put) || beyond_ports(&delta.removed) {
             self.epoch += 1;

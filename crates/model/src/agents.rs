@@ -78,6 +78,16 @@ pub struct HostObjects {
     pub floatingips: Vec<FloatingIp>,
     #[serde(default)]
     pub port_forwardings: Vec<PortForwarding>,
+    #[serde(default)]
+    pub loadbalancers: Vec<crate::LoadBalancer>,
+    #[serde(default)]
+    pub listeners: Vec<crate::Listener>,
+    #[serde(default)]
+    pub pools: Vec<crate::Pool>,
+    #[serde(default)]
+    pub members: Vec<crate::Member>,
+    #[serde(default)]
+    pub healthmonitors: Vec<crate::HealthMonitor>,
 }
 
 /// Object ids per kind (`vteps` are named by host).
@@ -101,6 +111,16 @@ pub struct HostIds {
     pub floatingips: Vec<String>,
     #[serde(default)]
     pub port_forwardings: Vec<String>,
+    #[serde(default)]
+    pub loadbalancers: Vec<String>,
+    #[serde(default)]
+    pub listeners: Vec<String>,
+    #[serde(default)]
+    pub pools: Vec<String>,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub healthmonitors: Vec<String>,
 }
 
 /// One line (NDJSON) of `GET /v2.0/kuryr/hosts/{host}/watch?since=REV`.

@@ -163,6 +163,7 @@ fn catalog(id: &Identity) -> Value {
     let services: &[(&str, &str, &str)] = &[
         ("identity", "keystone", "/identity"),
         ("network", "neutron", "/networking"),
+        ("load-balancer", "octavia", "/load-balancer"),
     ];
     let entries: Vec<Value> = services
         .iter()

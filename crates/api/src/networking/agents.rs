@@ -50,7 +50,7 @@ fn authorize(ctx: &Ctx, id: &str, action: &str) -> ApiResult<()> {
 }
 
 /// kuryr's per-host actions: an admin, or the agent of `host`.
-fn authorize_host(ctx: &Ctx, host: &str, action: &str) -> ApiResult<()> {
+pub(crate) fn authorize_host(ctx: &Ctx, host: &str, action: &str) -> ApiResult<()> {
     let mut t = Map::new();
     t.insert("host".into(), Value::String(host.to_string()));
     enforce(ctx, action, &t, &[])
@@ -65,7 +65,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Host names become store keys and device-independent labels: keep them plain.
-fn check_host(host: &str) -> ApiResult<()> {
+pub(crate) fn check_host(host: &str) -> ApiResult<()> {
     let ok = !host.is_empty()
         && host.len() <= 255
         && host
@@ -80,7 +80,7 @@ fn check_host(host: &str) -> ApiResult<()> {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -324,6 +324,11 @@ struct Sent {
     routers: HashMap<String, Revision>,
     floatingips: HashMap<String, Revision>,
     port_forwardings: HashMap<String, Revision>,
+    loadbalancers: HashMap<String, Revision>,
+    listeners: HashMap<String, Revision>,
+    pools: HashMap<String, Revision>,
+    members: HashMap<String, Revision>,
+    healthmonitors: HashMap<String, Revision>,
 }
 
 /// Puts objects that are new or changed since `sent` (or, with `since`, changed
@@ -419,6 +424,41 @@ impl Sent {
             &mut put.port_forwardings,
             &mut delete.port_forwardings,
         );
+        diff_table(
+            &view.loadbalancers,
+            &mut self.loadbalancers,
+            since,
+            &mut put.loadbalancers,
+            &mut delete.loadbalancers,
+        );
+        diff_table(
+            &view.listeners,
+            &mut self.listeners,
+            since,
+            &mut put.listeners,
+            &mut delete.listeners,
+        );
+        diff_table(
+            &view.pools,
+            &mut self.pools,
+            since,
+            &mut put.pools,
+            &mut delete.pools,
+        );
+        diff_table(
+            &view.members,
+            &mut self.members,
+            since,
+            &mut put.members,
+            &mut delete.members,
+        );
+        diff_table(
+            &view.healthmonitors,
+            &mut self.healthmonitors,
+            since,
+            &mut put.healthmonitors,
+            &mut delete.healthmonitors,
+        );
         for (host, ip) in &view.vteps {
             if since.is_some() || self.vteps.get(host) != Some(ip) {
                 put.vteps.push(HostVtep {
@@ -454,6 +494,11 @@ impl Sent {
                 routers: ids(&self.routers),
                 floatingips: ids(&self.floatingips),
                 port_forwardings: ids(&self.port_forwardings),
+                loadbalancers: ids(&self.loadbalancers),
+                listeners: ids(&self.listeners),
+                pools: ids(&self.pools),
+                members: ids(&self.members),
+                healthmonitors: ids(&self.healthmonitors),
             }
         });
         HostFrame {
@@ -478,6 +523,11 @@ fn is_empty(f: &HostFrame) -> bool {
         && p.routers.is_empty()
         && p.floatingips.is_empty()
         && p.port_forwardings.is_empty()
+        && p.loadbalancers.is_empty()
+        && p.listeners.is_empty()
+        && p.pools.is_empty()
+        && p.members.is_empty()
+        && p.healthmonitors.is_empty()
         && d == &HostIds::default()
 }
 
@@ -504,6 +554,11 @@ fn relevant(keys: &[String], hosts_in_view: &HashSet<String>) -> bool {
                     "routers/",
                     "floatingips/",
                     "port-forwardings/",
+                    "loadbalancers/",
+                    "listeners/",
+                    "lb-pools/",
+                    "lb-members/",
+                    "healthmonitors/",
                 ]
                 .iter()
                 .any(|t| k["/neutron/".len().min(k.len())..].starts_with(t)),

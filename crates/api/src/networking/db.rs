@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use kuryr_model::{
-    Agent, FloatingIp, Network, Port, PortForwarding, Quota, Router, SecurityGroup,
-    SecurityGroupRule, Subnet, SubnetPool,
+    Agent, FloatingIp, HealthMonitor, LbQuota, Listener, LoadBalancer, Member, Network, Pool, Port,
+    PortForwarding, Quota, Router, SecurityGroup, SecurityGroupRule, Subnet, SubnetPool,
 };
 use kuryr_store::{Event, EventKind, KeyValue, Revision};
 use serde::de::DeserializeOwned;
@@ -44,6 +44,14 @@ pub struct Db {
     pub routers: Table<Router>,
     pub floatingips: Table<FloatingIp>,
     pub port_forwardings: Table<PortForwarding>,
+    pub loadbalancers: Table<LoadBalancer>,
+    pub listeners: Table<Listener>,
+    pub pools: Table<Pool>,
+    pub members: Table<Member>,
+    pub healthmonitors: Table<HealthMonitor>,
+    pub lb_quotas: HashMap<String, LbQuota>,
+    /// host → its agent's last load-balancer counters (listener id → counters).
+    pub lb_stats: HashMap<String, Arc<serde_json::Value>>,
     pub quotas: HashMap<String, Quota>,
     /// The limits of projects without their own (the operator's `--default-quota`).
     pub default_quota: Quota,
@@ -74,6 +82,34 @@ pub struct Db {
     pub pfs_by_fip: HashMap<String, BTreeSet<String>>,
     /// internal port → port forwardings to it.
     pub pfs_by_port: HashMap<String, BTreeSet<String>>,
+    /// load balancer → its listeners, pools, members and health monitors.
+    pub lb_children: HashMap<String, LbChildren>,
+    /// pool → its members.
+    pub members_by_pool: HashMap<String, BTreeSet<String>>,
+    /// pool → its health monitor.
+    pub hm_by_pool: HashMap<String, String>,
+    /// VIP network → load balancers.
+    pub lbs_by_network: HashMap<String, BTreeSet<String>>,
+    /// host → members its agent checks.
+    pub members_by_monitor: HashMap<String, BTreeSet<String>>,
+}
+
+/// The objects of one load balancer, by kind.
+#[derive(Debug, Default, Clone)]
+pub struct LbChildren {
+    pub listeners: BTreeSet<String>,
+    pub pools: BTreeSet<String>,
+    pub members: BTreeSet<String>,
+    pub healthmonitors: BTreeSet<String>,
+}
+
+impl LbChildren {
+    fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.pools.is_empty()
+            && self.members.is_empty()
+            && self.healthmonitors.is_empty()
+    }
 }
 
 fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Option<Arc<T>> {
@@ -259,6 +295,112 @@ impl Db {
                     );
                 }
             }
+            "loadbalancers" => {
+                if let Some(o) = self.loadbalancers.remove(&id) {
+                    remove_from(&mut self.lbs_by_network, &o.value.vip_network_id, &id);
+                }
+                if put && let Some(v) = decode::<LoadBalancer>(kv) {
+                    self.lbs_by_network
+                        .entry(v.vip_network_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    self.loadbalancers.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "listeners" => {
+                if let Some(o) = self.listeners.remove(&id) {
+                    self.unchild(&o.value.loadbalancer_id, |c| &mut c.listeners, &id);
+                }
+                if put && let Some(v) = decode::<Listener>(kv) {
+                    self.child(&v.loadbalancer_id, |c| &mut c.listeners, &id);
+                    self.listeners.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "lb-pools" => {
+                if let Some(o) = self.pools.remove(&id) {
+                    self.unchild(&o.value.loadbalancer_id, |c| &mut c.pools, &id);
+                }
+                if put && let Some(v) = decode::<Pool>(kv) {
+                    self.child(&v.loadbalancer_id, |c| &mut c.pools, &id);
+                    self.pools.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "lb-members" => {
+                if let Some(o) = self.members.remove(&id) {
+                    self.unchild(&o.value.loadbalancer_id, |c| &mut c.members, &id);
+                    remove_from(&mut self.members_by_pool, &o.value.pool_id, &id);
+                    remove_from(&mut self.members_by_monitor, &o.value.monitor_host, &id);
+                }
+                if put && let Some(v) = decode::<Member>(kv) {
+                    self.child(&v.loadbalancer_id, |c| &mut c.members, &id);
+                    self.members_by_pool
+                        .entry(v.pool_id.clone())
+                        .or_default()
+                        .insert(id.clone());
+                    if !v.monitor_host.is_empty() {
+                        self.members_by_monitor
+                            .entry(v.monitor_host.clone())
+                            .or_default()
+                            .insert(id.clone());
+                    }
+                    self.members.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "healthmonitors" => {
+                if let Some(o) = self.healthmonitors.remove(&id) {
+                    self.unchild(&o.value.loadbalancer_id, |c| &mut c.healthmonitors, &id);
+                    if self.hm_by_pool.get(&o.value.pool_id) == Some(&id) {
+                        self.hm_by_pool.remove(&o.value.pool_id);
+                    }
+                }
+                if put && let Some(v) = decode::<HealthMonitor>(kv) {
+                    self.child(&v.loadbalancer_id, |c| &mut c.healthmonitors, &id);
+                    self.hm_by_pool.insert(v.pool_id.clone(), id.clone());
+                    self.healthmonitors.insert(
+                        id,
+                        Entry {
+                            rev: kv.mod_revision,
+                            value: v,
+                        },
+                    );
+                }
+            }
+            "lb-stats" => {
+                self.lb_stats.remove(&id);
+                if put && let Some(v) = decode::<serde_json::Value>(kv) {
+                    self.lb_stats.insert(id, v);
+                }
+            }
+            "lb-quotas" => {
+                self.lb_quotas.remove(&id);
+                if put && let Some(q) = decode::<LbQuota>(kv) {
+                    self.lb_quotas.insert(id, *q);
+                }
+            }
             "agents" => {
                 self.agents.remove(&id);
                 if put && let Some(v) = decode::<Agent>(kv) {
@@ -291,6 +433,59 @@ impl Db {
             }
             // Uniqueness guards (ipam, macs, vni) are derived from the resources.
             _ => {}
+        }
+    }
+
+    fn child(&mut self, lb: &str, set: fn(&mut LbChildren) -> &mut BTreeSet<String>, id: &str) {
+        set(self.lb_children.entry(lb.to_string()).or_default()).insert(id.to_string());
+    }
+
+    fn unchild(&mut self, lb: &str, set: fn(&mut LbChildren) -> &mut BTreeSet<String>, id: &str) {
+        if let Some(c) = self.lb_children.get_mut(lb) {
+            set(c).remove(id);
+            if c.is_empty() {
+                self.lb_children.remove(lb);
+            }
+        }
+    }
+
+    /// The children of a load balancer (empty when it has none).
+    pub fn children_of(&self, lb: &str) -> LbChildren {
+        self.lb_children.get(lb).cloned().unwrap_or_default()
+    }
+
+    pub fn lb_quota(&self, project: &str) -> LbQuota {
+        self.lb_quotas.get(project).copied().unwrap_or_default()
+    }
+
+    /// Puts a load balancer and everything under it into `v`.
+    fn lb_into(&self, lb: &str, v: &mut HostView) {
+        let Some(e) = self.loadbalancers.get(lb) else {
+            return;
+        };
+        v.loadbalancers.insert(lb.to_string(), e.clone());
+        let Some(c) = self.lb_children.get(lb) else {
+            return;
+        };
+        for id in &c.listeners {
+            if let Some(e) = self.listeners.get(id) {
+                v.listeners.insert(id.clone(), e.clone());
+            }
+        }
+        for id in &c.pools {
+            if let Some(e) = self.pools.get(id) {
+                v.pools.insert(id.clone(), e.clone());
+            }
+        }
+        for id in &c.members {
+            if let Some(e) = self.members.get(id) {
+                v.members.insert(id.clone(), e.clone());
+            }
+        }
+        for id in &c.healthmonitors {
+            if let Some(e) = self.healthmonitors.get(id) {
+                v.healthmonitors.insert(id.clone(), e.clone());
+            }
         }
     }
 
@@ -454,6 +649,26 @@ impl Db {
                 }
             }
         }
+        // Load balancers whose VIP some port here may reach (on one of the networks
+        // here, local or routed), and those with members this host's agent checks.
+        let mut lbs = BTreeSet::new();
+        for net in v.networks.keys() {
+            lbs.extend(
+                self.lbs_by_network
+                    .get(net)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .cloned(),
+            );
+        }
+        for m in self.members_by_monitor.get(host).unwrap_or(&empty) {
+            if let Some(e) = self.members.get(m) {
+                lbs.insert(e.value.loadbalancer_id.clone());
+            }
+        }
+        for lb in &lbs {
+            self.lb_into(lb, &mut v);
+        }
         for net in v.networks.keys() {
             for sid in self.subnets_by_network.get(net).unwrap_or(&empty) {
                 if let Some(s) = self.subnets.get(sid) {
@@ -518,6 +733,11 @@ pub struct HostView {
     pub routers: Table<Router>,
     pub floatingips: Table<FloatingIp>,
     pub port_forwardings: Table<PortForwarding>,
+    pub loadbalancers: Table<LoadBalancer>,
+    pub listeners: Table<Listener>,
+    pub pools: Table<Pool>,
+    pub members: Table<Member>,
+    pub healthmonitors: Table<HealthMonitor>,
 }
 
 fn remove_from(map: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
@@ -554,6 +774,9 @@ pub mod keys {
     }
     pub fn quota(project: &str) -> String {
         format!("/neutron/quotas/{project}")
+    }
+    pub fn lb_quota(project: &str) -> String {
+        format!("/neutron/lb-quotas/{project}")
     }
     pub fn agent(host: &str) -> String {
         format!("/neutron/agents/{host}")

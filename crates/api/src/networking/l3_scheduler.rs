@@ -25,7 +25,7 @@ use super::{Networking, now};
 /// How often placements are checked (a dead agent is seen after `agent_down_time`).
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-fn alive(a: &Agent, down_time: Duration, now_unix: i64) -> bool {
+pub(crate) fn alive(a: &Agent, down_time: Duration, now_unix: i64) -> bool {
     a.admin_state_up && now_unix - a.heartbeat_unix <= down_time.as_secs() as i64
 }
 
@@ -43,7 +43,7 @@ fn reaches(db: &Db, a: &Agent, net: &str) -> bool {
     }
 }
 
-fn score(router: &str, host: &str) -> [u8; 32] {
+pub(crate) fn score(router: &str, host: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(router.as_bytes());
     h.update([0]);

@@ -1,21 +1,21 @@
 //! Neutron v2.0 core under `/networking`: networks, subnets, subnet pools, ports,
 //! security groups and rules, tags, quotas and extensions.
 
-mod agents;
-mod db;
+pub(crate) mod agents;
+pub(crate) mod db;
 mod floatingips;
 mod ip_availability;
-mod l3_scheduler;
-mod networks;
+pub(crate) mod l3_scheduler;
+pub(crate) mod networks;
 pub mod policy;
 mod port_forwardings;
-mod ports;
-mod query;
+pub(crate) mod ports;
+pub(crate) mod query;
 mod quotas;
-mod resource;
+pub(crate) mod resource;
 mod router_interfaces;
 mod routers;
-mod security_groups;
+pub(crate) mod security_groups;
 mod subnetpools;
 mod subnets;
 
@@ -420,7 +420,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     }
 }
 
-async fn authenticate(State(net): State<Shared>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn authenticate(
+    State(net): State<Shared>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let ctx = match net.config.auth_mode {
         AuthMode::NoAuth => noauth_context(req.headers()),
         AuthMode::Keystone => {
