@@ -106,6 +106,8 @@ pub struct Desired {
     pub routers: Vec<crate::routers::RouterDesired>,
     /// The anycast gateway containment rules of those routers.
     pub dvr: nft::Dvr,
+    /// Load balancers (see `crate::lb`).
+    pub lb: crate::lb::LbDesired,
 }
 
 pub struct Inputs<'a> {
@@ -657,6 +659,31 @@ pub fn compute(inp: Inputs<'_>) -> Desired {
         nd.remote.flood.insert(vtep);
         for f in &p.fixed_ips {
             nd.remote.neighbours.insert(f.ip_address, mac);
+        }
+    }
+
+    // Load balancers: listeners reachable from the networks here, the members this
+    // host checks, and ARP answers for the VIPs (on the vxlan device, as for
+    // remote ports: the engine keeps its neighbour table to exactly that list).
+    if !view.loadbalancers.is_empty() {
+        let zones = inp.state.zones.clone();
+        d.lb = crate::lb::compute(
+            view,
+            &crate::lb::Here {
+                host: inp.host,
+                networks: &d.networks,
+                ports: &d.ports,
+                zones: &zones,
+            },
+        );
+        for (net, vips) in &d.lb.arp {
+            if let Some(nd) = d.networks.get_mut(net)
+                && matches!(nd.kind, NetKind::Vxlan { .. })
+            {
+                for (ip, mac) in vips {
+                    nd.remote.neighbours.insert(*ip, *mac);
+                }
+            }
         }
     }
 

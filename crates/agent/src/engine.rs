@@ -129,6 +129,8 @@ pub struct Engine<K: Kernel = Netlink, F: Firewall = NftFirewall> {
     nft_repaired_at: Option<Instant>,
     /// Routers as last converged, and the gateway containment table as last applied.
     applied_routers: HashMap<String, RouterDesired>,
+    /// The load balancing last converged (None: unknown, converge next pass).
+    applied_lb: Option<kuryr_dataplane::lb::LbHost>,
     applied_dvr: Option<nft::Dvr>,
     /// Router namespaces with this prefix are this agent's (see `AgentConfig`).
     router_prefix: String,
@@ -192,6 +194,7 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             nft_drift: false,
             nft_repaired_at: None,
             applied_routers: HashMap::new(),
+            applied_lb: None,
             // Nothing to apply while no router is here (a table left by a run whose
             // routers all went while the agent was down is inert, and goes with
             // `--cleanup` or the next router).
@@ -436,6 +439,10 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
         }
 
+        // Load balancing last: it needs the bridges and the VIPs' ARP entries, and
+        // goes (for a network no longer here) before the network's bridge.
+        self.converge_lb(d, full, pass).await;
+
         // Remove the network links kuryr made and nothing wants (only on a fresh
         // dump), after their taps (above): vxlan devices, then bridges. The dump from
         // the start of the pass is enough: whatever this pass created is wanted.
@@ -541,6 +548,28 @@ impl<K: Kernel, F: Firewall> Engine<K, F> {
             }
             self.applied_routers
                 .retain(|id, _| d.routers.iter().any(|r| &r.id == id));
+        }
+    }
+
+    /// The host's listeners, read back on full passes; a failure is retried on the
+    /// next pass.
+    async fn converge_lb(&mut self, d: &Desired, full: bool, pass: &mut Pass) {
+        let same = self.applied_lb.as_ref() == Some(&d.lb.host);
+        if same && !full {
+            return;
+        }
+        let span = tracing::debug_span!("load_balancing", nets = d.lb.host.nets.len());
+        match self.kernel.converge_lb(&d.lb.host).instrument(span).await {
+            Ok(changes) => {
+                if same && changes > 0 {
+                    pass.repaired("load_balancer", "listeners");
+                }
+                self.applied_lb = Some(d.lb.host.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "load balancing not realized; retried next pass");
+                self.applied_lb = None;
+            }
         }
     }
 

@@ -26,6 +26,7 @@ use kuryr_dataplane::nft::NftError;
 use tokio::sync::Notify;
 
 use crate::routers::RouterDesired;
+pub use kuryr_dataplane::lb::{LbError, LbHost};
 pub use kuryr_dataplane::router::RouterError;
 
 #[cfg(test)]
@@ -176,6 +177,11 @@ pub trait Kernel: Send + Sync {
     ) -> impl Future<Output = Result<usize, RouterError>> + Send;
     /// Removes a router namespace and its legs; a missing one is success.
     fn remove_router(&self, netns: &str) -> impl Future<Output = Result<(), RouterError>> + Send;
+
+    /// Brings the host's load balancing (per-bridge listeners, routes, neighbours,
+    /// VIP tables) to `spec`, reading the kernel back; returns the changes made.
+    /// An empty spec removes it all.
+    fn converge_lb(&self, spec: &LbHost) -> impl Future<Output = Result<usize, LbError>> + Send;
 }
 
 /// Inside a container's namespace: its end of the port's veth.

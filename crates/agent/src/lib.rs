@@ -13,6 +13,7 @@ pub mod engine;
 mod error;
 mod host;
 pub mod kernel;
+pub mod lb;
 pub mod local;
 mod loops;
 pub mod metrics;
@@ -72,7 +73,16 @@ pub struct Agent {
     frame_seen: Mutex<(u64, std::time::Instant)>,
     started_at: i64,
     metrics: metrics::Metrics,
+    /// Health checks of the load-balancer members this host watches, and their
+    /// state changes (taken by the report loop).
+    health: kuryr_dataplane::probe::Monitor,
+    health_events: Mutex<Option<HealthEvents>>,
+    /// The checks last given to `health`.
+    checks: Mutex<BTreeMap<String, kuryr_dataplane::probe::Target>>,
 }
+
+type HealthEvents =
+    tokio::sync::mpsc::UnboundedReceiver<(String, kuryr_dataplane::probe::Health)>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -123,7 +133,11 @@ impl Agent {
         .router_prefix(&cfg.router_prefix);
         let (mirror_changed, _) = tokio::sync::watch::channel(0);
         let (passes, _) = tokio::sync::watch::channel(PassReport::default());
+        let (health, health_events) = kuryr_dataplane::probe::Monitor::new();
         Ok(Arc::new(Agent {
+            health,
+            health_events: Mutex::new(Some(health_events)),
+            checks: Mutex::new(BTreeMap::new()),
             cfg,
             client,
             state_file,
@@ -175,6 +189,9 @@ impl Agent {
         tokio::spawn(self.clone().heartbeat_loop());
         tokio::spawn(self.clone().watch_loop());
         tokio::spawn(self.clone().converge_loop());
+        if let Some(events) = lock(&self.health_events).take() {
+            tokio::spawn(self.clone().lb_report_loop(events));
+        }
         local::serve(self.clone(), shutdown).await
     }
 

@@ -239,6 +239,13 @@ impl Agent {
         let t_desired = started.elapsed();
         let pass = engine.converge(&desired).await?;
         drop(engine);
+        {
+            let mut checks = lock(&self.checks);
+            if *checks != desired.lb.checks {
+                checks.clone_from(&desired.lb.checks);
+                self.health.set(desired.lb.checks.clone());
+            }
+        }
         let t_engine = started.elapsed();
         if let Some(took) = pass.nft_apply {
             self.metrics.nft_apply_seconds.observe(took.as_secs_f64());
@@ -360,5 +367,77 @@ impl Agent {
             return;
         }
         lock(&self.reported).insert(port_id.to_string(), revision);
+    }
+
+    /// Reports to the server the health of the members this host checks (each
+    /// change at once, batched with whatever else changed meanwhile; everything
+    /// again every 30 s, in case a report was lost) and, every 10 s, the
+    /// per-listener connection counters of this host.
+    pub(crate) async fn lb_report_loop(self: Arc<Self>, mut events: crate::HealthEvents) {
+        use kuryr_dataplane::probe::Health;
+        let status = |h: Health| match h {
+            Health::Online => "ONLINE",
+            Health::Error => "ERROR",
+        };
+        let mut pending: std::collections::BTreeMap<String, &str> = Default::default();
+        let mut last_full = std::time::Instant::now();
+        let mut last_stats = std::time::Instant::now();
+        let mut sent_stats = serde_json::Value::Null;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some((id, h)) => {
+                        pending.insert(id, status(h));
+                        while let Ok((id, h)) = events.try_recv() {
+                            pending.insert(id, status(h));
+                        }
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            if last_full.elapsed() >= Duration::from_secs(30) {
+                for (id, h) in self.health.health() {
+                    pending.entry(id).or_insert(status(h));
+                }
+                last_full = std::time::Instant::now();
+            }
+            let mut stats = serde_json::Value::Null;
+            if last_stats.elapsed() >= Duration::from_secs(10) {
+                last_stats = std::time::Instant::now();
+                match kuryr_dataplane::lb::counters(None).await {
+                    Ok(c) => {
+                        let m: serde_json::Map<String, serde_json::Value> = c
+                            .into_iter()
+                            .map(|(l, n)| (l, json!({"total_connections": n})))
+                            .collect();
+                        let v = serde_json::Value::Object(m);
+                        if v != sent_stats {
+                            stats = v;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "load-balancer counters not read"),
+                }
+            }
+            if pending.is_empty() && stats.is_null() {
+                continue;
+            }
+            let mut body = json!({"members": &pending});
+            if !stats.is_null() {
+                body["stats"] = stats.clone();
+            }
+            match self.client.lb_report(&self.cfg.host, &body).await {
+                Ok(()) => {
+                    pending.clear();
+                    if !stats.is_null() {
+                        sent_stats = stats;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "member health not reported; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
     }
 }

@@ -599,6 +599,14 @@ impl Client {
         take(v, "agent", &path)
     }
 
+    /// kuryr extension: `PUT /v2.0/kuryr/hosts/{host}/lb-report` with the health of
+    /// the load-balancer members this host checks and its per-listener counters.
+    pub async fn lb_report(&self, host: &str, report: &Value) -> Result<()> {
+        let path = format!("/kuryr/hosts/{}/lb-report", encode_segment(host));
+        self.call(Method::PUT, &path, &[], Some(report)).await?;
+        Ok(())
+    }
+
     /// kuryr extension: `GET /v2.0/kuryr/hosts/{host}/watch?since=N`, the host's view as
     /// a stream of [`kuryr_model::HostFrame`]s. Errors before the stream starts (404 from a
     /// real Neutron, auth, unreachable) are returned here; see [`HostWatch`] for how the

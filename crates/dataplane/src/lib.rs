@@ -8,12 +8,17 @@
 //! - [`nft`]: the security-group ruleset, rendered from a desired state and applied
 //!   as one nft transaction, full or as a diff.
 //! - [`nfnl`]: nf_tables over netlink in-process: who changed kuryr's tables.
+//! - [`probe`]: load-balancer member health checks (Octavia's monitor types) run
+//!   from inside the member's namespace, and a monitor with rise/fall.
 //! - [`router`]: distributed router namespaces (`kqr-*`) converged to a spec.
+//! - [`lb`]: the host side of distributed L4 load balancers (DNAT at the client's bridge).
 
+pub mod lb;
 pub mod netlink;
 pub mod netns;
 pub mod nfnl;
 pub mod nft;
+pub mod probe;
 pub mod router;
 
 mod mac;

@@ -218,7 +218,7 @@ pub fn set_nft_binary(path: impl Into<PathBuf>) {
     *NFT_BINARY.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.into());
 }
 
-fn nft_binary() -> PathBuf {
+pub(crate) fn nft_binary() -> PathBuf {
     NFT_BINARY
         .lock()
         .unwrap_or_else(|p| p.into_inner())

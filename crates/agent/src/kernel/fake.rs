@@ -26,7 +26,7 @@ use kuryr_dataplane::nfnl::{Change, NfnlError};
 use kuryr_dataplane::nft::NftError;
 use tokio::sync::Notify;
 
-use super::{Firewall, InNetns, IpVersion, Kernel, RouterError, Veth};
+use super::{Firewall, InNetns, IpVersion, Kernel, LbError, LbHost, RouterError, Veth};
 use crate::routers::RouterDesired;
 
 const EEXIST: i32 = 17;
@@ -71,6 +71,7 @@ pub(crate) struct World {
     pub forwarding: BTreeSet<IpVersion>,
     /// Router namespaces by name, as last converged.
     pub routers: BTreeMap<String, RouterDesired>,
+    pub lb: LbHost,
     /// Each veth end (place, index) to its peer.
     peers: BTreeMap<(Place, u32), (Place, u32)>,
     next_index: u32,
@@ -601,6 +602,17 @@ impl Kernel for FakeKernel {
             w.write(format!("remove router {netns}"));
         }
         Ok(())
+    }
+
+    async fn converge_lb(&self, spec: &LbHost) -> Result<usize, LbError> {
+        let mut w = self.world();
+        w.reads.push("load balancing".into());
+        if w.lb == *spec {
+            return Ok(0);
+        }
+        w.write("load balancing".into());
+        w.lb = spec.clone();
+        Ok(1)
     }
 }
 

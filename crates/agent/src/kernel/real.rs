@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use kuryr_dataplane::router::{self, LegSpec, RouterSpec, RuleSpec, TableRoute};
 
-use super::{Firewall, InNetns, IpVersion, Kernel, RouterError, Veth};
+use super::{Firewall, InNetns, IpVersion, Kernel, LbError, LbHost, RouterError, Veth};
 use crate::routers::RouterDesired;
 
 /// Forwarding of the calling thread's namespace (the agent's).
@@ -163,6 +163,12 @@ impl Kernel for Netlink {
 
     async fn remove_router(&self, netns: &str) -> Result<(), RouterError> {
         router::remove(self, netns).await
+    }
+
+    async fn converge_lb(&self, spec: &LbHost) -> Result<usize, LbError> {
+        kuryr_dataplane::lb::converge(self, None, spec)
+            .await
+            .map(|s| s.changes())
     }
 }
 

@@ -287,7 +287,7 @@ pub async fn l7_unsupported(_ctx: Ctx) -> Fault {
     Fault::unsupported("kuryr's provider is L4: L7 policies are not supported")
 }
 
-/// `PUT /load-balancer/v2.0/kuryr/hosts/{host}/lb-report`, by the host's agent:
+/// `PUT /networking/v2.0/kuryr/hosts/{host}/lb-report`, by the host's agent:
 /// `{"members": {id: "ONLINE"|"ERROR"}, "stats": {listener: {counters}}}`. Only
 /// members this host checks are taken.
 pub async fn agent_report(

@@ -212,10 +212,10 @@ pub async fn create(
         }
     }
     match kind.as_str() {
-        "TLS-HELLO" | "SCTP" => {
-            return Err(Fault::unsupported(format!(
-                "{kind} health monitors are not supported; use TCP, HTTP, HTTPS, PING or UDP-CONNECT"
-            )));
+        "SCTP" => {
+            return Err(Fault::unsupported(
+                "SCTP health monitors are not supported; use TCP, HTTP, HTTPS, TLS-HELLO, PING or UDP-CONNECT",
+            ));
         }
         _ => {}
     }

@@ -14,6 +14,7 @@
 
 mod body;
 mod extras;
+pub use extras::agent_report;
 mod fault;
 mod healthmonitors;
 mod list;
@@ -127,20 +128,10 @@ fn routes(net: &Arc<Networking>) -> Router {
             net.clone(),
             crate::networking::authenticate,
         ));
-    let agents = Router::new()
-        .route(
-            "/v2.0/kuryr/hosts/{host}/lb-report",
-            put(extras::agent_report),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            net.clone(),
-            crate::networking::authenticate,
-        ));
     Router::new()
         .route("/", get(versions))
         .nest("/v2", v2.clone())
         .nest("/v2.0", v2)
-        .merge(agents)
         .with_state(net.clone())
 }
 

@@ -301,6 +301,10 @@ impl Networking {
             .merge(quotas::routes())
             .merge(agents::routes())
             .merge(ip_availability::routes())
+            .route(
+                "/kuryr/hosts/{host}/lb-report",
+                axum::routing::put(crate::loadbalancing::agent_report),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 authenticate,

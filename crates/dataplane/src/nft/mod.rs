@@ -181,6 +181,7 @@ use crate::MacAddr;
 mod dvr;
 mod elements;
 mod incremental;
+pub mod lb;
 mod model;
 mod nat;
 mod process;
