@@ -156,6 +156,10 @@ class Lab:
             sh("ip", "-n", lab, "link", "set", f"u-{h}", "master", "br-u", "up")
             sh("ip", "-n", host, "addr", "add", f"{UNDERLAY}.{10 + i}/24", "dev", "eth0")
             sh("ip", "-n", host, "link", "set", "eth0", "up")
+            # As a real host has one: the kernel routes its own replies by it (a TCP
+            # reset refusing a connection to a load balancer without members looks
+            # up a route to the client first, though it leaves by the client's tap).
+            sh("ip", "-n", host, "route", "add", "default", "via", f"{UNDERLAY}.1")
             sh("ip", "-n", lab, "link", "add", f"f-{h}", "type", "veth",
                "peer", "name", "eth1", "netns", host)
             sh("ip", "-n", lab, "link", "set", f"f-{h}", "master", "br-flat", "up")

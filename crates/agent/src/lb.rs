@@ -62,7 +62,10 @@ fn proto(p: &str) -> Option<L4Proto> {
 }
 
 fn algorithm(p: &Pool) -> Algorithm {
-    if p.session_persistence.as_ref().is_some_and(|s| s.kind == "SOURCE_IP") {
+    if p.session_persistence
+        .as_ref()
+        .is_some_and(|s| s.kind == "SOURCE_IP")
+    {
         return Algorithm::SourceIp;
     }
     match p.lb_algorithm.as_str() {

@@ -81,8 +81,7 @@ pub struct Agent {
     checks: Mutex<BTreeMap<String, kuryr_dataplane::probe::Target>>,
 }
 
-type HealthEvents =
-    tokio::sync::mpsc::UnboundedReceiver<(String, kuryr_dataplane::probe::Health)>;
+type HealthEvents = tokio::sync::mpsc::UnboundedReceiver<(String, kuryr_dataplane::probe::Health)>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -464,6 +464,20 @@ impl Db {
             return;
         };
         v.loadbalancers.insert(lb.to_string(), e.clone());
+        // The VIP port and its groups' rules: who may reach the VIP.
+        if let Some(p) = self.ports.get(&e.value.vip_port_id) {
+            v.ports.insert(p.value.id.clone(), p.clone());
+            for sg in &p.value.security_groups {
+                if let Some(g) = self.security_groups.get(sg) {
+                    v.security_groups.insert(sg.clone(), g.clone());
+                }
+                for rid in self.rules_by_group.get(sg).into_iter().flatten() {
+                    if let Some(r) = self.security_group_rules.get(rid) {
+                        v.security_group_rules.insert(rid.clone(), r.clone());
+                    }
+                }
+            }
+        }
         let Some(c) = self.lb_children.get(lb) else {
             return;
         };
