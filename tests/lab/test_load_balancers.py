@@ -337,3 +337,30 @@ def test_agent_restart_keeps_connections(lab):
     held.stdin.flush()
     assert held.stdout.readline().strip() == "after"
     wait_served(lab, client, vip, 80, {"m1", "m2"})
+
+
+def test_floating_ip_on_the_vip_is_balanced_where_it_enters(lab):
+    from test_floating_ips import gateway_router, open_group, snat_host
+    router, [(net, sub)], _ = gateway_router(lab)
+    ext, _ = lab.external_network()
+    web = open_group(lab, ("tcp", 8080))
+    c1, _, ip1 = container(lab, "h1", net, security_groups=[web])
+    c2, _, ip2 = container(lab, "h2", net, security_groups=[web])
+    serve(lab, c1, 8080, "m1")
+    serve(lab, c2, 8080, "m2")
+    lb, _, pool = lb_stack(lab, sub)
+    add_member(lab, pool, sub, ip1, 8080)
+    add_member(lab, pool, sub, ip2, 8080)
+    fip = lab.openstack("floating", "ip", "create", ext["id"])
+    lab.openstack("floating", "ip", "set", "--port", lb["vip_port_id"], fip["id"], fmt=None)
+    lab.wait_for(lambda: snat_host(lab, router["id"]) != "", 10, "the SNAT to be placed")
+    out = lab.outside()
+    # From the outside: every member serves, and each saw the outside client itself.
+    served = wait_served(lab, out, fip["floating_ip_address"], 80, {"m1", "m2"}, timeout=20)
+    assert served
+    answers = connect(lab, out, fip["floating_ip_address"], 80, n=4)
+    assert all(a.endswith(lab.OUTSIDE_IP) for a, _ in answers), answers
+    # Disassociated: no longer reachable there (positive control above).
+    lab.openstack("floating", "ip", "unset", "--port", fip["id"], fmt=None)
+    lab.wait_for(lambda: connect(lab, out, fip["floating_ip_address"], 80)[0][0]
+                 in ("TIMEOUT", "REFUSED"), 20, "the floating IP to stop answering")

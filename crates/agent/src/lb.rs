@@ -61,7 +61,7 @@ fn proto(p: &str) -> Option<L4Proto> {
     }
 }
 
-fn algorithm(p: &Pool) -> Algorithm {
+pub(crate) fn algorithm(p: &Pool) -> Algorithm {
     if p.session_persistence
         .as_ref()
         .is_some_and(|s| s.kind == "SOURCE_IP")
@@ -82,7 +82,7 @@ fn monitor_of<'a>(view: &'a HostMirror, pool: &str) -> Option<&'a HealthMonitor>
 }
 
 /// The members of `pool` in rotation.
-fn backends(view: &HostMirror, pool: &Pool) -> Vec<Backend> {
+pub(crate) fn backends(view: &HostMirror, pool: &Pool) -> Vec<Backend> {
     let monitored = monitor_of(view, &pool.id).is_some();
     let eligible: Vec<&Member> = view
         .members
@@ -143,6 +143,52 @@ fn allowed(view: &HostMirror, lb: &LoadBalancer, l: &Listener) -> Option<Vec<IpN
         return Some(Vec::new());
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// The listeners of the load balancer whose VIP port is `port`, as reached at a
+/// floating IP `fip` of that port (in the router's SNAT namespace).
+pub fn balanced_at(
+    view: &HostMirror,
+    port: &str,
+    fip: std::net::Ipv4Addr,
+) -> Vec<kuryr_dataplane::nft::Balanced> {
+    let Some(lb) = view
+        .loadbalancers
+        .values()
+        .find(|lb| lb.vip_port_id == port && lb.admin_state_up)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for l in view.listeners.values() {
+        if l.loadbalancer_id != lb.id || !l.admin_state_up || proto(&l.protocol).is_none() {
+            continue;
+        }
+        let Some(pool) = l
+            .default_pool_id
+            .as_ref()
+            .and_then(|p| view.pools.get(p))
+            .filter(|p| p.admin_state_up)
+        else {
+            continue;
+        };
+        let backends = backends(view, pool)
+            .into_iter()
+            .filter_map(|b| match b.address {
+                IpAddr::V4(a) => Some((a, b.port, b.weight)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        out.push(kuryr_dataplane::nft::Balanced {
+            protocol: l.protocol.to_ascii_lowercase(),
+            fip,
+            port: l.protocol_port,
+            by_source: algorithm(pool) != Algorithm::RoundRobin,
+            backends,
+        });
+    }
+    out.sort();
+    out
 }
 
 /// network → networks it reaches through a router here (itself included).

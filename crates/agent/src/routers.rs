@@ -478,6 +478,30 @@ fn snat_of(
             announce.push((qg.clone(), IpAddr::V4(fip)));
         }
     }
+    // Floating IPs of load balancers' VIPs: balanced here, where they enter.
+    let mut balanced: Vec<nft::Balanced> = Vec::new();
+    for f in view.floatingips.values() {
+        if f.router_id.as_deref() != Some(r.id.as_str()) {
+            continue;
+        }
+        let (Some(port), IpAddr::V4(fip)) = (&f.port_id, f.floating_ip_address) else {
+            continue;
+        };
+        if view
+            .ports
+            .get(port)
+            .is_none_or(|p| p.device_owner != "Octavia")
+        {
+            continue;
+        }
+        balanced.extend(crate::lb::balanced_at(view, port, fip));
+        if let Ok(a) = IpNet::new(IpAddr::V4(fip), 32)
+            && !gleg.addresses.contains(&a)
+        {
+            gleg.addresses.push(a);
+            announce.push((qg.clone(), IpAddr::V4(fip)));
+        }
+    }
     forwards.sort();
     internal.sort();
     internal.dedup();
@@ -490,7 +514,13 @@ fn snat_of(
         routes.push((default, g));
     }
     let enable_snat = r.gateway.as_ref().is_some_and(|g| g.enable_snat);
-    let nat = nft::render_snat_nat(&qg, gw_v4.filter(|_| enable_snat), &internal, &forwards);
+    let nat = nft::render_snat_nat(
+        &qg,
+        gw_v4.filter(|_| enable_snat),
+        &internal,
+        &forwards,
+        &balanced,
+    );
     legs.push(gleg);
     legs.sort_by(|a, b| a.port_id.cmp(&b.port_id));
     Ok(RouterDesired {

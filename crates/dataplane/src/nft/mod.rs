@@ -190,7 +190,7 @@ mod render;
 pub use dvr::{DVR_TABLE, Dvr, render_dvr};
 pub use elements::element_changes;
 pub use model::{Compiled, chains_of, compile};
-pub use nat::{Forward, NAT_TABLE, render_fip_nat, render_snat_nat};
+pub use nat::{Balanced, Forward, NAT_TABLE, render_fip_nat, render_snat_nat};
 pub use process::{Nft, NftError};
 pub use render::{diff, diff_compiled, render};
 

@@ -28,6 +28,52 @@ pub struct Forward {
     pub internal: (u16, u16),
 }
 
+/// A load-balancer listener reached at a floating IP of its VIP (in the router's
+/// SNAT namespace, where the floating IP lives): new connections to `fip:port` are
+/// DNATed to a backend, round robin or by source address; the backends' replies
+/// come back here (they have no floating IP of their own) and are un-NATed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Balanced {
+    pub protocol: String,
+    pub fip: Ipv4Addr,
+    pub port: u16,
+    /// Pick by source address (SOURCE_IP, session persistence) instead of in turn.
+    pub by_source: bool,
+    /// Address, port, weight (weight 0 never picked).
+    pub backends: Vec<(Ipv4Addr, u16, u32)>,
+}
+
+/// The slots of a balanced rule: each backend as often as its weight (reduced by
+/// their greatest common divisor, at most 256 slots in all).
+fn slots(backends: &[(Ipv4Addr, u16, u32)]) -> Vec<(Ipv4Addr, u16)> {
+    fn gcd(a: u32, b: u32) -> u32 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let live: Vec<&(Ipv4Addr, u16, u32)> = backends.iter().filter(|b| b.2 > 0).collect();
+    let g = live.iter().fold(0, |g, b| gcd(g, b.2)).max(1);
+    let total: u32 = live.iter().map(|b| b.2 / g).sum();
+    let scale = if total > 256 {
+        f64::from(total) / 256.0
+    } else {
+        1.0
+    };
+    let mut out = Vec::new();
+    // Interleaved, so that consecutive picks go to different backends.
+    let counts: Vec<u32> = live
+        .iter()
+        .map(|b| ((f64::from(b.2 / g) / scale).round() as u32).max(1))
+        .collect();
+    let most = counts.iter().copied().max().unwrap_or(0);
+    for round in 0..most {
+        for (b, c) in live.iter().zip(&counts) {
+            if round < *c {
+                out.push((b.0, b.1));
+            }
+        }
+    }
+    out
+}
+
 fn valid_ifname(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
@@ -88,8 +134,11 @@ pub fn render_snat_nat(
     snat: Option<Ipv4Addr>,
     internal: &[Ipv4Net],
     forwards: &[Forward],
+    balanced: &[Balanced],
 ) -> Option<String> {
-    if !valid_ifname(leg) || (forwards.is_empty() && (snat.is_none() || internal.is_empty())) {
+    if !valid_ifname(leg)
+        || (forwards.is_empty() && balanced.is_empty() && (snat.is_none() || internal.is_empty()))
+    {
         return None;
     }
     let mut s = String::new();
@@ -144,6 +193,32 @@ pub fn render_snat_nat(
             );
         }
     }
+    for b in balanced {
+        let Some(proto) = l4proto(&b.protocol) else {
+            continue;
+        };
+        let slots = slots(&b.backends);
+        if slots.is_empty() {
+            continue;
+        }
+        let pick = if b.by_source {
+            format!("jhash ip saddr mod {} seed 0x6b757279", slots.len())
+        } else {
+            format!("numgen inc mod {}", slots.len())
+        };
+        let map: Vec<String> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, (a, p))| format!("{i} : {a} . {p}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "    iifname \"{leg}\" ip daddr {} {proto} dport {} dnat ip to {pick} map {{ {} }}",
+            b.fip,
+            b.port,
+            map.join(", ")
+        );
+    }
     let _ = writeln!(s, "  }}");
     let _ = writeln!(
         s,
@@ -167,6 +242,37 @@ pub fn render_snat_nat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_slots_follow_weights_interleaved() {
+        let a: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let b: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let c: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        assert_eq!(
+            slots(&[(a, 80, 2), (b, 80, 4), (c, 80, 0)]),
+            vec![(a, 80), (b, 80), (b, 80)]
+        );
+        assert_eq!(slots(&[(a, 80, 1), (b, 81, 1)]), vec![(a, 80), (b, 81)]);
+        assert!(slots(&[(a, 80, 0)]).is_empty());
+        let s = render_snat_nat(
+            "qg-x",
+            None,
+            &[],
+            &[],
+            &[Balanced {
+                protocol: "tcp".into(),
+                fip: "203.0.113.9".parse().unwrap(),
+                port: 80,
+                by_source: false,
+                backends: vec![(a, 8080, 1), (b, 8080, 1)],
+            }],
+        )
+        .unwrap();
+        assert!(
+            s.contains("ip daddr 203.0.113.9 tcp dport 80 dnat ip to numgen inc mod 2 map { 0 : 10.0.0.1 . 8080, 1 : 10.0.0.2 . 8080 }"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn floating_ips_map_both_ways() {
@@ -198,6 +304,7 @@ mod tests {
                 f((9000, 9001), (9000, 9001)),
                 f((100, 101), (200, 201)),
             ],
+            &[],
         )
         .unwrap();
         assert!(s.contains("tcp dport 8080 dnat ip to 10.0.0.7:80"), "{s}");
