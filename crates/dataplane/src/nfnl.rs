@@ -515,6 +515,147 @@ impl Elements {
     }
 }
 
+// ---- reading: the generation and dumps ---------------------------------------------
+
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_DONE: u16 = 3;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
+/// Get requests (dumps) of nf_tables objects (`NFT_MSG_GET*`).
+pub(crate) const NFT_MSG_GETTABLE: u16 = 1;
+pub(crate) const NFT_MSG_GETCHAIN: u16 = 4;
+pub(crate) const NFT_MSG_GETRULE: u16 = 7;
+pub(crate) const NFT_MSG_GETSET: u16 = 10;
+pub(crate) const NFT_MSG_GETSETELEM: u16 = 13;
+pub(crate) const NFT_MSG_GETOBJ: u16 = 19;
+const ENOENT: i32 = 2;
+
+/// A blocking nf_tables socket that reads the generation and dumps objects, in the
+/// namespace it was opened in.
+pub(crate) struct Reader {
+    socket: Socket,
+    seq: u32,
+    rx: Vec<u8>,
+}
+
+impl Reader {
+    /// A socket in the calling thread's network namespace.
+    pub(crate) fn open() -> Result<Reader, NfnlError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Io)?;
+        socket.bind_auto().map_err(NfnlError::Io)?;
+        Ok(Reader {
+            socket,
+            seq: 0,
+            rx: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    /// The namespace's nf_tables generation: every committed transaction (of any
+    /// table) bumps it.
+    pub(crate) fn generation(&mut self) -> Result<u32, NfnlError> {
+        let mut id = None;
+        self.request(NFT_MSG_GETGEN, 0, 0, &[], |attrs| {
+            if id.is_none() {
+                id = attributes(attrs)
+                    .into_iter()
+                    .find(|(t, _)| *t == NFTA_GEN_ID)
+                    .and_then(|(_, v)| <[u8; 4]>::try_from(v).ok())
+                    .map(u32::from_be_bytes);
+            }
+        })?;
+        id.ok_or_else(|| NfnlError::Io(io::Error::other("nf_tables generation without an id")))
+    }
+
+    /// Dumps `msg` (an `NFT_MSG_GET*`) of `family` with the filter attributes
+    /// `attrs`; `each` gets every reply's attributes (after the nfgenmsg). False
+    /// when the kernel answered ENOENT (the table or set named is absent).
+    pub(crate) fn dump(
+        &mut self,
+        msg: u16,
+        family: Family,
+        attrs: &[(u16, &str)],
+        each: impl FnMut(&[u8]),
+    ) -> Result<bool, NfnlError> {
+        let attrs: Vec<(u16, Vec<u8>)> = attrs.iter().map(|(t, v)| (*t, cstr(v))).collect();
+        self.request(msg, NLM_F_DUMP, family.code(), &attrs, each)
+    }
+
+    fn request(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        attrs: &[(u16, Vec<u8>)],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<bool, NfnlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut buf = Vec::with_capacity(128);
+        message(
+            &mut buf,
+            (NFNL_SUBSYS_NFTABLES << 8) | msg,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            family,
+            |b| {
+                for (t, v) in attrs {
+                    put(b, *t, v);
+                }
+            },
+        );
+        // nfgenmsg.res_id is 0 in requests (message() writes the subsystem).
+        if let Some(res) = buf.get_mut(18..20) {
+            res.copy_from_slice(&[0, 0]);
+        }
+        self.socket.send(&buf, 0).map_err(NfnlError::Io)?;
+        let dump = flags & NLM_F_DUMP != 0;
+        loop {
+            self.rx.clear();
+            self.socket.recv(&mut self.rx, 0).map_err(NfnlError::Io)?;
+            let mut off = 0;
+            let rx = &self.rx;
+            while let Some(hdr) = rx.get(off..off + 16) {
+                let len = u32::from_ne_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
+                let ty = u16::from_ne_bytes([hdr[4], hdr[5]]);
+                let got = u32::from_ne_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+                if len < 16 || off + len > rx.len() {
+                    break;
+                }
+                let body = &rx[off + 16..off + len];
+                off += (len + 3) & !3;
+                if got != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE => return Ok(true),
+                    NLMSG_ERROR => {
+                        let errno = body
+                            .get(..4)
+                            .map(|c| -i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                            .unwrap_or(0);
+                        match errno {
+                            0 if dump => continue,
+                            0 => return Ok(true),
+                            ENOENT => return Ok(false),
+                            e => return Err(NfnlError::Io(io::Error::from_raw_os_error(e))),
+                        }
+                    }
+                    _ => {
+                        if let Some(attrs) = body.get(4..) {
+                            each(attrs);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Top-level attributes of a message body (after the nfgenmsg): (type, value).
+pub(crate) fn attrs_of(body: &[u8]) -> Vec<(u16, &[u8])> {
+    attributes(body)
+}
+
 /// The acknowledgements in a datagram: (sequence, errno (0: done), kernel message).
 fn acks(buf: &[u8]) -> Vec<(u32, i32, Option<String>)> {
     let mut out = Vec::new();

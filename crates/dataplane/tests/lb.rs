@@ -648,6 +648,19 @@ async fn balances_routes_refuses_hairpins_and_cleans_up() {
     assert_eq!(idle.changes(), 0, "{idle:?}");
 }
 
+/// Commits an nf_tables transaction that touches no table of the load balancer
+/// (as the agent's security-group changes do): the generation moves.
+fn bump_generation(lab: &Lab) {
+    exec(
+        &lab.host,
+        &["nft", "add table ip kt_bump; delete table ip kt_bump"],
+    );
+}
+
+fn listed_map(lab: &Lab, map: &str) -> String {
+    exec(&lab.host, &["nft", "list", "map", "inet", "kuryr_lb", map])
+}
+
 #[tokio::test]
 async fn thousand_listeners_converge_in_reasonable_time() {
     let lab = Lab::new();
@@ -670,25 +683,152 @@ async fn thousand_listeners_converge_in_reasonable_time() {
     let mut s = spec(services);
     s.nets.truncate(1);
     let t = Instant::now();
-    converge(&host, &ns, &s).await;
+    let first = converge(&host, &ns, &s).await;
     let full = t.elapsed();
+    assert!(first.tables_replaced, "{first:?}");
     let t = Instant::now();
     let idle = converge(&host, &ns, &s).await;
     let noop = t.elapsed();
-    assert_eq!(idle.changes(), 0);
+    assert_eq!(idle.changes(), 0, "{idle:?}");
+
+    // Another table changed: the generation moved, the tables are read back.
+    bump_generation(&lab);
+    let t = Instant::now();
+    let idle = converge(&host, &ns, &s).await;
+    let noop_moved = t.elapsed();
+    assert_eq!(idle.changes(), 0, "verified, nothing to repair: {idle:?}");
+
+    // One member gone.
     s.nets[0].services[500].backends.pop();
     let t = Instant::now();
     let st = converge(&host, &ns, &s).await;
     let member = t.elapsed();
     assert_eq!(st.maps_updated, 1, "{st:?}");
-    assert!(!st.tables_replaced);
+    assert!(!st.tables_replaced, "{st:?}");
+    let map = listed_map(&lab, "m_listener-0500");
+    assert!(
+        map.contains("10.90.1.21 . 8080") && map.contains("10.90.1.22 . 8080"),
+        "{map}"
+    );
+    assert!(
+        !map.contains("10.90.1.23"),
+        "removed member still mapped: {map}"
+    );
+    let other = listed_map(&lab, "m_listener-0499");
+    assert!(other.contains("10.90.1.23 . 8080"), "{other}");
+
+    // A member back after someone else's commit.
+    bump_generation(&lab);
+    s.nets[0].services[500].backends = three();
+    let t = Instant::now();
+    let st = converge(&host, &ns, &s).await;
+    let member_moved = t.elapsed();
+    assert_eq!(st.maps_updated, 1, "{st:?}");
+    assert!(!st.tables_replaced, "{st:?}");
+    let map = listed_map(&lab, "m_listener-0500");
+    assert!(map.contains("10.90.1.23 . 8080"), "member not back: {map}");
+
+    // A member with a new address (hairpin set and neighbour record change too).
+    s.nets[0].services[7].backends[0] = backend("10.90.1.99", 8080, 1);
+    s.nets[0]
+        .neighbours
+        .push((ip("10.90.1.99"), mac("02:00:00:01:00:99")));
+    let t = Instant::now();
+    let st = converge(&host, &ns, &s).await;
+    let new_address = t.elapsed();
+    assert!(!st.tables_replaced, "{st:?}");
+    assert_eq!(st.neighbours, 1, "{st:?}");
+    let map = listed_map(&lab, "m_listener-0007");
+    assert!(map.contains("10.90.1.99 . 8080"), "{map}");
+    let hair = exec(
+        &lab.host,
+        &["nft", "list", "set", "inet", "kuryr_lb", "hair4"],
+    );
+    assert!(hair.contains("10.90.1.99 . 10.90.1.99"), "{hair}");
+    let own = exec(
+        &lab.host,
+        &["nft", "list", "set", "inet", "kuryr_lb", "own4"],
+    );
+    assert!(own.contains("\"brqa\" . 10.90.1.99"), "{own}");
+    let idle = converge(&host, &ns, &s).await;
+    assert_eq!(idle.changes(), 0, "{idle:?}");
+
     let listing = exec(&lab.host, &["nft", "list", "table", "inet", "kuryr_lb"]);
     println!(
-        "1000 listeners: full converge {full:?}, no-op {noop:?}, member change {member:?}, \
-         inet table listing {} lines / {} bytes",
+        "1000 listeners: full converge {full:?}, no-op {noop:?}, no-op after a foreign \
+         commit {noop_moved:?}, member change {member:?}, member change after a foreign \
+         commit {member_moved:?}, member with a new address {new_address:?}, inet table \
+         listing {} lines / {} bytes",
         listing.lines().count(),
         listing.len()
     );
-    assert!(full < Duration::from_secs(20), "full converge {full:?}");
+    lb::remove_all(&host, Some(&ns)).await.expect("remove_all");
+    let ruleset = lab.host_nft();
+    assert!(!ruleset.contains("kuryr_lb"), "{ruleset}");
+}
+
+#[tokio::test]
+async fn foreign_changes_are_repaired() {
+    let lab = Lab::new();
+    let ns = lab.netns();
+    let host = Netlink::in_namespace(&ns).expect("netlink");
+    for b in ["b1", "b2", "b3"] {
+        lab.tcp_server(b, 8080);
+    }
+    for b in ["b1", "b2", "b3"] {
+        lab.wait_listening(b, 8080, false);
+    }
+    let full = spec(vec![
+        service("rr", L4Proto::Tcp, 80, Algorithm::RoundRobin, three()),
+        service("rr2", L4Proto::Tcp, 81, Algorithm::RoundRobin, three()),
+    ]);
+    assert!(converge(&host, &ns, &full).await.tables_replaced);
+    let pristine = listed_map(&lab, "m_rr");
+    assert_eq!(pristine.matches(" . 8080").count(), 64, "{pristine}");
+    // Traffic (counters move), then another table's commit: nothing to repair.
+    assert!(lab.tcp("c1", VIP, 80).is_some());
+    bump_generation(&lab);
+    let st = converge(&host, &ns, &full).await;
+    assert_eq!(st.changes(), 0, "{st:?}");
+
+    // An element deleted from a backend map: that map is refilled.
+    exec(
+        &lab.host,
+        &["nft", "delete element inet kuryr_lb m_rr { 5 }"],
+    );
+    let st = converge(&host, &ns, &full).await;
+    assert_eq!(st.maps_updated, 1, "{st:?}");
+    assert!(!st.tables_replaced, "{st:?}");
+    assert_eq!(listed_map(&lab, "m_rr"), pristine);
+
+    // A backend map flushed.
+    exec(&lab.host, &["nft", "flush map inet kuryr_lb m_rr2"]);
+    let st = converge(&host, &ns, &full).await;
+    assert_eq!(st.maps_updated, 1, "{st:?}");
+    assert_eq!(listed_map(&lab, "m_rr2").matches(" . 8080").count(), 64);
+    let seen: Vec<String> = (0..3).filter_map(|_| lab.tcp("c1", VIP, 81)).collect();
+    assert_eq!(seen.len(), 3, "after the repair: {seen:?}");
+
+    // The hairpin set flushed, a rule deleted: the tables are rebuilt.
+    exec(&lab.host, &["nft", "flush set inet kuryr_lb hair4"]);
+    let st = converge(&host, &ns, &full).await;
+    assert!(st.tables_replaced, "{st:?}");
+    let hair = exec(
+        &lab.host,
+        &["nft", "list", "set", "inet", "kuryr_lb", "hair4"],
+    );
+    assert!(hair.contains("10.90.1.21 . 10.90.1.21"), "{hair}");
+    exec(&lab.host, &["nft", "flush chain inet kuryr_lb pre_nat"]);
+    let st = converge(&host, &ns, &full).await;
+    assert!(st.tables_replaced, "{st:?}");
+    assert!(lab.tcp("c1", VIP, 80).is_some());
+
+    // The whole table deleted.
+    exec(&lab.host, &["nft", "delete table inet kuryr_lb"]);
+    let st = converge(&host, &ns, &full).await;
+    assert!(st.tables_replaced, "{st:?}");
+    assert!(lab.tcp("c1", VIP, 80).is_some());
+    let st = converge(&host, &ns, &full).await;
+    assert_eq!(st.changes(), 0, "{st:?}");
     lb::remove_all(&host, Some(&ns)).await.expect("remove_all");
 }

@@ -235,7 +235,7 @@ pub async fn quota_reset(
         return Err(Fault::forbidden());
     }
     if !net.db().lb_quotas.contains_key(&project) {
-        return Err(Fault::not_found("Quota", &project));
+        return Err(Fault::new(404, format!("Quotas {project} not found.")));
     }
     net.commit(Txn::new().delete(keys::lb_quota(&project)))
         .await?;

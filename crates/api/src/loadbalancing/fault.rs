@@ -64,7 +64,7 @@ impl Fault {
         )
     }
 
-    /// `QuotaException`.
+    /// `QuotaException`, naming the resource as Octavia does (`Load Balancer`).
     pub fn quota(resource: &str) -> Fault {
         Fault::new(403, format!("Quota has been met for resources: {resource}"))
     }
@@ -89,7 +89,7 @@ impl From<kuryr_model::NeutronError> for Fault {
 impl IntoResponse for Fault {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = if self.status >= 500 && self.status != 501 {
+        let code = if self.status >= 500 {
             "Server"
         } else {
             "Client"

@@ -97,16 +97,8 @@ fn settings(b: &Body, h: &mut HealthMonitor) -> LbResult<()> {
     if let Some(r) = b.opt_int("max_retries_down", 1, 10)? {
         h.max_retries_down = r as u32;
     }
-    if h.delay == 0 {
-        return Err(Fault::validation(
-            "delay must be at least 1 second for kuryr's checks",
-        ));
-    }
-    if h.timeout > h.delay {
-        return Err(Fault::validation(
-            "The timeout value must be less than or equal to the delay.",
-        ));
-    }
+    // Octavia takes a delay of 0 and a timeout above the delay; the agents probe at
+    // least every second, and never more than one probe of a member at a time.
     let http = is_http(&h.kind);
     for f in [
         "http_method",
@@ -249,7 +241,7 @@ pub async fn create(
         body::check_quota(
             db.lb_quota(&pool.value.project_id).health_monitor,
             count,
-            "health_monitor",
+            "Health Monitor",
         )?;
         let ts = now();
         let http = is_http(&kind);

@@ -282,7 +282,7 @@ pub async fn create(
         body::check_quota(
             db.lb_quota(&lb.value.project_id).listener,
             count,
-            "listener",
+            "Listener",
         )?;
         let ts = now();
         let mut l = Listener {

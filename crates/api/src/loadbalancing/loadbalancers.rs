@@ -225,7 +225,7 @@ pub async fn create(
             .values()
             .filter(|e| e.value.project_id == project)
             .count();
-        body::check_quota(db.lb_quota(&project).load_balancer, count, "load_balancer")?;
+        body::check_quota(db.lb_quota(&project).load_balancer, count, "Load Balancer")?;
         let plan = plan_vip(db, &ctx, &b)?;
         let ts = now();
         let mut txn = Txn::new();
@@ -349,7 +349,7 @@ pub async fn update(
     }
     let lb = commit(&net, |db| {
         let e = find_writable::<LoadBalancer>(db, &ctx, &id)?;
-        write::check_mutable(db, &*e.value)?;
+        invalid_state(&e.value)?;
         let mut v = (*e.value).clone();
         if let Some(n) = b.opt_str("name")? {
             v.name = n;
@@ -405,14 +405,12 @@ pub async fn delete(
         .any(|(k, v)| k == "cascade" && v.eq_ignore_ascii_case("true"));
     commit(&net, |db| {
         let e = find_writable::<LoadBalancer>(db, &ctx, &id)?;
-        if provisioning::is_pending(&e.value.provisioning_status) {
-            return Err(Fault::immutable(LoadBalancer::DISPLAY, &id));
-        }
+        invalid_state(&e.value)?;
         let c = db.children_of(&id);
         if !cascade && !(c.listeners.is_empty() && c.pools.is_empty()) {
             return Err(Fault::new(
                 400,
-                format!("Cannot delete Load Balancer {id} - it has children"),
+                format!("Validation failure: Cannot delete Load Balancer {id} - it has children"),
             ));
         }
         let mut txn = Txn::new();
@@ -438,6 +436,20 @@ pub async fn delete(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Octavia's answer to a change of the load balancer itself while it is pending.
+fn invalid_state(lb: &LoadBalancer) -> LbResult<()> {
+    if provisioning::is_pending(&lb.provisioning_status) {
+        return Err(Fault::new(
+            409,
+            format!(
+                "Invalid state {} of loadbalancer resource {}",
+                lb.provisioning_status, lb.id
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes the VIP port (a port the user gave is handed back instead) and the VIP

@@ -288,7 +288,7 @@ pub async fn create(
         body::check_quota(
             db.lb_quota(&pool.value.project_id).member,
             members_used(db, &pool.value.project_id),
-            "member",
+            "Member",
         )?;
         let m = new_member(db, &pool.value, &s, &now())?;
         check_subnet(db, &ctx, &m.subnet_id, m.address)?;
@@ -476,7 +476,7 @@ pub async fn batch(
         let used = members_used(db, &pool.value.project_id) + created - deleted;
         let limit = db.lb_quota(&pool.value.project_id).member;
         if created > 0 && limit >= 0 && used as i64 > limit {
-            return Err(Fault::quota("member"));
+            return Err(Fault::quota("Member"));
         }
         Ok((txn, ()))
     })

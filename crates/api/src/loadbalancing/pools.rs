@@ -203,7 +203,7 @@ pub async fn create(
             .values()
             .filter(|e| e.value.project_id == lb.value.project_id)
             .count();
-        body::check_quota(db.lb_quota(&lb.value.project_id).pool, count, "pool")?;
+        body::check_quota(db.lb_quota(&lb.value.project_id).pool, count, "Pool")?;
         let ts = now();
         let pool = Pool {
             id: id.clone(),
@@ -226,10 +226,8 @@ pub async fn create(
         let mut txn = lock(db, &lb_id, Txn::new())?;
         if let Some(l) = &listener {
             if let Some(p) = &l.value.default_pool_id {
-                return Err(Fault::new(
-                    409,
-                    format!("Listener {} already has default pool {p}.", l.value.id),
-                ));
+                let _ = p;
+                return Err(Fault::new(409, "This listener already has a default pool"));
             }
             if transport(&l.value.protocol) != transport(&protocol) {
                 return Err(Fault::validation(format!(

@@ -179,7 +179,7 @@ pub fn pool(db: &Db, p: &Pool) -> Map<String, Value> {
         })
         .collect();
     let members = db.members_by_pool.get(&p.id);
-    object(json!({
+    let mut m = object(json!({
         "id": p.id,
         "name": p.name,
         "description": p.description,
@@ -191,7 +191,6 @@ pub fn pool(db: &Db, p: &Pool) -> Map<String, Value> {
         "admin_state_up": p.admin_state_up,
         "provisioning_status": p.provisioning_status,
         "operating_status": pool_status(db, p),
-        "healthmonitor_id": db.hm_by_pool.get(&p.id),
         "listeners": ids(listeners.iter()),
         "loadbalancers": [{"id": p.loadbalancer_id}],
         "members": ids(members.into_iter().flatten()),
@@ -205,7 +204,12 @@ pub fn pool(db: &Db, p: &Pool) -> Map<String, Value> {
         "tags": p.tags,
         "created_at": p.created_at,
         "updated_at": p.updated_at,
-    }))
+    }));
+    // Octavia leaves the key out when the pool has no monitor.
+    if let Some(h) = db.hm_by_pool.get(&p.id) {
+        m.insert("healthmonitor_id".into(), json!(h));
+    }
+    m
 }
 
 pub fn member(db: &Db, m: &Member) -> Map<String, Value> {

@@ -502,6 +502,113 @@ pub fn render_full(t: &LbTables) -> String {
     s
 }
 
+/// Sets of the inet table whose elements are changed element by element (not by a
+/// rebuild): the record sets and the hairpin SNAT sets.
+pub const ELEMENT_SETS: [&str; 5] = ["own4", "own6", "hair4", "hair6", "hairpin"];
+
+/// Whether `a` and `b` have the same *structure*: everything but the content of the
+/// backend maps and of [`ELEMENT_SETS`] (a listener's slot count is structure).
+pub fn same_structure(a: &LbTables, b: &LbTables) -> bool {
+    // Destructured so that a new field cannot be forgotten here.
+    let LbTables {
+        uplinks,
+        gw_macs,
+        vips,
+        bridges,
+        live,
+        vip_on,
+        svc,
+        listeners,
+        hair: _,
+        owned: _,
+        hairpin: _,
+    } = a;
+    *uplinks == b.uplinks
+        && *gw_macs == b.gw_macs
+        && *vips == b.vips
+        && *bridges == b.bridges
+        && *live == b.live
+        && *vip_on == b.vip_on
+        && *svc == b.svc
+        && listeners.len() == b.listeners.len()
+        && listeners
+            .iter()
+            .zip(&b.listeners)
+            .all(|((na, la), (nb, lb))| {
+                let LbListener {
+                    id,
+                    v6,
+                    protocol,
+                    algorithm,
+                    targets,
+                    allowed,
+                } = la;
+                na == nb
+                    && *id == lb.id
+                    && *v6 == lb.v6
+                    && *protocol == lb.protocol
+                    && *algorithm == lb.algorithm
+                    && targets.len() == lb.targets.len()
+                    && *allowed == lb.allowed
+            })
+}
+
+/// An element's key or data as nf_tables stores a concatenation: each part padded
+/// to 4 bytes.
+fn concat(parts: &[&[u8]]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in parts {
+        v.extend_from_slice(p);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+    }
+    v
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// An interface name as nft's `ifname` type (16 bytes, zero padded).
+fn ifname_bytes(n: &str) -> Vec<u8> {
+    let mut v = n.as_bytes().to_vec();
+    v.resize(16, 0);
+    v
+}
+
+/// The kernel elements of [`ELEMENT_SETS`] set `set` for `t` (unknown names: none).
+pub fn element_set(t: &LbTables, set: &str) -> BTreeSet<Vec<u8>> {
+    let v6 = set.ends_with('6');
+    match set {
+        "own4" | "own6" => t
+            .owned
+            .iter()
+            .filter(|(_, ip)| ip.is_ipv6() == v6)
+            .map(|(d, ip)| concat(&[&ifname_bytes(d), &ip_bytes(ip)]))
+            .collect(),
+        "hair4" | "hair6" => t
+            .hair
+            .iter()
+            .filter(|ip| ip.is_ipv6() == v6)
+            .map(|ip| concat(&[&ip_bytes(ip), &ip_bytes(ip)]))
+            .collect(),
+        "hairpin" => t.hairpin.iter().map(|n| ifname_bytes(n)).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// A backend map's element: slot `i` (a `numgen`/`jhash` value: host byte order)
+/// → address . port.
+pub fn backend_element(i: usize, target: &(IpAddr, u16)) -> (Vec<u8>, Vec<u8>) {
+    let slot = u32::try_from(i).unwrap_or(u32::MAX);
+    (
+        slot.to_ne_bytes().to_vec(),
+        concat(&[&ip_bytes(&target.0), &target.1.to_be_bytes()]),
+    )
+}
+
 /// Elements of set `set` in an `nft list` output of the inet table, as text items
 /// (`"brqa" . 10.0.0.1`); empty when absent.
 pub fn listed_elements(listing: &str, set: &str) -> Vec<String> {
