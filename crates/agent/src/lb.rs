@@ -104,7 +104,7 @@ pub(crate) fn backends(view: &HostMirror, pool: &Pool) -> Vec<Backend> {
             weight: m.weight,
         })
         .collect();
-    out.sort_by(|a, b| (a.address, a.port).cmp(&(b.address, b.port)));
+    out.sort_by_key(|b| (b.address, b.port));
     out
 }
 

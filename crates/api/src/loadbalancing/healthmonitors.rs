@@ -203,13 +203,10 @@ pub async fn create(
             return Err(Fault::invalid(f, "None", "Mandatory field missing."));
         }
     }
-    match kind.as_str() {
-        "SCTP" => {
-            return Err(Fault::unsupported(
-                "SCTP health monitors are not supported; use TCP, HTTP, HTTPS, TLS-HELLO, PING or UDP-CONNECT",
-            ));
-        }
-        _ => {}
+    if kind == "SCTP" {
+        return Err(Fault::unsupported(
+            "SCTP health monitors are not supported; use TCP, HTTP, HTTPS, TLS-HELLO, PING or UDP-CONNECT",
+        ));
     }
     let h = commit(&net, |db| {
         let pool = find::<Pool>(db, &ctx, &pool_id)

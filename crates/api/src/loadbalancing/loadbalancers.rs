@@ -407,7 +407,8 @@ pub async fn delete(
         let e = find_writable::<LoadBalancer>(db, &ctx, &id)?;
         invalid_state(&e.value)?;
         let c = db.children_of(&id);
-        if !cascade && !(c.listeners.is_empty() && c.pools.is_empty()) {
+        let childless = c.listeners.is_empty() && c.pools.is_empty();
+        if !cascade && !childless {
             return Err(Fault::new(
                 400,
                 format!("Validation failure: Cannot delete Load Balancer {id} - it has children"),
