@@ -137,7 +137,11 @@ class Side:
         self.project = None
 
     def call(self, method, path, body):
-        path = path.format(**self.vars)
+        try:
+            path = path.format(**self.vars)
+        except KeyError as e:
+            # An earlier request made nothing on this side (it refused or differed).
+            return None, {'skipped': f'no {e.args[0]} on this side'}, ''
         if isinstance(body, str):
             data = body              # sent as is (invalid JSON on purpose)
         else:
@@ -245,7 +249,7 @@ def main():
         for s in sides:
             code, j, text = s.call(method, path, body)
             for label, key in save.items():
-                if code < 300 and j:
+                if code is not None and code < 300 and j:
                     s.save(label, j, key)
             if wait:
                 s.wait_idle()

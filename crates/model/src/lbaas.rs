@@ -52,7 +52,9 @@ pub struct LoadBalancer {
     pub operating_status: String,
     pub tags: Vec<String>,
     pub created_at: String,
-    pub updated_at: String,
+    /// None until the first change (Octavia shows `null`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub revision_number: u64,
 }
@@ -79,7 +81,9 @@ pub struct Listener {
     pub operating_status: String,
     pub tags: Vec<String>,
     pub created_at: String,
-    pub updated_at: String,
+    /// None until the first change (Octavia shows `null`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub revision_number: u64,
 }
@@ -113,7 +117,9 @@ pub struct Pool {
     pub operating_status: String,
     pub tags: Vec<String>,
     pub created_at: String,
-    pub updated_at: String,
+    /// None until the first change (Octavia shows `null`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub revision_number: u64,
 }
@@ -144,7 +150,9 @@ pub struct Member {
     pub monitor_host: String,
     pub tags: Vec<String>,
     pub created_at: String,
-    pub updated_at: String,
+    /// None until the first change (Octavia shows `null`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub revision_number: u64,
 }
@@ -172,7 +180,9 @@ pub struct HealthMonitor {
     pub operating_status: String,
     pub tags: Vec<String>,
     pub created_at: String,
-    pub updated_at: String,
+    /// None until the first change (Octavia shows `null`).
+    #[serde(default)]
+    pub updated_at: Option<String>,
     #[serde(default)]
     pub revision_number: u64,
 }

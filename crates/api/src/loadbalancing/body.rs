@@ -48,19 +48,33 @@ impl Body {
         }
     }
 
-    /// Refuses attributes outside `allowed`.
+    /// Refuses attributes outside `allowed`, naming the argument as Octavia's
+    /// wsme types do (`load_balancer.loadbalancer`, `listener_.listener`, ...).
     pub fn only(&self, allowed: &[&str]) -> LbResult<()> {
+        let argument = match self.root {
+            "loadbalancer" => "load_balancer.loadbalancer",
+            "listener" => "listener_.listener",
+            "pool" => "pool_.pool",
+            "member" => "member_.member",
+            "healthmonitor" => "health_monitor_.healthmonitor",
+            other => other,
+        };
         match self.map.keys().find(|k| !allowed.contains(&k.as_str())) {
             Some(k) => Err(Fault::new(
                 400,
-                format!(
-                    "Invalid input for field/attribute {}. Value: '{}'. Unknown attribute for argument {}: {k}",
-                    self.root,
-                    Value::Object(self.map.clone()),
-                    self.root
-                ),
+                format!("Unknown attribute for argument {argument}: {k}"),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// An id attribute: Octavia checks the UUID format first.
+    pub fn opt_uuid(&self, name: &str) -> LbResult<Option<String>> {
+        match self.opt_str(name)? {
+            Some(s) if uuid::Uuid::parse_str(&s).is_err() => {
+                Err(Fault::invalid(name, &s, "Value should be UUID format"))
+            }
+            other => Ok(other),
         }
     }
 

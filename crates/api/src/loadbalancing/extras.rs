@@ -35,10 +35,14 @@ pub async fn status_tree(
     let db = net.db();
     let lb = find::<LoadBalancer>(&db, &ctx, &id)?;
     let c = db.children_of(&id);
-    let listeners: Vec<Value> = c
+    let mut ls: Vec<_> = c
         .listeners
         .iter()
         .filter_map(|l| db.listeners.get(l))
+        .collect();
+    ls.sort_by(|a, b| a.value.created_at.cmp(&b.value.created_at));
+    let listeners: Vec<Value> = ls
+        .into_iter()
         .map(|l| {
             let l = &l.value;
             let pools: Vec<Value> = l

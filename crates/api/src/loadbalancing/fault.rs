@@ -70,7 +70,7 @@ impl Fault {
     }
 
     pub fn bad_body() -> Fault {
-        Fault::new(400, "Invalid input: the body is not valid JSON")
+        Fault::new(400, "Request is not in valid JSON format")
     }
 }
 

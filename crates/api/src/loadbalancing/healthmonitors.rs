@@ -14,8 +14,9 @@ use super::LbResult;
 use super::body::{self, Body};
 use super::fault::Fault;
 use super::list::{self, Object, Query, can_write, find, find_writable, key};
+use super::now;
 use super::write::{self, commit, lock, put_entry};
-use crate::networking::{Ctx, Shared, new_id, now};
+use crate::networking::{Ctx, Shared, new_id};
 
 const TYPES: [&str; 7] = [
     "HTTP",
@@ -153,6 +154,10 @@ fn settings(b: &Body, h: &mut HealthMonitor) -> LbResult<()> {
     Ok(())
 }
 
+fn h_delay(b: &Body) -> LbResult<i64> {
+    Ok(b.opt_int("delay", 0, 2_147_483_647)?.unwrap_or(0))
+}
+
 pub async fn list(
     State(net): State<Shared>,
     ctx: Ctx,
@@ -219,14 +224,20 @@ pub async fn create(
             return Err(Fault::new(409, "This pool already has a health monitor"));
         }
         let udp = pool.value.protocol == "UDP";
-        if udp && !matches!(kind.as_str(), "UDP-CONNECT" | "HTTP" | "TCP" | "PING") {
+        if udp && !matches!(kind.as_str(), "UDP-CONNECT" | "HTTP" | "TCP") {
+            return Err(Fault::validation(
+                "The associated pool protocol is UDP, so only a UDP-CONNECT/SCTP/TCP/HTTP health monitor is supported.",
+            ));
+        }
+        if kind == "UDP-CONNECT" && h_delay(&b)? <= 3 {
             return Err(Fault::validation(format!(
-                "The associated pool protocol \"UDP\" doesn't support health monitor type \"{kind}\"."
+                "The request delay value {} should be larger than 3 for UDP-CONNECT health monitor type.",
+                h_delay(&b)?
             )));
         }
         if !udp && kind == "UDP-CONNECT" {
             return Err(Fault::validation(format!(
-                "The associated pool protocol \"{}\" doesn't support health monitor type \"UDP-CONNECT\".",
+                "The associated pool protocol is {}, so a UDP-CONNECT health monitor is not supported.",
                 pool.value.protocol
             )));
         }
@@ -263,7 +274,7 @@ pub async fn create(
             operating_status: operating::OFFLINE.into(),
             tags: b.tags()?,
             created_at: ts.clone(),
-            updated_at: ts,
+            updated_at: None,
             revision_number: 1,
         };
         settings(&b, &mut h)?;
@@ -273,10 +284,10 @@ pub async fn create(
     })
     .await?;
     let db = net.db();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"healthmonitor": h.view(&db)})),
-    ))
+    let mut v = h.view(&db);
+    // As Octavia answers a create: not operating yet.
+    v.insert("operating_status".into(), json!(operating::OFFLINE));
+    Ok((StatusCode::CREATED, Json(json!({"healthmonitor": v}))))
 }
 
 pub async fn update(

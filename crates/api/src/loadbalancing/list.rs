@@ -58,7 +58,7 @@ macro_rules! object {
                 self.provisioning_status = status.to_string();
             }
             fn touch(&mut self, ts: &str) {
-                self.updated_at = ts.to_string();
+                self.updated_at = Some(ts.to_string());
                 self.revision_number += 1;
             }
             fn view(&self, db: &Db) -> Map<String, Value> {
@@ -315,7 +315,7 @@ pub fn list<O: Object>(
         if rows.first().is_some_and(|r| !r.contains_key(k)) {
             return Err(Fault::new(
                 400,
-                format!("Invalid input for field/attribute sort_key. Value: '{k}'."),
+                format!("Supplied sort key '{k}' is not valid."),
             ));
         }
     }
@@ -345,7 +345,8 @@ pub fn list<O: Object>(
     let mut page: Vec<Map<String, Value>> = rows.into_iter().skip(start).collect();
     let mut links = Vec::new();
     if let Some(limit) = q.limit {
-        let more = page.len() > limit;
+        // Octavia links to a next page whenever this one is full.
+        let more = page.len() >= limit;
         page.truncate(limit);
         let base = q.base();
         let id_of = |r: Option<&Map<String, Value>>| {

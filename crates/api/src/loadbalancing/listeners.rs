@@ -15,9 +15,10 @@ use super::body::{self, Body};
 use super::fault::Fault;
 use super::list::{self, Object, Query, find, find_writable, key};
 use super::loadbalancers::{can_change, sync_vip_group};
+use super::now;
 use super::write::{self, commit, lock, put_entry};
 use crate::networking::db::Db;
-use crate::networking::{Ctx, Shared, new_id, now};
+use crate::networking::{Ctx, Shared, new_id};
 
 pub const PROTOCOLS: [&str; 7] = [
     "HTTP",
@@ -305,7 +306,7 @@ pub async fn create(
             operating_status: operating::OFFLINE.into(),
             tags: b.tags()?,
             created_at: ts.clone(),
-            updated_at: ts,
+            updated_at: None,
             revision_number: 1,
         };
         timeouts(&b, &mut l)?;

@@ -74,9 +74,9 @@ struct VipPlan {
 }
 
 fn plan_vip(db: &Db, ctx: &Ctx, b: &Body) -> LbResult<VipPlan> {
-    let port_id = b.opt_str("vip_port_id")?;
-    let net_id = b.opt_str("vip_network_id")?;
-    let subnet_id = b.opt_str("vip_subnet_id")?;
+    let port_id = b.opt_uuid("vip_port_id")?;
+    let net_id = b.opt_uuid("vip_network_id")?;
+    let subnet_id = b.opt_uuid("vip_subnet_id")?;
     let address = b.opt_ip("vip_address")?;
     let invalid_net = |id: &str| Fault::validation(format!("Invalid network id provided: {id}"));
     if let Some(pid) = port_id {
@@ -310,8 +310,8 @@ pub async fn create(
             provisioning_status: provisioning::PENDING_CREATE.into(),
             operating_status: operating::OFFLINE.into(),
             tags: tags.clone(),
-            created_at: ts.clone(),
-            updated_at: ts,
+            created_at: super::now(),
+            updated_at: None,
             revision_number: 1,
         };
         txn = write::put_new(txn, &lb)?;
@@ -364,7 +364,7 @@ pub async fn update(
             v.tags = b.tags()?;
         }
         v.provisioning_status = provisioning::PENDING_UPDATE.into();
-        v.touch(&now());
+        v.touch(&super::now());
         Ok((put_entry(Txn::new(), &e, &v)?, v))
     })
     .await?;
@@ -388,7 +388,7 @@ pub async fn failover(
         write::check_mutable(db, &*e.value)?;
         let mut v = (*e.value).clone();
         v.provisioning_status = provisioning::PENDING_UPDATE.into();
-        v.touch(&now());
+        v.touch(&super::now());
         Ok((put_entry(Txn::new(), &e, &v)?, ()))
     })
     .await?;

@@ -17,10 +17,11 @@ use super::LbResult;
 use super::body::{self, Body};
 use super::fault::Fault;
 use super::list::{self, Object, Query, can_write, find, key};
+use super::now;
 use super::write::{self, commit, lock, put_entry};
 use crate::networking::db::{Db, Entry};
 use crate::networking::resource;
-use crate::networking::{Ctx, Shared, new_id, now};
+use crate::networking::{Ctx, Shared, new_id};
 
 const FIELDS: [&str; 15] = [
     "name",
@@ -197,7 +198,7 @@ fn new_member(db: &Db, pool: &Pool, s: &Spec, ts: &str) -> LbResult<Member> {
         monitor_host: String::new(),
         tags: s.tags.clone().unwrap_or_default(),
         created_at: ts.to_string(),
-        updated_at: ts.to_string(),
+        updated_at: None,
         revision_number: 1,
     };
     m.monitor_host = port_host(db, &m).unwrap_or_default();

@@ -42,6 +42,13 @@ pub const PROVIDER_DESCRIPTION: &str =
 
 pub type LbResult<T> = Result<T, Fault>;
 
+/// Octavia's timestamps: naive UTC with microseconds.
+pub fn now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f")
+        .to_string()
+}
+
 /// Starts the provisioner and returns the `/load-balancer` routes.
 pub fn start(net: &Arc<Networking>) -> Router {
     tokio::spawn(write::provisioner(Arc::downgrade(net)));

@@ -16,9 +16,10 @@ use super::fault::Fault;
 use super::list::{self, Object, Query, find, find_writable, key};
 use super::listeners::transport;
 use super::loadbalancers::can_change;
+use super::now;
 use super::write::{self, commit, lock, put_entry};
 use crate::networking::db::Db;
-use crate::networking::{Ctx, Shared, new_id, now};
+use crate::networking::{Ctx, Shared, new_id};
 
 const PROTOCOLS: [&str; 7] = ["HTTP", "HTTPS", "PROXY", "PROXYV2", "SCTP", "TCP", "UDP"];
 const ALGORITHMS: [&str; 4] = [
@@ -220,7 +221,7 @@ pub async fn create(
             operating_status: operating::OFFLINE.into(),
             tags: b.tags()?,
             created_at: ts.clone(),
-            updated_at: ts.clone(),
+            updated_at: None,
             revision_number: 1,
         };
         let mut txn = lock(db, &lb_id, Txn::new())?;
@@ -246,7 +247,10 @@ pub async fn create(
     })
     .await?;
     let db = net.db();
-    Ok((StatusCode::CREATED, Json(json!({"pool": pool.view(&db)}))))
+    let mut v = pool.view(&db);
+    // As Octavia answers a create: not operating yet.
+    v.insert("operating_status".into(), json!(operating::OFFLINE));
+    Ok((StatusCode::CREATED, Json(json!({"pool": v}))))
 }
 
 pub async fn update(

@@ -20,9 +20,10 @@ use tokio::sync::Notify;
 use super::LbResult;
 use super::fault::Fault;
 use super::list::{Object, key};
+use super::now;
 use crate::networking::db::{Db, Entry};
 use crate::networking::resource::encode;
-use crate::networking::{Networking, Shared, now};
+use crate::networking::{Networking, Shared};
 
 /// Wakes the provisioner after a commit that left something pending.
 pub static WAKE: Notify = Notify::const_new();
@@ -126,6 +127,8 @@ fn activate<O: Object>(db: &Db, ids: impl Iterator<Item = String>, txn: &mut Opt
         }
         let mut v = (*e.value).clone();
         v.set_provisioning(provisioning::ACTIVE);
+        // The provider's status update is a change too (Octavia sets updated_at).
+        v.touch(&super::now());
         let t = txn.take().unwrap_or_default();
         match put_entry(t, e, &v) {
             Ok(t) => *txn = Some(t),
