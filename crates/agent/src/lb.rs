@@ -392,3 +392,355 @@ pub fn compute(view: &HostMirror, here: &Here<'_>) -> LbDesired {
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kuryr_model::{HostFrame, HostIds, HostObjects};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::desired::RemoteL2;
+
+    const NET: &str = "11111111-0000-0000-0000-000000000001";
+    const OTHER: &str = "11111111-0000-0000-0000-000000000002";
+    const SUB: &str = "22222222-0000-0000-0000-000000000001";
+    const SUB2: &str = "22222222-0000-0000-0000-000000000002";
+    const LB: &str = "33333333-0000-0000-0000-000000000001";
+    const VIP_PORT: &str = "44444444-0000-0000-0000-000000000001";
+    const VIP_SG: &str = "55555555-0000-0000-0000-000000000001";
+
+    fn obj<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        let mut base = json!({"project_id": "p", "description": "", "tags": [],
+            "created_at": "", "updated_at": "", "revision_number": 1, "name": "",
+            "admin_state_up": true, "provisioning_status": "ACTIVE",
+            "operating_status": "ONLINE"});
+        if let (Some(b), Value::Object(v)) = (base.as_object_mut(), v) {
+            b.extend(v);
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn port(id: &str, net: &str, sub: &str, ip: &str, mac: &str, host: &str, owner: &str) -> Value {
+        json!({"id": id, "network_id": net, "mac_address": mac, "status": "ACTIVE",
+            "device_id": if owner == "network:router_interface" { "router-1" } else { "" },
+            "device_owner": owner,
+            "fixed_ips": [{"subnet_id": sub, "ip_address": ip}],
+            "security_groups": if id == VIP_PORT { vec![VIP_SG] } else { vec![] },
+            "port_security_enabled": true, "allowed_address_pairs": [],
+            "binding:host_id": host, "binding:vif_type": "bridge", "binding:vnic_type": "normal"})
+    }
+
+    fn member(id: &str, ip: &str, extra: Value) -> kuryr_model::Member {
+        let mut v = json!({"id": id, "pool_id": "pool-1", "loadbalancer_id": LB,
+            "address": ip, "protocol_port": 8080, "subnet_id": SUB, "weight": 1,
+            "backup": false, "monitor_address": null, "monitor_port": null,
+            "monitor_host": "h2"});
+        if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        obj(v)
+    }
+
+    /// A VIP on NET with a TCP listener on 80 and a pool with `members`; NET and
+    /// OTHER joined by a router; the VIP group lets `cidr` in on tcp 80.
+    fn view(members: Vec<kuryr_model::Member>, monitored: bool, cidr: Option<&str>) -> HostMirror {
+        let net = |id: &str| -> kuryr_model::Network {
+            obj(
+                json!({"id": id, "shared": false, "mtu": 1450, "router:external": false,
+                "provider:network_type": "vxlan", "provider:physical_network": null,
+                "provider:segmentation_id": 7, "port_security_enabled": true,
+                "is_default": false, "status": "ACTIVE"}),
+            )
+        };
+        let subnet = |id: &str, net: &str, cidr: &str| -> kuryr_model::Subnet {
+            obj(
+                json!({"id": id, "network_id": net, "ip_version": 4, "cidr": cidr,
+                "gateway_ip": null, "allocation_pools": [], "dns_nameservers": [],
+                "host_routes": [], "enable_dhcp": true, "ipv6_address_mode": null,
+                "ipv6_ra_mode": null, "subnetpool_id": null}),
+            )
+        };
+        let mut rules = Vec::new();
+        if let Some(c) = cidr {
+            rules.push(obj(json!({"id": "r1", "security_group_id": VIP_SG,
+                "direction": "ingress", "ethertype": "IPv4", "protocol": "tcp",
+                "port_range_min": 80, "port_range_max": 80, "remote_ip_prefix": c,
+                "remote_group_id": null})));
+        }
+        let mut m = HostMirror::new();
+        m.apply(HostFrame {
+            revision: 1,
+            present: Some(HostIds::default()),
+            put: HostObjects {
+                networks: vec![net(NET), net(OTHER)],
+                subnets: vec![
+                    subnet(SUB, NET, "10.0.0.0/24"),
+                    subnet(SUB2, OTHER, "10.0.1.0/24"),
+                ],
+                ports: vec![
+                    obj(port(
+                        VIP_PORT,
+                        NET,
+                        SUB,
+                        "10.0.0.100",
+                        "fa:16:3e:00:00:64",
+                        "",
+                        "Octavia",
+                    )),
+                    obj(port(
+                        "client",
+                        NET,
+                        SUB,
+                        "10.0.0.5",
+                        "fa:16:3e:00:00:05",
+                        "h1",
+                        "",
+                    )),
+                    obj(port(
+                        "m-port",
+                        NET,
+                        SUB,
+                        "10.0.0.6",
+                        "fa:16:3e:00:00:06",
+                        "h2",
+                        "",
+                    )),
+                    obj(port(
+                        "far",
+                        OTHER,
+                        SUB2,
+                        "10.0.1.5",
+                        "fa:16:3e:00:01:05",
+                        "h1",
+                        "",
+                    )),
+                    obj(port(
+                        "qr-a",
+                        NET,
+                        SUB,
+                        "10.0.0.1",
+                        "fa:16:3e:00:00:01",
+                        "",
+                        "network:router_interface",
+                    )),
+                    obj(port(
+                        "qr-b",
+                        OTHER,
+                        SUB2,
+                        "10.0.1.1",
+                        "fa:16:3e:00:01:01",
+                        "",
+                        "network:router_interface",
+                    )),
+                ],
+                security_group_rules: rules,
+                loadbalancers: vec![obj(json!({"id": LB, "vip_address": "10.0.0.100",
+                    "vip_port_id": VIP_PORT, "vip_subnet_id": SUB, "vip_network_id": NET,
+                    "vip_mac": "fa:16:3e:00:00:64", "provider": "kuryr", "flavor_id": null,
+                    "availability_zone": null}))],
+                listeners: vec![obj(json!({"id": "l-1", "loadbalancer_id": LB,
+                    "protocol": "TCP", "protocol_port": 80, "connection_limit": -1,
+                    "default_pool_id": "pool-1", "allowed_cidrs": null,
+                    "timeout_client_data": 0, "timeout_member_connect": 0,
+                    "timeout_member_data": 0, "timeout_tcp_inspect": 0}))],
+                pools: vec![obj(json!({"id": "pool-1", "loadbalancer_id": LB,
+                    "listener_id": "l-1", "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN",
+                    "session_persistence": null}))],
+                members,
+                healthmonitors: if monitored {
+                    vec![obj(
+                        json!({"id": "hm-1", "pool_id": "pool-1", "loadbalancer_id": LB,
+                        "type": "TCP", "delay": 2, "timeout": 1, "max_retries": 2,
+                        "max_retries_down": 3, "http_method": null, "url_path": null,
+                        "expected_codes": null, "http_version": null, "domain_name": null}),
+                    )]
+                } else {
+                    Vec::new()
+                },
+                ..HostObjects::default()
+            },
+            delete: HostIds::default(),
+        });
+        m
+    }
+
+    fn net_desired(id: &str, bridge: &str) -> NetDesired {
+        NetDesired {
+            id: id.into(),
+            bridge: bridge.into(),
+            mtu: 1450,
+            kind: NetKind::Vxlan { vni: 7 },
+            remote: RemoteL2::default(),
+            gateways: Vec::new(),
+            subnet_gateways: Vec::new(),
+        }
+    }
+
+    fn local(id: &str, net: &str, ip: &str) -> (String, Arc<PortDesired>) {
+        (
+            id.into(),
+            Arc::new(PortDesired {
+                id: id.into(),
+                network_id: net.into(),
+                bridge: format!("brq-{net}"),
+                tap: format!("tap-{id}"),
+                netns: format!("/run/netns/{id}").into(),
+                ifname: "eth0".into(),
+                handoff: false,
+                mac: "fa:16:3e:00:00:aa".parse().unwrap(),
+                mtu: 1450,
+                addresses: vec![format!("{ip}/24").parse().unwrap()],
+                routes: Vec::new(),
+            }),
+        )
+    }
+
+    fn run(v: &HostMirror, host: &str, ports: &[(&str, &str, &str)]) -> LbDesired {
+        let networks: BTreeMap<String, NetDesired> = [
+            (NET.to_string(), net_desired(NET, "brq-a")),
+            (OTHER.to_string(), net_desired(OTHER, "brq-b")),
+        ]
+        .into();
+        let ports: BTreeMap<String, Arc<PortDesired>> =
+            ports.iter().map(|(id, n, ip)| local(id, n, ip)).collect();
+        let zones: BTreeMap<String, u16> = [(NET.to_string(), 1), (OTHER.to_string(), 2)].into();
+        compute(
+            v,
+            &Here {
+                host,
+                networks: &networks,
+                ports: &ports,
+                zones: &zones,
+            },
+        )
+    }
+
+    #[test]
+    fn members_in_rotation() {
+        let ms = vec![
+            member("a", "10.0.0.6", json!({})),
+            member("b", "10.0.0.7", json!({"admin_state_up": false})),
+            member("c", "10.0.0.8", json!({"weight": 0})),
+            member("d", "10.0.0.9", json!({"operating_status": "ERROR"})),
+            member("e", "10.0.0.10", json!({"backup": true})),
+        ];
+        let addrs = |v: &HostMirror| -> Vec<String> {
+            backends(v, &v.pools["pool-1"])
+                .iter()
+                .map(|b| b.address.to_string())
+                .collect()
+        };
+        // Without a monitor a stale ERROR means nothing; with one it takes d out.
+        assert_eq!(
+            addrs(&view(ms.clone(), false, None)),
+            ["10.0.0.6", "10.0.0.9"]
+        );
+        assert_eq!(addrs(&view(ms.clone(), true, None)), ["10.0.0.6"]);
+        // The backup only when no other member is in rotation.
+        let down = vec![
+            member("a", "10.0.0.6", json!({"operating_status": "ERROR"})),
+            member("e", "10.0.0.10", json!({"backup": true})),
+        ];
+        assert_eq!(addrs(&view(down, true, None)), ["10.0.0.10"]);
+    }
+
+    #[test]
+    fn the_vip_group_decides_who_may_use_the_listener() {
+        let ms = vec![member("a", "10.0.0.6", json!({}))];
+        let services = |cidr: Option<&str>| -> Vec<LbService> {
+            let d = run(
+                &view(ms.clone(), false, cidr),
+                "h1",
+                &[("client", NET, "10.0.0.5")],
+            );
+            d.host
+                .nets
+                .iter()
+                .flat_map(|n| n.services.clone())
+                .collect()
+        };
+        assert!(services(None).is_empty(), "no rule: nobody");
+        assert_eq!(services(Some("0.0.0.0/0"))[0].allowed, Vec::<IpNet>::new());
+        assert_eq!(
+            services(Some("192.0.2.0/24"))[0].allowed,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn served_on_the_vip_network_and_on_networks_routed_to_it() {
+        let v = view(
+            vec![member("a", "10.0.0.6", json!({}))],
+            true,
+            Some("0.0.0.0/0"),
+        );
+        let d = run(
+            &v,
+            "h1",
+            &[("client", NET, "10.0.0.5"), ("far", OTHER, "10.0.1.5")],
+        );
+        let a = d.host.nets.iter().find(|n| n.bridge == "brq-a").unwrap();
+        let b = d.host.nets.iter().find(|n| n.bridge == "brq-b").unwrap();
+        for n in [a, b] {
+            assert_eq!(n.services.len(), 1, "{n:?}");
+            assert_eq!(n.services[0].vip.to_string(), "10.0.0.100");
+            assert_eq!(n.services[0].backends[0].address.to_string(), "10.0.0.6");
+        }
+        // ARP for the VIP and the member's neighbour only on the VIP's network; the
+        // router legs as gateways on each.
+        assert_eq!(a.vips.len(), 1);
+        assert!(b.vips.is_empty());
+        assert!(
+            a.neighbours
+                .iter()
+                .any(|(ip, _)| ip.to_string() == "10.0.0.6")
+        );
+        assert!(
+            a.gateways
+                .iter()
+                .any(|(ip, _)| ip.to_string() == "10.0.0.1")
+        );
+        assert!(
+            b.gateways
+                .iter()
+                .any(|(ip, _)| ip.to_string() == "10.0.1.1")
+        );
+        assert_eq!((a.table, b.table), (TABLE_BASE + 1, TABLE_BASE + 2));
+        // h1 checks no member (the member's port is on h2).
+        assert!(d.checks.is_empty());
+    }
+
+    #[test]
+    fn the_members_host_checks_it_from_inside_its_namespace() {
+        let v = view(
+            vec![member("a", "10.0.0.6", json!({}))],
+            true,
+            Some("0.0.0.0/0"),
+        );
+        let d = run(&v, "h2", &[("m-port", NET, "10.0.0.6")]);
+        let t = &d.checks["a"];
+        assert_eq!(
+            t.netns.as_deref(),
+            Some(std::path::Path::new("/run/netns/m-port"))
+        );
+        assert_eq!(t.addr.to_string(), "10.0.0.6:8080");
+        assert_eq!((t.rise, t.fall), (2, 3));
+        assert_eq!(t.kind, ProbeKind::Tcp);
+        // The member that is a client of itself gets its tap in hairpin mode.
+        let a = d.host.nets.iter().find(|n| n.bridge == "brq-a").unwrap();
+        assert_eq!(a.hairpin_taps, ["tap-m-port"]);
+        // Without a monitor nothing is checked.
+        let v = view(
+            vec![member("a", "10.0.0.6", json!({}))],
+            false,
+            Some("0.0.0.0/0"),
+        );
+        assert!(
+            run(&v, "h2", &[("m-port", NET, "10.0.0.6")])
+                .checks
+                .is_empty()
+        );
+    }
+}

@@ -116,7 +116,6 @@ use std::io;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Mutex;
 
 use ipnet::IpNet;
@@ -290,44 +289,9 @@ fn nl_err(context: impl Into<String>) -> impl FnOnce(NetlinkError) -> LbError {
 
 // ---- running nft -------------------------------------------------------------------
 
+/// nft in the calling thread's namespace, as the router namespaces run it.
 fn run_nft_here(args: &[String], stdin: Option<&str>) -> Result<String, NftError> {
-    use std::io::Write as _;
-    let program = crate::router::nft_binary().to_string_lossy().into_owned();
-    let mut child = std::process::Command::new(&program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| NftError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
-    let input = child.stdin.take();
-    let output = std::thread::scope(|scope| {
-        if let (Some(mut input), Some(data)) = (input, stdin) {
-            scope.spawn(move || {
-                // A write error means nft exited early; its status says why.
-                let _ = input.write_all(data.as_bytes());
-            });
-        }
-        child.wait_with_output()
-    })
-    .map_err(|source| NftError::Spawn { program, source })?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    let line = stdin.and_then(|s| render::failing_line(&stderr, s));
-    Err(NftError::Failed {
-        status: output.status.to_string(),
-        stderr,
-        line,
-    })
+    crate::router::run_nft_here(&crate::router::nft_binary(), args, stdin)
 }
 
 /// Runs nft in `ns` (a thread that entered it spawns it) or in the caller's namespace.

@@ -2095,7 +2095,11 @@ fn nft_failing_line(stderr: &str, script: &str) -> Option<(usize, String)> {
 }
 
 /// Runs nft on the calling thread's namespace (its child inherits it).
-fn run_nft_here(binary: &Path, args: &[String], stdin: Option<&str>) -> Result<String, NftError> {
+pub(crate) fn run_nft_here(
+    binary: &Path,
+    args: &[String],
+    stdin: Option<&str>,
+) -> Result<String, NftError> {
     let program = binary.display().to_string();
     let mut child = std::process::Command::new(binary)
         .args(args)

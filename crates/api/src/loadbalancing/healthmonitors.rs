@@ -2,7 +2,7 @@
 //! by the agent of each member's host (see `kuryr_dataplane::probe`).
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kuryr_model::lbaas::{operating, provisioning};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::LbResult;
 use super::body::{self, Body};
 use super::fault::Fault;
-use super::list::{self, Object, Query, can_write, find, find_writable, key};
+use super::list::{Object, can_write, find, find_writable, key};
 use super::now;
 use super::write::{self, commit, lock, put_entry};
 use crate::networking::{Ctx, Shared, new_id};
@@ -156,40 +156,6 @@ fn settings(b: &Body, h: &mut HealthMonitor) -> LbResult<()> {
 
 fn h_delay(b: &Body) -> LbResult<i64> {
     Ok(b.opt_int("delay", 0, 2_147_483_647)?.unwrap_or(0))
-}
-
-pub async fn list(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let url = format!(
-        "{}/load-balancer/v2/lbaas/healthmonitors",
-        net.config.public_url
-    );
-    let db = net.db();
-    Ok(Json(list::list::<HealthMonitor>(
-        &db,
-        &ctx,
-        &q,
-        &url,
-        |_| true,
-    )?))
-}
-
-pub async fn show(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let db = net.db();
-    let e = find::<HealthMonitor>(&db, &ctx, &id)?;
-    Ok(Json(
-        json!({"healthmonitor": list::project(e.value.view(&db), &q.fields)}),
-    ))
 }
 
 pub async fn create(

@@ -3,6 +3,8 @@
 
 use std::cmp::Ordering;
 
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
 use kuryr_model::{HealthMonitor, Listener, LoadBalancer, Member, Pool};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -10,14 +12,15 @@ use serde_json::{Map, Value, json};
 
 use super::fault::Fault;
 use super::{LbResult, views};
-use crate::networking::Ctx;
 use crate::networking::db::{Db, Entry, Table};
+use crate::networking::{Ctx, Shared};
 
 pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     /// Store table under `/neutron/`.
     const TABLE: &'static str;
     /// Name in messages: `Load Balancer`.
     const DISPLAY: &'static str;
+    const SINGULAR: &'static str;
     const PLURAL: &'static str;
     fn table(db: &Db) -> &Table<Self>;
     fn id(&self) -> &str;
@@ -31,10 +34,11 @@ pub trait Object: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
 }
 
 macro_rules! object {
-    ($t:ty, $table:literal, $display:literal, $plural:literal, $field:ident, $lb:ident, $view:path) => {
+    ($t:ty, $table:literal, $display:literal, $singular:literal, $plural:literal, $field:ident, $lb:ident, $view:path) => {
         impl Object for $t {
             const TABLE: &'static str = $table;
             const DISPLAY: &'static str = $display;
+            const SINGULAR: &'static str = $singular;
             const PLURAL: &'static str = $plural;
             fn table(db: &Db) -> &Table<Self> {
                 &db.$field
@@ -72,6 +76,7 @@ object!(
     LoadBalancer,
     "loadbalancers",
     "Load Balancer",
+    "loadbalancer",
     "loadbalancers",
     loadbalancers,
     id,
@@ -81,6 +86,7 @@ object!(
     Listener,
     "listeners",
     "Listener",
+    "listener",
     "listeners",
     listeners,
     loadbalancer_id,
@@ -90,6 +96,7 @@ object!(
     Pool,
     "lb-pools",
     "Pool",
+    "pool",
     "pools",
     pools,
     loadbalancer_id,
@@ -99,6 +106,7 @@ object!(
     Member,
     "lb-members",
     "Member",
+    "member",
     "members",
     members,
     loadbalancer_id,
@@ -108,6 +116,7 @@ object!(
     HealthMonitor,
     "healthmonitors",
     "Health Monitor",
+    "healthmonitor",
     "healthmonitors",
     healthmonitors,
     loadbalancer_id,
@@ -395,4 +404,38 @@ pub fn project(mut view: Map<String, Value>, fields: &[String]) -> Map<String, V
     }
     view.retain(|k, _| fields.iter().any(|f| f == k));
     view
+}
+
+/// `GET /lbaas/<objects>` (members have their own: they are listed per pool).
+pub async fn list_handler<O: Object>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    RawQuery(q): RawQuery,
+) -> LbResult<Json<Value>> {
+    let q = Query::parse(q.as_deref())?;
+    let url = format!(
+        "{}/load-balancer/v2/lbaas/{}",
+        net.config.public_url,
+        O::PLURAL
+    );
+    let db = net.db();
+    Ok(Json(list::<O>(&db, &ctx, &q, &url, |_| true)?))
+}
+
+/// `GET /lbaas/<objects>/{id}`.
+pub async fn show_handler<O: Object>(
+    State(net): State<Shared>,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> LbResult<Json<Value>> {
+    let q = Query::parse(q.as_deref())?;
+    let db = net.db();
+    let e = find::<O>(&db, &ctx, &id)?;
+    let mut out = Map::new();
+    out.insert(
+        O::SINGULAR.into(),
+        Value::Object(project(e.value.view(&db), &q.fields)),
+    );
+    Ok(Json(Value::Object(out)))
 }

@@ -2,7 +2,7 @@
 //! refusal (501), as Octavia's OVN provider answers.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kuryr_model::lbaas::{operating, provisioning};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::LbResult;
 use super::body::{self, Body};
 use super::fault::Fault;
-use super::list::{self, Object, Query, find, find_writable, key};
+use super::list::{Object, find_writable, key};
 use super::loadbalancers::{can_change, sync_vip_group};
 use super::now;
 use super::write::{self, commit, lock, put_entry};
@@ -220,31 +220,6 @@ fn after<'a>(
         .collect();
     out.extend(changed);
     out
-}
-
-pub async fn list(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let url = format!("{}/load-balancer/v2/lbaas/listeners", net.config.public_url);
-    let db = net.db();
-    Ok(Json(list::list::<Listener>(&db, &ctx, &q, &url, |_| true)?))
-}
-
-pub async fn show(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let db = net.db();
-    let e = find::<Listener>(&db, &ctx, &id)?;
-    Ok(Json(
-        json!({"listener": list::project(e.value.view(&db), &q.fields)}),
-    ))
 }
 
 pub async fn create(

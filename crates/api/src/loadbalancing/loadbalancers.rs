@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::body::{self, Body};
 use super::fault::Fault;
-use super::list::{self, Object, Query, can_write, find, find_writable, key};
+use super::list::{Object, can_write, find, find_writable, key};
 use super::write::{self, commit, put_entry};
 use super::{LbResult, PROVIDER};
 use crate::networking::db::{Db, Entry};
@@ -29,40 +29,6 @@ use crate::networking::resource::{self, encode};
 use crate::networking::{Ctx, Shared, new_id, now};
 
 pub const VIP_OWNER: &str = "Octavia";
-
-pub async fn list(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let url = format!(
-        "{}/load-balancer/v2/lbaas/loadbalancers",
-        net.config.public_url
-    );
-    let db = net.db();
-    Ok(Json(list::list::<LoadBalancer>(
-        &db,
-        &ctx,
-        &q,
-        &url,
-        |_| true,
-    )?))
-}
-
-pub async fn show(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let db = net.db();
-    let e = find::<LoadBalancer>(&db, &ctx, &id)?;
-    Ok(Json(
-        json!({"loadbalancer": list::project(e.value.view(&db), &q.fields)}),
-    ))
-}
 
 /// The network, subnet and address the VIP goes on, from what the request names.
 struct VipPlan {

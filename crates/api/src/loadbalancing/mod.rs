@@ -32,6 +32,8 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use kuryr_model::{HealthMonitor, Listener, LoadBalancer, Pool};
+
 use crate::networking::{Networking, Shared};
 pub use fault::Fault;
 
@@ -60,29 +62,37 @@ fn routes(net: &Arc<Networking>) -> Router {
     let lbaas = Router::new()
         .route(
             "/loadbalancers",
-            get(loadbalancers::list).post(loadbalancers::create),
+            get(list::list_handler::<LoadBalancer>).post(loadbalancers::create),
         )
         .route(
             "/loadbalancers/{id}",
-            get(loadbalancers::show)
+            get(list::show_handler::<LoadBalancer>)
                 .put(loadbalancers::update)
                 .delete(loadbalancers::delete),
         )
         .route("/loadbalancers/{id}/status", get(extras::status_tree))
         .route("/loadbalancers/{id}/stats", get(extras::lb_stats))
         .route("/loadbalancers/{id}/failover", put(loadbalancers::failover))
-        .route("/listeners", get(listeners::list).post(listeners::create))
+        .route(
+            "/listeners",
+            get(list::list_handler::<Listener>).post(listeners::create),
+        )
         .route(
             "/listeners/{id}",
-            get(listeners::show)
+            get(list::show_handler::<Listener>)
                 .put(listeners::update)
                 .delete(listeners::delete),
         )
         .route("/listeners/{id}/stats", get(extras::listener_stats))
-        .route("/pools", get(pools::list).post(pools::create))
+        .route(
+            "/pools",
+            get(list::list_handler::<Pool>).post(pools::create),
+        )
         .route(
             "/pools/{id}",
-            get(pools::show).put(pools::update).delete(pools::delete),
+            get(list::show_handler::<Pool>)
+                .put(pools::update)
+                .delete(pools::delete),
         )
         .route(
             "/pools/{pool}/members",
@@ -96,11 +106,11 @@ fn routes(net: &Arc<Networking>) -> Router {
         )
         .route(
             "/healthmonitors",
-            get(healthmonitors::list).post(healthmonitors::create),
+            get(list::list_handler::<HealthMonitor>).post(healthmonitors::create),
         )
         .route(
             "/healthmonitors/{id}",
-            get(healthmonitors::show)
+            get(list::show_handler::<HealthMonitor>)
                 .put(healthmonitors::update)
                 .delete(healthmonitors::delete),
         )

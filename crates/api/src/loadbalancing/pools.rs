@@ -2,7 +2,7 @@
 //! SCTP, session persistence by source IP; the rest is the provider's refusal.
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use kuryr_model::lbaas::{SessionPersistence, operating, provisioning};
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::LbResult;
 use super::body::{self, Body};
 use super::fault::Fault;
-use super::list::{self, Object, Query, find, find_writable, key};
+use super::list::{Object, find_writable, key};
 use super::listeners::transport;
 use super::loadbalancers::can_change;
 use super::now;
@@ -115,31 +115,6 @@ fn check_unsupported(b: &Body) -> LbResult<()> {
         }
     }
     Ok(())
-}
-
-pub async fn list(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let url = format!("{}/load-balancer/v2/lbaas/pools", net.config.public_url);
-    let db = net.db();
-    Ok(Json(list::list::<Pool>(&db, &ctx, &q, &url, |_| true)?))
-}
-
-pub async fn show(
-    State(net): State<Shared>,
-    ctx: Ctx,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> LbResult<Json<Value>> {
-    let q = Query::parse(q.as_deref())?;
-    let db = net.db();
-    let e = find::<Pool>(&db, &ctx, &id)?;
-    Ok(Json(
-        json!({"pool": list::project(e.value.view(&db), &q.fields)}),
-    ))
 }
 
 pub async fn create(

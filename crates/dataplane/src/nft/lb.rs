@@ -64,11 +64,6 @@ pub struct LbTables {
     pub hairpin: BTreeSet<String>,
 }
 
-/// The first script line nft complained about (see [`super::process`]).
-pub(crate) fn failing_line(stderr: &str, script: &str) -> Option<(usize, String)> {
-    super::process::failing_line(stderr, script)
-}
-
 /// Valid interface name (1-15 bytes of ASCII letters, digits, `-_.@`).
 pub fn valid_ifname(n: &str) -> bool {
     !n.is_empty()
