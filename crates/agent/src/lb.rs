@@ -75,19 +75,51 @@ pub(crate) fn algorithm(p: &Pool) -> Algorithm {
     }
 }
 
-fn monitor_of<'a>(view: &'a HostMirror, pool: &str) -> Option<&'a HealthMonitor> {
-    view.healthmonitors
-        .values()
-        .find(|h| h.pool_id == pool && h.admin_state_up)
+/// The view's load-balancing objects by parent, built once per pass: a pass
+/// then costs one walk of each kind, not one per pool or listener.
+pub(crate) struct Index<'a> {
+    members: BTreeMap<&'a str, Vec<&'a Member>>,
+    monitors: BTreeMap<&'a str, &'a HealthMonitor>,
+    rules: BTreeMap<&'a str, Vec<&'a kuryr_model::SecurityGroupRule>>,
+}
+
+impl<'a> Index<'a> {
+    pub(crate) fn new(view: &'a HostMirror) -> Index<'a> {
+        let mut ix = Index {
+            members: BTreeMap::new(),
+            monitors: BTreeMap::new(),
+            rules: BTreeMap::new(),
+        };
+        for m in view.members.values() {
+            ix.members.entry(m.pool_id.as_str()).or_default().push(m);
+        }
+        for h in view.healthmonitors.values().filter(|h| h.admin_state_up) {
+            ix.monitors.insert(h.pool_id.as_str(), h);
+        }
+        for r in view.security_group_rules.values() {
+            ix.rules
+                .entry(r.security_group_id.as_str())
+                .or_default()
+                .push(r);
+        }
+        ix
+    }
+
+    fn monitor_of(&self, pool: &str) -> Option<&'a HealthMonitor> {
+        self.monitors.get(pool).copied()
+    }
 }
 
 /// The members of `pool` in rotation.
-pub(crate) fn backends(view: &HostMirror, pool: &Pool) -> Vec<Backend> {
-    let monitored = monitor_of(view, &pool.id).is_some();
-    let eligible: Vec<&Member> = view
+pub(crate) fn backends(ix: &Index<'_>, pool: &Pool) -> Vec<Backend> {
+    let monitored = ix.monitor_of(&pool.id).is_some();
+    let eligible: Vec<&Member> = ix
         .members
-        .values()
-        .filter(|m| m.pool_id == pool.id && m.admin_state_up && m.weight > 0)
+        .get(pool.id.as_str())
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|m| m.admin_state_up && m.weight > 0)
         .filter(|m| !(monitored && m.operating_status == operating::ERROR))
         .collect();
     let primary: Vec<&&Member> = eligible.iter().filter(|m| !m.backup).collect();
@@ -110,13 +142,23 @@ pub(crate) fn backends(view: &HostMirror, pool: &Pool) -> Vec<Backend> {
 
 /// Sources the VIP port's groups let reach `listener`: `Some(vec![])` for
 /// everyone, None for nobody.
-fn allowed(view: &HostMirror, lb: &LoadBalancer, l: &Listener) -> Option<Vec<IpNet>> {
+fn allowed(
+    view: &HostMirror,
+    ix: &Index<'_>,
+    lb: &LoadBalancer,
+    l: &Listener,
+) -> Option<Vec<IpNet>> {
     let port = view.ports.get(&lb.vip_port_id)?;
     let v4 = lb.vip_address.is_ipv4();
     let mut out = Vec::new();
     let mut any = false;
-    for r in view.security_group_rules.values() {
-        if !port.security_groups.contains(&r.security_group_id) || r.direction != "ingress" {
+    let rules = port
+        .security_groups
+        .iter()
+        .filter_map(|g| ix.rules.get(g.as_str()))
+        .flatten();
+    for r in rules {
+        if r.direction != "ingress" {
             continue;
         }
         if (r.ethertype == "IPv4") != v4 || r.remote_group_id.is_some() {
@@ -159,6 +201,7 @@ pub fn balanced_at(
     else {
         return Vec::new();
     };
+    let ix = Index::new(view);
     let mut out = Vec::new();
     for l in view.listeners.values() {
         if l.loadbalancer_id != lb.id || !l.admin_state_up || proto(&l.protocol).is_none() {
@@ -172,7 +215,7 @@ pub fn balanced_at(
         else {
             continue;
         };
-        let backends = backends(view, pool)
+        let backends = backends(&ix, pool)
             .into_iter()
             .filter_map(|b| match b.address {
                 IpAddr::V4(a) => Some((a, b.port, b.weight)),
@@ -244,6 +287,7 @@ pub fn compute(view: &HostMirror, here: &Here<'_>) -> LbDesired {
         return d;
     }
     let reach = reach(view);
+    let ix = Index::new(view);
     // Networks with local client ports, and those ports' addresses.
     let mut local: BTreeMap<&str, Vec<&PortDesired>> = BTreeMap::new();
     for p in here.ports.values() {
@@ -269,7 +313,7 @@ pub fn compute(view: &HostMirror, here: &Here<'_>) -> LbDesired {
             let Some(protocol) = proto(&l.protocol) else {
                 continue;
             };
-            let Some(allowed) = allowed(view, lb, l) else {
+            let Some(allowed) = allowed(view, &ix, lb, l) else {
                 continue;
             };
             let pool = l
@@ -278,7 +322,7 @@ pub fn compute(view: &HostMirror, here: &Here<'_>) -> LbDesired {
                 .and_then(|p| view.pools.get(p))
                 .filter(|p| p.admin_state_up);
             let (algorithm, backends) = match pool {
-                Some(p) => (algorithm(p), backends(view, p)),
+                Some(p) => (algorithm(p), backends(&ix, p)),
                 None => (Algorithm::RoundRobin, Vec::new()),
             };
             member_addrs.extend(backends.iter().map(|b| b.address));
@@ -357,22 +401,28 @@ pub fn compute(view: &HostMirror, here: &Here<'_>) -> LbDesired {
     }
     d.host.nets.sort_by(|a, b| a.bridge.cmp(&b.bridge));
 
-    // Health checks of the members this host watches.
+    // Health checks of the members this host watches, from the namespace of the
+    // local port holding the address.
+    let netns_of: BTreeMap<IpAddr, &std::path::Path> = here
+        .ports
+        .values()
+        .flat_map(|p| {
+            p.addresses
+                .iter()
+                .map(move |a| (a.addr(), p.netns.as_path()))
+        })
+        .collect();
     for m in view.members.values() {
         if m.monitor_host != here.host || !m.admin_state_up {
             continue;
         }
-        let Some(h) = monitor_of(view, &m.pool_id) else {
+        let Some(h) = ix.monitor_of(&m.pool_id) else {
             continue;
         };
         let Some(kind) = probe_kind(h) else {
             continue;
         };
-        let netns: Option<PathBuf> = here
-            .ports
-            .values()
-            .find(|p| p.addresses.iter().any(|a| a.addr() == m.address))
-            .map(|p| p.netns.clone());
+        let netns: Option<PathBuf> = netns_of.get(&m.address).map(|p| p.to_path_buf());
         let addr = SocketAddr::new(
             m.monitor_address.unwrap_or(m.address),
             m.monitor_port.unwrap_or(m.protocol_port),
@@ -627,7 +677,7 @@ mod tests {
             member("e", "10.0.0.10", json!({"backup": true})),
         ];
         let addrs = |v: &HostMirror| -> Vec<String> {
-            backends(v, &v.pools["pool-1"])
+            backends(&Index::new(v), &v.pools["pool-1"])
                 .iter()
                 .map(|b| b.address.to_string())
                 .collect()

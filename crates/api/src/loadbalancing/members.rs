@@ -61,6 +61,10 @@ pub fn port_host(db: &Db, m: &Member) -> Option<String> {
         }
     };
     for s in &subnets {
+        // The address index first: most addresses are no port of that subnet.
+        if !db.ip_in_use(s, &m.address) {
+            continue;
+        }
         let Some(sub) = db.subnets.get(s) else {
             continue;
         };
