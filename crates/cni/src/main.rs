@@ -1,0 +1,2 @@
+//! `kuryr-cni`: the CNI plugin binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The kuryr Kubernetes controller.
