@@ -19,6 +19,8 @@ command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 # The Docker tests: a real dockerd per lab host (docker.io brings containerd and runc).
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
+# The CNI tests: Podman with its CNI backend runs containers wired by kuryr-cni.
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[test-deps] installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

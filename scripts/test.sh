@@ -18,11 +18,13 @@ phase() {
 phase "dependencies" scripts/test-deps.sh
 phase "cargo fmt --check" cargo fmt --all --check
 phase "cargo build" cargo build --release --bins
+# Kubernetes, etcd and cnitool from their Go modules (cached: seconds after the first run).
+phase "Kubernetes peers (scripts/k8s-build.sh)" scripts/k8s-build.sh
 phase "cargo test" cargo test --workspace --release
 phase "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # --durations: the slowest tests, printed at the end.
-phase "pytest (client, lab, docker)" env KURYR_BIN="$PWD/target/release/kuryr" \
-    .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker
+phase "pytest (client, lab, docker, cni)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker tests/cni
 tempest_status=0
 phase "tempest (neutron-tempest-plugin API suite)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python tests/tempest/run.py || tempest_status=$?

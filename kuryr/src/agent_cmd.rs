@@ -71,6 +71,11 @@ pub struct AgentArgs {
     #[arg(long, default_value = "kqr-")]
     pub router_namespace_prefix: String,
 
+    /// Seconds a CNI ADD of a Kubernetes pod waits for the controller to give the pod
+    /// a port before it answers "try again later" (the runtime retries).
+    #[arg(long, default_value_t = 30)]
+    pub cni_pod_port_wait: u64,
+
     /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -171,6 +176,7 @@ impl AgentArgs {
             nft_binary: self.nft.clone(),
             network_linger: Duration::from_secs(self.network_linger),
             router_prefix: self.router_namespace_prefix.clone(),
+            cni_pod_port_wait: Duration::from_secs(self.cni_pod_port_wait.max(1)),
         }
     }
 }
@@ -227,23 +233,29 @@ pub async fn run_agent(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if let Some(bound) = bound {
-        let plugin_client = match args.docker.credentials()?.or(plugin_credentials) {
-            Some(c) => Client::new(c, ClientConfig::default())?,
-            None => {
-                if matches!(
+    // The plugins' own credentials: the Docker plugin's networks and ports, and the
+    // ports of standalone CNI containers (Podman), are a project member's to make.
+    let plugin_client = match args.docker.credentials()?.or(plugin_credentials) {
+        Some(c) => Client::new(c, ClientConfig::default())?,
+        None => {
+            if !args.docker.no_docker
+                && matches!(
                     agent.client().credentials().auth,
                     kuryr_client::AuthMethod::ApplicationCredential(_)
-                ) {
-                    tracing::warn!(
-                        "the Docker plugin uses the agent's application credential; if it is \
-                         host-scoped, Docker networks cannot be made: give the plugin its own \
-                         (--docker-os-cloud or KURYR_DOCKER_OS_* variables)"
-                    );
-                }
-                agent.client().clone()
+                )
+            {
+                tracing::warn!(
+                    "the plugins use the agent's application credential; if it is \
+                     host-scoped, Docker networks and standalone CNI ports cannot be made: \
+                     give the plugins their own (--docker-os-cloud or KURYR_DOCKER_OS_* \
+                     variables)"
+                );
             }
-        };
+            agent.client().clone()
+        }
+    };
+    agent.set_plugin_client(plugin_client.clone());
+    if let Some(bound) = bound {
         let plugin = kuryr_docker::Plugin::with_client(
             agent.clone(),
             plugin_client,

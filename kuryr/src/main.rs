@@ -387,6 +387,7 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             nft: "nft".into(),
             network_linger: 60,
             router_namespace_prefix: "kqr-".into(),
+            cni_pod_port_wait: 30,
             os_cloud: None,
             os_cacert: None,
             cleanup: false,

@@ -124,6 +124,7 @@ impl Agent {
             ifname,
             handoff: true,
             published: Vec::new(),
+            cni: None,
         };
         self.bind_with(&port.id, binding, Some(port)).await
     }
@@ -146,6 +147,9 @@ impl Agent {
                 binding.ifname
             )));
         }
+        // A CNI ADD does not wait for the server to take the port's ACTIVE status:
+        // a pod's start must not wait on a Neutron round trip (the status follows).
+        let wait_reported = binding.cni.is_none();
         let existing = lock(&self.state).bindings.get(port_id).cloned();
         if let Some(b) = &existing
             && !b.same_place(&binding)
@@ -193,7 +197,7 @@ impl Agent {
                 }
             }
         };
-        match self.realize_bound(&port).await {
+        match self.realize_bound(&port, wait_reported).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 if recorded {
@@ -205,7 +209,11 @@ impl Agent {
         }
     }
 
-    pub(crate) async fn realize_bound(&self, port: &Port) -> Result<BindResult, AgentError> {
+    pub(crate) async fn realize_bound(
+        &self,
+        port: &Port,
+        wait_reported: bool,
+    ) -> Result<BindResult, AgentError> {
         let started = std::time::Instant::now();
         let claimed = if port.host_id == self.cfg.host {
             port.clone()
@@ -255,7 +263,7 @@ impl Agent {
             .ports
             .get(&port.id)
             .ok_or_else(|| AgentError::Unavailable(format!("port {} was not realized", port.id)))?;
-        if !lock(&self.reported).contains_key(&port.id) {
+        if wait_reported && !lock(&self.reported).contains_key(&port.id) {
             return Err(AgentError::Unavailable(format!(
                 "port {} is up but the server did not take its ACTIVE status",
                 port.id

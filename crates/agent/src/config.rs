@@ -28,4 +28,6 @@ pub struct AgentConfig {
     /// router here owns are removed. `kqr-` unless several agents share one machine
     /// (the test lab), each then with its own.
     pub router_prefix: String,
+    /// How long a CNI ADD of a pod waits for the controller to give it a port.
+    pub cni_pod_port_wait: Duration,
 }

@@ -7,6 +7,7 @@
 //! containers keep their connectivity, and the next start converges from what exists.
 
 mod bind;
+pub mod cni;
 mod config;
 pub mod desired;
 pub mod engine;
@@ -79,6 +80,9 @@ pub struct Agent {
     health_events: Mutex<Option<HealthEvents>>,
     /// The checks last given to `health`.
     checks: Mutex<BTreeMap<String, kuryr_dataplane::probe::Target>>,
+    /// The plugins' own credentials (a project member's), for the ports a
+    /// standalone CNI ADD makes; the agent's when none were given.
+    plugin_client: std::sync::OnceLock<Client>,
 }
 
 type HealthEvents = tokio::sync::mpsc::UnboundedReceiver<(String, kuryr_dataplane::probe::Health)>;
@@ -137,6 +141,7 @@ impl Agent {
             health,
             health_events: Mutex::new(Some(health_events)),
             checks: Mutex::new(BTreeMap::new()),
+            plugin_client: std::sync::OnceLock::new(),
             cfg,
             client,
             state_file,
@@ -161,6 +166,15 @@ impl Agent {
     /// The server connection (shared with the Docker plugin and the CNI daemon).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Gives the plugins (standalone CNI) their own server connection, once.
+    pub fn set_plugin_client(&self, client: Client) {
+        let _ = self.plugin_client.set(client);
+    }
+
+    fn plugin_client(&self) -> &Client {
+        self.plugin_client.get().unwrap_or(&self.client)
     }
 
     /// A port of this host's view and the subnets of its addresses, as the watch

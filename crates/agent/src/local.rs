@@ -4,6 +4,7 @@
 //! - `POST /v1/ports/{id}/unbind` → `{"port_id", "unbound": bool}`
 //! - `GET /v1/ports` → the bindings of this host
 //! - `GET /v1/health`
+//! - `POST /v1/cni`: the CNI daemon (see [`crate::cni`])
 //!
 //! Errors: `{"error": {"code": STATUS, "message": "..."}}`.
 
@@ -103,6 +104,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/ports/{id}/bind", post(bind))
         .route("/v1/ports/{id}/unbind", post(unbind))
         .route("/v1/health", get(health))
+        .route("/v1/cni", post(crate::cni::handle))
         .route("/metrics", get(metrics))
         .with_state(agent)
 }

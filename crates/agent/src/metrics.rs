@@ -20,6 +20,27 @@ pub struct Metrics {
     pub watch_reconnects: Counter,
     pub event_to_rules_seconds: Histogram,
     drift_repairs: Family<Kind, Counter>,
+    cni_requests: Family<CniLabels, Counter>,
+    cni_seconds: Family<CniCommand, Histogram>,
+    cni_pod_ports: Family<PodPort, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CniLabels {
+    command: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CniCommand {
+    command: String,
+}
+
+/// Whether a pod's port was assigned before its ADD came (`ready`) or the ADD
+/// waited for the controller (`waited`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodPort {
+    port: String,
 }
 
 /// What kind of thing a repair put back.
@@ -91,7 +112,33 @@ impl Metrics {
             "Times the watch of this host's view was opened again",
             watch_reconnects.clone(),
         );
+        let cni_requests = Family::<CniLabels, Counter>::default();
+        registry.register(
+            "cni_requests",
+            "CNI requests served, by command and outcome (ok, error)",
+            cni_requests.clone(),
+        );
+        // 100 µs to ~3 s.
+        let cni_seconds = Family::<CniCommand, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register_with_unit(
+            "cni_request",
+            "Duration of CNI requests, by command",
+            Unit::Seconds,
+            cni_seconds.clone(),
+        );
+        let cni_pod_ports = Family::<PodPort, Counter>::default();
+        registry.register(
+            "cni_pod_ports",
+            "Pods wired by CNI ADD: their port was assigned before the ADD came (ready) \
+             or the ADD waited for the controller (waited)",
+            cni_pod_ports.clone(),
+        );
         Metrics {
+            cni_requests,
+            cni_seconds,
+            cni_pod_ports,
             registry,
             ports_bound,
             ports_realized,
@@ -112,6 +159,30 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .inc_by(n);
+    }
+
+    /// Counts a CNI request and its duration.
+    pub fn cni_request(&self, command: &str, ok: bool, took: std::time::Duration) {
+        self.cni_requests
+            .get_or_create(&CniLabels {
+                command: command.to_string(),
+                outcome: if ok { "ok" } else { "error" }.to_string(),
+            })
+            .inc();
+        self.cni_seconds
+            .get_or_create(&CniCommand {
+                command: command.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a pod wired, by whether its port was there when the ADD came.
+    pub fn cni_pod_port(&self, ready: bool) {
+        self.cni_pod_ports
+            .get_or_create(&PodPort {
+                port: if ready { "ready" } else { "waited" }.to_string(),
+            })
+            .inc();
     }
 
     /// The exposition text.

@@ -25,6 +25,26 @@ pub struct Binding {
     /// that they survive restarts and go with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// Made by a CNI ADD: the container and network config it belongs to, so that
+    /// DEL, CHECK and GC find it by what the runtime knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// A binding's CNI identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniAttachment {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// The network configuration's `name` (GC is per configuration).
+    pub network: String,
+    /// The pod whose port this is (`K8S_POD_UID`), in Kubernetes mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The agent made the port for this container (standalone mode): DEL deletes it.
+    /// A pod's port belongs to the controller, which recycles it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owned: bool,
 }
 
 impl Binding {
