@@ -21,6 +21,13 @@ command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)
 # The CNI tests: Podman with its CNI backend runs containers wired by kuryr-cni.
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+# The Kubernetes lab (tests/k8s): runc under containerd 2 (built by scripts/k8s-build.sh),
+# openssl for the cluster's certificates, iptables for the kubelet's chains (made in the
+# host namespaces), findmnt/nsenter/unshare for the nodes' mount namespaces.
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v findmnt >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[test-deps] installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

@@ -1,0 +1,69 @@
+"""Fixtures of the Kubernetes lab's tests (see cluster.py)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+pytest.register_assert_rewrite("cluster")
+
+from cluster import Cluster, machine_sysctls  # noqa: E402
+
+_CLUSTERS = []  # open clusters, whose logs a failed test's report shows
+
+
+class Clusters:
+    """Clusters of one test: new() makes one, close() closes it; the fixture closes
+    what the test left open."""
+
+    def new(self, **kwargs):
+        if os.geteuid() != 0:
+            pytest.fail("the Kubernetes lab needs root (namespaces, mounts, cgroups)")
+        c = Cluster(**kwargs)
+        _CLUSTERS.append(c)
+        return c
+
+    def close(self, c):
+        if c in _CLUSTERS:
+            _CLUSTERS.remove(c)
+            c.close()
+
+
+@pytest.fixture(scope="session")
+def machine_before():
+    """What the machine looked like before any cluster of this worker started."""
+    return {"sysctls": machine_sysctls()}
+
+
+@pytest.fixture(scope="session")
+def cluster(machine_before):
+    """A server, two hosts with their agents, and a Kubernetes cluster on them with the
+    reference CNI; shared by the tests of one worker. Its close must leave nothing."""
+    made = Clusters()
+    c = made.new(hosts=2, cni="reference")
+    try:
+        yield c
+    finally:
+        made.close(c)
+    left = c.cluster_leftovers()
+    assert not left, "the cluster left behind:\n" + "\n".join(left)
+
+
+@pytest.fixture
+def clusters():
+    """Clusters of the test's own (closed after it at the latest)."""
+    made = Clusters()
+    opened = len(_CLUSTERS)
+    yield made
+    for c in _CLUSTERS[opened:]:
+        made.close(c)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for c in list(_CLUSTERS):
+            report.sections.append((f"k8s lab {c.prefix} logs", c.logs()))
