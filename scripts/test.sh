@@ -25,6 +25,13 @@ phase "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # --durations: the slowest tests, printed at the end.
 phase "pytest (client, lab, docker, cni)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker tests/cni
+# The Kubernetes lab: real clusters (kubelet, containerd) with kuryr-cni and the controller,
+# one at a time (their timing checks want the machine's two cores).
+phase "pytest (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/pytest -q --durations=10 tests/k8s
+# Pod ADD latency, burst and NetworkPolicy convergence, kuryr against the reference CNI.
+phase "benchmark (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/python bench/kubernetes.py --json target/bench-kubernetes.json
 tempest_status=0
 phase "tempest (neutron-tempest-plugin API suite)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python tests/tempest/run.py || tempest_status=$?

@@ -11,6 +11,7 @@ use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
 use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
+mod controller_cmd;
 mod credential_cmd;
 mod tls;
 
@@ -36,6 +37,9 @@ enum Command {
     Up(UpArgs),
     /// Run the host agent: realizes the ports bound to this host (veth, bridge, VXLAN, nftables).
     Agent(agent_cmd::AgentArgs),
+    /// Run the Kubernetes controller: pods' ports from per-node pools, namespace
+    /// networks, NetworkPolicies as security groups.
+    Controller(controller_cmd::ControllerArgs),
     /// Bind ports into network namespaces on this host, through the local agent.
     Port {
         #[command(subcommand)]
@@ -238,6 +242,7 @@ fn main() -> anyhow::Result<()> {
                 server(server_args, Some(args)).await
             }
             Command::Agent(args) => agent_cmd::run_agent(args, None, None).await,
+            Command::Controller(args) => controller_cmd::run(args).await,
             Command::Port { command } => agent_cmd::run_port(command).await,
             Command::Credential { command } => credential_cmd::run(command).await,
         }

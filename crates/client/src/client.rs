@@ -563,6 +563,19 @@ impl Client {
         Ok(())
     }
 
+    /// Lists any collection as the caller's own type (a lean view of the attributes it
+    /// needs, or `serde_json::Value`), following pagination. `collection` is the path
+    /// under `/v2.0` (`security-groups`), `key` the JSON key (`security_groups`);
+    /// `filters` as for [`Client::list_ports`].
+    pub async fn list_as<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        key: &str,
+        filters: &[(&str, &str)],
+    ) -> Result<Vec<T>> {
+        self.list_keyed(collection, key, filters).await
+    }
+
     /// Lists `/{collection}` (the JSON key is `key`), following Neutron's
     /// `<key>_links` pagination.
     async fn list_keyed<T: DeserializeOwned>(

@@ -1,1 +1,596 @@
-//! The kuryr Kubernetes controller.
+//! The kuryr Kubernetes controller (`kuryr controller`): pods get Neutron ports from
+//! per-node pools, namespaces get networks (optionally), NetworkPolicies become security
+//! groups whose remote groups are sets of ports.
+//!
+//! Built as kube-rs is meant to be used: reflectors (watcher + store) for pods,
+//! namespaces, NetworkPolicies and nodes feed a keyed work queue; idempotent reconciles
+//! read the stores and a cache of the controller's Neutron objects, and write only the
+//! differences. Ownership is in Neutron (tags, device_id = pod uid), so a full pass at
+//! start and every resync period finds and removes whatever no Kubernetes object owns
+//! any more, whatever was killed when. Only the leader of a Lease acts.
+//!
+//! Modules: `policy` (NetworkPolicy → rules, pure), `membership` (a pod's groups, pure),
+//! `cidr`, `labels`, `pools` (pool sizing, pure), `gc` (orphans), `cache` (Neutron
+//! state and its merge), `queue`, `leader`, then the reconciles (`pods`,
+//! `namespaces`, `netpol`, `pool_manager`) and the Neutron calls (`neutron`).
+//!
+//! No finalizers: a finalizer on pods would cost a write (and a watch event) before a
+//! pod could get its port, and would hold pods (and namespaces) up whenever the
+//! controller is down. Ownership lives in Neutron instead (device_id = pod uid, tags
+//! naming policies and namespaces), deletions are seen by the reflectors, and what a
+//! missed deletion leaves is found by uid at the next full pass.
+//!
+//! Kubernetes permissions: pods, namespaces and networkpolicies (get, list, watch,
+//! patch: the annotations), nodes (list, watch), coordination.k8s.io leases in the
+//! election namespace (get, create, update), events.k8s.io events (create, patch).
+
+pub mod cache;
+pub mod cidr;
+pub mod ctx;
+pub mod error;
+pub mod gc;
+pub mod labels;
+pub mod leader;
+pub mod membership;
+pub mod metrics;
+pub mod namespaces;
+pub mod netpol;
+pub mod neutron;
+pub mod pods;
+pub mod policy;
+pub mod pool_manager;
+pub mod pools;
+pub mod queue;
+pub mod tags;
+pub mod view;
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::ctx::{Ctx, Key, KeyedLocks, NetMode, Stores, lock};
+use crate::metrics::Metrics;
+use crate::neutron::Neutron;
+use crate::queue::Queue;
+use crate::view::PodView;
+
+pub use error::{Error, Result};
+pub use leader::LeaseConfig;
+pub use pools::PoolConfig;
+
+/// Where pods' ports go.
+#[derive(Debug, Clone)]
+pub enum Network {
+    /// One network (name or id) for every pod.
+    Single(String),
+    /// A network and subnet per namespace from this subnet pool, attached to this router
+    /// (names or ids).
+    PerNamespace { subnetpool: String, router: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The value of the `kuryr.k8s.cluster` tag.
+    pub cluster: String,
+    pub network: Network,
+    /// Project of what is made; `None`: the credential's.
+    pub project: Option<String>,
+    pub pool: PoolConfig,
+    pub resync_period: Duration,
+    /// Reconciles at once.
+    pub workers: usize,
+    /// `None`: no election, this process acts.
+    pub leader: Option<LeaseConfig>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Events' reporting instance (the identity).
+    pub instance: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        self.pool.validate().map_err(Error::Config)?;
+        if self.cluster.is_empty() {
+            return Err(Error::Config("--cluster-name must not be empty".into()));
+        }
+        if self.resync_period.is_zero() {
+            return Err(Error::Config(
+                "--resync-period must be at least 1 second".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the controller until `stop` fires: waits for leadership, acts while it leads,
+/// stops acting when it no longer does (and waits again).
+pub async fn run(
+    cfg: Config,
+    client: kuryr_client::Client,
+    kube: kube::Client,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    cfg.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let mut background = JoinSet::new();
+    if let Some(addr) = cfg.metrics_listen {
+        let m = metrics.clone();
+        background.spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                tracing::error!(%addr, error = %e, "the metrics listener failed");
+            }
+        });
+    }
+    let neutron = Neutron::new(client, cfg.cluster.clone(), cfg.project.clone());
+    let net = tokio::select! {
+        r = resolve_network(&neutron, &cfg.network) => r?,
+        _ = stop.wait_for(|s| *s) => return Ok(()),
+    };
+    tracing::info!(cluster = %cfg.cluster, network = ?net, "kuryr controller starting");
+    let (lead_tx, mut lead_rx) = watch::channel(cfg.leader.is_none());
+    if let Some(lc) = cfg.leader.clone() {
+        let api: Api<Lease> = Api::namespaced(kube.clone(), &lc.namespace);
+        tracing::info!(identity = %lc.identity, lease = %format!("{}/{}", lc.namespace, lc.name), "leader election");
+        background.spawn(leader::run(api, lc, lead_tx, stop.clone()));
+    }
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            r = lead_rx.wait_for(|l| *l) => if r.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        metrics.leader.set(1);
+        let term = run_term(&cfg, &net, &neutron, &kube, &metrics);
+        let outcome = tokio::select! {
+            r = term => Some(r),
+            _ = lead_rx.wait_for(|l| !*l) => {
+                tracing::warn!("leadership lost: the controller stops acting");
+                None
+            }
+            _ = stop.wait_for(|s| *s) => {
+                metrics.leader.set(0);
+                break;
+            }
+        };
+        metrics.leader.set(0);
+        if let Some(Err(e)) = outcome {
+            let delay = queue::backoff(failures.saturating_add(3));
+            failures = failures.saturating_add(1);
+            tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "the controller stopped; starting again");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    }
+    // Let the elector give the lease up.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(r) = background.join_next().await {
+            if r.is_err() {
+                break;
+            }
+            if background.len() <= usize::from(cfg.metrics_listen.is_some()) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Resolves the network options to ids (retrying while Neutron cannot be reached).
+async fn resolve_network(neutron: &Neutron, network: &Network) -> Result<NetMode> {
+    let mut failures = 0u32;
+    loop {
+        let r = async {
+            match network {
+                Network::Single(n) => {
+                    let v = neutron.resolve("networks", "network", n).await?;
+                    let id = json_id(&v, "network")?;
+                    Ok(NetMode::Single { network: id })
+                }
+                Network::PerNamespace { subnetpool, router } => {
+                    let p = neutron
+                        .resolve("subnetpools", "subnetpool", subnetpool)
+                        .await?;
+                    let ip_version = p
+                        .get("ip_version")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|v| u8::try_from(v).ok())
+                        .unwrap_or(4);
+                    let r = neutron.resolve("routers", "router", router).await?;
+                    Ok(NetMode::PerNamespace {
+                        subnetpool: json_id(&p, "subnetpool")?,
+                        ip_version,
+                        router: json_id(&r, "router")?,
+                    })
+                }
+            }
+        }
+        .await;
+        match r {
+            Ok(m) => return Ok(m),
+            Err(Error::Neutron(e)) if e.is_retryable() || matches!(e.status(), Some(500..)) => {
+                let d = queue::backoff(failures.saturating_add(3));
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "neutron is not reachable yet");
+                tokio::time::sleep(d).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn json_id(v: &serde_json::Value, what: &str) -> Result<String> {
+    v.get("id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Error::Decode(format!("{what} without an id")))
+}
+
+/// One leadership term: reflectors, the start-up pass, workers, pools and the resync
+/// timer. Everything runs in one task set: dropping the term stops it all.
+async fn run_term(
+    cfg: &Config,
+    net: &NetMode,
+    neutron: &Neutron,
+    kube: &kube::Client,
+    metrics: &Arc<Metrics>,
+) -> Result<()> {
+    let (pods_r, pods_w) = reflector::store::<Pod>();
+    let (ns_r, ns_w) = reflector::store::<Namespace>();
+    let (np_r, np_w) = reflector::store::<NetworkPolicy>();
+    let (nodes_r, nodes_w) = reflector::store::<Node>();
+    let reporter = Reporter {
+        controller: "kuryr-controller".into(),
+        instance: Some(cfg.instance.clone()),
+    };
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        net: net.clone(),
+        neutron: neutron.clone(),
+        kube: kube.clone(),
+        stores: Stores {
+            pods: pods_r.clone(),
+            namespaces: ns_r.clone(),
+            policies: np_r.clone(),
+            nodes: nodes_r.clone(),
+        },
+        cache: Default::default(),
+        index: Default::default(),
+        peer_lock: Default::default(),
+        locks: KeyedLocks::default(),
+        queue: Queue::new(Key::urgent),
+        pool_trigger: Default::default(),
+        pool_activity: Default::default(),
+        attached: Default::default(),
+        named_port_policies: Default::default(),
+        sigs: Default::default(),
+        started: Default::default(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(kube.clone(), reporter),
+    });
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    tasks.spawn(watch(
+        Api::<Pod>::all(kube.clone()),
+        pods_w,
+        ctx.clone(),
+        on_pod,
+        "pods",
+    ));
+    tasks.spawn(watch(
+        Api::<Namespace>::all(kube.clone()),
+        ns_w,
+        ctx.clone(),
+        on_namespace,
+        "namespaces",
+    ));
+    tasks.spawn(watch(
+        Api::<NetworkPolicy>::all(kube.clone()),
+        np_w,
+        ctx.clone(),
+        on_policy,
+        "networkpolicies",
+    ));
+    tasks.spawn(watch(
+        Api::<Node>::all(kube.clone()),
+        nodes_w,
+        ctx.clone(),
+        on_node,
+        "nodes",
+    ));
+
+    let ready = async {
+        pods_r.wait_until_ready().await?;
+        ns_r.wait_until_ready().await?;
+        np_r.wait_until_ready().await?;
+        nodes_r.wait_until_ready().await
+    };
+    tokio::select! {
+        r = ready => r.map_err(|e| Error::NotReady(format!("reflector: {e}")))?,
+        Some(r) = tasks.join_next() => return Err(Error::NotReady(format!("the {} watch ended", r.unwrap_or("?")))),
+    }
+    let t0 = tokio::time::Instant::now();
+    gc::refresh(&ctx).await?;
+    // Groups before pods (allow-all), policies before membership: a restarted controller
+    // never takes a port out of a group it is about to find again.
+    netpol::reconcile_groups(&ctx, netpol::Mode::Startup).await?;
+    for np in ctx.stores.policies.state() {
+        if let (Some(n), Some(m)) = (&np.metadata.namespace, &np.metadata.name)
+            && let Err(e) = netpol::reconcile(&ctx, n, m, netpol::Mode::Startup).await
+        {
+            tracing::warn!(policy = %format!("{n}/{m}"), error = %e, "policy not reconciled yet");
+            ctx.queue.add(Key::policy(n, m));
+        }
+    }
+    if let Err(e) = pods::sync_all(&ctx).await {
+        tracing::warn!(error = %e, "some ports' groups are not right yet");
+    }
+    ctx.started.store(true, Ordering::SeqCst);
+    {
+        let c = ctx.cache();
+        tracing::info!(
+            ports = c.ports.len(),
+            groups = c.groups.len(),
+            networks = c.networks.len(),
+            pods = ctx.stores.pods.state().len(),
+            policies = ctx.stores.policies.state().len(),
+            ms = t0.elapsed().as_millis() as u64,
+            "start-up pass done"
+        );
+    }
+    ctx.queue.add(Key::Sweep);
+    ctx.queue.add(Key::Groups);
+    gc::enqueue_everything(&ctx);
+    for _ in 0..cfg.workers.max(1) {
+        tasks.spawn(worker(ctx.clone()));
+    }
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            pool_manager::run(ctx).await;
+            "pools"
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(ctx.cfg.resync_period).await;
+                match gc::full_pass(&ctx).await {
+                    Ok(()) => tracing::debug!("resync pass done"),
+                    Err(e) => tracing::warn!(error = %e, "resync pass failed"),
+                }
+            }
+        });
+    }
+    let ended = tasks.join_next().await;
+    ctx.queue.close();
+    Err(Error::NotReady(format!(
+        "the {} task ended",
+        ended.and_then(|r| r.ok()).unwrap_or("?")
+    )))
+}
+
+async fn worker(ctx: Arc<Ctx>) -> &'static str {
+    while let Some(key) = ctx.queue.next().await {
+        match handle(&ctx, &key).await {
+            Ok(()) => ctx.queue.done(&key),
+            Err(e) => {
+                ctx.metrics.failure(key.kind());
+                let delay = ctx.queue.failed(&key);
+                let retry_in_ms = delay.as_millis() as u64;
+                if matches!(e, Error::NotReady(_)) {
+                    tracing::info!(%key, reason = %e, retry_in_ms, "waiting");
+                    continue;
+                }
+                tracing::warn!(%key, error = %e, retry_in_ms, "reconcile failed");
+                if let Key::Pod { namespace, name } = &key
+                    && let Some(p) = ctx.pod_object(namespace, name)
+                {
+                    ctx.warn(p.as_ref(), "PortNotReady", e.to_string()).await;
+                }
+            }
+        }
+    }
+    "worker"
+}
+
+async fn handle(ctx: &Arc<Ctx>, key: &Key) -> Result<()> {
+    match key {
+        Key::Pod { namespace, name } => pods::reconcile(ctx, namespace, name).await,
+        Key::Namespace(n) => namespaces::reconcile(ctx, n).await,
+        Key::Policy { namespace, name } => {
+            netpol::reconcile(ctx, namespace, name, netpol::Mode::Full).await
+        }
+        Key::Groups => netpol::reconcile_groups(ctx, netpol::Mode::Full).await,
+        Key::Sweep => gc::enqueue_orphans(ctx).await,
+    }
+}
+
+/// A reflector whose events become keys.
+async fn watch<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    ctx: Arc<Ctx>,
+    on: fn(&Ctx, watcher::Event<K>),
+    what: &'static str,
+) -> &'static str
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(ev) => on(&ctx, ev),
+            Err(e) => tracing::warn!(what, error = %e, "watch error (retried)"),
+        }
+    }
+    what
+}
+
+fn hash_of(v: &impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Records what policies see of an object; true when it changed.
+fn changed(ctx: &Ctx, key: String, sig: Option<u64>) -> bool {
+    let mut s = lock(&ctx.sigs);
+    match sig {
+        Some(h) => s.insert(key, h) != Some(h),
+        None => s.remove(&key).is_some(),
+    }
+}
+
+fn replan_named_port_policies(ctx: &Ctx) {
+    let list: Vec<(String, String)> = lock(&ctx.named_port_policies).iter().cloned().collect();
+    for (n, m) in list {
+        ctx.queue.add(Key::policy(&n, &m));
+    }
+}
+
+fn relisted(ctx: &Ctx) {
+    if ctx.started.load(Ordering::SeqCst) {
+        ctx.queue.add(Key::Sweep);
+    }
+}
+
+fn on_pod(ctx: &Ctx, ev: watcher::Event<Pod>) {
+    let (p, deleted) = match ev {
+        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => (p, false),
+        watcher::Event::Delete(p) => (p, true),
+        watcher::Event::InitDone => return relisted(ctx),
+        watcher::Event::Init => return,
+    };
+    let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref())
+    else {
+        return;
+    };
+    ctx.queue.add(Key::pod(ns, name));
+    let sig = (!deleted)
+        .then(|| PodView::from_pod(&p))
+        .flatten()
+        .map(|v| hash_of(&(&v.uid, &v.labels, &v.named_ports, v.needs_port())));
+    if changed(ctx, format!("pod {ns}/{name}"), sig) {
+        replan_named_port_policies(ctx);
+    }
+}
+
+fn on_namespace(ctx: &Ctx, ev: watcher::Event<Namespace>) {
+    let (n, deleted) = match ev {
+        watcher::Event::Apply(n) | watcher::Event::InitApply(n) => (n, false),
+        watcher::Event::Delete(n) => (n, true),
+        watcher::Event::InitDone => return relisted(ctx),
+        watcher::Event::Init => return,
+    };
+    let Some(name) = n.metadata.name.as_deref() else {
+        return;
+    };
+    ctx.queue.add(Key::Namespace(name.to_string()));
+    let sig = (!deleted).then(|| hash_of(&n.metadata.labels));
+    if changed(ctx, format!("ns {name}"), sig) {
+        // namespaceSelector peers: every pod of the namespace may move.
+        for p in ctx.stores.pods.state() {
+            if p.metadata.namespace.as_deref() == Some(name)
+                && let Some(pn) = &p.metadata.name
+            {
+                ctx.queue.add(Key::pod(name, pn));
+            }
+        }
+        replan_named_port_policies(ctx);
+    }
+}
+
+fn on_policy(ctx: &Ctx, ev: watcher::Event<NetworkPolicy>) {
+    match ev {
+        watcher::Event::Apply(p) | watcher::Event::InitApply(p) | watcher::Event::Delete(p) => {
+            if let (Some(n), Some(m)) =
+                (p.metadata.namespace.as_deref(), p.metadata.name.as_deref())
+            {
+                ctx.queue.add(Key::policy(n, m));
+            }
+        }
+        watcher::Event::InitDone => relisted(ctx),
+        watcher::Event::Init => {}
+    }
+}
+
+fn on_node(ctx: &Ctx, ev: watcher::Event<Node>) {
+    if !matches!(ev, watcher::Event::Init) {
+        ctx.pool_trigger.notify_one();
+    }
+}
+
+/// What `cleanup` deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub ports: usize,
+    pub groups: usize,
+    pub subnets: usize,
+    pub networks: usize,
+}
+
+/// Deletes everything the controller made for `cluster` (tear-down: pool ports, pods'
+/// ports, groups, namespace networks). Kubernetes is not needed.
+pub async fn cleanup(client: kuryr_client::Client, cluster: &str) -> Result<CleanupReport> {
+    let n = Neutron::new(client, cluster.to_string(), None);
+    let mut report = CleanupReport::default();
+    let ports = n.list_ports().await?;
+    let deleted: Vec<Result<()>> = futures::stream::iter(ports)
+        .map(|p| {
+            let n = &n;
+            async move { n.delete_port(&p.id).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in deleted {
+        r?;
+        report.ports += 1;
+    }
+    let subnets = n.list_subnets().await?;
+    let nets = n.list_networks().await?;
+    for net in &nets {
+        for p in n.network_ports(&net.id).await? {
+            if p.device_owner.starts_with("network:router_interface") {
+                for f in &p.fixed_ips {
+                    n.remove_router_interface(&p.device_id, &f.subnet_id)
+                        .await?;
+                }
+            }
+        }
+    }
+    for s in &subnets {
+        n.delete_subnet(&s.id).await?;
+        report.subnets += 1;
+    }
+    for net in &nets {
+        n.delete_network(&net.id).await?;
+        report.networks += 1;
+    }
+    for g in n.list_groups().await? {
+        n.delete_group(&g.id).await?;
+        report.groups += 1;
+    }
+    Ok(report)
+}
