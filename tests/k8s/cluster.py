@@ -1044,11 +1044,15 @@ exec -a '{_HOLDER} {n}/' sleep infinity
         for name, p in list(getattr(self, "cluster_procs", {}).items()):
             if name.startswith("kubelet-"):
                 p.kill9()
+        sandboxes_netns = self._remove_sandboxes()
         if hasattr(self, "prefix"):
             try:
                 # Remembered for leftovers(): the records go with the lab directory.
-                self.pod_netns = _pod_netns(self.prefix, self.dir)
+                self.pod_netns = _pod_netns(self.prefix, self.dir) | sandboxes_netns
                 sweep_cluster(self.prefix, self.dir)
+                for path in sandboxes_netns:
+                    if os.path.exists(path):
+                        _remove_netns(path)
             except Exception as e:  # keep closing the rest
                 print(f"sweeping cluster {self.prefix}: {e}", file=sys.stderr)
         for p in getattr(self, "cluster_procs", {}).values():
@@ -1057,6 +1061,30 @@ exec -a '{_HOLDER} {n}/' sleep infinity
             self.keeper.kill()
             self.keeper.wait()
         super().close()
+
+    def _remove_sandboxes(self):
+        """Has each node's containerd stop and remove its pod sandboxes (the kubelets
+        are gone: nothing makes them again), while the CNI and the agents still
+        answer, so that their network namespaces go the runtime's own way. Returns
+        the namespaces the sandboxes had: a sandbox stopped but not removed (a pod
+        force-deleted just before) has no task and no process that would name it."""
+        paths = set()
+        for h in getattr(self, "hosts", []):
+            if f"containerd-{h}" not in getattr(self, "cluster_procs", {}):
+                continue
+            try:
+                ids = self.crictl(h, "pods", "-q", check=False, timeout=20).split()
+                for sandbox in ids:
+                    out = self.crictl(h, "inspectp", sandbox, check=False, timeout=20)
+                    spec = (json.loads(out or "{}").get("info") or {}).get("runtimeSpec") or {}
+                    for ns in (spec.get("linux") or {}).get("namespaces") or []:
+                        if ns.get("type") == "network" and ns.get("path"):
+                            paths.add(ns["path"].replace("/var/run/", "/run/", 1))
+                if ids:
+                    self.crictl(h, "rmp", "-fa", check=False, timeout=120)
+            except (RuntimeError, ValueError, subprocess.SubprocessError) as e:
+                print(f"removing the sandboxes of {h}: {e}", file=sys.stderr)
+        return {p for p in paths if re.match(r"^/run/netns/cni-[0-9a-f-]+$", p)}
 
     def cluster_leftovers(self):
         """What close() left behind (see the module's leftovers(); tests/lab's
