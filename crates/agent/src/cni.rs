@@ -120,21 +120,14 @@ fn required<'a>(v: &'a Option<String>, var: &str) -> Result<&'a str, Failure> {
 
 /// The configuration's `name` (bindings are kept per configuration, for GC).
 fn conf_name(req: &DaemonRequest) -> Result<String, Failure> {
-    match req.config.get("name").and_then(Value::as_str) {
-        Some(n) if !n.is_empty() => Ok(n.to_string()),
-        _ => Err(fail(
-            CniError::INVALID_NETWORK_CONFIG,
-            "the network configuration has no name",
-            "",
-        )),
-    }
+    Ok(req.netconf().map_err(Failure)?.name)
 }
 
 /// The Neutron network of a standalone configuration; `None` in Kubernetes mode.
-fn standalone_network(req: &DaemonRequest) -> Option<&str> {
-    req.config
-        .get("network")
-        .and_then(Value::as_str)
+fn standalone_network(req: &DaemonRequest) -> Option<String> {
+    req.netconf()
+        .ok()
+        .and_then(|c| c.network)
         .filter(|s| !s.is_empty())
 }
 
@@ -260,9 +253,9 @@ impl Agent {
         let result = match standalone_network(req) {
             None => {
                 let pod = Pod {
-                    uid: req.args.get("K8S_POD_UID").map(String::as_str),
-                    namespace: req.args.get("K8S_POD_NAMESPACE").map(String::as_str),
-                    name: req.args.get("K8S_POD_NAME").map(String::as_str),
+                    uid: req.arg("K8S_POD_UID"),
+                    namespace: req.arg("K8S_POD_NAMESPACE"),
+                    name: req.arg("K8S_POD_NAME"),
                 };
                 if pod.uid.is_none() && (pod.namespace.is_none() || pod.name.is_none()) {
                     return Err(fail(
@@ -293,7 +286,7 @@ impl Agent {
                 r
             }
             Some(net) => {
-                self.standalone_add(net, container, ifname, attachment, binding)
+                self.standalone_add(&net, container, ifname, attachment, binding)
                     .await?
             }
         };
@@ -576,18 +569,16 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
-        let ips = req
-            .config
-            .get("prevResult")
-            .and_then(|r| r.get("ips"))
-            .and_then(Value::as_array);
-        for ip in ips.into_iter().flatten() {
-            let addr = ip.get("address").and_then(Value::as_str).unwrap_or("");
-            let bare = addr.split('/').next().unwrap_or("");
-            if !have.contains(bare) {
+        let prev = req.prev_result().map_err(Failure)?.unwrap_or_default();
+        for ip in &prev.ips {
+            let bare = ip.address.addr.to_string();
+            if !have.contains(&bare) {
                 return Err(fail(
                     CniError::CHECK_FAILED,
-                    format!("address {addr} of the previous result is not the port's"),
+                    format!(
+                        "address {} of the previous result is not the port's",
+                        ip.address
+                    ),
                     format!("port {port_id} has {have:?}"),
                 ));
             }
