@@ -10,12 +10,14 @@ need_apt=()
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # The agent's test lab: namespaces, links and nftables (iproute2, nftables), ping,
-# busybox (nc in "containers"), iperf3 and the reference CNI plugins for the benchmarks.
+# busybox (nc in "containers"), iperf3, socat and the reference CNI plugins for the benchmarks.
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
 command -v busybox >/dev/null 2>&1 || need_apt+=(busybox-static)
 command -v iperf3 >/dev/null 2>&1 || need_apt+=(iperf3)
+# socat: the load balancer dataplane tests' TCP and UDP clients and servers.
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
 # The Docker tests: a real dockerd per lab host (docker.io brings containerd and runc).
 command -v dockerd >/dev/null 2>&1 || need_apt+=(docker.io)

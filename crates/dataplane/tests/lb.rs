@@ -323,15 +323,22 @@ impl Lab {
     }
 
     fn udp(&self, from: &str, dst: &str, port: u16) -> Option<String> {
+        // UDP promises no delivery and the server forks a shell per datagram: on a
+        // loaded CI host one exchange can take over a second, so a client retries
+        // as a real one would (three tries of two seconds each).
+        (0..3).find_map(|_| self.udp_once(from, dst, port))
+    }
+
+    fn udp_once(&self, from: &str, dst: &str, port: u16) -> Option<String> {
         let mut child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
                 &self.ns(from),
                 "timeout",
-                "3",
+                "4",
                 "socat",
-                "-T1",
+                "-T2",
                 "-",
             ])
             .arg(format!("UDP:{dst}:{port}"))
