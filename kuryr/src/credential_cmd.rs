@@ -11,6 +11,11 @@
 //!   to make networks, subnets and ports in P, and to give a port it adopts (`--ip` of
 //!   an existing port) Docker's MAC (neutron's `update_port:mac_address` is admin or the
 //!   network owner's manager). `manager` implies `member` and `reader`.
+//! - `controller --cluster C --project P`: user `kuryr-controller-C` with roles `member`
+//!   and `service` on P, and an application credential restricted to both: `member`
+//!   makes the pods' networks, subnets, groups and ports in P; `service` (Neutron's
+//!   `service_api` rule, as Nova's and Octavia's service users hold it) sets the pool
+//!   ports' `binding:host_id`. No admin: it sees and changes nothing outside P.
 //!
 //! Running it again replaces the credential (the previous one stops working). The
 //! user gets a fresh random password that is used once, to make the credential, and
@@ -38,6 +43,17 @@ pub enum CredentialCommand {
         host: String,
         /// Project the agent user's role is held on.
         #[arg(long, default_value = "service")]
+        project: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// A credential for `kuryr controller` of one Kubernetes cluster: member and
+    /// service on --project (where the pods' ports, networks and groups are made).
+    Controller {
+        /// The cluster's name (`kuryr controller --cluster-name`).
+        #[arg(long, default_value = "kubernetes")]
+        cluster: String,
+        #[arg(long, default_value = "admin")]
         project: String,
         #[command(flatten)]
         out: OutputArgs,
@@ -80,8 +96,9 @@ pub enum Format {
 pub struct Spec {
     pub user: String,
     pub project: String,
-    pub role: String,
-    /// Make the role when it does not exist (agent roles; `member` always exists).
+    /// The roles granted on `project` and carried by the credential.
+    pub roles: Vec<String>,
+    /// Make a role when it does not exist (agent roles, `service` on a new cloud).
     pub create_role: bool,
     pub description: String,
     pub expires_in: Option<u64>,
@@ -92,7 +109,7 @@ impl Spec {
         Spec {
             user: format!("kuryr-agent-{host}"),
             project: project.into(),
-            role: format!("{}{host}", kuryr_api::identity::AGENT_ROLE_PREFIX),
+            roles: vec![format!("{}{host}", kuryr_api::identity::AGENT_ROLE_PREFIX)],
             create_role: true,
             description: format!("kuryr agent of host {host}"),
             expires_in: None,
@@ -103,9 +120,20 @@ impl Spec {
         Spec {
             user: format!("kuryr-plugin-{host}"),
             project: project.into(),
-            role: "manager".into(),
+            roles: vec!["manager".into()],
             create_role: true,
             description: format!("kuryr Docker plugin of host {host}"),
+            expires_in: None,
+        }
+    }
+
+    pub fn controller(cluster: &str, project: &str) -> Spec {
+        Spec {
+            user: format!("kuryr-controller-{cluster}"),
+            project: project.into(),
+            roles: vec!["member".into(), "service".into()],
+            create_role: true,
+            description: format!("kuryr controller of Kubernetes cluster {cluster}"),
             expires_in: None,
         }
     }
@@ -218,7 +246,7 @@ fn random_password() -> String {
 
 /// Makes (or finds) the project, role, user and grant of `spec` with `admin`, then
 /// logs in as the user and replaces its application credential.
-#[tracing::instrument(skip_all, fields(user = %spec.user, role = %spec.role))]
+#[tracing::instrument(skip_all, fields(user = %spec.user, roles = ?spec.roles))]
 pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisioned> {
     let creds = admin.credentials().clone();
     let auth_url = admin
@@ -236,21 +264,25 @@ pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisione
             id_of(&v["project"], "project")?
         }
     };
-    let role = match find(admin, "roles", &spec.role).await? {
-        Some(r) => id_of(&r, "role")?,
-        None if spec.create_role => {
-            let v = admin
-                .identity_request(
-                    Method::POST,
-                    "/roles",
-                    Some(json!({"role": {"name": spec.role}})),
-                )
-                .await
-                .with_context(|| format!("creating role {}", spec.role))?;
-            id_of(&v["role"], "role")?
-        }
-        None => bail!("Keystone has no role named {}", spec.role),
-    };
+    let mut roles = Vec::new();
+    for name in &spec.roles {
+        let id = match find(admin, "roles", name).await? {
+            Some(r) => id_of(&r, "role")?,
+            None if spec.create_role => {
+                let v = admin
+                    .identity_request(
+                        Method::POST,
+                        "/roles",
+                        Some(json!({"role": {"name": name}})),
+                    )
+                    .await
+                    .with_context(|| format!("creating role {name}"))?;
+                id_of(&v["role"], "role")?
+            }
+            None => bail!("Keystone has no role named {name}"),
+        };
+        roles.push((name, id));
+    }
     // The password only serves to make the credential below, then is forgotten.
     let password = random_password();
     let user = match find(admin, "users", &spec.user).await? {
@@ -277,19 +309,16 @@ pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisione
             id_of(&v["user"], "user")?
         }
     };
-    admin
-        .identity_request(
-            Method::PUT,
-            &format!("/projects/{project}/users/{user}/roles/{role}"),
-            None,
-        )
-        .await
-        .with_context(|| {
-            format!(
-                "granting {} to {} on {}",
-                spec.role, spec.user, spec.project
+    for (name, role) in &roles {
+        admin
+            .identity_request(
+                Method::PUT,
+                &format!("/projects/{project}/users/{user}/roles/{role}"),
+                None,
             )
-        })?;
+            .await
+            .with_context(|| format!("granting {name} to {} on {}", spec.user, spec.project))?;
+    }
     let as_user = Client::new(
         Credentials {
             auth: AuthMethod::Password(PasswordAuth {
@@ -332,7 +361,7 @@ pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisione
     let mut body = json!({"application_credential": {
         "name": APP_CRED_NAME,
         "description": spec.description,
-        "roles": [{"id": role}],
+        "roles": roles.iter().map(|(_, id)| json!({"id": id})).collect::<Vec<_>>(),
         "unrestricted": false,
     }});
     if let Some(secs) = spec.expires_in {
@@ -378,15 +407,27 @@ pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisione
 pub async fn run(cmd: CredentialCommand) -> anyhow::Result<()> {
     let (mut spec, out, name) = match cmd {
         CredentialCommand::Agent { host, project, out } => {
-            check_host(&host)?;
+            check_name("--host", &host)?;
             (
                 Spec::agent(&host, &project),
                 out,
                 format!("kuryr-agent-{host}"),
             )
         }
+        CredentialCommand::Controller {
+            cluster,
+            project,
+            out,
+        } => {
+            check_name("--cluster", &cluster)?;
+            (
+                Spec::controller(&cluster, &project),
+                out,
+                format!("kuryr-controller-{cluster}"),
+            )
+        }
         CredentialCommand::Plugin { host, project, out } => {
-            check_host(&host)?;
+            check_name("--host", &host)?;
             (
                 Spec::plugin(&host, &project),
                 out,
@@ -421,15 +462,15 @@ pub async fn run(cmd: CredentialCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A host name usable in a role name and a user name.
-fn check_host(host: &str) -> anyhow::Result<()> {
+/// A host or cluster name usable in a role name and a user name.
+fn check_name(flag: &str, host: &str) -> anyhow::Result<()> {
     let ok = !host.is_empty()
         && host.len() <= 48
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        bail!("--host {host:?}: 1 to 48 letters, digits, '-', '_' or '.'");
+        bail!("{flag} {host:?}: 1 to 48 letters, digits, '-', '_' or '.'");
     }
     Ok(())
 }
@@ -441,8 +482,8 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(encode("kuryr_agent:h1"), "kuryr_agent%3Ah1");
-        assert!(check_host("h1").is_ok());
-        assert!(check_host("a/b").is_err());
-        assert!(check_host("").is_err());
+        assert!(check_name("--host", "h1").is_ok());
+        assert!(check_name("--host", "a/b").is_err());
+        assert!(check_name("--cluster", "").is_err());
     }
 }

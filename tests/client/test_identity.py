@@ -543,6 +543,53 @@ def test_plugin_credential_is_a_project_manager(admin, tmp_path):
     osc(plugin, "network", "delete", net["id"], fmt=None)
 
 
+def test_controller_credential_is_member_and_service_of_one_project(admin, tmp_path):
+    """`kuryr controller`'s credential: it makes pods' ports bound to a node (Neutron's
+    `service_api` rule) in its own project, and sees nothing of any other."""
+    project, other = unique("proj"), unique("proj")
+    for p in (project, other):
+        osc(admin, "project", "create", p)
+    rc = tmp_path / "controller.rc"
+    kuryr_credential(admin, "controller", "--cluster", "c1", "--project", project,
+                     "--output", str(rc))
+    ctl = from_openrc(admin.server, rc)
+    info = token_info(admin.server, osc(ctl, "token", "issue")["id"])
+    assert role_names(info) == ["member", "service"], info["roles"]
+    assert info["project"]["name"] == project
+    assert info["user"]["name"] == "kuryr-controller-c1"
+    assert info["application_credential"]["restricted"] is True
+    net = osc(ctl, "network", "create", unique("net"))
+    osc(ctl, "subnet", "create", "--network", net["id"], "--subnet-range", "10.62.0.0/24",
+        unique("sub"))
+    port = osc(ctl, "port", "create", "--network", net["id"], "--host", "node-1",
+               "--device-owner", "compute:kuryr", unique("port"))
+    assert osc(admin, "port", "show", port["id"])["binding_host_id"] == "node-1"
+    # Control: a plain member of the same project may not bind a port to a host.
+    member = make_user(admin, project)
+    err = osc(member, "port", "create", "--network", net["id"], "--host", "node-1",
+              unique("port"), expect_fail=True)
+    assert "403" in err or "not authorized" in err.lower() or "disallowed" in err.lower(), err
+    # The attacker's side: another project's network it may read (Neutron's
+    # service_api rule, as for Nova's service user) but neither rename nor delete,
+    # and it has none of the admin's power to make provider networks or credentials.
+    theirs = osc(make_user(admin, other), "network", "create", unique("net"))
+    err = osc(ctl, "network", "set", "--name", "taken", theirs["id"], fmt=None,
+              expect_fail=True)
+    assert "403" in err or "404" in err or "disallowed" in err.lower(), err
+    err = osc(ctl, "network", "delete", theirs["id"], fmt=None, expect_fail=True)
+    assert "403" in err or "404" in err or "disallowed" in err.lower() or "failed" in err, err
+    kept = osc(admin, "network", "show", theirs["id"])
+    assert kept["id"] == theirs["id"] and kept["name"] == theirs["name"]
+    err = osc(ctl, "network", "create", "--provider-network-type", "vxlan", unique("net"),
+              expect_fail=True)
+    assert "403" in err or "disallowed" in err.lower() or "not authorized" in err.lower(), err
+    err = osc(ctl, "application", "credential", "create", unique("ac"), expect_fail=True)
+    assert "403" in err
+    osc(ctl, "port", "delete", port["id"], fmt=None)
+    osc(ctl, "network", "delete", net["id"], fmt=None)
+    osc(admin, "network", "delete", theirs["id"], fmt=None)
+
+
 def test_kuryr_credential_without_admin_rights_fails_clearly(tenants):
     member = tenants[0]
     p = subprocess.run([KURYR_BIN, "credential", "agent", "--host", "h1"], env=member.env(),

@@ -989,18 +989,19 @@ exec -a '{_HOLDER} {n}/' sleep infinity
     # ---------------------------------------------------------------- the controller
 
     def start_controller(self, *args):
-        """HOOK (kuryr controller): starts `kuryr controller ARGS` in the lab namespace
-        with the admin's kubeconfig and the lab's admin OS_* credential. Without ARGS:
-        one pod network for every pod (CONTROLLER_POD_NETWORK, made here), the lab's
-        prefix as the cluster name, no leader election. Adjust the arguments and the
-        credential (an application credential is intended) as the controller settles."""
+        """Starts `kuryr controller ARGS` in the lab namespace with the admin's kubeconfig
+        and the application credential `kuryr credential controller` makes for this
+        cluster (member and service of the admin project: no admin). Without ARGS: one
+        pod network for every pod (CONTROLLER_POD_NETWORK, made here), the lab's prefix
+        as the cluster name, no leader election."""
         if not args:
             if not self.get_network(CONTROLLER_POD_NETWORK):
                 self.network(CONTROLLER_POD_NETWORK, CONTROLLER_POD_CIDR)
             args = ("--pod-network", CONTROLLER_POD_NETWORK, "--cluster-name", self.prefix,
                     "--leader-elect", "false")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-        env.update(self.os_env(), RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        env.update(self.credential("controller", self.prefix),
+                   RUST_LOG=os.environ.get("RUST_LOG", "info"))
         self.controller = self._lab_process(
             "controller", [KURYR_BIN, "controller", "--kubeconfig", self.kubeconfig,
                            *map(str, args)], env)

@@ -57,7 +57,7 @@ def neutron(c, kind, query=""):
 
 
 def start_controller(c, *args, network=True):
-    """`kuryr controller` as the lab's admin, on a pod network made here (unless
+    """`kuryr controller` with its application credential, on a pod network made here (unless
     `network` is False: the arguments say where ports go)."""
     extra = []
     if network:
@@ -191,7 +191,8 @@ def cleanup_everything(c):
     for name, p in list(c.cluster_procs.items()):
         if name.startswith("controller"):
             p.kill9()
-    os_vars = [f"{k}={v}" for k, v in c.os_env().items()]
+    # The controller's own credential (no admin), as an operator would run it.
+    os_vars = [f"{k}={v}" for k, v in c.credential("controller", c.prefix).items()]
     out = c.exec("lab", "env", "-i", f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}",
                  *os_vars, KURYR_BIN, "controller", "--cleanup", "--cluster-name", CLUSTER,
                  timeout=120)

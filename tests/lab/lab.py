@@ -190,17 +190,19 @@ class Lab:
     def credential(self, kind, host, *args):
         """OS_* variables of a credential `kuryr credential KIND --host HOST` made with the
         lab's admin (once per lab: making it again replaces it): `agent` is scoped to
-        the host, `plugin` a member of the admin project."""
+        the host, `plugin` a member of the admin project, `controller` (HOST is then the
+        cluster's name) a member and service user of the admin project."""
         path = os.path.join(self.dir, f"{host}-{kind}.rc")
         if not os.path.exists(path):
             env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
             env.update(self.os_env())
+            flag = "--cluster" if kind == "controller" else "--host"
             p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), KURYR_BIN, "credential",
-                                kind, "--host", host, "--output", path, *args],
+                                kind, flag, host, "--output", path, *args],
                                env=env, capture_output=True, text=True, timeout=120,
                                stdin=subprocess.DEVNULL)
             if p.returncode != 0:
-                raise RuntimeError(f"kuryr credential {kind} --host {host} exited "
+                raise RuntimeError(f"kuryr credential {kind} {flag} {host} exited "
                                    f"{p.returncode}:\n{p.stderr}")
         values = {}
         with open(path) as f:

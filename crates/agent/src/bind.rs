@@ -235,7 +235,7 @@ impl Agent {
         self.converge_wanted.notify_one();
         let report = tokio::time::timeout(
             Duration::from_secs(15),
-            passes.wait_for(|r| r.generation >= seen),
+            passes.wait_for(|r| r.generation >= seen && (r.reported || !wait_reported)),
         )
         .await
         .map_err(|_| {

@@ -14,6 +14,7 @@
 //!   plugins' credentials; DEL deletes it.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,10 +25,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kuryr_client::ClientError;
-use kuryr_cni::{CniError, DaemonRequest};
+use kuryr_cni::{Cidr, CniError, CniResult, DaemonRequest, Dns, Interface, IpConfig, Route};
 use kuryr_dataplane::netns::NetNs;
 use kuryr_model::Port;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::state::{Binding, CniAttachment};
 use crate::{Agent, AgentError, BindResult, lock};
@@ -85,11 +86,11 @@ pub(crate) async fn handle(State(agent): State<Arc<Agent>>, body: Bytes) -> Resp
     let started = Instant::now();
     let command = req.command.as_str().to_string();
     let outcome = match command.as_str() {
-        "ADD" => agent.cni_add(&req).await.map(Json),
-        "DEL" => agent.cni_del(&req).await.map(|_| Json(json!({}))),
-        "CHECK" => agent.cni_check(&req).await.map(|_| Json(json!({}))),
-        "STATUS" => agent.cni_status().map(|_| Json(json!({}))),
-        "GC" => agent.cni_gc(&req).await.map(|_| Json(json!({}))),
+        "ADD" => agent.cni_add(&req).await.map(|r| Json(r).into_response()),
+        "DEL" => agent.cni_del(&req).await.map(|_| empty()),
+        "CHECK" => agent.cni_check(&req).await.map(|_| empty()),
+        "STATUS" => agent.cni_status().map(|_| empty()),
+        "GC" => agent.cni_gc(&req).await.map(|_| empty()),
         other => Err(fail(
             CniError::INVALID_ENVIRONMENT,
             format!("the agent does not serve CNI_COMMAND {other:?}"),
@@ -99,12 +100,17 @@ pub(crate) async fn handle(State(agent): State<Arc<Agent>>, body: Bytes) -> Resp
     let ok = outcome.is_ok();
     agent.metrics.cni_request(&command, ok, started.elapsed());
     match outcome {
-        Ok(body) => body.into_response(),
+        Ok(body) => body,
         Err(f) => {
             tracing::warn!(command, code = f.0.code, msg = %f.0.msg, details = %f.0.details, "CNI request failed");
             f.into_response()
         }
     }
+}
+
+/// The answer of a verb that returns nothing.
+fn empty() -> Response {
+    Json(json!({})).into_response()
 }
 
 fn required<'a>(v: &'a Option<String>, var: &str) -> Result<&'a str, Failure> {
@@ -158,43 +164,52 @@ impl Pod<'_> {
     }
 }
 
-/// The ADD result in the 1.1.0 shape, from what the bind realized.
-fn add_result(r: &BindResult, dns: &[String]) -> Value {
-    let v6 = |a: &str| a.contains(':');
-    let ips: Vec<Value> = r
-        .addresses
-        .iter()
-        .map(|a| {
-            let mut ip = json!({"address": a, "interface": 0});
-            if let Some(gw) = r.gateways.iter().find(|g| v6(g) == v6(a)) {
-                ip["gateway"] = json!(gw);
-            }
-            ip
-        })
-        .collect();
-    let routes: Vec<Value> = r
-        .routes
-        .iter()
-        .map(|rt| match &rt.gateway {
-            Some(gw) => json!({"dst": rt.destination, "gw": gw}),
-            None => json!({"dst": rt.destination}),
-        })
-        .collect();
-    let mut result = json!({
-        "cniVersion": "1.1.0",
-        "interfaces": [{
-            "name": r.ifname,
-            "mac": r.mac_address,
-            "mtu": r.mtu,
-            "sandbox": r.netns,
-        }],
-        "ips": ips,
-        "routes": routes,
-    });
-    if !dns.is_empty() {
-        result["dns"] = json!({"nameservers": dns});
+/// The ADD result (1.1.0 shape, which the plugin converts to the runtime's version)
+/// from what the bind realized. The bind's strings are the agent's own rendering of
+/// typed addresses, so a parse failure is an agent bug, reported as such.
+fn add_result(r: &BindResult, dns: &[String]) -> Result<CniResult, Failure> {
+    let bad = |what: &str, v: &str| {
+        fail(
+            CniError::IO_FAILURE,
+            "the agent could not render the ADD result",
+            format!("{what} {v:?}"),
+        )
+    };
+    let mut ips = Vec::new();
+    for a in &r.addresses {
+        let address: Cidr = a.parse().map_err(|_| bad("address", a))?;
+        let gateway = r
+            .gateways
+            .iter()
+            .filter_map(|g| g.parse::<IpAddr>().ok())
+            .find(|g| g.is_ipv4() == address.addr.is_ipv4());
+        ips.push(IpConfig::new(address, gateway, Some(0)));
     }
-    result
+    let mut routes = Vec::new();
+    for rt in &r.routes {
+        let dst: Cidr = rt
+            .destination
+            .parse()
+            .map_err(|_| bad("route", &rt.destination))?;
+        let gw = match &rt.gateway {
+            Some(g) => Some(g.parse::<IpAddr>().map_err(|_| bad("gateway", g))?),
+            None => None,
+        };
+        routes.push(Route::new(dst, gw));
+    }
+    Ok(CniResult {
+        interfaces: vec![
+            Interface::in_sandbox(&r.ifname, r.netns.to_string_lossy())
+                .with_mac(&r.mac_address)
+                .with_mtu(r.mtu),
+        ],
+        ips,
+        routes,
+        dns: Dns {
+            nameservers: dns.to_vec(),
+            ..Dns::default()
+        },
+    })
 }
 
 impl Agent {
@@ -227,7 +242,7 @@ impl Agent {
     }
 
     #[tracing::instrument(name = "cni_add", skip_all, fields(container = ?req.container_id))]
-    async fn cni_add(&self, req: &DaemonRequest) -> Result<Value, Failure> {
+    async fn cni_add(&self, req: &DaemonRequest) -> Result<CniResult, Failure> {
         let container = required(&req.container_id, "CNI_CONTAINERID")?;
         let netns = required(&req.netns, "CNI_NETNS")?;
         let ifname = required(&req.ifname, "CNI_IFNAME")?;
@@ -291,7 +306,7 @@ impl Agent {
             }
         };
         let dns = self.dns_of(&result.port_id);
-        Ok(add_result(&result, &dns))
+        add_result(&result, &dns)
     }
 
     /// Waits for the port the controller gives `pod` on this host. Returns it and

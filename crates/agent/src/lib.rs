@@ -50,6 +50,11 @@ struct PassReport {
     problems: BTreeMap<String, String>,
     /// Ports whose interface is in place.
     realized: BTreeSet<String>,
+    /// Whether the pass has also told the server about its ports' status. A pass is
+    /// published twice: once its interfaces are in place (a CNI ADD answers then:
+    /// a pod's start does not wait on a Neutron round trip), and again once its
+    /// ports were reported ACTIVE (Docker's binds, whose callers read the status).
+    reported: bool,
 }
 
 pub struct Agent {

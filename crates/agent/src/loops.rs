@@ -297,19 +297,9 @@ impl Agent {
                 })
                 .collect()
         };
-        for (port, bridge) in todo {
-            self.report_active(&port, &bridge).await;
-        }
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::debug!(
-            lock_ms = ms(t_lock),
-            desired_ms = ms(t_desired - t_lock),
-            engine_ms = ms(t_engine - t_desired),
-            report_ms = ms(started.elapsed() - t_engine),
-            ports = desired.ports.len(),
-            derived = desired.derived,
-            "pass timing"
-        );
+        let n_ports = desired.ports.len();
+        let t_publish = started.elapsed();
         self.passes.send_replace(PassReport {
             generation,
             ports: desired.ports,
@@ -320,7 +310,30 @@ impl Agent {
                 .chain(desired.waiting)
                 .collect(),
             realized: pass.realized,
+            reported: todo.is_empty(),
         });
+        if !todo.is_empty() {
+            for (port, bridge) in todo {
+                self.report_active(&port, &bridge).await;
+            }
+            self.passes.send_if_modified(|r| {
+                let mine = r.generation == generation && !r.reported;
+                if mine {
+                    r.reported = true;
+                }
+                mine
+            });
+        }
+        tracing::debug!(
+            lock_ms = ms(t_lock),
+            desired_ms = ms(t_desired - t_lock),
+            engine_ms = ms(t_engine - t_desired),
+            publish_ms = ms(t_publish - t_engine),
+            report_ms = ms(started.elapsed() - t_publish),
+            ports = n_ports,
+            derived = desired.derived,
+            "pass timing"
+        );
         Ok(())
     }
 
