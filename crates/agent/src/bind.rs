@@ -189,7 +189,6 @@ impl Agent {
                 Some(_) => false,
                 None => {
                     state.bindings.insert(port_id.to_string(), binding);
-                    self.save_state(&state)?;
                     // A new input of the passes: only a pass that starts after this
                     // counts (the port may already be in the view, claimed when made).
                     self.inputs_changed();
@@ -197,7 +196,24 @@ impl Agent {
                 }
             }
         };
-        match self.realize_bound(&port, wait_reported).await {
+        // The record reaches the disk while the pass wires the port (an fsync is
+        // milliseconds on a busy host); the caller hears back only once both are
+        // done. A crash in between leaves an interface without a record, which the
+        // next agent removes, and a caller that never heard success.
+        let saved = async {
+            if !recorded {
+                return Ok(());
+            }
+            let (file, state) = (self.state_file.clone(), self.state.clone());
+            match tokio::task::spawn_blocking(move || file.save_from(&state)).await {
+                Ok(r) => r.map_err(AgentError::from),
+                Err(e) => Err(AgentError::Unavailable(format!(
+                    "saving the binding did not finish: {e}"
+                ))),
+            }
+        };
+        let (realized, saved) = tokio::join!(self.realize_bound(&port, wait_reported), saved);
+        match saved.and(realized) {
             Ok(r) => Ok(r),
             Err(e) => {
                 if recorded {

@@ -60,8 +60,8 @@ struct PassReport {
 pub struct Agent {
     cfg: AgentConfig,
     client: Client,
-    state_file: StateFile,
-    state: Mutex<LocalState>,
+    state_file: Arc<StateFile>,
+    state: Arc<Mutex<LocalState>>,
     mirror: RwLock<HostMirror>,
     /// Bumped after every applied frame; binds wait on it for their port.
     mirror_changed: tokio::sync::watch::Sender<u64>,
@@ -149,8 +149,8 @@ impl Agent {
             plugin_client: std::sync::OnceLock::new(),
             cfg,
             client,
-            state_file,
-            state: Mutex::new(state),
+            state_file: Arc::new(state_file),
+            state: Arc::new(Mutex::new(state)),
             mirror: RwLock::new(HostMirror::new()),
             mirror_changed,
             engine: tokio::sync::Mutex::new(engine),

@@ -214,61 +214,78 @@ impl StateFile {
     /// Makes the files hold `state`, writing only what changed since the last load
     /// or save.
     pub fn save(&self, state: &LocalState) -> Result<(), StateError> {
+        let mut written = self.written()?;
+        let changes = Changes::between(written.as_ref(), state);
+        self.apply(&mut written, changes)
+    }
+
+    /// Like [`StateFile::save`], but holds `state`'s lock only to find what changed:
+    /// the files are written and synced after it is released, so that convergence
+    /// passes (which read the state) run meanwhile. Saves are still applied one at a
+    /// time, each from the state as it was when it took the lock.
+    pub fn save_from(&self, state: &std::sync::Mutex<LocalState>) -> Result<(), StateError> {
+        // Lock order as in `save`'s callers: the state, then the files.
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut written = self.written()?;
+        let changes = Changes::between(written.as_ref(), &st);
+        drop(st);
+        self.apply(&mut written, changes)
+    }
+
+    /// What the files hold, read from disk first if never loaded (cleanup, say), so
+    /// that files of bindings gone are removed.
+    fn written(&self) -> Result<std::sync::MutexGuard<'_, Option<(LocalState, bool)>>, StateError> {
+        let unknown = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if unknown {
+            self.load()?;
+        }
+        Ok(self.written.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn apply(
+        &self,
+        written: &mut Option<(LocalState, bool)>,
+        changes: Changes,
+    ) -> Result<(), StateError> {
         let err = |path: &Path, source| StateError::Write {
             path: path.to_path_buf(),
             source,
         };
-        // Never loaded (cleanup, say): what is on disk first, so that files of
-        // bindings gone are removed.
-        if self
-            .written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
-            self.load()?;
-        }
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         // Brought up to date in place (a clone of every binding per save would cost
         // what the per-binding files save); left out on an error, so that the
         // next save starts from what is on disk.
         let (mut before, legacy) = written.take().unwrap_or_default();
         std::fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
         let mut dir_changed = false;
-        for (port, b) in &state.bindings {
-            if before.bindings.get(port) == Some(b) {
-                continue;
-            }
-            let path = self.dir.join(file_name(port));
+        for (port, b) in changes.write {
+            let path = self.dir.join(file_name(&port));
             let bytes =
-                serde_json::to_vec_pretty(b).map_err(|e| err(&path, std::io::Error::other(e)))?;
+                serde_json::to_vec_pretty(&b).map_err(|e| err(&path, std::io::Error::other(e)))?;
             write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
-            before.bindings.insert(port.clone(), b.clone());
+            before.bindings.insert(port, b);
             dir_changed = true;
         }
-        if before.bindings.len() > state.bindings.len() {
-            for port in before.bindings.keys() {
-                if !state.bindings.contains_key(port) {
-                    let path = self.dir.join(file_name(port));
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => dir_changed = true,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(err(&path, e)),
-                    }
-                }
+        for port in changes.remove {
+            let path = self.dir.join(file_name(&port));
+            match std::fs::remove_file(&path) {
+                Ok(()) => dir_changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&path, e)),
             }
-            before
-                .bindings
-                .retain(|port, _| state.bindings.contains_key(port));
+            before.bindings.remove(&port);
         }
         if dir_changed {
             sync_dir(&self.dir);
         }
         // state.json: the zones (and no bindings: they are in their files now).
-        if before.zones != state.zones || legacy || !self.path.exists() {
+        if changes.zones != before.zones || legacy || !self.path.exists() {
             let zones_only = LocalState {
                 bindings: BTreeMap::new(),
-                zones: state.zones.clone(),
+                zones: changes.zones,
             };
             let bytes = serde_json::to_vec_pretty(&zones_only)
                 .map_err(|e| err(&self.path, std::io::Error::other(e)))?;
@@ -276,10 +293,44 @@ impl StateFile {
             if let Some(parent) = self.path.parent() {
                 sync_dir(parent);
             }
+            before.zones = zones_only.zones;
         }
-        before.zones.clone_from(&state.zones);
         *written = Some((before, false));
         Ok(())
+    }
+}
+
+/// What a save writes: the bindings new or changed since the files were written,
+/// the ones gone, and the zones.
+struct Changes {
+    write: Vec<(String, Binding)>,
+    remove: Vec<String>,
+    zones: BTreeMap<String, u16>,
+}
+
+impl Changes {
+    fn between(written: Option<&(LocalState, bool)>, state: &LocalState) -> Changes {
+        let empty = LocalState::default();
+        let before = written.map_or(&empty, |(b, _)| b);
+        let write = state
+            .bindings
+            .iter()
+            .filter(|(port, b)| before.bindings.get(*port) != Some(*b))
+            .map(|(port, b)| (port.clone(), b.clone()))
+            .collect();
+        // Every file is looked at: one binding gone and another new in the same save
+        // leave the count as it was.
+        let remove = before
+            .bindings
+            .keys()
+            .filter(|port| !state.bindings.contains_key(*port))
+            .cloned()
+            .collect();
+        Changes {
+            write,
+            remove,
+            zones: state.zones.clone(),
+        }
     }
 }
 
