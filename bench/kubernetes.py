@@ -30,6 +30,8 @@ import sys
 import time
 import traceback
 
+from common import fmt, log, pct  # bench/common.py (this script's directory)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "k8s"))
 
@@ -45,21 +47,6 @@ t1=$EPOCHREALTIME
 echo "$CNI_COMMAND $t0 $t1 $rc" >> {log}
 exit $rc
 """
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(samples, q):
-    s = sorted(samples)
-    if not s:
-        return None
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
-
-
-def fmt(v, unit="", digits=1):
-    return "-" if v is None else f"{v:.{digits}f}{unit}"
 
 
 def uptime():
@@ -287,20 +274,23 @@ def report(res):
 
     def ratio(a, b):
         return "-" if not a or not b else f"{a / b:.2f}x"
+
+    def add_line(label, s):
+        return f"    {label:<29}p50 {fmt(s['p50_ms'], ' ms')}  p99 {fmt(s['p99_ms'], ' ms')}"
+
+    def burst_line(label, b):
+        return (f"    {label:<11}all Running {fmt(b['running_s'], ' s')}, all reachable "
+                f"{fmt(b['reachable_s'], ' s')} (ADD p50 {fmt(b['add_p50_ms'], ' ms')})")
     rs, ks = ref["sequential"], k["sequential"]
     lines += ["", f"(1) pod ADD as containerd calls the plugin ({ks['n']} pods one at a time)",
-              f"    reference bridge+host-local  p50 {fmt(rs['p50_ms'], ' ms')}  "
-              f"p99 {fmt(rs['p99_ms'], ' ms')}",
-              f"    kuryr-cni                    p50 {fmt(ks['p50_ms'], ' ms')}  "
-              f"p99 {fmt(ks['p99_ms'], ' ms')}",
+              add_line("reference bridge+host-local", rs),
+              add_line("kuryr-cni", ks),
               f"    kuryr / reference            p50 {ratio(ks['p50_ms'], rs['p50_ms'])}  "
               f"(target <= 0.5x)"]
     rb, kb = ref["burst"], k["burst"]
     lines += ["", f"(2) burst: Deployment 0 -> {kb['n']}",
-              f"    reference  all Running {fmt(rb['running_s'], ' s')}, all reachable "
-              f"{fmt(rb['reachable_s'], ' s')} (ADD p50 {fmt(rb['add_p50_ms'], ' ms')})",
-              f"    kuryr      all Running {fmt(kb['running_s'], ' s')}, all reachable "
-              f"{fmt(kb['reachable_s'], ' s')} (ADD p50 {fmt(kb['add_p50_ms'], ' ms')})",
+              burst_line("reference", rb),
+              burst_line("kuryr", kb),
               f"    kuryr / reference (reachable) {ratio(kb['reachable_s'], rb['reachable_s'])} "
               f"(target <= 1.1x; kuryr-kubernetes took 103 s)"]
     p = k["policy"]

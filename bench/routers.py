@@ -36,6 +36,8 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
+from common import fmt, log, pct  # bench/common.py (this script's directory)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
 
@@ -49,18 +51,6 @@ NET_B = "10.241.2.0/24"
 MANY_PREFIX = "10.242"        # (c): 10.242.<i>.0/24, one per router
 IPERF_PORT = 5201
 PROBE_PORT = 7100
-
-
-def log(msg):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(samples, q):
-    """The q-quantile (0..1) of samples, nearest rank."""
-    s = sorted(samples)
-    if not s:
-        return None
-    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
 
 
 # ---------------------------------------------------------------- helper processes
@@ -653,10 +643,6 @@ def meminfo():
 
 
 # ---------------------------------------------------------------- the report
-
-def fmt(v, unit="", digits=1):
-    return "-" if v is None else f"{v:.{digits}f}{unit}"
-
 
 def report(res):
     lines = ["", "=" * 72, "kuryr distributed-router benchmarks", "=" * 72]

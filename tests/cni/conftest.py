@@ -5,9 +5,12 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "lab"))  # for labfixtures
+sys.path.insert(0, _HERE)
 
 from cnilab import CniLab  # noqa: E402
+from labfixtures import open_lab, report_logs  # noqa: E402
 
 _LABS = []
 
@@ -16,21 +19,7 @@ _LABS = []
 def cnilab():
     """Server + two agents (plugins with a project member's credential), shared by the
     tests of one module. Each test makes its own containers."""
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root (network namespaces)")
-    lab = CniLab(hosts=2)
-    _LABS.append(lab)
-    try:
-        yield lab
-    finally:
-        _LABS.remove(lab)
-        lab.close()
+    yield from open_lab(_LABS, "the lab needs root (network namespaces)", CniLab, hosts=2)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for lab in list(_LABS):
-            report.sections.append((f"lab {lab.prefix} logs", lab.logs()))
+pytest_runtest_makereport = report_logs(_LABS, "lab")

@@ -5,36 +5,23 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "lab"))  # for labfixtures
+sys.path.insert(0, _HERE)
 pytest.register_assert_rewrite("dockerlab")
 
 from dockerlab import DockerLab  # noqa: E402
+from labfixtures import open_lab, report_logs  # noqa: E402
 
 _LABS = []
-
-
-def _new_lab():
-    if os.geteuid() != 0:
-        pytest.fail("the Docker lab needs root (namespaces, dockerd)")
-    lab = DockerLab(hosts=2)
-    _LABS.append(lab)
-    return lab
-
-
-def _close(lab):
-    _LABS.remove(lab)
-    lab.close()
 
 
 @pytest.fixture(scope="session")
 def shared_dlab():
     """A server, two hosts each with an agent serving the plugin and a dockerd; shared
     by the tests of one worker."""
-    lab = _new_lab()
-    try:
-        yield lab
-    finally:
-        _close(lab)
+    yield from open_lab(_LABS, "the Docker lab needs root (namespaces, dockerd)", DockerLab,
+                        hosts=2)
 
 
 @pytest.fixture
@@ -61,10 +48,4 @@ def dlab(shared_dlab):
                      f"{h} to remove every kuryr link and rule")
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for lab in list(_LABS):
-            report.sections.append((f"docker lab {lab.prefix} logs", lab.logs()))
+pytest_runtest_makereport = report_logs(_LABS, "docker lab")

@@ -5,10 +5,13 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "lab"))  # for labfixtures
+sys.path.insert(0, _HERE)
 pytest.register_assert_rewrite("cluster")
 
 from cluster import Cluster, machine_sysctls  # noqa: E402
+from labfixtures import close_lab, new_lab, report_logs  # noqa: E402
 
 _CLUSTERS = []  # open clusters, whose logs a failed test's report shows
 
@@ -18,16 +21,12 @@ class Clusters:
     what the test left open."""
 
     def new(self, **kwargs):
-        if os.geteuid() != 0:
-            pytest.fail("the Kubernetes lab needs root (namespaces, mounts, cgroups)")
-        c = Cluster(**kwargs)
-        _CLUSTERS.append(c)
-        return c
+        return new_lab(_CLUSTERS, "the Kubernetes lab needs root (namespaces, mounts, cgroups)",
+                       Cluster, **kwargs)
 
     def close(self, c):
         if c in _CLUSTERS:
-            _CLUSTERS.remove(c)
-            c.close()
+            close_lab(_CLUSTERS, c)
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +59,4 @@ def clusters():
         made.close(c)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for c in list(_CLUSTERS):
-            report.sections.append((f"k8s lab {c.prefix} logs", c.logs()))
+pytest_runtest_makereport = report_logs(_CLUSTERS, "k8s lab")

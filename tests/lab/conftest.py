@@ -8,20 +8,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from lab import Lab  # noqa: E402
+from labfixtures import open_lab, report_logs  # noqa: E402
 
 _LABS = []
 
 
 def _a_lab():
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root (network namespaces)")
-    lab = Lab(hosts=3)
-    _LABS.append(lab)
-    try:
-        yield lab
-    finally:
-        _LABS.remove(lab)
-        lab.close()
+    return open_lab(_LABS, "the lab needs root (network namespaces)", Lab, hosts=3)
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +30,4 @@ def fresh_lab():
     yield from _a_lab()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for lab in list(_LABS):
-            report.sections.append((f"lab {lab.prefix} logs", lab.logs()))
+pytest_runtest_makereport = report_logs(_LABS, "lab")

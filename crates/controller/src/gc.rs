@@ -258,9 +258,9 @@ mod tests {
         }
     }
 
-    fn cache() -> Cache {
-        let mut c = Cache::default();
-        let s = c.tick();
+    /// Objects with nothing to clean up under `live(_)` (a pool port, the live pod's
+    /// port, the live policy's group, a peer group): the base of both tests' caches.
+    fn put_owned(c: &mut Cache, s: u64) {
         c.ports.put(
             "pool",
             port("pool", "", tags::pool_port("c"), "available-port"),
@@ -276,6 +276,18 @@ mod tests {
             ),
             s,
         );
+        c.groups.put(
+            "pl",
+            group("pl", tags::policy("c", "p-live", "a", "deny", None)),
+            s,
+        );
+        c.groups.put("peer", group("peer", tags::peer("c", "h")), s);
+    }
+
+    fn cache() -> Cache {
+        let mut c = Cache::default();
+        let s = c.tick();
+        put_owned(&mut c, s);
         c.ports.put(
             "dead",
             port(
@@ -298,16 +310,10 @@ mod tests {
         c.groups
             .put("allow", group("allow", tags::allow_all("c", "ingress")), s);
         c.groups.put(
-            "pl",
-            group("pl", tags::policy("c", "p-live", "a", "deny", None)),
-            s,
-        );
-        c.groups.put(
             "pd",
             group("pd", tags::policy("c", "p-dead", "a", "gone", None)),
             s,
         );
-        c.groups.put("peer", group("peer", tags::peer("c", "h")), s);
         for (id, ns) in [("n-a", "a"), ("n-x", "x")] {
             c.networks.put(
                 id,
@@ -371,27 +377,7 @@ mod tests {
     fn nothing_to_do_when_everything_is_owned() {
         let mut c = Cache::default();
         let s = c.tick();
-        c.ports.put(
-            "pool",
-            port("pool", "", tags::pool_port("c"), "available-port"),
-            s,
-        );
-        c.ports.put(
-            "live",
-            port(
-                "live",
-                "u-live",
-                tags::pod_port("c", "u-live", "a", "web"),
-                "a/web",
-            ),
-            s,
-        );
-        c.groups.put(
-            "pl",
-            group("pl", tags::policy("c", "p-live", "a", "deny", None)),
-            s,
-        );
-        c.groups.put("peer", group("peer", tags::peer("c", "h")), s);
+        put_owned(&mut c, s);
         let o = orphans(&c, &live(true));
         assert_eq!(o, Orphans::default());
         // A port being taken right now is nobody's business.

@@ -42,6 +42,8 @@ pub mod pool_manager;
 pub mod pools;
 pub mod queue;
 pub mod tags;
+#[cfg(test)]
+mod test_fixtures;
 pub mod view;
 
 use std::collections::hash_map::DefaultHasher;

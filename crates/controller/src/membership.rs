@@ -104,37 +104,12 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::sel;
     use crate::view::Proto;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+    /// Membership depends on namespace and labels only.
     fn pod(ns: &str, labels: &[(&str, &str)]) -> PodView {
-        PodView {
-            namespace: ns.into(),
-            name: "p".into(),
-            uid: "u".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            node: Some("n".into()),
-            host_network: false,
-            terminal: false,
-            named_ports: BTreeMap::new(),
-            port_annotation: None,
-        }
-    }
-
-    fn sel(pairs: &[(&str, &str)]) -> Selector {
-        Selector::from_k8s(&LabelSelector {
-            match_labels: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            match_expressions: None,
-        })
-        .unwrap_or_default()
+        crate::test_fixtures::pod(ns, "p", labels)
     }
 
     fn policy(uid: &str, ns: &str, s: Selector, ingress: bool, egress: bool) -> PolicyGroups {

@@ -659,29 +659,18 @@ mod tests {
         );
         assert!(Which::Peer("h".into()).matches(&GroupKind::Peer("h".into())));
         assert!(!Which::Peer("h".into()).matches(&GroupKind::Peer("g".into())));
-        assert!(
-            Which::Policy {
-                uid: "u".into(),
-                named: None
-            }
-            .matches(&GroupKind::Policy {
-                uid: "u".into(),
-                namespace: None,
-                name: None,
-                named: None
-            })
-        );
-        assert!(
-            !Which::Policy {
-                uid: "u".into(),
-                named: None
-            }
-            .matches(&GroupKind::Policy {
-                uid: "u".into(),
-                namespace: None,
-                name: None,
-                named: Some(np)
-            })
-        );
+        let main = Which::Policy {
+            uid: "u".into(),
+            named: None,
+        };
+        let group = |named| GroupKind::Policy {
+            uid: "u".into(),
+            namespace: None,
+            name: None,
+            named,
+        };
+        assert!(main.matches(&group(None)));
+        // The policy's main group is not its named-port group.
+        assert!(!main.matches(&group(Some(np))));
     }
 }

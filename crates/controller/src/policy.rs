@@ -657,24 +657,8 @@ pub fn allow_all_rules(direction: Direction) -> BTreeSet<RuleSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_fixtures::{labels, pod, sel};
     use serde_json::json;
-
-    pub(crate) fn pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> PodView {
-        PodView {
-            namespace: ns.into(),
-            name: name.into(),
-            uid: format!("uid-{ns}-{name}"),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            node: Some("n1".into()),
-            host_network: false,
-            terminal: false,
-            named_ports: BTreeMap::new(),
-            port_annotation: None,
-        }
-    }
 
     fn with_port(mut p: PodView, proto: Proto, name: &str, n: u16) -> PodView {
         p.named_ports.insert((proto, name.into()), n);
@@ -690,16 +674,7 @@ mod tests {
     }
 
     fn nss(v: &[(&str, &[(&str, &str)])]) -> NsLabels {
-        v.iter()
-            .map(|(n, l)| {
-                (
-                    n.to_string(),
-                    l.iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                )
-            })
-            .collect()
+        v.iter().map(|(n, l)| (n.to_string(), labels(l))).collect()
     }
 
     fn ok(np: &NetworkPolicy, pods: &[PodView], ns: &NsLabels) -> PolicyPlan {
@@ -717,19 +692,6 @@ mod tests {
             pod_selector: pod,
             named_port: None,
         }
-    }
-
-    fn sel(pairs: &[(&str, &str)]) -> Selector {
-        Selector::from_k8s(&LabelSelector {
-            match_labels: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            match_expressions: None,
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
