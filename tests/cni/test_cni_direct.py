@@ -266,6 +266,61 @@ def test_a_recycled_port_replaces_the_old_pods_binding(cnilab, net):
     cnilab.ok(HOST, "DEL", conf, new, args=pod_args(new_uid))
 
 
+def bound_ports(cnilab, host=HOST):
+    """The ports bound on `host`, as its agent lists them."""
+    return {b["port_id"] for b in cnilab.agent_call(host, "GET", "/v1/ports")["bindings"]}
+
+
+def test_a_del_that_overtakes_its_add_waits_for_it(cnilab, net):
+    """A runtime that gives up on a sandbox sends DEL while the ADD still waits for the
+    pod's port: the DEL is served after the ADD, and undoes it, rather than finding
+    nothing and leaving the ADD's binding behind."""
+    uid = str(uuid.uuid4())
+    c = "overtaken"
+    cnilab.add_container(c)
+    conf = cnilab.conf(HOST)
+    done = {}
+    add = threading.Thread(target=lambda: done.update(
+        add=cnilab.cni(HOST, "ADD", conf, c, args=pod_args(uid))))
+    add.start()
+    cnilab.wait_for(lambda: f"waiting for the port of pod default/p-{uid[:8]}"
+                    in cnilab.agents[HOST].log(200), 10, "the ADD to wait")
+    dele = threading.Thread(target=lambda: done.update(
+        delete=cnilab.cni(HOST, "DEL", conf, c, args=pod_args(uid))))
+    dele.start()
+    # The DEL is held while the ADD waits (it would be done in milliseconds otherwise).
+    dele.join(timeout=1)
+    assert dele.is_alive() and "delete" not in done
+    port = pod_port(cnilab, net, uid)
+    add.join(timeout=POD_PORT_WAIT + 30)
+    dele.join(timeout=30)
+    rc, res, err = done["add"]
+    assert rc == 0, (res, err)  # the ADD did wire the pod ...
+    assert done["delete"][0] == 0, done["delete"]
+    # ... and the DEL that came after it removed it all.
+    assert port["id"] not in bound_ports(cnilab)
+    cnilab.wait_for(lambda: cnilab.addresses_or_none(c) is None, 10, "the interface to go")
+
+
+def test_a_container_gone_without_del_is_released(cnilab, net):
+    """The sandbox's namespace vanished and no DEL came: the agent forgets the binding
+    (so that the port can serve the next pod at once) and deletes the port it made."""
+    c = "vanished"
+    full = cnilab.add_container(c)
+    conf = cnilab.conf(HOST, net["name"])
+    cnilab.ok(HOST, "ADD", conf, c)
+    [port] = cnilab.port_of(c)
+    assert port["id"] in bound_ports(cnilab)  # positive control
+    subprocess.run(["ip", "netns", "del", full], check=True)
+    cnilab.namespaces.remove(full)
+    cnilab.wait_for(lambda: port["id"] not in bound_ports(cnilab), 15,
+                    "the agent to release the binding")
+    cnilab.wait_for(lambda: cnilab.port_of(c) == [], 15, "the container's port to go")
+    assert "without a CNI DEL" in cnilab.agents[HOST].log(300)
+    # A DEL that comes late is still fine.
+    assert cnilab.ok(HOST, "DEL", conf, c, env={"CNI_NETNS": None}) is None
+
+
 def test_the_plugin_execs_nothing_else(cnilab):
     """A thin client: its only dynamic dependencies are the C library's."""
     out = subprocess.run(["ldd", KURYR_CNI_BIN], capture_output=True, text=True).stdout

@@ -13,7 +13,7 @@
 //!   makes a port for the container (`kuryr:container`, as Docker's) with the
 //!   plugins' credentials; DEL deletes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,30 @@ pub const POD_DEVICE_OWNER: &str = "compute:kuryr";
 /// The `device_owner` of standalone containers' ports: kuryr-libnetwork's, as the
 /// Docker plugin's. Not a `compute:` one: a project member may not delete those.
 pub const CONTAINER_DEVICE_OWNER: &str = "kuryr:container";
+
+/// Per-container locks of CNI requests (see `Agent::cni_containers`); an entry goes
+/// when its last holder is done.
+#[derive(Default)]
+pub(crate) struct ContainerLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl ContainerLocks {
+    async fn run<T>(&self, container: &str, f: impl std::future::Future<Output = T>) -> T {
+        let entry = lock(&self.0)
+            .entry(container.to_string())
+            .or_default()
+            .clone();
+        let out = {
+            let _held = entry.lock().await;
+            f.await
+        };
+        let mut map = lock(&self.0);
+        // Ours and the map's: nobody else waits on it.
+        if Arc::strong_count(&entry) == 2 {
+            map.remove(container);
+        }
+        out
+    }
+}
 
 /// A failed CNI request: the spec's error object, with an HTTP status for the
 /// local API (the plugin reads the code, not the status).
@@ -85,17 +109,23 @@ pub(crate) async fn handle(State(agent): State<Arc<Agent>>, body: Bytes) -> Resp
     };
     let started = Instant::now();
     let command = req.command.as_str().to_string();
-    let outcome = match command.as_str() {
-        "ADD" => agent.cni_add(&req).await.map(|r| Json(r).into_response()),
-        "DEL" => agent.cni_del(&req).await.map(|_| empty()),
-        "CHECK" => agent.cni_check(&req).await.map(|_| empty()),
-        "STATUS" => agent.cni_status().map(|_| empty()),
-        "GC" => agent.cni_gc(&req).await.map(|_| empty()),
-        other => Err(fail(
-            CniError::INVALID_ENVIRONMENT,
-            format!("the agent does not serve CNI_COMMAND {other:?}"),
-            "",
-        )),
+    let serve = async {
+        match command.as_str() {
+            "ADD" => agent.cni_add(&req).await.map(|r| Json(r).into_response()),
+            "DEL" => agent.cni_del(&req).await.map(|_| empty()),
+            "CHECK" => agent.cni_check(&req).await.map(|_| empty()),
+            "STATUS" => agent.cni_status().map(|_| empty()),
+            "GC" => agent.cni_gc(&req).await.map(|_| empty()),
+            other => Err(fail(
+                CniError::INVALID_ENVIRONMENT,
+                format!("the agent does not serve CNI_COMMAND {other:?}"),
+                "",
+            )),
+        }
+    };
+    let outcome = match req.container_id.as_deref().filter(|c| !c.is_empty()) {
+        Some(container) => agent.cni_containers.run(container, serve).await,
+        None => serve.await,
     };
     let ok = outcome.is_ok();
     agent.metrics.cni_request(&command, ok, started.elapsed());

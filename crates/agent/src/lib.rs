@@ -88,6 +88,10 @@ pub struct Agent {
     /// The plugins' own credentials (a project member's), for the ports a
     /// standalone CNI ADD makes; the agent's when none were given.
     plugin_client: std::sync::OnceLock<Client>,
+    /// One CNI request at a time per container: a DEL that overtook the ADD it
+    /// undoes (a runtime giving up on a sandbox) would find nothing to remove and
+    /// leave the ADD's binding behind.
+    cni_containers: cni::ContainerLocks,
 }
 
 type HealthEvents = tokio::sync::mpsc::UnboundedReceiver<(String, kuryr_dataplane::probe::Health)>;
@@ -147,6 +151,7 @@ impl Agent {
             health_events: Mutex::new(Some(health_events)),
             checks: Mutex::new(BTreeMap::new()),
             plugin_client: std::sync::OnceLock::new(),
+            cni_containers: Default::default(),
             cfg,
             client,
             state_file: Arc::new(state_file),
