@@ -103,7 +103,11 @@ class Bench:
                                          "imagePullPolicy": "Never", "command": list(cmd)}]}}
 
     def delete_all(self, selector):
-        self.c.kubectl("delete", "pods,deployments", "-l", selector, "--wait=true",
+        # Deployments first: pods deleted under a live ReplicaSet come back as
+        # replacements, whose sandboxes then wait for ports nobody will assign.
+        self.c.kubectl("delete", "deployments", "-l", selector, "--wait=true",
+                       "--cascade=foreground", timeout=180, check=False)
+        self.c.kubectl("delete", "pods", "-l", selector, "--wait=true",
                        "--grace-period=0", "--force", timeout=180, check=False)
         self.c.wait_for(lambda: not self.c.pods(selector), 120, f"pods {selector} gone")
 

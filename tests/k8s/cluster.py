@@ -1063,6 +1063,31 @@ exec -a '{_HOLDER} {n}/' sleep infinity
             self.keeper.wait()
         super().close()
 
+    def _wait_cni_calls(self, timeout=45):
+        """Waits (a while) until no node's containerd runs a CNI plugin: a sandbox whose
+        ADD is still running (a pod deleted while its port was awaited) is listed
+        nowhere yet, and its namespace would outlive a containerd killed meanwhile.
+        Once the ADD ends, containerd either tears the sandbox down itself or lists it
+        for `crictl rmp`. containerd's only children are such plugin runs (its shims
+        detach)."""
+        pids = [p.proc.pid for name, p in getattr(self, "cluster_procs", {}).items()
+                if name.startswith("containerd-") and p.proc.poll() is None]
+
+        def busy():
+            # Per thread: a Go program forks from any of its threads.
+            for pid in pids:
+                for children in glob.glob(f"/proc/{pid}/task/*/children"):
+                    try:
+                        with open(children) as f:
+                            if f.read().split():
+                                return True
+                    except OSError:
+                        continue
+            return False
+        deadline = time.monotonic() + timeout
+        while busy() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def _remove_sandboxes(self):
         """Has each node's containerd stop and remove its pod sandboxes (the kubelets
         are gone: nothing makes them again), while the CNI and the agents still
@@ -1070,6 +1095,7 @@ exec -a '{_HOLDER} {n}/' sleep infinity
         the namespaces the sandboxes had: a sandbox stopped but not removed (a pod
         force-deleted just before) has no task and no process that would name it."""
         paths = set()
+        self._wait_cni_calls()
         for h in getattr(self, "hosts", []):
             if f"containerd-{h}" not in getattr(self, "cluster_procs", {}):
                 continue

@@ -1,8 +1,11 @@
 //! What only this host knows and must survive a restart (even a `kill -9`): which
 //! namespace each port is bound into, and the conntrack zone of each network here.
-//! Written atomically (temp file, fsync, rename) before the kernel is touched, so a
-//! crash leaves a record of everything that may exist; one file per binding (see
-//! [`StateFile`]), so that the cost of a bind does not grow with the host's ports.
+//! Written atomically (temp file, rename) by the time a bind answers, so that an
+//! agent restarted after a crash finds every binding its callers were told of (an
+//! interface without a record, from a bind cut short, is removed as no port's);
+//! one file per binding (see [`StateFile`]), so that the cost of a bind does not
+//! grow with the host's ports. Binding files are not fsynced (see `write_replace`);
+//! `state.json` (the zones) is.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -155,6 +158,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Writes `bytes` to `path` atomically (temp file, rename), not durably: for the
+/// binding files. A binding describes an interface in a container's namespace;
+/// neither outlives a crash of the host, and a crash of the agent keeps what it
+/// wrote in the page cache. So a bind (on a pod's path) waits for no disk, like the
+/// reference CNI's host-local store; a file a host crash tore is skipped at load.
+fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
@@ -202,8 +216,16 @@ impl StateFile {
             };
             let path = entry.path();
             let bytes = std::fs::read(&path).map_err(|source| read_err(&path, source))?;
-            let b: Binding = serde_json::from_slice(&bytes)
-                .map_err(|source| StateError::Decode { path, source })?;
+            let b: Binding = match serde_json::from_slice(&bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Torn by a crash of the host (see write_replace): the interface
+                    // it described went with that crash.
+                    tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable binding file");
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+            };
             on_disk.bindings.insert(port.clone(), b.clone());
             state.bindings.insert(port, b);
         }
@@ -260,26 +282,21 @@ impl StateFile {
         // next save starts from what is on disk.
         let (mut before, legacy) = written.take().unwrap_or_default();
         std::fs::create_dir_all(&self.dir).map_err(|e| err(&self.dir, e))?;
-        let mut dir_changed = false;
         for (port, b) in changes.write {
             let path = self.dir.join(file_name(&port));
             let bytes =
                 serde_json::to_vec_pretty(&b).map_err(|e| err(&path, std::io::Error::other(e)))?;
-            write_atomic(&path, &bytes).map_err(|e| err(&path, e))?;
+            write_replace(&path, &bytes).map_err(|e| err(&path, e))?;
             before.bindings.insert(port, b);
-            dir_changed = true;
         }
         for port in changes.remove {
             let path = self.dir.join(file_name(&port));
             match std::fs::remove_file(&path) {
-                Ok(()) => dir_changed = true,
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(err(&path, e)),
             }
             before.bindings.remove(&port);
-        }
-        if dir_changed {
-            sync_dir(&self.dir);
         }
         // state.json: the zones (and no bindings: they are in their files now).
         if changes.zones != before.zones || legacy || !self.path.exists() {
@@ -429,6 +446,11 @@ mod tests {
         assert!(!dir.join("bindings/p.json").exists());
         assert!(dir.join("bindings/q_2f1.json").exists());
         assert_eq!(StateFile::new(&dir).load().unwrap().bindings, s.bindings);
+        // A torn binding file is skipped (and removed); a torn state.json is an error.
+        std::fs::write(dir.join("bindings/q_2f1.json"), b"{not js").unwrap();
+        let loaded = StateFile::new(&dir).load().unwrap();
+        assert!(loaded.bindings.is_empty());
+        assert!(!dir.join("bindings/q_2f1.json").exists());
         std::fs::write(dir.join("state.json"), b"{not json").unwrap();
         assert!(matches!(f.load(), Err(StateError::Decode { .. })));
         let _ = std::fs::remove_dir_all(dir);
