@@ -191,6 +191,17 @@ def pod_args(uid):
             "K8S_POD_NAME": f"p-{uid[:8]}", "K8S_POD_UID": uid}
 
 
+def waiting_add(cnilab, conf, container, uid, done, key):
+    """An ADD for pod `uid` in a thread (its (rc, result, stderr) in done[key]), once
+    the agent says it waits for the pod's port."""
+    t = threading.Thread(target=lambda: done.update(
+        {key: cnilab.cni(HOST, "ADD", conf, container, args=pod_args(uid))}))
+    t.start()
+    cnilab.wait_for(lambda: f"waiting for the port of pod default/p-{uid[:8]}"
+                    in cnilab.agents[HOST].log(200), 10, "the ADD to wait")
+    return t
+
+
 def test_a_pod_takes_the_port_the_controller_assigned(cnilab, net):
     uid = str(uuid.uuid4())
     port = pod_port(cnilab, net, uid)
@@ -216,12 +227,8 @@ def test_an_add_waits_for_the_controller(cnilab, net):
     conf = cnilab.conf(HOST)
     waited = cnilab.metric(HOST, "kuryr_agent_cni_pod_ports_total", port="waited")
     done = {}
-    t = threading.Thread(target=lambda: done.update(
-        r=cnilab.cni(HOST, "ADD", conf, c, args=pod_args(uid))))
-    t.start()
+    t = waiting_add(cnilab, conf, c, uid, done, "r")
     # The port is made only once the ADD waits for it.
-    cnilab.wait_for(lambda: f"waiting for the port of pod default/p-{uid[:8]}"
-                    in cnilab.agents[HOST].log(200), 10, "the ADD to wait")
     port = pod_port(cnilab, net, uid)
     t.join(timeout=POD_PORT_WAIT + 30)
     rc, res, err = done["r"]
@@ -280,11 +287,7 @@ def test_a_del_that_overtakes_its_add_waits_for_it(cnilab, net):
     cnilab.add_container(c)
     conf = cnilab.conf(HOST)
     done = {}
-    add = threading.Thread(target=lambda: done.update(
-        add=cnilab.cni(HOST, "ADD", conf, c, args=pod_args(uid))))
-    add.start()
-    cnilab.wait_for(lambda: f"waiting for the port of pod default/p-{uid[:8]}"
-                    in cnilab.agents[HOST].log(200), 10, "the ADD to wait")
+    add = waiting_add(cnilab, conf, c, uid, done, "add")
     dele = threading.Thread(target=lambda: done.update(
         delete=cnilab.cni(HOST, "DEL", conf, c, args=pod_args(uid))))
     dele.start()
