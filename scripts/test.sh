@@ -20,8 +20,8 @@ phase "cargo fmt --check" cargo fmt --all --check
 phase "cargo build" cargo build --release --bins
 
 # CPU-bound builds run in the background, at a lower priority, while tests that mostly
-# wait (on timers, processes, the network) run in front: on a new machine the first
-# build of the Kubernetes peers then costs little wall time. Each prints its own time.
+# wait (processes, the network) run in front: on a new machine the first build of the
+# Kubernetes peers then costs little wall time. Each prints its own time.
 background() {
     local name=$1 logf=$2
     shift 2
@@ -48,11 +48,12 @@ kill_tree() {
 k8s_pid="" clippy_pid=""
 trap 'for p in $k8s_pid $clippy_pid; do kill_tree "$p"; done' EXIT
 mkdir -p target
+phase "cargo test" cargo test --workspace --release
 # Kubernetes, etcd, containerd and cnitool from their Go modules (cached: seconds after
-# the first run on a machine; see target/k8s-build.log).
+# the first run on a machine; see target/k8s-build.log). After cargo test, whose probe
+# and dataplane tests time what they check, beside pytest, which mostly waits.
 background "Kubernetes peers (scripts/k8s-build.sh)" target/k8s-build.log scripts/k8s-build.sh
 k8s_pid=$!
-phase "cargo test" cargo test --workspace --release
 # Clippy shares cargo's build directory lock with cargo test: after it, beside pytest.
 background "cargo clippy" target/clippy.log cargo clippy --workspace --all-targets -- -D warnings
 clippy_pid=$!
