@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -126,13 +125,13 @@ class Bench:
     def burst(self, cni, r=0):
         """(2): a Deployment 0 -> --burst; Running, then every pod answering a ping."""
         n = self.args.burst
-        cni = f"{cni}-{r}"  # names of this round's objects
-        self.c.apply(self.pod(f"prober-{cni}", self.c.hosts[0], labels={"bench": "prober"}))
+        tag = f"{cni}-{r}"  # in the names of this round's objects
+        self.c.apply(self.pod(f"prober-{tag}", self.c.hosts[0], labels={"bench": "prober"}))
         self.c.wait_pods("bench=prober", count=1)
         dep = {"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": f"burst-{cni}", "labels": {"bench": "burst"}},
-               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": f"burst-{cni}"}},
-                        "template": {"metadata": {"labels": {"app": f"burst-{cni}",
+               "metadata": {"name": f"burst-{tag}", "labels": {"bench": "burst"}},
+               "spec": {"replicas": 0, "selector": {"matchLabels": {"app": f"burst-{tag}"}},
+                        "template": {"metadata": {"labels": {"app": f"burst-{tag}",
                                                              "bench": "burst"}},
                                      "spec": {"terminationGracePeriodSeconds": 0,
                                               "containers": [{
@@ -142,21 +141,21 @@ class Bench:
         self.c.apply(dep)
         since = time.time()
         t0 = time.monotonic()
-        self.c.kubectl("scale", "deployment", f"burst-{cni}", f"--replicas={n}")
-        self.c.wait_pods(f"app=burst-{cni}", count=n, timeout=600)
+        self.c.kubectl("scale", "deployment", f"burst-{tag}", f"--replicas={n}")
+        self.c.wait_pods(f"app=burst-{tag}", count=n, timeout=600)
         t_running = time.monotonic() - t0
-        ips = list(self.c.pod_ips(f"app=burst-{cni}").values())
+        ips = list(self.c.pod_ips(f"app=burst-{tag}").values())
         pending = set(ips)
         while pending:
             script = " ".join(f"(ping -c 1 -W 1 {ip} >/dev/null && echo {ip}) &"
                               for ip in sorted(pending)) + " wait"
-            out = self.c.pod_exec(f"prober-{cni}", "sh", "-c", script, check=False,
+            out = self.c.pod_exec(f"prober-{tag}", "sh", "-c", script, check=False,
                                   timeout=60).stdout.split()
             pending -= set(out)
             if time.monotonic() - t0 > 600:
                 raise RuntimeError(f"{len(pending)} pods never answered: {sorted(pending)}")
         t_reachable = time.monotonic() - t0
-        name = "kuryr-cni" if cni.startswith("kuryr") else "bridge"
+        name = "kuryr-cni" if cni == "kuryr" else "bridge"
         adds = self.add_times(name, since)
         self.delete_all("bench=burst")
         self.delete_all("bench=prober")
@@ -237,17 +236,9 @@ class Bench:
 
 
 def waited_adds(c):
-    """ADDs, over the nodes, whose pod's port was not there yet when they came (the
-    agents' kuryr_agent_cni_pod_ports_total{port="waited"})."""
-    total = 0
-    for h in c.hosts:
-        out = subprocess.run(["curl", "-sf", "--unix-socket", c.agent_socket(h),
-                              "http://agent/metrics"], capture_output=True, text=True,
-                             timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith('kuryr_agent_cni_pod_ports_total{port="waited"}'):
-                total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    """ADDs, over the nodes, whose pod's port was not there yet when they came."""
+    return sum(int(c.metric(h, "kuryr_agent_cni_pod_ports_total", port="waited"))
+               for h in c.hosts)
 
 
 def pool_size(c, host):
@@ -256,10 +247,12 @@ def pool_size(c, host):
     return len((data or {}).get("ports", []))
 
 
-def summary(times, bursts):
-    """Pooled ADD samples (s) and the rounds' bursts of one CNI."""
-    ms = [t * 1e3 for t in times]
-    return {"sequential": {"n": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)},
+def summary(rounds, bursts):
+    """One CNI's figures: ADD samples (s) per round, pooled, and the rounds' bursts."""
+    ms = [t * 1e3 for r in rounds for t in r]
+    return {"sequential": {"n": len(ms), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99),
+                           "rounds_p50_ms": [pct(r, 0.5) and pct(r, 0.5) * 1e3
+                                             for r in rounds]},
             "burst": {"n": bursts[0]["n"], "rounds": bursts,
                       **{k: statistics.median(b[k] for b in bursts if b[k] is not None)
                          for k in ("running_s", "reachable_s", "add_p50_ms")}}}
@@ -277,7 +270,7 @@ def run(args):
         c.network("pods", POD_NET_CIDR)
         times = {"reference": [], "kuryr": []}
         bursts = {"reference": [], "kuryr": []}
-        rounds = {"reference": [], "kuryr": []}
+        waited = []
         # Rounds alternate the two CNIs on the same cluster, so that the machine's
         # drift (caches, etcd's size, other load) weighs on both alike. The controller
         # runs only in kuryr's rounds (a reference cluster has none); kuryr's rounds
@@ -290,26 +283,23 @@ def run(args):
                                        str(args.pool_min), "--ports-pool-batch", "10")
                     c.wait_for(lambda: all(pool_size(c, h) >= args.pool_min
                                            for h in c.hosts), 120, "the port pools to fill")
+                    before = waited_adds(c)
                 c.set_cni(cni)
                 log(f"round {r + 1}/{args.cni_rounds}, {cni}: sequential pods")
-                waited = waited_adds(c)
                 t = b.sequential(cni, r)
-                times[cni] += t
-                rounds[cni].append(pct(t, 0.5) and pct(t, 0.5) * 1e3)
+                times[cni].append(t)
+                note = ""
                 if cni == "kuryr":
-                    waited = waited_adds(c) - waited
-                    res.setdefault("kuryr_adds_that_waited", []).append(waited)
-                log(f"  ADD p50 {fmt(rounds[cni][-1], ' ms')}"
-                    + (f" ({waited} of {len(t)} waited for their port)" if cni == "kuryr" else "")
-                    + "; burst")
+                    waited.append(waited_adds(c) - before)
+                    note = f" ({waited[-1]} of {len(t)} waited for their port)"
+                log(f"  ADD p50 {fmt(pct(t, 0.5) and pct(t, 0.5) * 1e3, ' ms')}{note}; burst")
                 bursts[cni].append(b.burst(cni, r))
                 log(f"  reachable in {fmt(bursts[cni][-1]['reachable_s'], ' s')}")
                 if cni == "kuryr" and r + 1 < args.cni_rounds:
                     c.controller.stop()
         res["reference"] = summary(times["reference"], bursts["reference"])
         res["kuryr"] = summary(times["kuryr"], bursts["kuryr"])
-        for cni in rounds:
-            res[cni]["sequential"]["rounds_p50_ms"] = rounds[cni]
+        res["kuryr_adds_that_waited"] = waited
         log("kuryr: NetworkPolicy convergence")
         res["kuryr"]["policy"] = b.policy(args.rounds)
     finally:

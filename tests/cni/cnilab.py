@@ -99,12 +99,3 @@ class CniLab(Lab):
         """The Neutron ports whose device_id is `container`'s id."""
         _, data = self.api("GET", f"/ports?device_id={self.container_id(container)}")
         return data["ports"]
-
-    def metric(self, host, name, **labels):
-        """A sample of the agent's metrics (0 when absent)."""
-        text = sh("curl", "-sf", "--unix-socket", self.agent_socket(host), "http://agent/metrics")
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        for line in text.splitlines():
-            if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0

@@ -522,6 +522,15 @@ class Lab:
 
     # ---------------------------------------------------------------- the agents
 
+    def metric(self, host, name, **labels):
+        """A sample of `host`'s agent metrics (0 when absent)."""
+        text = sh("curl", "-sf", "--unix-socket", self.agent_socket(host), "http://agent/metrics")
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def agent_call(self, host, method, path, body=None):
         """The agent's local API over its unix socket (curl --unix-socket)."""
         cmd = ["curl", "-s", "-w", "\n%{http_code}", "--unix-socket", self.agent_socket(host),

@@ -532,10 +532,7 @@ impl Agent {
         }
         for (port_id, b) in bindings {
             if b.cni.is_some_and(|c| c.owned) {
-                match self.plugin_client().delete_port(&port_id).await {
-                    Ok(()) | Err(ClientError::NotFound { .. }) => {}
-                    Err(e) => return Err(from_client("deleting the container's port", e)),
-                }
+                self.delete_container_port(&port_id).await?;
             }
         }
         if standalone {
@@ -553,13 +550,31 @@ impl Agent {
                 .into_iter()
                 .filter(|p| p.host_id.is_empty() || p.host_id == self.cfg.host)
             {
-                match client.delete_port(&p.id).await {
-                    Ok(()) | Err(ClientError::NotFound { .. }) => {}
-                    Err(e) => return Err(from_client("deleting the container's port", e)),
-                }
+                self.delete_container_port(&p.id).await?;
             }
         }
         Ok(())
+    }
+
+    /// Deletes a port made for a container (one already gone is fine).
+    async fn delete_container_port(&self, port_id: &str) -> Result<(), Failure> {
+        match self.plugin_client().delete_port(port_id).await {
+            Ok(()) | Err(ClientError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(from_client("deleting the container's port", e)),
+        }
+    }
+
+    /// Undoes a container's attachment as its DEL would (and under the same
+    /// per-container lock): for a container whose namespace vanished without one.
+    pub(crate) async fn cni_release_vanished(&self, container: &str, ifname: &str) {
+        let released = self
+            .cni_containers
+            .run(container, self.cni_release(container, Some(ifname), false))
+            .await;
+        if let Err(f) = released {
+            tracing::warn!(container, code = f.0.code, msg = %f.0.msg, details = %f.0.details,
+                "could not release a vanished container's attachment; retried on a later pass");
+        }
     }
 
     #[tracing::instrument(name = "cni_del", skip_all, fields(container = ?req.container_id))]

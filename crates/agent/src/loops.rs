@@ -206,45 +206,36 @@ impl Agent {
         }
     }
 
-    /// Forgets the CNI bindings whose container namespace is gone: the runtime tore
-    /// the sandbox down without a DEL that reached this agent (it gave up, or the
-    /// agent was down). Their ports would otherwise fail every pass, and a pool port
-    /// given to the next pod would first have to push the dead binding out. A port
-    /// the agent made for the container (standalone mode) is deleted, as DEL would.
+    /// Releases the CNI attachments whose container namespace is gone: the runtime
+    /// tore the sandbox down without a DEL that reached this agent (it gave up, or
+    /// the agent was down). Their ports would otherwise fail every pass, and a pool
+    /// port given to the next pod would first have to push the dead binding out.
+    /// Done as DEL does it (a port the agent made for the container is deleted).
     fn release_vanished_containers(self: &Arc<Self>) {
         let failing: Vec<String> = self.passes.borrow().problems.keys().cloned().collect();
         if failing.is_empty() {
             return;
         }
-        let gone: Vec<(String, bool)> = {
+        let gone: Vec<(String, String)> = {
             let state = lock(&self.state);
             failing
                 .iter()
                 .filter_map(|id| {
                     let b = state.bindings.get(id)?;
                     let c = b.cni.as_ref()?;
-                    (!b.netns.exists()).then(|| (id.clone(), c.owned))
+                    (!b.netns.exists()).then(|| (c.container_id.clone(), b.ifname.clone()))
                 })
                 .collect()
         };
-        for (port, owned) in gone {
-            tracing::warn!(port = %port, "the container's network namespace is gone without a CNI DEL: releasing its binding");
-            if let Err(e) = self.release(&port) {
-                tracing::warn!(port = %port, error = %e, "could not release the binding");
-                continue;
-            }
+        for (container, ifname) in gone {
+            tracing::warn!(
+                container,
+                ifname,
+                "the container's network namespace is gone without a CNI DEL: releasing its attachment"
+            );
             self.metrics.repaired("vanished_container", 1);
-            if owned {
-                let agent = self.clone();
-                tokio::spawn(async move {
-                    match agent.plugin_client().delete_port(&port).await {
-                        Ok(()) | Err(kuryr_client::ClientError::NotFound { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(port = %port, error = %e, "could not delete the vanished container's port")
-                        }
-                    }
-                });
-            }
+            let agent = self.clone();
+            tokio::spawn(async move { agent.cni_release_vanished(&container, &ifname).await });
         }
     }
 

@@ -291,10 +291,10 @@ impl StateFile {
         }
         for port in changes.remove {
             let path = self.dir.join(file_name(&port));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(err(&path, e)),
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(err(&path, e));
             }
             before.bindings.remove(&port);
         }
