@@ -32,6 +32,13 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub pod_router: Option<String>,
 
+    /// The subnet (name or id) whose CIDR holds the cluster's Service IPs (the
+    /// apiserver's --service-cluster-ip-range, or a range that contains it): Services
+    /// become load balancers with their ClusterIP as VIP there (kuryr-kubernetes'
+    /// `service_subnet`). Without it, Services are left alone (run kube-proxy).
+    #[arg(long)]
+    pub service_subnet: Option<String>,
+
     /// Project of the Neutron objects made (default: the credential's; another project
     /// needs an admin credential).
     #[arg(long)]
@@ -137,6 +144,7 @@ impl ControllerArgs {
         Ok(Config {
             cluster: self.cluster_name.clone(),
             network,
+            service_subnet: self.service_subnet.clone(),
             project: self.pod_project.clone(),
             pool: PoolConfig {
                 min: self.ports_pool_min,
@@ -195,8 +203,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if args.cleanup {
         let r = kuryr_controller::cleanup(client, &args.cluster_name).await?;
         println!(
-            "cluster {:?}: deleted {} ports, {} security groups, {} subnets, {} networks",
-            args.cluster_name, r.ports, r.groups, r.subnets, r.networks
+            "cluster {:?}: deleted {} load balancers, {} ports, {} security groups, {} subnets, {} networks",
+            args.cluster_name, r.load_balancers, r.ports, r.groups, r.subnets, r.networks
         );
         return Ok(());
     }

@@ -73,8 +73,14 @@ RUNC = shutil.which("runc") or "/usr/sbin/runc"
 STATE_DIR = "/run/kuryr-k8s-lab"
 APISERVER_IP = f"{UNDERLAY}.1"
 APISERVER = f"https://{APISERVER_IP}:6443"
-SERVICE_CIDR = "10.96.0.0/16"
+# The apiserver's Service range: the lower half of the Neutron service subnet that
+# start_controller() makes (kuryr-kubernetes' split), whose gateway (the router's leg)
+# and allocation pool are in the upper half, where the apiserver allocates nothing.
+SERVICE_CIDR = "10.96.0.0/17"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of SERVICE_CIDR
+SERVICE_NETWORK = "k8s-services"
+SERVICE_SUBNET_CIDR = "10.96.0.0/16"
+CLUSTER_ROUTER = "k8s-router"
 CONFLIST = "10-lab.conflist"
 # The pod network start_controller() makes for `kuryr controller` (clear of the
 # reference CNI's 10.244.0.0/16, the Services' 10.96.0.0/16 and the underlay).
@@ -992,13 +998,13 @@ exec -a '{_HOLDER} {n}/' sleep infinity
         """Starts `kuryr controller ARGS` in the lab namespace with the admin's kubeconfig
         and the application credential `kuryr credential controller` makes for this
         cluster (member and service of the admin project: no admin). Without ARGS: one
-        pod network for every pod (CONTROLLER_POD_NETWORK, made here), the lab's prefix
-        as the cluster name, no leader election."""
+        pod network for every pod (CONTROLLER_POD_NETWORK) and the service subnet, both
+        on the cluster router (made here, see cluster_networks()), Services balanced by
+        kuryr, the lab's prefix as the cluster name, no leader election."""
         if not args:
-            if not self.get_network(CONTROLLER_POD_NETWORK):
-                self.network(CONTROLLER_POD_NETWORK, CONTROLLER_POD_CIDR)
-            args = ("--pod-network", CONTROLLER_POD_NETWORK, "--cluster-name", self.prefix,
-                    "--leader-elect", "false")
+            self.cluster_networks()
+            args = ("--pod-network", CONTROLLER_POD_NETWORK, "--service-subnet",
+                    SERVICE_NETWORK, "--cluster-name", self.prefix, "--leader-elect", "false")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(self.credential("controller", self.prefix),
                    RUST_LOG=os.environ.get("RUST_LOG", "info"))
@@ -1006,6 +1012,29 @@ exec -a '{_HOLDER} {n}/' sleep infinity
             "controller", [KURYR_BIN, "controller", "--kubeconfig", self.kubeconfig,
                            *map(str, args)], env)
         return self.controller
+
+    def cluster_networks(self):
+        """The pod network (CONTROLLER_POD_CIDR) and the service subnet
+        (SERVICE_SUBNET_CIDR, gateway and allocation pool in its upper half) on one router,
+        CLUSTER_ROUTER, as an operator prepares them for kuryr-kubernetes: a Service's
+        VIP is served on the bridges of the networks that share a router with it. Made
+        once; returns the router."""
+        _, data = self.api("GET", f"/routers?name={CLUSTER_ROUTER}", expect=200)
+        if data["routers"]:
+            return data["routers"][0]
+        _, pod_subnets = self.network(CONTROLLER_POD_NETWORK, CONTROLLER_POD_CIDR)
+        svc = self.create("networks", {"name": SERVICE_NETWORK})
+        svc_subnet = self.create("subnets", {
+            "network_id": svc["id"], "name": SERVICE_NETWORK, "ip_version": 4,
+            "cidr": SERVICE_SUBNET_CIDR, "gateway_ip": "10.96.255.254",
+            "allocation_pools": [{"start": "10.96.128.1", "end": "10.96.255.253"}]})
+        _, data = self.api("POST", "/routers", {"router": {"name": CLUSTER_ROUTER}},
+                           expect=201)
+        router = data["router"]
+        for s in (pod_subnets[0], svc_subnet):
+            self.api("PUT", f"/routers/{router['id']}/add_router_interface",
+                     {"subnet_id": s["id"]}, expect=200)
+        return router
 
     def get_network(self, name):
         """The Neutron network named `name` (None if there is none)."""

@@ -485,11 +485,12 @@ class Lab:
         except ValueError:
             return 0
 
-    def api(self, method, path, body=None, expect=None):
-        """Neutron over HTTP as admin (from inside the lab). Returns (status, json)."""
+    def api(self, method, path, body=None, expect=None, root="/networking/v2.0"):
+        """Neutron over HTTP as admin (from inside the lab; `root="/load-balancer/v2"`:
+        Octavia). Returns (status, json)."""
         cmd = [*self.curl(), "-s", "-w", "\n%{http_code}", "-X", method, "-H",
                f"X-Auth-Token: {self.token()}", "-H", "Content-Type: application/json",
-               f"{self.url}/networking/v2.0{path}"]
+               f"{self.url}{root}{path}"]
         if body is not None:
             cmd[1:1] = ["-d", json.dumps(body)]
         out = self.exec("lab", *cmd)

@@ -72,6 +72,8 @@ struct Session {
     expires_at: Option<DateTime<Utc>>,
     /// Neutron's URL ending in `/v2.0`, no trailing slash.
     network_url: String,
+    /// Octavia's URL ending in `/v2` (the catalog's `load-balancer` service), if any.
+    lb_url: Option<String>,
 }
 
 impl Session {
@@ -92,8 +94,18 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// What a request is aimed at: a path under `/v2.0` plus query pairs.
+/// Which API of the cloud a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// Neutron (`/v2.0`).
+    Network,
+    /// Octavia (`/v2`).
+    LoadBalancer,
+}
+
+/// What a request is aimed at: a path under the API's version root plus query pairs.
 struct Target<'a> {
+    api: Api,
     path: &'a str,
     query: &'a [(String, String)],
 }
@@ -189,6 +201,7 @@ impl Client {
                     token: None,
                     expires_at: None,
                     network_url: v2_url(endpoint),
+                    lb_url: None,
                 })
             }
             AuthMethod::Password(p) => {
@@ -267,15 +280,26 @@ impl Client {
             Some(e) => v2_url(e),
             None => v2_url(&pick_endpoint(
                 &body.token.catalog,
+                "network",
                 &creds.interface,
                 creds.region_name.as_deref(),
             )?),
         };
+        // Octavia is optional: only load-balancer calls need it.
+        let lb_url = pick_endpoint(
+            &body.token.catalog,
+            "load-balancer",
+            &creds.interface,
+            creds.region_name.as_deref(),
+        )
+        .ok()
+        .map(|u| lb_v2_url(&u));
         tracing::info!(%network_url, expires_at = ?expires_at, "authenticated with Keystone");
         Ok(Session {
             token: Some(token),
             expires_at,
             network_url,
+            lb_url,
         })
     }
 
@@ -291,7 +315,15 @@ impl Client {
         let mut retried = false;
         loop {
             let session = self.session().await?;
-            let url = build_url(&session.network_url, target.path, target.query)?;
+            let base = match target.api {
+                Api::Network => session.network_url.as_str(),
+                Api::LoadBalancer => session.lb_url.as_deref().ok_or_else(|| {
+                    ClientError::Config(
+                        "the Keystone catalog has no \"load-balancer\" service (Octavia)".into(),
+                    )
+                })?,
+            };
+            let url = build_url(base, target.path, target.query)?;
             let url_text = url.to_string();
             let mut rb = self
                 .inner
@@ -342,9 +374,20 @@ impl Client {
         }
     }
 
-    /// Sends a request and reads its JSON body (`Value::Null` for an empty body).
+    /// Sends a Neutron request and reads its JSON body (`Value::Null` for an empty body).
     async fn call(
         &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        self.call_api(Api::Network, method, path, query, body).await
+    }
+
+    async fn call_api(
+        &self,
+        api: Api,
         method: Method,
         path: &str,
         query: &[(String, String)],
@@ -353,7 +396,7 @@ impl Client {
         let (resp, url) = self
             .send(
                 method.clone(),
-                Target { path, query },
+                Target { api, path, query },
                 body,
                 Some(self.inner.config.request_timeout),
             )
@@ -373,6 +416,29 @@ impl Client {
     /// and may carry a query string. Returns the JSON body, `Value::Null` when empty
     /// (204 of a DELETE).
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        self.request_api(Api::Network, method, path, body).await
+    }
+
+    /// Any Octavia call: `path` is relative to `/v2` (`/lbaas/loadbalancers?...`), through
+    /// the catalog's `load-balancer` service. Octavia's faults become [`ClientError`]s as
+    /// Neutron's errors do (409 `ImmutableObject` is a [`ClientError::Conflict`]).
+    pub async fn lb_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        self.request_api(Api::LoadBalancer, method, path, body)
+            .await
+    }
+
+    async fn request_api(
+        &self,
+        api: Api,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let (path, query) = match path.split_once('?') {
             Some((p, q)) => (
                 p,
@@ -386,7 +452,8 @@ impl Client {
             ),
             None => (path, Vec::new()),
         };
-        self.call(method, path, &query, body.as_ref()).await
+        self.call_api(api, method, path, &query, body.as_ref())
+            .await
     }
 
     async fn get_one<T: DeserializeOwned>(
@@ -631,6 +698,7 @@ impl Client {
             .send(
                 Method::GET,
                 Target {
+                    api: Api::Network,
                     path: &path,
                     query: &query,
                 },
@@ -772,6 +840,16 @@ pub fn v2_url(endpoint: &str) -> String {
     }
 }
 
+/// Octavia's root URL → its `/v2` URL (not doubled when already there).
+pub fn lb_v2_url(endpoint: &str) -> String {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.ends_with("/v2") || e.ends_with("/v2.0") {
+        e.to_string()
+    } else {
+        format!("{e}/v2")
+    }
+}
+
 /// Keystone's URL → its `/v3` URL.
 pub fn identity_v3_url(auth_url: &str) -> String {
     let a = auth_url.trim().trim_end_matches('/');
@@ -871,18 +949,19 @@ struct CatalogEndpoint {
 
 fn pick_endpoint(
     catalog: &[CatalogService],
+    service: &str,
     interface: &str,
     region: Option<&str>,
 ) -> Result<String> {
     let network: Vec<&CatalogEndpoint> = catalog
         .iter()
-        .filter(|s| s.kind == "network")
+        .filter(|s| s.kind == service)
         .flat_map(|s| s.endpoints.iter())
         .collect();
     if network.is_empty() {
         let kinds: Vec<&str> = catalog.iter().map(|s| s.kind.as_str()).collect();
         return Err(ClientError::Auth(format!(
-            "the Keystone catalog has no \"network\" service (it has: {})",
+            "the Keystone catalog has no {service:?} service (it has: {})",
             if kinds.is_empty() {
                 "nothing".to_string()
             } else {
@@ -914,7 +993,7 @@ fn pick_endpoint(
         })
         .collect();
     Err(ClientError::Auth(format!(
-        "no \"network\" endpoint with interface {interface}{} in the Keystone catalog \
+        "no {service:?} endpoint with interface {interface}{} in the Keystone catalog \
          (it has: {}); set OS_INTERFACE / OS_REGION_NAME",
         region
             .map(|r| format!(" in region {r}"))
@@ -933,6 +1012,11 @@ mod tests {
         assert_eq!(v2_url("http://n:9696/"), "http://n:9696/v2.0");
         assert_eq!(v2_url("http://n:9696/v2.0/"), "http://n:9696/v2.0");
         assert_eq!(v2_url("https://c/network"), "https://c/network/v2.0");
+        assert_eq!(
+            lb_v2_url("http://n:9696/load-balancer"),
+            "http://n:9696/load-balancer/v2"
+        );
+        assert_eq!(lb_v2_url("http://o:9876/v2/"), "http://o:9876/v2");
         assert_eq!(identity_v3_url("http://k:5000"), "http://k:5000/v3");
         assert_eq!(identity_v3_url("http://k:5000/v3/"), "http://k:5000/v3");
         assert_eq!(identity_v3_url("http://k/identity"), "http://k/identity/v3");
@@ -972,23 +1056,23 @@ mod tests {
         ]))
         .unwrap_or_default();
         assert_eq!(
-            pick_endpoint(&catalog, "public", None),
+            pick_endpoint(&catalog, "network", "public", None),
             Ok("http://pub1".into())
         );
         assert_eq!(
-            pick_endpoint(&catalog, "public", Some("R2")),
+            pick_endpoint(&catalog, "network", "public", Some("R2")),
             Ok("http://pub2".into())
         );
         assert_eq!(
-            pick_endpoint(&catalog, "internal", Some("R1")),
+            pick_endpoint(&catalog, "network", "internal", Some("R1")),
             Ok("http://int1".into())
         );
         assert!(matches!(
-            pick_endpoint(&catalog, "admin", None),
+            pick_endpoint(&catalog, "network", "admin", None),
             Err(ClientError::Auth(m)) if m.contains("public in R1")
         ));
         assert!(matches!(
-            pick_endpoint(&catalog[..1], "public", None),
+            pick_endpoint(&catalog[..1], "network", "public", None),
             Err(ClientError::Auth(m)) if m.contains("identity")
         ));
     }

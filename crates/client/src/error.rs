@@ -95,6 +95,12 @@ struct NeutronErrorInner {
     detail: Option<String>,
 }
 
+/// Octavia's (wsme) error body.
+#[derive(Deserialize)]
+struct OctaviaFault {
+    faultstring: String,
+}
+
 #[derive(Deserialize)]
 struct KeystoneErrorBody {
     error: KeystoneErrorInner,
@@ -146,6 +152,9 @@ fn parse_error_body(status: u16, body: &[u8]) -> (String, String) {
         }
         return (kind, message);
     }
+    if let Ok(b) = serde_json::from_slice::<OctaviaFault>(body) {
+        return (default_kind(status), b.faultstring);
+    }
     if let Ok(b) = serde_json::from_slice::<KeystoneErrorBody>(body) {
         let kind = b
             .error
@@ -194,6 +203,18 @@ mod tests {
         let e = ClientError::from_response(400, body);
         assert_eq!(e.status(), Some(400));
         assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn octavia_fault_body() {
+        let body = br#"{"faultcode": "Client", "faultstring": "Load Balancer x is immutable and cannot be updated.", "debuginfo": null}"#;
+        assert_eq!(
+            ClientError::from_response(409, body),
+            ClientError::Conflict {
+                kind: "HTTPConflict".into(),
+                message: "Load Balancer x is immutable and cannot be updated.".into()
+            }
+        );
     }
 
     #[test]

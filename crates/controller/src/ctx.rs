@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -16,11 +17,13 @@ use tokio::time::Instant;
 
 use crate::Config;
 use crate::cache::Cache;
+use crate::lbaas::{LbState, Octavia};
 use crate::membership::Index;
 use crate::metrics::Metrics;
 use crate::neutron::Neutron;
 use crate::policy::{self, Isolation};
 use crate::queue::Queue;
+use crate::service_lb::ServiceNet;
 use crate::view::{NsLabels, PodView, namespace_labels};
 
 /// Where pods' ports are, with the names resolved to ids.
@@ -48,6 +51,11 @@ pub enum Key {
         namespace: String,
         name: String,
     },
+    /// A Service's load balancer.
+    Service {
+        namespace: String,
+        name: String,
+    },
     /// The cluster-wide groups: allow-all, and peer groups no policy names any more.
     Groups,
     /// Objects whose owner is gone, from the cache as it is (after a relist).
@@ -69,9 +77,17 @@ impl Key {
         }
     }
 
+    pub fn service(namespace: &str, name: &str) -> Key {
+        Key::Service {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Key::Pod { .. } => "pod",
+            Key::Service { .. } => "service",
             Key::Namespace(_) => "namespace",
             Key::Policy { .. } => "policy",
             Key::Groups => "groups",
@@ -91,6 +107,7 @@ impl std::fmt::Display for Key {
             Key::Pod { namespace, name } => write!(f, "pod {namespace}/{name}"),
             Key::Namespace(n) => write!(f, "namespace {n}"),
             Key::Policy { namespace, name } => write!(f, "networkpolicy {namespace}/{name}"),
+            Key::Service { namespace, name } => write!(f, "service {namespace}/{name}"),
             Key::Groups => f.write_str("cluster groups"),
             Key::Sweep => f.write_str("orphan sweep"),
         }
@@ -103,6 +120,8 @@ pub struct Stores {
     pub namespaces: Store<Namespace>,
     pub policies: Store<NetworkPolicy>,
     pub nodes: Store<Node>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
 }
 
 /// Async mutexes by name, made on demand and forgotten when nobody holds or waits.
@@ -170,6 +189,11 @@ pub struct Ctx {
     pub cfg: Config,
     pub net: NetMode,
     pub neutron: Neutron,
+    pub octavia: Octavia,
+    /// Where Service VIPs go (`None`: Services are not balanced by kuryr).
+    pub services: Option<ServiceNet>,
+    /// Each Service's load balancer as last made or read (`None`: it has none).
+    pub lbs: Mutex<HashMap<String, Option<LbState>>>,
     pub kube: kube::Client,
     pub stores: Stores,
     pub cache: Mutex<Cache>,

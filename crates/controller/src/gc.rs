@@ -199,6 +199,7 @@ pub async fn full_pass(ctx: &Arc<Ctx>) -> Result<()> {
     refresh(ctx).await?;
     ctx.queue.add(Key::Groups);
     enqueue_orphans(ctx).await?;
+    crate::service_lb::sweep(ctx).await?;
     enqueue_everything(ctx);
     ctx.pool_trigger.notify_one();
     Ok(())
@@ -224,6 +225,14 @@ pub fn enqueue_everything(ctx: &Ctx) {
         if let (Some(n), Some(m)) = (&p.metadata.namespace, &p.metadata.name) {
             ctx.queue.add(Key::pod(n, m));
             *by_kind.entry("pods").or_default() += 1;
+        }
+    }
+    if ctx.services.is_some() {
+        for s in ctx.stores.services.state() {
+            if let (Some(n), Some(m)) = (&s.metadata.namespace, &s.metadata.name) {
+                ctx.queue.add(Key::service(n, m));
+                *by_kind.entry("services").or_default() += 1;
+            }
         }
     }
     tracing::debug!(?by_kind, "everything queued for reconcile");

@@ -30,6 +30,7 @@ pub mod ctx;
 pub mod error;
 pub mod gc;
 pub mod labels;
+pub mod lbaas;
 pub mod leader;
 pub mod membership;
 pub mod metrics;
@@ -41,6 +42,8 @@ pub mod policy;
 pub mod pool_manager;
 pub mod pools;
 pub mod queue;
+pub mod service_lb;
+pub mod services;
 pub mod tags;
 #[cfg(test)]
 mod test_fixtures;
@@ -56,7 +59,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer};
@@ -70,6 +74,7 @@ use crate::ctx::{Ctx, Key, KeyedLocks, NetMode, Stores, lock};
 use crate::metrics::Metrics;
 use crate::neutron::Neutron;
 use crate::queue::Queue;
+use crate::service_lb::ServiceNet;
 use crate::view::PodView;
 
 pub use error::{Error, Result};
@@ -91,6 +96,9 @@ pub struct Config {
     /// The value of the `kuryr.k8s.cluster` tag.
     pub cluster: String,
     pub network: Network,
+    /// The subnet (name or id) Service VIPs are made in: the cluster's service CIDR.
+    /// `None`: Services get no load balancer.
+    pub service_subnet: Option<String>,
     /// Project of what is made; `None`: the credential's.
     pub project: Option<String>,
     pub pool: PoolConfig,
@@ -138,12 +146,20 @@ pub async fn run(
             }
         });
     }
-    let neutron = Neutron::new(client, cfg.cluster.clone(), cfg.project.clone());
+    let neutron = Neutron::new(client.clone(), cfg.cluster.clone(), cfg.project.clone());
     let net = tokio::select! {
         r = resolve_network(&neutron, &cfg.network) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
-    tracing::info!(cluster = %cfg.cluster, network = ?net, "kuryr controller starting");
+    let svc_net = match &cfg.service_subnet {
+        Some(s) => tokio::select! {
+            r = resolve_service_subnet(&neutron, s) => Some(r?),
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        },
+        None => None,
+    };
+    let octavia = lbaas::Octavia::new(client.clone(), cfg.cluster.clone(), cfg.project.clone());
+    tracing::info!(cluster = %cfg.cluster, network = ?net, services = ?svc_net, "kuryr controller starting");
     let (lead_tx, mut lead_rx) = watch::channel(cfg.leader.is_none());
     if let Some(lc) = cfg.leader.clone() {
         let api: Api<Lease> = Api::namespaced(kube.clone(), &lc.namespace);
@@ -157,7 +173,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
         metrics.leader.set(1);
-        let term = run_term(&cfg, &net, &neutron, &kube, &metrics);
+        let term = run_term(&cfg, &net, &svc_net, &neutron, &octavia, &kube, &metrics);
         let outcome = tokio::select! {
             r = term => Some(r),
             _ = lead_rx.wait_for(|l| !*l) => {
@@ -195,38 +211,35 @@ pub async fn run(
     Ok(())
 }
 
-/// Resolves the network options to ids (retrying while Neutron cannot be reached).
-async fn resolve_network(neutron: &Neutron, network: &Network) -> Result<NetMode> {
+/// Resolves `--service-subnet` to its id and CIDR (retrying while Neutron cannot be
+/// reached).
+async fn resolve_service_subnet(neutron: &Neutron, subnet: &str) -> Result<ServiceNet> {
+    retrying(|| async {
+        let v = neutron.resolve("subnets", "subnet", subnet).await?;
+        let cidr = v
+            .get("cidr")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|c| c.parse::<ipnet::IpNet>().ok())
+            .ok_or_else(|| Error::Decode(format!("subnet {subnet} without a CIDR")))?;
+        Ok(ServiceNet {
+            subnet: json_id(&v, "subnet")?,
+            cidr,
+        })
+    })
+    .await
+}
+
+/// Runs `f` until it succeeds or fails for another reason than Neutron being
+/// unreachable or failing.
+async fn retrying<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut failures = 0u32;
     loop {
-        let r = async {
-            match network {
-                Network::Single(n) => {
-                    let v = neutron.resolve("networks", "network", n).await?;
-                    let id = json_id(&v, "network")?;
-                    Ok(NetMode::Single { network: id })
-                }
-                Network::PerNamespace { subnetpool, router } => {
-                    let p = neutron
-                        .resolve("subnetpools", "subnetpool", subnetpool)
-                        .await?;
-                    let ip_version = p
-                        .get("ip_version")
-                        .and_then(serde_json::Value::as_u64)
-                        .and_then(|v| u8::try_from(v).ok())
-                        .unwrap_or(4);
-                    let r = neutron.resolve("routers", "router", router).await?;
-                    Ok(NetMode::PerNamespace {
-                        subnetpool: json_id(&p, "subnetpool")?,
-                        ip_version,
-                        router: json_id(&r, "router")?,
-                    })
-                }
-            }
-        }
-        .await;
-        match r {
-            Ok(m) => return Ok(m),
+        match f().await {
+            Ok(v) => return Ok(v),
             Err(Error::Neutron(e)) if e.is_retryable() || matches!(e.status(), Some(500..)) => {
                 let d = queue::backoff(failures.saturating_add(3));
                 failures = failures.saturating_add(1);
@@ -236,6 +249,36 @@ async fn resolve_network(neutron: &Neutron, network: &Network) -> Result<NetMode
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Resolves the network options to ids (retrying while Neutron cannot be reached).
+async fn resolve_network(neutron: &Neutron, network: &Network) -> Result<NetMode> {
+    retrying(|| async {
+        match network {
+            Network::Single(n) => {
+                let v = neutron.resolve("networks", "network", n).await?;
+                let id = json_id(&v, "network")?;
+                Ok(NetMode::Single { network: id })
+            }
+            Network::PerNamespace { subnetpool, router } => {
+                let p = neutron
+                    .resolve("subnetpools", "subnetpool", subnetpool)
+                    .await?;
+                let ip_version = p
+                    .get("ip_version")
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|v| u8::try_from(v).ok())
+                    .unwrap_or(4);
+                let r = neutron.resolve("routers", "router", router).await?;
+                Ok(NetMode::PerNamespace {
+                    subnetpool: json_id(&p, "subnetpool")?,
+                    ip_version,
+                    router: json_id(&r, "router")?,
+                })
+            }
+        }
+    })
+    .await
 }
 
 fn json_id(v: &serde_json::Value, what: &str) -> Result<String> {
@@ -250,11 +293,15 @@ fn json_id(v: &serde_json::Value, what: &str) -> Result<String> {
 async fn run_term(
     cfg: &Config,
     net: &NetMode,
+    svc_net: &Option<ServiceNet>,
     neutron: &Neutron,
+    octavia: &lbaas::Octavia,
     kube: &kube::Client,
     metrics: &Arc<Metrics>,
 ) -> Result<()> {
     let (pods_r, pods_w) = reflector::store::<Pod>();
+    let (svc_r, svc_w) = reflector::store::<Service>();
+    let (slices_r, slices_w) = reflector::store::<EndpointSlice>();
     let (ns_r, ns_w) = reflector::store::<Namespace>();
     let (np_r, np_w) = reflector::store::<NetworkPolicy>();
     let (nodes_r, nodes_w) = reflector::store::<Node>();
@@ -272,7 +319,12 @@ async fn run_term(
             namespaces: ns_r.clone(),
             policies: np_r.clone(),
             nodes: nodes_r.clone(),
+            services: svc_r.clone(),
+            slices: slices_r.clone(),
         },
+        octavia: octavia.clone(),
+        services: svc_net.clone(),
+        lbs: Default::default(),
         cache: Default::default(),
         index: Default::default(),
         peer_lock: Default::default(),
@@ -317,10 +369,32 @@ async fn run_term(
         "nodes",
     ));
 
+    // Services are watched only when kuryr balances them.
+    let balancing = svc_net.is_some();
+    if balancing {
+        tasks.spawn(watch(
+            Api::<Service>::all(kube.clone()),
+            svc_w,
+            ctx.clone(),
+            on_service,
+            "services",
+        ));
+        tasks.spawn(watch(
+            Api::<EndpointSlice>::all(kube.clone()),
+            slices_w,
+            ctx.clone(),
+            on_slice,
+            "endpointslices",
+        ));
+    }
     let ready = async {
         pods_r.wait_until_ready().await?;
         ns_r.wait_until_ready().await?;
         np_r.wait_until_ready().await?;
+        if balancing {
+            svc_r.wait_until_ready().await?;
+            slices_r.wait_until_ready().await?;
+        }
         nodes_r.wait_until_ready().await
     };
     tokio::select! {
@@ -391,7 +465,12 @@ async fn run_term(
 
 async fn worker(ctx: Arc<Ctx>) -> &'static str {
     while let Some(key) = ctx.queue.next().await {
-        match handle(&ctx, &key).await {
+        ctx.metrics.queue_depth.set(ctx.queue.len() as i64);
+        let t0 = tokio::time::Instant::now();
+        let r = handle(&ctx, &key).await;
+        ctx.metrics
+            .reconciled(key.kind(), t0.elapsed().as_secs_f64());
+        match r {
             Ok(()) => ctx.queue.done(&key),
             Err(e) => {
                 ctx.metrics.failure(key.kind());
@@ -417,11 +496,15 @@ async fn handle(ctx: &Arc<Ctx>, key: &Key) -> Result<()> {
     match key {
         Key::Pod { namespace, name } => pods::reconcile(ctx, namespace, name).await,
         Key::Namespace(n) => namespaces::reconcile(ctx, n).await,
+        Key::Service { namespace, name } => service_lb::reconcile(ctx, namespace, name).await,
         Key::Policy { namespace, name } => {
             netpol::reconcile(ctx, namespace, name, netpol::Mode::Full).await
         }
         Key::Groups => netpol::reconcile_groups(ctx, netpol::Mode::Full).await,
-        Key::Sweep => gc::enqueue_orphans(ctx).await,
+        Key::Sweep => {
+            gc::enqueue_orphans(ctx).await?;
+            service_lb::sweep(ctx).await
+        }
     }
 }
 
@@ -537,6 +620,36 @@ fn on_policy(ctx: &Ctx, ev: watcher::Event<NetworkPolicy>) {
     }
 }
 
+fn on_service(ctx: &Ctx, ev: watcher::Event<Service>) {
+    match ev {
+        watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s) => {
+            if let (Some(n), Some(m)) =
+                (s.metadata.namespace.as_deref(), s.metadata.name.as_deref())
+            {
+                ctx.queue.add(Key::service(n, m));
+            }
+        }
+        watcher::Event::InitDone => relisted(ctx),
+        watcher::Event::Init => {}
+    }
+}
+
+fn on_slice(ctx: &Ctx, ev: watcher::Event<EndpointSlice>) {
+    match ev {
+        watcher::Event::Apply(s) | watcher::Event::InitApply(s) | watcher::Event::Delete(s) => {
+            let svc = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(services::SERVICE_NAME_LABEL));
+            if let (Some(n), Some(m)) = (s.metadata.namespace.as_deref(), svc) {
+                ctx.queue.add(Key::service(n, m));
+            }
+        }
+        watcher::Event::InitDone | watcher::Event::Init => {}
+    }
+}
+
 fn on_node(ctx: &Ctx, ev: watcher::Event<Node>) {
     if !matches!(ev, watcher::Event::Init) {
         ctx.pool_trigger.notify_one();
@@ -546,6 +659,7 @@ fn on_node(ctx: &Ctx, ev: watcher::Event<Node>) {
 /// What `cleanup` deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CleanupReport {
+    pub load_balancers: usize,
     pub ports: usize,
     pub groups: usize,
     pub subnets: usize,
@@ -555,8 +669,23 @@ pub struct CleanupReport {
 /// Deletes everything the controller made for `cluster` (tear-down: pool ports, pods'
 /// ports, groups, namespace networks). Kubernetes is not needed.
 pub async fn cleanup(client: kuryr_client::Client, cluster: &str) -> Result<CleanupReport> {
-    let n = Neutron::new(client, cluster.to_string(), None);
     let mut report = CleanupReport::default();
+    // Load balancers first: their VIP ports are in subnets that may go below. A cloud
+    // without Octavia has none to delete.
+    let octavia = lbaas::Octavia::new(client.clone(), cluster.to_string(), None);
+    match octavia.list_all().await {
+        Ok(lbs) => {
+            for lb in lbs {
+                octavia.delete_lb(&lb.id).await?;
+                report.load_balancers += 1;
+            }
+        }
+        Err(Error::Neutron(kuryr_client::ClientError::Config(m))) => {
+            tracing::info!(reason = %m, "no load balancers to delete");
+        }
+        Err(e) => return Err(e),
+    }
+    let n = Neutron::new(client, cluster.to_string(), None);
     let ports = n.list_ports().await?;
     let deleted: Vec<Result<()>> = futures::stream::iter(ports)
         .map(|p| {

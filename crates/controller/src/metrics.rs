@@ -1,6 +1,7 @@
 //! The controller's metrics (Prometheus text on `--metrics-listen`, `GET /metrics`):
-//! pool sizes, pool hits and misses, port assignment latency, reconcile failures, and
-//! whether this replica leads.
+//! pool sizes, pool hits and misses, port assignment latency, reconciles (counts,
+//! failures and latency by kind), the work queue's depth, and whether this replica
+//! leads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,7 +45,16 @@ pub struct Metrics {
     pub policy_seconds: Histogram,
     pub port_group_updates: Counter,
     pub reconcile_failures: Family<KindLabels, Counter>,
+    pub reconciles: Family<KindLabels, Counter>,
+    pub reconcile_seconds: Family<KindLabels, Histogram, fn() -> Histogram>,
+    /// Keys waiting in the work queue.
+    pub queue_depth: Gauge,
     pub leader: Gauge,
+}
+
+/// 0.5 ms to ~16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -109,6 +119,28 @@ impl Metrics {
             "Failed reconciles by kind (retried with backoff)",
             reconcile_failures.clone(),
         );
+        let reconciles = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles done by kind (successful or not)",
+            reconciles.clone(),
+        );
+        let reconcile_seconds =
+            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time of one reconcile by kind",
+            Unit::Seconds,
+            reconcile_seconds.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Keys waiting in the work queue",
+            queue_depth.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 when this replica leads", leader.clone());
         Metrics {
@@ -122,6 +154,9 @@ impl Metrics {
             policy_seconds,
             port_group_updates,
             reconcile_failures,
+            reconciles,
+            reconcile_seconds,
+            queue_depth,
             leader,
         }
     }
@@ -130,6 +165,13 @@ impl Metrics {
         let mut body = String::new();
         prometheus_text::encode(&mut body, &self.registry)?;
         Ok(body)
+    }
+
+    /// One reconcile of `kind` took `secs`.
+    pub fn reconciled(&self, kind: &str, secs: f64) {
+        let l = KindLabels { kind: kind.into() };
+        self.reconciles.get_or_create(&l).inc();
+        self.reconcile_seconds.get_or_create(&l).observe(secs);
     }
 
     pub fn failure(&self, kind: &str) {
@@ -186,6 +228,7 @@ mod tests {
             })
             .set(5);
         m.failure("pod");
+        m.reconciled("service", 0.002);
         let text = m.encode().unwrap_or_default();
         assert!(
             text.contains("kuryr_controller_pool_hits_total{node=\"n1\"} 1"),
@@ -193,5 +236,9 @@ mod tests {
         );
         assert!(text.contains("kuryr_controller_pool_ports{node=\"n1\",network=\"net\"} 5"));
         assert!(text.contains("kuryr_controller_reconcile_failures_total{kind=\"pod\"} 1"));
+        assert!(text.contains("kuryr_controller_reconciles_total{kind=\"service\"} 1"));
+        assert!(
+            text.contains("kuryr_controller_reconcile_duration_seconds_count{kind=\"service\"} 1")
+        );
     }
 }

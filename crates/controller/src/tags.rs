@@ -18,6 +18,10 @@ pub const POLICY_NAMESPACE: &str = "kuryr.k8s.policy.namespace=";
 pub const POLICY_NAME: &str = "kuryr.k8s.policy.name=";
 /// A policy's group for one resolution of a named ingress port: `<proto>:<name>:<number>`.
 pub const NAMED_PORT: &str = "kuryr.k8s.named-port=";
+/// A Service's load balancer and its listeners and pools.
+pub const SERVICE_UID: &str = "kuryr.k8s.service.uid=";
+pub const SERVICE_NAMESPACE: &str = "kuryr.k8s.service.namespace=";
+pub const SERVICE_NAME: &str = "kuryr.k8s.service.name=";
 /// A peer (selector) group: the hash of its canonical peer.
 pub const PEER: &str = "kuryr.k8s.peer=";
 /// The cluster's non-isolation groups: `ingress` or `egress`.
