@@ -4,7 +4,9 @@
 # kube-scheduler, kubelet and kubectl from k8s.io/kubernetes at one release, etcd
 # from go.etcd.io/etcd/server/v3, cnitool from github.com/containernetworking/cni,
 # containerd 2 (containerd, ctr, containerd-shim-runc-v2) from
-# github.com/containerd/containerd/v2 and crictl from sigs.k8s.io/cri-tools.
+# github.com/containerd/containerd/v2, crictl from sigs.k8s.io/cri-tools and CoreDNS
+# from github.com/coredns/coredns (the cluster's DNS, in an image the lab builds; its
+# binary is named after its version, coredns-vX.Y.Z, since the bin dir is not).
 #
 # containerd 2, not Debian's 1.6 (which does run kubelet 1.34): the lab's kuryr
 # conflist is CNI 1.1.0, whose results the CNI library of containerd 1.6 rejects
@@ -23,12 +25,13 @@ ETCD=v3.6.16
 CNI=v1.3.0
 CONTAINERD=v2.4.2 # supports cgroup v1 (deprecated, kept until 2029)
 CRICTL=v1.34.0    # cri-tools of the same minor as the kubelet
+COREDNS=v1.15.0
 
 CACHE=${KURYR_CACHE:-$HOME/.cache/kuryr}
 BIN=$CACHE/k8s-$K8S-etcd-$ETCD-cni-$CNI-containerd-$CONTAINERD-crictl-$CRICTL/bin
 K8S_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 CONTAINERD_TOOLS=(containerd ctr containerd-shim-runc-v2)
-TOOLS=("${K8S_TOOLS[@]}" etcd cnitool "${CONTAINERD_TOOLS[@]}" crictl)
+TOOLS=("${K8S_TOOLS[@]}" etcd cnitool "${CONTAINERD_TOOLS[@]}" crictl "coredns-$COREDNS")
 
 # True if every named binary is in the bin dir.
 have() {
@@ -118,6 +121,13 @@ build_crictl() {
         sigs.k8s.io/cri-tools/cmd/crictl)
 }
 
+build_coredns() {
+    local dir
+    dir=$(build_module "coredns-$COREDNS" github.com/coredns/coredns "$COREDNS")
+    (cd "$dir" && go mod download github.com/coredns/coredns &&
+        go build -trimpath -ldflags "-s -w" -o "$BIN/coredns-$COREDNS" github.com/coredns/coredns)
+}
+
 # group name, build function, binaries
 step() {
     local name=$1 fn=$2 t=$SECONDS
@@ -131,6 +141,7 @@ step "etcd $ETCD" build_etcd etcd
 step "cnitool $CNI" build_cnitool cnitool
 step "containerd $CONTAINERD" build_containerd "${CONTAINERD_TOOLS[@]}"
 step "crictl $CRICTL" build_crictl crictl
+step "coredns $COREDNS" build_coredns "coredns-$COREDNS"
 
 have "${TOOLS[@]}"
 echo "[k8s-build] built in $((SECONDS - start)) s" >&2

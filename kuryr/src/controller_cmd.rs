@@ -39,6 +39,11 @@ pub struct ControllerArgs {
     #[arg(long)]
     pub service_subnet: Option<String>,
 
+    /// The external network (name or id) whose floating IPs `type: LoadBalancer`
+    /// Services get on their VIP (kuryr-kubernetes' `external_svc_net`).
+    #[arg(long, requires = "service_subnet")]
+    pub external_svc_net: Option<String>,
+
     /// Project of the Neutron objects made (default: the credential's; another project
     /// needs an admin credential).
     #[arg(long)]
@@ -145,6 +150,7 @@ impl ControllerArgs {
             cluster: self.cluster_name.clone(),
             network,
             service_subnet: self.service_subnet.clone(),
+            external_svc_net: self.external_svc_net.clone(),
             project: self.pod_project.clone(),
             pool: PoolConfig {
                 min: self.ports_pool_min,

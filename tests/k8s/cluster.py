@@ -61,6 +61,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "lab"))
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "docker"))
 sys.path.insert(0, _HERE)
 
+import dns  # noqa: E402
 import images  # noqa: E402
 from dockerlab import (CGROUP_ROOT, _cgroup_dirs, _cmdline, _kill_cgroup_tree,  # noqa: E402
                        _kill_pids, _lab_alive, sweep_stale_dockerlabs)
@@ -389,13 +390,18 @@ class Cluster(Lab):
     lab's hosts. `cni`: "reference" or "kuryr"."""
 
     def __init__(self, hosts=2, cni="reference", agent_args=(), server_args=(),
-                 probe=True, controller=False, keep_running=False):
+                 probe=True, controller=False, keep_running=False, dns=False):
         """`probe`: wait until a pod per node has run (scheduled, started, with the
         CNI); `controller`: start `kuryr controller` (see start_controller) before the
         probe; `keep_running`: the cluster outlives this process (scripts/k8s-lab.sh)
-        until `down` (a keeper process stands for it in tests/lab's pid file)."""
+        until `down` (a keeper process stands for it in tests/lab's pid file); `dns`:
+        CoreDNS behind kube-dns (tests/k8s/dns.py), which needs kuryr's Services (the
+        kuryr CNI and the controller)."""
         if cni not in ("reference", "kuryr"):
             raise ValueError(f"cni must be 'reference' or 'kuryr', not {cni!r}")
+        if dns and not (cni == "kuryr" and controller):
+            raise ValueError("dns needs cni='kuryr' and the controller (Services)")
+        self.dns = dns
         if cni == "kuryr" and not kuryr_cni_available():
             raise RuntimeError(f"{KURYR_CNI_BIN} is not built (cargo build --release --bins)")
         self.timings = {}
@@ -459,6 +465,13 @@ class Cluster(Lab):
     def exe(self, name):
         return os.path.join(self.bin, name)
 
+    def coredns_bin(self):
+        """The CoreDNS binary scripts/k8s-build.sh made (named after its version)."""
+        found = sorted(glob.glob(os.path.join(self.bin, "coredns-v*")))
+        if not found:
+            raise RuntimeError(f"no coredns-v* in {self.bin}: run scripts/k8s-build.sh")
+        return found[-1]
+
     # ---------------------------------------------------------------- bring-up
 
     def _build_cluster(self, probe, controller):
@@ -471,7 +484,8 @@ class Cluster(Lab):
         for h in self.hosts:
             self._prepare_node(h)
             self._start_holder(h)
-        archive = images.build_archive(os.path.join(self.dir, "images.tar"))
+        archive = images.build_archive(os.path.join(self.dir, "images.tar"),
+                                       coredns=self.coredns_bin() if self.dns else None)
         self._wait_etcd()
         self._start_apiserver()
         for h in self.hosts:
@@ -498,6 +512,11 @@ class Cluster(Lab):
         self._time("default ServiceAccount", t)
         if controller:
             self.start_controller()
+        if self.dns:
+            t = time.monotonic()
+            self.apply(dns.objects())
+            self.wait_pods("k8s-app=kube-dns", namespace=dns.NAMESPACE, count=2, timeout=120)
+            self._time("CoreDNS ready", t)
         if probe:
             t = time.monotonic()
             self.probe()
@@ -737,7 +756,8 @@ disabled_plugins = ['io.containerd.internal.v1.opt', 'io.containerd.image-verifi
                              "nodefs.inodesFree": "1%", "imagefs.available": "1%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "volumeStatsAggPeriod": "0s", "serializeImagePulls": False,
-            "resolvConf": resolv, "clusterDomain": "cluster.local",
+            "resolvConf": resolv, "clusterDomain": dns.DOMAIN,
+            **({"clusterDNS": [dns.DNS_IP]} if self.dns else {}),
             "shutdownGracePeriod": "0s", "rotateCertificates": False,
             # Its writes go to the node's own files (see the module's docstring).
             "protectKernelDefaults": False,
@@ -1000,11 +1020,13 @@ exec -a '{_HOLDER} {n}/' sleep infinity
         cluster (member and service of the admin project: no admin). Without ARGS: one
         pod network for every pod (CONTROLLER_POD_NETWORK) and the service subnet, both
         on the cluster router (made here, see cluster_networks()), Services balanced by
-        kuryr, the lab's prefix as the cluster name, no leader election."""
+        kuryr (floating IPs of `type: LoadBalancer` from the lab's external network),
+        the lab's prefix as the cluster name, no leader election."""
         if not args:
             self.cluster_networks()
             args = ("--pod-network", CONTROLLER_POD_NETWORK, "--service-subnet",
-                    SERVICE_NETWORK, "--cluster-name", self.prefix, "--leader-elect", "false")
+                    SERVICE_NETWORK, "--external-svc-net", "ext", "--cluster-name",
+                    self.prefix, "--leader-elect", "false")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(self.credential("controller", self.prefix),
                    RUST_LOG=os.environ.get("RUST_LOG", "info"))
@@ -1028,13 +1050,26 @@ exec -a '{_HOLDER} {n}/' sleep infinity
             "network_id": svc["id"], "name": SERVICE_NETWORK, "ip_version": 4,
             "cidr": SERVICE_SUBNET_CIDR, "gateway_ip": "10.96.255.254",
             "allocation_pools": [{"start": "10.96.128.1", "end": "10.96.255.253"}]})
-        _, data = self.api("POST", "/routers", {"router": {"name": CLUSTER_ROUTER}},
-                           expect=201)
+        ext, _ = self.external_network()
+        _, data = self.api("POST", "/routers", {"router": {
+            "name": CLUSTER_ROUTER, "external_gateway_info": {"network_id": ext["id"]}}},
+            expect=201)
         router = data["router"]
+        self._apiserver_from_outside()
         for s in (pod_subnets[0], svc_subnet):
             self.api("PUT", f"/routers/{router['id']}/add_router_interface",
                      {"subnet_id": s["id"]}, expect=200)
         return router
+
+    def _apiserver_from_outside(self):
+        """The apiserver reachable from the external network, as a cloud's control
+        plane is: the lab namespace gets an address on the external segment and the
+        outside (the routers' upstream) a route to the apiserver through it. Pods then
+        reach it as the `kubernetes` Service's member, through their router's SNAT."""
+        lab, out = self.ns("lab"), self.ns("out")
+        sh("ip", "-n", lab, "addr", "add", "203.0.113.2/24", "dev", "br-ext")
+        sh("ip", "-n", out, "route", "add", f"{APISERVER_IP}/32", "via", "203.0.113.2")
+        sh("ip", "netns", "exec", out, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
     def get_network(self, name):
         """The Neutron network named `name` (None if there is none)."""
@@ -1209,7 +1244,9 @@ def _up(args):
     controller = {"yes": True, "no": False}.get(args.controller, None)
     if controller is None:
         controller = cni == "kuryr" and controller_available()
-    c = Cluster(hosts=args.hosts, cni=cni, controller=controller, keep_running=True)
+    # CoreDNS behind kube-dns whenever kuryr serves Services.
+    c = Cluster(hosts=args.hosts, cni=cni, controller=controller, keep_running=True,
+                dns=cni == "kuryr" and controller)
     try:
         wrapper = _write(os.path.join(c.dir, "bin", "kubectl"),
                          "#!/bin/sh\n# kubectl inside the lab namespace, where the apiserver "

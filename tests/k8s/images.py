@@ -1,6 +1,6 @@
 """Local images for the Kubernetes lab (there is no image registry here).
 
-One OCI image-layout archive holds both images, built with tarfile and hashlib:
+One OCI image-layout archive holds the images, built with tarfile and hashlib:
 
     PAUSE     the sandbox image containerd's CRI is configured with: busybox sh as
               PID 1, which exits on SIGTERM/SIGINT and reaps the children it inherits
@@ -8,7 +8,10 @@ One OCI image-layout archive holds both images, built with tarfile and hashlib:
               ping, nc, httpd, ip, hostname, cat, echo, ...; its wget crashes, even
               on the machine: use nc)
 
-Both share one uncompressed layer (tests/docker's root filesystem of busybox), so an
+    COREDNS   (when a CoreDNS binary is given) busybox plus /coredns, built from its
+              Go module by scripts/k8s-build.sh; started as `/coredns -conf FILE`
+
+All share one uncompressed layer (tests/docker's root filesystem of busybox), so an
 import stores it once. The archive is the same bytes on every run (fixed
 timestamps), so its digests are stable. `import_into(ctr, address, archive)` loads it
 into a containerd's k8s.io namespace with `ctr images import`; the image names come
@@ -30,6 +33,7 @@ from lab import sh  # noqa: E402
 
 PAUSE = "registry.k8s.io/pause:3.10"
 BUSYBOX = "kuryr.test/busybox:1"
+COREDNS = "kuryr.test/coredns:1"
 
 # PID 1 of a pod sandbox: `wait` returns on a trapped signal, and ash's wait reaps
 # any child (orphans of the pod's other processes included).
@@ -50,21 +54,36 @@ def _json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _image(layer_digest, layer_size, config):
-    """(config bytes, manifest bytes) of a one-layer image."""
+def _image(layers, config):
+    """(config bytes, manifest bytes) of an image of `layers` [(digest, size)]."""
     cfg = _json({**_PLATFORM, "created": _EPOCH, "config": config,
-                 "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-                 "history": [{"created": _EPOCH, "created_by": "kuryr tests/k8s/images.py"}]})
+                 "rootfs": {"type": "layers", "diff_ids": [d for d, _ in layers]},
+                 "history": [{"created": _EPOCH, "created_by": "kuryr tests/k8s/images.py"}
+                             for _ in layers]})
     manifest = _json({"schemaVersion": 2, "mediaType": _MT_MANIFEST,
                       "config": {"mediaType": _MT_CONFIG, "digest": _digest(cfg),
                                  "size": len(cfg)},
-                      "layers": [{"mediaType": _MT_LAYER, "digest": layer_digest,
-                                  "size": layer_size}]})
+                      "layers": [{"mediaType": _MT_LAYER, "digest": d, "size": size}
+                                 for d, size in layers]})
     return cfg, manifest
 
 
-def build_archive(path):
-    """Writes the OCI archive of both images to `path`."""
+def _file_layer(src, arcname):
+    """An uncompressed layer holding one executable file."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ti = tar.gettarinfo(src, arcname)
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = ""
+        ti.mtime, ti.mode = 0, 0o755
+        with open(src, "rb") as f:
+            tar.addfile(ti, f)
+    return buf.getvalue()
+
+
+def build_archive(path, coredns=None):
+    """Writes the OCI archive of the images to `path` (COREDNS too when `coredns`, the
+    path of its binary, is given)."""
     layer_path = path + ".layer"
     build_image_tar(layer_path)
     with open(layer_path, "rb") as f:
@@ -72,12 +91,18 @@ def build_archive(path):
     os.unlink(layer_path)
     layer_digest = _digest(layer)
     env = ["PATH=/bin"]
-    images = [(PAUSE, {"Entrypoint": PAUSE_CMD, "Env": env}),
-              (BUSYBOX, {"Cmd": ["sh"], "Env": env})]
+    base = [(layer_digest, len(layer))]
+    images = [(PAUSE, base, {"Entrypoint": PAUSE_CMD, "Env": env}),
+              (BUSYBOX, base, {"Cmd": ["sh"], "Env": env})]
     blobs = {layer_digest: layer}
+    if coredns:
+        extra = _file_layer(coredns, "coredns")
+        blobs[_digest(extra)] = extra
+        images.append((COREDNS, base + [(_digest(extra), len(extra))],
+                       {"Entrypoint": ["/coredns"], "Env": env}))
     manifests = []
-    for name, config in images:
-        cfg, manifest = _image(layer_digest, len(layer), config)
+    for name, layers, config in images:
+        cfg, manifest = _image(layers, config)
         blobs[_digest(cfg)] = cfg
         blobs[_digest(manifest)] = manifest
         manifests.append({"mediaType": _MT_MANIFEST, "digest": _digest(manifest),

@@ -1,15 +1,21 @@
-"""Services on kuryr's load balancer, on a real cluster with no kube-proxy: a ClusterIP
+"""Services on kuryr's load balancer, and names, on a real cluster with no kube-proxy and
+CoreDNS behind kube-dns (tests/k8s/dns.py): a ClusterIP
 Service is an Octavia-model load balancer (`openstack loadbalancer ...` shows it) whose
 VIP is the ClusterIP and whose members are the ready endpoints of its EndpointSlices;
 pods on both nodes reach it, spread over every replica; scaling and readiness change
-the members; ClientIP affinity sticks; a Service without a selector works from a
+the members; a UDP Service spreads too; names resolve (FQDN and short); ClientIP
+affinity sticks; a Service without a selector works from a
 hand-written EndpointSlice; headless Services get nothing; NetworkPolicy still governs
 what arrives through a Service; deleting the Service deletes its load balancer; a
 controller killed in the middle of changes leaves nothing wrong once it is back."""
 
+import re
 import time
 
 import pytest
+
+import dns
+import images
 
 from cluster import (busybox_deployment, busybox_pod, controller_available,
                      kuryr_cni_available)
@@ -112,7 +118,7 @@ def pod_ip(c, name):
 def svc_cluster(machine_before):
     from conftest import Clusters
     made = Clusters()
-    cl = made.new(hosts=2, cni="kuryr", controller=True)
+    cl = made.new(hosts=2, cni="kuryr", controller=True, dns=True)
     try:
         cl.apply([busybox_pod("client-h1", node="h1"), busybox_pod("client-h2", node="h2"),
                   busybox_pod("friend", node="h2", labels={"role": "friend"}),
@@ -148,6 +154,88 @@ def test_cluster_ip_spreads_over_replicas_from_both_nodes(svc_cluster):
         assert seen == set(replicas), f"{client}: answers from {seen}, replicas {replicas}"
     # Control: the VIP's port the Service does not have answers nothing.
     assert ask(c, "client-h1", ip, port=81) == ""
+
+
+def resolve(c, client, name, server=""):
+    """The addresses busybox nslookup gives for `name` (through the pod's resolv.conf,
+    or `server`)."""
+    p = c.pod_exec(client, "nslookup", name, *([server] if server else []), check=False,
+                   timeout=30)
+    answer = p.stdout.partition("Name:")[2]
+    return sorted(set(re.findall(r"Address:\s*([0-9.]+)", answer)))
+
+
+def lookup(c, client, name):
+    """The address the C library resolves `name` to in `client` (busybox ping prints
+    it before sending anything), '' when it does not resolve."""
+    p = c.pod_exec(client, "ping", "-c", "1", "-W", "1", name, check=False, timeout=30)
+    m = re.search(r"^PING \S+ \(([0-9.]+)\)", p.stdout, re.M)
+    return m.group(1) if m else ""
+
+
+def test_names_resolve_through_the_dns_service(svc_cluster):
+    c = svc_cluster
+    c.apply([service("web", {"app": "web"})])
+    ip = cluster_ip(c, "web")
+    assert cluster_ip_of_dns(c) == dns.DNS_IP
+    for client in ("client-h1", "client-h2"):
+        assert wait(lambda: resolve(c, client, "web.default.svc.cluster.local"), 10,
+                    "the FQDN") == [ip]
+        # Names with fewer dots than ndots through the search path, as the C library
+        # resolves them (busybox nslookup walks it only for names without a dot).
+        assert lookup(c, client, "kubernetes.default") == cluster_ip(c, "kubernetes")
+        assert lookup(c, client, "web") == ip
+        # Control: a name that does not exist resolves to nothing.
+        assert resolve(c, client, "nothing-here.default.svc.cluster.local") == []
+        # A short name through the search path, then a connection by name (TCP).
+        assert wait(lambda: ask(c, client, "web") in ready_pods(c, "web"), 10,
+                    f"{client} reaching web by its short name")
+
+
+def cluster_ip_of_dns(c):
+    return c.kubectl_json("get", "service", "kube-dns", "-n", dns.NAMESPACE)["spec"]["clusterIP"]
+
+
+# A DNS server per replica that answers whoami.test with its own pod IP (CoreDNS's
+# template plugin; the variable comes from the downward API).
+WHOAMI_COREFILE = """.:5353 {
+    template IN A whoami.test {
+        answer "{{ .Name }} 0 IN A {$POD_IP}"
+    }
+}
+"""
+
+
+def test_udp_service_spreads_over_replicas(svc_cluster):
+    c = svc_cluster
+    labels = {"app": "whoami"}
+    c.apply([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "whoami"},
+         "data": {"Corefile": WHOAMI_COREFILE}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "whoami"},
+         "spec": {"replicas": 3, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "terminationGracePeriodSeconds": 2,
+                      "containers": [{
+                          "name": "dns", "image": images.COREDNS, "imagePullPolicy": "Never",
+                          "args": ["-conf", "/etc/whoami/Corefile"],
+                          "env": [{"name": "POD_IP", "valueFrom": {
+                              "fieldRef": {"fieldPath": "status.podIP"}}}],
+                          "volumeMounts": [{"name": "c", "mountPath": "/etc/whoami"}]}],
+                      "volumes": [{"name": "c", "configMap": {"name": "whoami"}}]}}}},
+        service("whoami", labels, ports=[{"name": "dns", "port": 53, "targetPort": 5353,
+                                          "protocol": "UDP"}])])
+    ip = cluster_ip(c, "whoami")
+    pods = c.wait_pods("app=whoami", count=3, timeout=90)
+    ips = sorted(p["status"]["podIP"] for p in pods)
+    lb = wait(lambda: lbs(c, "whoami"), 10, "the UDP Service's load balancer")[0]
+    wait(lambda: [m[0] for m in members(c, lb)] == ips, 10, "3 UDP members")
+    for client in ("client-h1", "client-h2"):
+        seen = set()
+        wait(lambda: seen.update(resolve(c, client, "whoami.test", ip)) or seen == set(ips),
+             20, f"{client}: answers from every replica over UDP")
+    c.kubectl("delete", "deployment", "whoami")
+    c.kubectl("delete", "service", "whoami")
 
 
 def test_members_follow_scaling_and_readiness(svc_cluster):
@@ -250,6 +338,45 @@ def test_network_policy_governs_traffic_through_a_service(svc_cluster):
     finally:
         c.kubectl("delete", "networkpolicy", "web-friends")
     wait(lambda: ask(c, "client-h2", ip), 10, "the stranger served again")
+
+
+def outside_get(c, ip, source=None):
+    """GET /cgi-bin/name at ip:80 from the lab's outside namespace ('' if nothing
+    answered)."""
+    p = c.exec("out", "curl", "-s", "-m", "2", *(["--interface", source] if source else []),
+               f"http://{ip}/cgi-bin/name", check=False)
+    return p.strip() if isinstance(p, str) else ""
+
+
+def test_load_balancer_type_gets_a_floating_ip_and_its_source_ranges(svc_cluster):
+    c = svc_cluster
+    c.kubectl("scale", "deployment", "web", "--replicas=2")
+    wait(lambda: len(ready_pods(c, "web")) == 2, 90, "2 ready replicas")
+    allowed, other = c.OUTSIDE_IP, "203.0.113.3"
+    c.exec("out", "ip", "addr", "add", f"{other}/24", "dev", "eth0")
+    c.apply([service("public", {"app": "web"}, type="LoadBalancer",
+                     loadBalancerSourceRanges=[f"{allowed}/32"])])
+    fip = wait(lambda: (c.kubectl_json("get", "service", "public")["status"]
+                        .get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip"),
+               20, "status.loadBalancer.ingress")
+    lb = lbs(c, "public")[0]
+    _, data = c.api("GET", f"/floatingips?port_id={lb['vip_port_id']}", expect=200)
+    assert [f["floating_ip_address"] for f in data["floatingips"]] == [fip]
+    assert wait(lambda: outside_get(c, fip, allowed), 15, "the floating IP from outside") \
+        in ready_pods(c, "web")
+    assert outside_get(c, fip, other) == "", "a source outside the ranges is blocked"
+    # Pods still use the ClusterIP (the ranges are about the outside).
+    assert ask(c, "client-h1", cluster_ip(c, "public")) in ready_pods(c, "web")
+    # Without ranges, the other source gets in too (control of the block above).
+    c.kubectl("patch", "service", "public", "--type=json", "-p",
+              '[{"op": "remove", "path": "/spec/loadBalancerSourceRanges"}]')
+    wait(lambda: outside_get(c, fip, other), 15, "the other source once the ranges are gone")
+    events = c.kubectl("get", "events", "--field-selector", "involvedObject.name=public").stdout
+    assert "NodePortNotServed" in events, events
+    c.kubectl("delete", "service", "public")
+    wait(lambda: lbs(c, "public") == [], 10, "the load balancer gone")
+    _, data = c.api("GET", f"/floatingips?floating_ip_address={fip}", expect=200)
+    assert data["floatingips"] == [], "the floating IP went with the Service"
 
 
 def test_a_controller_killed_mid_way_leaves_the_right_load_balancers(svc_cluster):

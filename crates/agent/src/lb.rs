@@ -207,6 +207,10 @@ pub fn balanced_at(
         if l.loadbalancer_id != lb.id || !l.admin_state_up || proto(&l.protocol).is_none() {
             continue;
         }
+        // As on the bridges: the VIP port's groups say who may use the listener.
+        let Some(sources) = allowed(view, &ix, lb, l) else {
+            continue;
+        };
         let Some(pool) = l
             .default_pool_id
             .as_ref()
@@ -226,6 +230,13 @@ pub fn balanced_at(
             protocol: l.protocol.to_ascii_lowercase(),
             fip,
             port: l.protocol_port,
+            sources: sources
+                .into_iter()
+                .filter_map(|n| match n {
+                    IpNet::V4(n) => Some(n),
+                    IpNet::V6(_) => None,
+                })
+                .collect(),
             by_source: algorithm(pool) != Algorithm::RoundRobin,
             backends,
         });

@@ -546,6 +546,16 @@ pub fn dvr_rules(
 ) -> nft::Dvr {
     let mut d = nft::Dvr::default();
     let mut legs_by_net: BTreeMap<&str, Vec<&LegDesired>> = BTreeMap::new();
+    // A frame from a router leg to a SNAT leg on this host is the routed half of a
+    // flow on its way out, as a frame to another host is: untracked too. Tracked, a
+    // flow a load balancer DNATed on this bridge would meet itself again with the
+    // member as destination, clash with its own reply tuple and be dropped.
+    let snat_macs: BTreeSet<MacAddr> = routers
+        .iter()
+        .flat_map(|r| &r.legs)
+        .filter(|l| l.peer_name.starts_with("sg-"))
+        .map(|l| l.mac)
+        .collect();
     // Only the anycast legs: SNAT and external legs have addresses of their own
     // and resolve them as any host does.
     for r in routers {
@@ -557,7 +567,9 @@ pub fn dvr_rules(
         for l in legs {
             d.legs.push((l.host_name.clone(), l.mac));
             for m in local_macs.get(*net).into_iter().flatten() {
-                d.local.push((l.host_name.clone(), *m));
+                if !snat_macs.contains(m) {
+                    d.local.push((l.host_name.clone(), *m));
+                }
             }
             for other in legs.iter().filter(|o| o.port_id != l.port_id) {
                 d.local.push((l.host_name.clone(), other.mac));
@@ -578,4 +590,51 @@ pub fn dvr_rules(
     d.uplinks.sort();
     d.uplinks.dedup();
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leg(port: &str, peer: &str, mac: &str) -> LegDesired {
+        LegDesired {
+            port_id: port.into(),
+            network_id: "net".into(),
+            host_name: format!("tap{port}"),
+            bridge: "brqnet".into(),
+            peer_name: format!("{peer}-{port}"),
+            mac: mac.parse().expect("mac"),
+            mtu: 1450,
+            addresses: Vec::new(),
+            neighbours: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn frames_from_a_router_leg_to_its_snat_leg_are_transit() {
+        let qr = leg("a", "qr", "fa:16:3e:00:00:01");
+        let sg = leg("b", "sg", "fa:16:3e:00:00:02");
+        let routers = vec![RouterDesired {
+            id: "r".into(),
+            netns: "qrouter-r".into(),
+            legs: vec![qr.clone(), sg.clone()],
+            routes: Vec::new(),
+            rules: Vec::new(),
+            table_routes: Vec::new(),
+            nat: None,
+            announce: Vec::new(),
+        }];
+        let port_mac: MacAddr = "fa:16:3e:00:00:03".parse().expect("mac");
+        let local = BTreeMap::from([("net".to_string(), vec![port_mac, sg.mac])]);
+        let d = dvr_rules(&routers, &BTreeMap::new(), &local);
+        assert_eq!(d.legs, vec![(qr.host_name.clone(), qr.mac)]);
+        assert!(
+            d.local.contains(&(qr.host_name.clone(), port_mac)),
+            "a port: local"
+        );
+        assert!(
+            !d.local.contains(&(qr.host_name.clone(), sg.mac)),
+            "the SNAT leg: not local, so untracked like a frame to another host"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use kuryr_client::{Client, ClientError, Method};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -29,12 +30,17 @@ pub struct LbState {
     /// The Service uid it was made for (its tag).
     pub uid: String,
     pub vip: IpAddr,
+    pub vip_port: String,
     pub listeners: BTreeMap<ListenerKey, ListenerState>,
+    /// The floating IP on the VIP (`type: LoadBalancer`): id and address.
+    pub fip: Option<(String, IpAddr)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerState {
     pub id: String,
+    /// Who may use it (`None`: anyone).
+    pub allowed: Option<Vec<IpNet>>,
     pub pool: Option<PoolState>,
 }
 
@@ -56,6 +62,8 @@ pub struct RawLb {
     pub id: String,
     #[serde(default)]
     pub vip_address: Option<String>,
+    #[serde(default)]
+    pub vip_port_id: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
 }
@@ -85,6 +93,8 @@ struct RawListener {
     protocol_port: u16,
     #[serde(default)]
     loadbalancers: Vec<IdRef>,
+    #[serde(default)]
+    allowed_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,7 +223,9 @@ impl Octavia {
             id: lb.id.clone(),
             uid: uid.to_string(),
             vip,
+            vip_port: lb.vip_port_id.clone().unwrap_or_default(),
             listeners: BTreeMap::new(),
+            fip: None,
         };
         for l in listeners {
             if !l.loadbalancers.iter().any(|r| r.id == lb.id) {
@@ -236,9 +248,19 @@ impl Octavia {
                 }),
                 None => None,
             };
-            state
-                .listeners
-                .insert((proto, l.protocol_port), ListenerState { id: l.id, pool });
+            let allowed = l.allowed_cidrs.as_ref().filter(|c| !c.is_empty()).map(|c| {
+                let mut v: Vec<IpNet> = c.iter().filter_map(|s| s.parse().ok()).collect();
+                v.sort();
+                v
+            });
+            state.listeners.insert(
+                (proto, l.protocol_port),
+                ListenerState {
+                    id: l.id,
+                    allowed,
+                    pool,
+                },
+            );
         }
         Ok(Some(state))
     }
@@ -265,12 +287,7 @@ impl Octavia {
     }
 
     fn service_tags(&self, lb: &LbSpec) -> Vec<String> {
-        vec![
-            self.cluster_tag(),
-            tags::tag(tags::SERVICE_UID, &lb.uid),
-            tags::tag(tags::SERVICE_NAMESPACE, &lb.namespace),
-            tags::tag(tags::SERVICE_NAME, &lb.name),
-        ]
+        tags::service(&self.cluster, &lb.uid, &lb.namespace, &lb.name)
     }
 
     fn with_project(&self, mut body: Value) -> Value {
@@ -300,7 +317,9 @@ impl Octavia {
             id: raw.id,
             uid: lb.uid.clone(),
             vip: lb.vip,
+            vip_port: raw.vip_port_id.unwrap_or_default(),
             listeners: BTreeMap::new(),
+            fip: None,
         })
     }
 
@@ -310,6 +329,7 @@ impl Octavia {
         lb: &LbSpec,
         lb_id: &str,
         key: ListenerKey,
+        allowed: Option<&[IpNet]>,
         pool: &PoolSpec,
     ) -> Result<ListenerState> {
         let (proto, port) = key;
@@ -319,6 +339,7 @@ impl Octavia {
             "loadbalancer_id": lb_id,
             "protocol": proto.as_str(),
             "protocol_port": port,
+            "allowed_cidrs": cidrs(allowed),
             "tags": self.service_tags(lb),
         }));
         let v = self
@@ -357,8 +378,26 @@ impl Octavia {
         self.update_pool(&mut state, pool).await?;
         Ok(ListenerState {
             id: listener.id,
+            allowed: allowed.map(<[IpNet]>::to_vec),
             pool: Some(state),
         })
+    }
+
+    /// Who may use a listener (`None`: anyone).
+    pub async fn set_allowed(
+        &self,
+        l: &mut ListenerState,
+        allowed: Option<&[IpNet]>,
+    ) -> Result<()> {
+        let body = json!({"listener": {"allowed_cidrs": cidrs(allowed)}});
+        self.write(
+            Method::PUT,
+            &format!("/lbaas/listeners/{}", l.id),
+            Some(body),
+        )
+        .await?;
+        l.allowed = allowed.map(<[IpNet]>::to_vec);
+        Ok(())
     }
 
     /// Brings a pool to `want`: its persistence, then its members in one batch.
@@ -424,6 +463,13 @@ impl Octavia {
             )
             .await,
         )
+    }
+}
+
+fn cidrs(allowed: Option<&[IpNet]>) -> Value {
+    match allowed {
+        Some(a) => json!(a.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        None => Value::Null,
     }
 }
 

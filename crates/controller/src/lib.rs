@@ -99,6 +99,8 @@ pub struct Config {
     /// The subnet (name or id) Service VIPs are made in: the cluster's service CIDR.
     /// `None`: Services get no load balancer.
     pub service_subnet: Option<String>,
+    /// The external network (name or id) of `type: LoadBalancer` Services' floating IPs.
+    pub external_svc_net: Option<String>,
     /// Project of what is made; `None`: the credential's.
     pub project: Option<String>,
     pub pool: PoolConfig,
@@ -153,7 +155,7 @@ pub async fn run(
     };
     let svc_net = match &cfg.service_subnet {
         Some(s) => tokio::select! {
-            r = resolve_service_subnet(&neutron, s) => Some(r?),
+            r = resolve_service_subnet(&neutron, s, cfg.external_svc_net.as_deref(), &net) => Some(r?),
             _ = stop.wait_for(|s| *s) => return Ok(()),
         },
         None => None,
@@ -211,19 +213,53 @@ pub async fn run(
     Ok(())
 }
 
-/// Resolves `--service-subnet` to its id and CIDR (retrying while Neutron cannot be
-/// reached).
-async fn resolve_service_subnet(neutron: &Neutron, subnet: &str) -> Result<ServiceNet> {
-    retrying(|| async {
-        let v = neutron.resolve("subnets", "subnet", subnet).await?;
-        let cidr = v
-            .get("cidr")
+/// Resolves `--service-subnet` to its id and CIDR, `--external-svc-net` to its id,
+/// and the pods' CIDRs (retrying while Neutron cannot be reached).
+async fn resolve_service_subnet(
+    neutron: &Neutron,
+    subnet: &str,
+    external: Option<&str>,
+    pods: &NetMode,
+) -> Result<ServiceNet> {
+    let cidr_of = |v: &serde_json::Value| {
+        v.get("cidr")
             .and_then(serde_json::Value::as_str)
             .and_then(|c| c.parse::<ipnet::IpNet>().ok())
-            .ok_or_else(|| Error::Decode(format!("subnet {subnet} without a CIDR")))?;
+    };
+    retrying(|| async {
+        let v = neutron.resolve("subnets", "subnet", subnet).await?;
+        let cidr =
+            cidr_of(&v).ok_or_else(|| Error::Decode(format!("subnet {subnet} without a CIDR")))?;
+        let external = match external {
+            Some(e) => Some(json_id(
+                &neutron.resolve("networks", "network", e).await?,
+                "network",
+            )?),
+            None => None,
+        };
+        let internal = match pods {
+            NetMode::Single { network } => neutron
+                .client()
+                .list_as::<serde_json::Value>("subnets", "subnets", &[("network_id", network)])
+                .await?
+                .iter()
+                .filter_map(cidr_of)
+                .collect(),
+            NetMode::PerNamespace { subnetpool, .. } => neutron
+                .resolve("subnetpools", "subnetpool", subnetpool)
+                .await?
+                .get("prefixes")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str()?.parse().ok())
+                .collect(),
+        };
         Ok(ServiceNet {
             subnet: json_id(&v, "subnet")?,
             cidr,
+            external,
+            internal,
         })
     })
     .await

@@ -46,6 +46,17 @@ fn refuses_tags(e: &ClientError) -> bool {
     matches!(e, ClientError::Api { status: 400, message, .. } if message.contains("tags"))
 }
 
+/// A floating IP the controller made for a Service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FipRec {
+    pub id: String,
+    pub floating_ip_address: String,
+    #[serde(default)]
+    pub port_id: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
 #[derive(Deserialize)]
 struct CreatedGroup {
     id: String,
@@ -455,6 +466,54 @@ impl Neutron {
         gone_ok(
             self.client
                 .request(Method::DELETE, &format!("/networks/{id}"), None)
+                .await,
+        )
+    }
+
+    /// The floating IPs the controller made for Services (all of them, or the one
+    /// Service's with `uid`).
+    pub async fn list_fips(&self, uid: Option<&str>) -> Result<Vec<FipRec>> {
+        let mut t = tags::tag(tags::CLUSTER, &self.cluster);
+        if let Some(u) = uid {
+            t = format!("{t},{}", tags::tag(tags::SERVICE_UID, u));
+        }
+        Ok(self
+            .client
+            .list_as("floatingips", "floatingips", &[("tags", t.as_str())])
+            .await?)
+    }
+
+    /// A floating IP from `network` on `port` (at `address` when given), tagged.
+    pub async fn create_fip(
+        &self,
+        network: &str,
+        port: &str,
+        address: Option<std::net::IpAddr>,
+        t: &[String],
+    ) -> Result<FipRec> {
+        let mut body = json!({"floating_network_id": network, "port_id": port,
+                              "description": "kuryr: Kubernetes Service", "tags": t});
+        if let Some(a) = address {
+            body["floating_ip_address"] = json!(a.to_string());
+        }
+        if let Some(p) = &self.project {
+            body["project_id"] = json!(p);
+        }
+        let v = self
+            .client
+            .request(
+                Method::POST,
+                "/floatingips",
+                Some(json!({ "floatingip": body })),
+            )
+            .await?;
+        decode(v, "floatingip", "floating IP")
+    }
+
+    pub async fn delete_fip(&self, id: &str) -> Result<()> {
+        gone_ok(
+            self.client
+                .request(Method::DELETE, &format!("/floatingips/{id}"), None)
                 .await,
         )
     }

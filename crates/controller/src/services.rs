@@ -6,7 +6,10 @@
 //! that name the Service. Terminating endpoints that still serve stay as members of
 //! weight 0 (drained: their connections go on, no new one is sent to them).
 //! `sessionAffinity: ClientIP` is the pool's SOURCE_IP persistence. Headless and
-//! ExternalName Services get no load balancer.
+//! ExternalName Services get no load balancer. `type: LoadBalancer` adds a floating
+//! IP on the VIP (`loadBalancerIP` asks for its address) and
+//! `loadBalancerSourceRanges`, which restrict who may use the listeners.
+//! `type: NodePort` is balanced on its ClusterIP only (see [`node_ports`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -65,6 +68,15 @@ pub struct PoolSpec {
     pub members: BTreeMap<MemberKey, MemberSpec>,
 }
 
+/// What `type: LoadBalancer` adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// `spec.loadBalancerIP`: the floating IP address asked for.
+    pub address: Option<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` (empty: anyone).
+    pub source_ranges: Vec<IpNet>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbSpec {
     pub uid: String,
@@ -72,6 +84,24 @@ pub struct LbSpec {
     pub name: String,
     pub vip: IpAddr,
     pub listeners: BTreeMap<ListenerKey, PoolSpec>,
+    pub external: Option<External>,
+}
+
+/// The node ports a Service asks for (kuryr serves none: traffic to a node's address
+/// never enters a pod network; the caller reports them).
+pub fn node_ports(svc: &Service) -> Vec<i32> {
+    let Some(spec) = &svc.spec else {
+        return Vec::new();
+    };
+    if !matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
+        return Vec::new();
+    }
+    spec.ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.node_port)
+        .filter(|p| *p > 0)
+        .collect()
 }
 
 /// Why a Service gets no load balancer.
@@ -125,6 +155,28 @@ pub fn desired(
                 && s.address_type == family
         })
         .collect();
+    let external = if spec.type_.as_deref() == Some("LoadBalancer") {
+        let address =
+            match spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+                Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+                    NoLb::Refused(format!("loadBalancerIP {a:?} is not an address"))
+                })?),
+                None => None,
+            };
+        let mut source_ranges = Vec::new();
+        for r in spec.load_balancer_source_ranges.iter().flatten() {
+            let net: IpNet = r.trim().parse().map_err(|_| {
+                NoLb::Refused(format!("loadBalancerSourceRanges: {r:?} is not a CIDR"))
+            })?;
+            source_ranges.push(net.trunc());
+        }
+        Some(External {
+            address,
+            source_ranges,
+        })
+    } else {
+        None
+    };
     let mut listeners = BTreeMap::new();
     for sp in spec.ports.iter().flatten() {
         let proto = Proto::parse(sp.protocol.as_deref()).ok_or_else(|| {
@@ -150,6 +202,7 @@ pub fn desired(
         name: name.clone(),
         vip,
         listeners,
+        external,
     })
 }
 
@@ -289,6 +342,35 @@ mod tests {
         assert_eq!(udp.members.len(), 3);
         assert!(udp.members.keys().all(|(_, p)| *p == 5353));
         assert!(!tcp.source_ip);
+        assert_eq!(lb.external, None);
+    }
+
+    #[test]
+    fn load_balancer_type() {
+        let mut s = web();
+        if let Some(spec) = s.spec.as_mut() {
+            spec.type_ = Some("LoadBalancer".into());
+            spec.load_balancer_ip = Some("203.0.113.50".into());
+            spec.load_balancer_source_ranges = Some(vec!["198.51.100.7/24".into()]);
+            for p in spec.ports.iter_mut().flatten() {
+                p.node_port = Some(30080);
+            }
+        }
+        let lb = desired(&s, &[], &cidr()).expect("balanced");
+        let ext = lb.external.expect("external");
+        assert_eq!(ext.address, Some("203.0.113.50".parse().expect("ip")));
+        assert_eq!(
+            ext.source_ranges,
+            vec!["198.51.100.0/24".parse::<IpNet>().expect("net")]
+        );
+        assert_eq!(node_ports(&s), vec![30080, 30080]);
+        assert!(node_ports(&web()).is_empty());
+        if let Some(spec) = s.spec.as_mut() {
+            spec.load_balancer_source_ranges = Some(vec!["everyone".into()]);
+        }
+        assert!(
+            matches!(desired(&s, &[], &cidr()), Err(NoLb::Refused(m)) if m.contains("everyone"))
+        );
     }
 
     #[test]

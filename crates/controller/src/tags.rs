@@ -95,6 +95,16 @@ pub fn policy(cluster: &str, uid: &str, ns: &str, name: &str, named: Option<&str
     t
 }
 
+/// Tags of what a Service has: its load balancer, listeners, pools, floating IP.
+pub fn service(cluster: &str, uid: &str, ns: &str, name: &str) -> Vec<String> {
+    vec![
+        tag(CLUSTER, cluster),
+        tag(SERVICE_UID, uid),
+        tag(SERVICE_NAMESPACE, ns),
+        tag(SERVICE_NAME, name),
+    ]
+}
+
 pub fn peer(cluster: &str, hash: &str) -> Vec<String> {
     vec![tag(CLUSTER, cluster), tag(PEER, hash)]
 }

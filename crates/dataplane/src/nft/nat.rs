@@ -31,12 +31,16 @@ pub struct Forward {
 /// A load-balancer listener reached at a floating IP of its VIP (in the router's
 /// SNAT namespace, where the floating IP lives): new connections to `fip:port` are
 /// DNATed to a backend, round robin or by source address; the backends' replies
-/// come back here (they have no floating IP of their own) and are un-NATed.
+/// come back here (they have no floating IP of their own) and are un-NATed. Only
+/// `sources` (the VIP port's groups) are balanced: others meet the floating IP
+/// itself, which serves nothing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Balanced {
     pub protocol: String,
     pub fip: Ipv4Addr,
     pub port: u16,
+    /// Who may connect (empty: anyone).
+    pub sources: Vec<ipnet::Ipv4Net>,
     /// Pick by source address (SOURCE_IP, session persistence) instead of in turn.
     pub by_source: bool,
     /// Address, port, weight (weight 0 never picked).
@@ -211,9 +215,15 @@ pub fn render_snat_nat(
             .enumerate()
             .map(|(i, (a, p))| format!("{i} : {a} . {p}"))
             .collect();
+        let from = if b.sources.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = b.sources.iter().map(ToString::to_string).collect();
+            format!("ip saddr {{ {} }} ", list.join(", "))
+        };
         let _ = writeln!(
             s,
-            "    iifname \"{leg}\" ip daddr {} {proto} dport {} dnat ip to {pick} map {{ {} }}",
+            "    iifname \"{leg}\" {from}ip daddr {} {proto} dport {} dnat ip to {pick} map {{ {} }}",
             b.fip,
             b.port,
             map.join(", ")
@@ -263,13 +273,14 @@ mod tests {
                 protocol: "tcp".into(),
                 fip: "203.0.113.9".parse().unwrap(),
                 port: 80,
+                sources: vec!["198.51.100.0/24".parse().unwrap()],
                 by_source: false,
                 backends: vec![(a, 8080, 1), (b, 8080, 1)],
             }],
         )
         .unwrap();
         assert!(
-            s.contains("ip daddr 203.0.113.9 tcp dport 80 dnat ip to numgen inc mod 2 map { 0 : 10.0.0.1 . 8080, 1 : 10.0.0.2 . 8080 }"),
+            s.contains("ip saddr { 198.51.100.0/24 } ip daddr 203.0.113.9 tcp dport 80 dnat ip to numgen inc mod 2 map { 0 : 10.0.0.1 . 8080, 1 : 10.0.0.2 . 8080 }"),
             "{s}"
         );
     }
