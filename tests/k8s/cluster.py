@@ -1014,26 +1014,29 @@ exec -a '{_HOLDER} {n}/' sleep infinity
 
     # ---------------------------------------------------------------- the controller
 
-    def start_controller(self, *args):
+    def start_controller(self, *args, extra=(), name="controller", leader=False):
         """Starts `kuryr controller ARGS` in the lab namespace with the admin's kubeconfig
         and the application credential `kuryr credential controller` makes for this
         cluster (member and service of the admin project: no admin). Without ARGS: one
         pod network for every pod (CONTROLLER_POD_NETWORK) and the service subnet, both
         on the cluster router (made here, see cluster_networks()), Services balanced by
         kuryr (floating IPs of `type: LoadBalancer` from the lab's external network),
-        the lab's prefix as the cluster name, no leader election."""
+        the lab's prefix as the cluster name, leader election only if `leader`. `extra`: arguments
+        after those; `name`: the process's (another replica needs its own)."""
         if not args:
             self.cluster_networks()
             args = ("--pod-network", CONTROLLER_POD_NETWORK, "--service-subnet",
                     SERVICE_NETWORK, "--external-svc-net", "ext", "--cluster-name",
-                    self.prefix, "--leader-elect", "false")
+                    self.prefix, "--leader-elect", "true" if leader else "false")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(self.credential("controller", self.prefix),
                    RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        self.controller = self._lab_process(
-            "controller", [KURYR_BIN, "controller", "--kubeconfig", self.kubeconfig,
-                           *map(str, args)], env)
-        return self.controller
+        p = self._lab_process(
+            name, [KURYR_BIN, "controller", "--kubeconfig", self.kubeconfig,
+                   *map(str, args), *map(str, extra)], env)
+        if name == "controller":
+            self.controller = p
+        return p
 
     def cluster_networks(self):
         """The pod network (CONTROLLER_POD_CIDR) and the service subnet

@@ -393,3 +393,78 @@ def test_a_controller_killed_mid_way_leaves_the_right_load_balancers(svc_cluster
         wait(lambda: lbs(c, n) == [], 20, f"no load balancer for deleted {n}")
     for n in names[6:]:
         c.kubectl("delete", "service", n)
+
+
+def controller_http(c, addr, path):
+    """(status, body) of GET http://addr/path from the lab namespace."""
+    out = c.exec("lab", "curl", "-s", "-m", "2", "-w", "\n%{http_code}", f"http://{addr}{path}",
+                 check=False)
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), body
+
+
+def metric(text, name):
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rpartition(" ")[2])
+    return None
+
+
+def lease_holder(c):
+    return c.kubectl_json("get", "lease", "-n", "kube-system", "kuryr-controller")[
+        "spec"].get("holderIdentity")
+
+
+def test_the_follower_takes_over_during_a_burst_of_changes(clusters):
+    c = clusters.new(hosts=2, cni="kuryr", probe=False)
+    election = ("--leader-elect-lease-duration", "3", "--leader-elect-renew-deadline", "2",
+                "--leader-elect-retry-period", "1")
+    addr_a, addr_b = "10.99.0.1:9797", "10.99.0.1:9798"
+    a = c.start_controller(leader=True, extra=(
+        "--leader-elect-identity", "replica-a", "--metrics-listen", addr_a, *election))
+    wait(lambda: c.kubectl("get", "lease", "-n", "kube-system", "kuryr-controller",
+                           check=False).returncode == 0 and lease_holder(c) == "replica-a",
+         20, "replica-a to lead")
+    b = c.start_controller(leader=True, name="controller-b", extra=(
+        "--leader-elect-identity", "replica-b", "--metrics-listen", addr_b, *election))
+    # The follower is ready (its caches are synced) without leading.
+    wait(lambda: controller_http(c, addr_b, "/readyz")[0] == 200, 20, "replica-b ready")
+    assert controller_http(c, addr_b, "/healthz")[0] == 200
+    assert metric(controller_http(c, addr_b, "/metrics")[1], "kuryr_controller_leader") == 0
+    assert metric(controller_http(c, addr_a, "/metrics")[1], "kuryr_controller_leader") == 1
+
+    c.apply([web_deployment("web", 2), busybox_pod("client", node="h1")])
+    names = [f"svc-{i}" for i in range(10)]
+    c.apply([service(n, {"app": "web"}) for n in names])
+    c.kubectl("scale", "deployment", "web", "--replicas=4")
+    a.kill9()
+    t0 = time.monotonic()
+    for n in names[:4]:
+        c.kubectl("delete", "service", n)
+    c.kubectl("scale", "deployment", "web", "--replicas=3")
+    wait(lambda: lease_holder(c) == "replica-b", 20, "replica-b to take over")
+    took = time.monotonic() - t0
+    print(f"replica-b leads {took:.1f} s after the leader's death (lease 3 s)")
+    assert "caches synced" in b.log(2000)
+
+    replicas = wait(lambda: len(ready_pods(c, "web")) == 3 and ready_pods(c, "web"), 90,
+                    "3 ready replicas")
+    ips = sorted(pod_ip(c, p) for p in replicas)
+    for n in names[4:]:
+        got = wait(lambda: len(lbs(c, n)) == 1 and lbs(c, n), 20, f"one load balancer for {n}")
+        wait(lambda: [m[0] for m in members(c, got[0]) if m[2] > 0] == ips, 20,
+             f"the 3 replicas behind {n}")
+    for n in names[:4]:
+        wait(lambda: lbs(c, n) == [], 20, f"no load balancer left for the deleted {n}")
+    c.wait_pods("app=web", count=3)
+    assert ask(c, "client", cluster_ip(c, names[-1])) in replicas
+    # Nothing twice: one load balancer per Service of the cluster, and no other.
+    _, data = c.api("GET", f"/lbaas/loadbalancers?tags=kuryr.k8s.cluster={c.prefix}",
+                    expect=200, root=LB_ROOT)
+    services = {f"{s['metadata']['namespace']}/{s['metadata']['name']}"
+                for s in c.kubectl_json("get", "services", "-A")["items"]}
+    assert sorted(lb["name"] for lb in data["loadbalancers"]) == sorted(services)
+    text = controller_http(c, addr_b, "/metrics")[1]
+    assert metric(text, "kuryr_controller_leader") == 1
+    assert metric(text, 'kuryr_controller_reconciles_total{kind="service"}') > 0
+    assert metric(text, "kuryr_controller_queue_depth") is not None

@@ -48,13 +48,14 @@ pub mod tags;
 #[cfg(test)]
 mod test_fixtures;
 pub mod view;
+pub mod warm;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -62,20 +63,19 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::ctx::{Ctx, Key, KeyedLocks, NetMode, Stores, lock};
+use crate::ctx::{Ctx, Key, KeyedLocks, NetMode, lock};
 use crate::metrics::Metrics;
 use crate::neutron::Neutron;
 use crate::queue::Queue;
 use crate::service_lb::ServiceNet;
 use crate::view::PodView;
+use crate::warm::{Handlers, Warm};
 
 pub use error::{Error, Result};
 pub use leader::LeaseConfig;
@@ -139,11 +139,13 @@ pub async fn run(
 ) -> Result<()> {
     cfg.validate()?;
     let metrics = Arc::new(Metrics::new());
+    // `/readyz`: Neutron's names resolved and every cache synced.
+    let ready = Arc::new(AtomicBool::new(false));
     let mut background = JoinSet::new();
     if let Some(addr) = cfg.metrics_listen {
-        let m = metrics.clone();
+        let (m, r) = (metrics.clone(), ready.clone());
         background.spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
+            if let Err(e) = metrics::serve(addr, m, r).await {
                 tracing::error!(%addr, error = %e, "the metrics listener failed");
             }
         });
@@ -162,12 +164,46 @@ pub async fn run(
     };
     let octavia = lbaas::Octavia::new(client.clone(), cfg.cluster.clone(), cfg.project.clone());
     tracing::info!(cluster = %cfg.cluster, network = ?net, services = ?svc_net, "kuryr controller starting");
+    // Dropped (and so stopped) when run returns.
+    let mut watchers = JoinSet::new();
+    let warm = Warm::start(
+        &kube,
+        svc_net.is_some(),
+        Handlers {
+            pod: on_pod,
+            namespace: on_namespace,
+            policy: on_policy,
+            node: on_node,
+            service: on_service,
+            slice: on_slice,
+        },
+        &mut watchers,
+    );
+    {
+        let (warm, ready) = (warm.clone(), ready.clone());
+        watchers.spawn(async move {
+            warm.wait_synced().await;
+            ready.store(true, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+            "ready"
+        });
+    }
     let (lead_tx, mut lead_rx) = watch::channel(cfg.leader.is_none());
     if let Some(lc) = cfg.leader.clone() {
         let api: Api<Lease> = Api::namespaced(kube.clone(), &lc.namespace);
         tracing::info!(identity = %lc.identity, lease = %format!("{}/{}", lc.namespace, lc.name), "leader election");
         background.spawn(leader::run(api, lc, lead_tx, stop.clone()));
     }
+    let base = Base {
+        cfg: cfg.clone(),
+        net,
+        svc_net,
+        neutron,
+        octavia,
+        kube,
+        metrics: metrics.clone(),
+        warm,
+    };
     let mut failures = 0u32;
     loop {
         tokio::select! {
@@ -175,7 +211,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
         metrics.leader.set(1);
-        let term = run_term(&cfg, &net, &svc_net, &neutron, &octavia, &kube, &metrics);
+        let term = run_term(&base);
         let outcome = tokio::select! {
             r = term => Some(r),
             _ = lead_rx.wait_for(|l| !*l) => {
@@ -326,21 +362,29 @@ fn json_id(v: &serde_json::Value, what: &str) -> Result<String> {
 
 /// One leadership term: reflectors, the start-up pass, workers, pools and the resync
 /// timer. Everything runs in one task set: dropping the term stops it all.
-async fn run_term(
-    cfg: &Config,
-    net: &NetMode,
-    svc_net: &Option<ServiceNet>,
-    neutron: &Neutron,
-    octavia: &lbaas::Octavia,
-    kube: &kube::Client,
-    metrics: &Arc<Metrics>,
-) -> Result<()> {
-    let (pods_r, pods_w) = reflector::store::<Pod>();
-    let (svc_r, svc_w) = reflector::store::<Service>();
-    let (slices_r, slices_w) = reflector::store::<EndpointSlice>();
-    let (ns_r, ns_w) = reflector::store::<Namespace>();
-    let (np_r, np_w) = reflector::store::<NetworkPolicy>();
-    let (nodes_r, nodes_w) = reflector::store::<Node>();
+/// What every leadership term starts from (resolved once).
+struct Base {
+    cfg: Config,
+    net: NetMode,
+    svc_net: Option<ServiceNet>,
+    neutron: Neutron,
+    octavia: lbaas::Octavia,
+    kube: kube::Client,
+    metrics: Arc<Metrics>,
+    warm: Arc<Warm>,
+}
+
+async fn run_term(base: &Base) -> Result<()> {
+    let Base {
+        cfg,
+        net,
+        svc_net,
+        neutron,
+        octavia,
+        kube,
+        metrics,
+        warm,
+    } = base;
     let reporter = Reporter {
         controller: "kuryr-controller".into(),
         instance: Some(cfg.instance.clone()),
@@ -349,18 +393,11 @@ async fn run_term(
         cfg: cfg.clone(),
         net: net.clone(),
         neutron: neutron.clone(),
-        kube: kube.clone(),
-        stores: Stores {
-            pods: pods_r.clone(),
-            namespaces: ns_r.clone(),
-            policies: np_r.clone(),
-            nodes: nodes_r.clone(),
-            services: svc_r.clone(),
-            slices: slices_r.clone(),
-        },
         octavia: octavia.clone(),
         services: svc_net.clone(),
         lbs: Default::default(),
+        kube: kube.clone(),
+        stores: warm.stores.clone(),
         cache: Default::default(),
         index: Default::default(),
         peer_lock: Default::default(),
@@ -375,68 +412,11 @@ async fn run_term(
         metrics: metrics.clone(),
         recorder: Recorder::new(kube.clone(), reporter),
     });
+    // From here on, events are work; what happened while following is found by the
+    // start-up pass below (everything is queued).
+    let _term = warm.enter(ctx.clone());
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
-    tasks.spawn(watch(
-        Api::<Pod>::all(kube.clone()),
-        pods_w,
-        ctx.clone(),
-        on_pod,
-        "pods",
-    ));
-    tasks.spawn(watch(
-        Api::<Namespace>::all(kube.clone()),
-        ns_w,
-        ctx.clone(),
-        on_namespace,
-        "namespaces",
-    ));
-    tasks.spawn(watch(
-        Api::<NetworkPolicy>::all(kube.clone()),
-        np_w,
-        ctx.clone(),
-        on_policy,
-        "networkpolicies",
-    ));
-    tasks.spawn(watch(
-        Api::<Node>::all(kube.clone()),
-        nodes_w,
-        ctx.clone(),
-        on_node,
-        "nodes",
-    ));
-
-    // Services are watched only when kuryr balances them.
-    let balancing = svc_net.is_some();
-    if balancing {
-        tasks.spawn(watch(
-            Api::<Service>::all(kube.clone()),
-            svc_w,
-            ctx.clone(),
-            on_service,
-            "services",
-        ));
-        tasks.spawn(watch(
-            Api::<EndpointSlice>::all(kube.clone()),
-            slices_w,
-            ctx.clone(),
-            on_slice,
-            "endpointslices",
-        ));
-    }
-    let ready = async {
-        pods_r.wait_until_ready().await?;
-        ns_r.wait_until_ready().await?;
-        np_r.wait_until_ready().await?;
-        if balancing {
-            svc_r.wait_until_ready().await?;
-            slices_r.wait_until_ready().await?;
-        }
-        nodes_r.wait_until_ready().await
-    };
-    tokio::select! {
-        r = ready => r.map_err(|e| Error::NotReady(format!("reflector: {e}")))?,
-        Some(r) = tasks.join_next() => return Err(Error::NotReady(format!("the {} watch ended", r.unwrap_or("?")))),
-    }
+    warm.wait_synced().await;
     let t0 = tokio::time::Instant::now();
     gc::refresh(&ctx).await?;
     // Groups before pods (allow-all), policies before membership: a restarted controller
@@ -542,30 +522,6 @@ async fn handle(ctx: &Arc<Ctx>, key: &Key) -> Result<()> {
             service_lb::sweep(ctx).await
         }
     }
-}
-
-/// A reflector whose events become keys.
-async fn watch<K>(
-    api: Api<K>,
-    writer: Writer<K>,
-    ctx: Arc<Ctx>,
-    on: fn(&Ctx, watcher::Event<K>),
-    what: &'static str,
-) -> &'static str
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    futures::pin_mut!(stream);
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(ev) => on(&ctx, ev),
-            Err(e) => tracing::warn!(what, error = %e, "watch error (retried)"),
-        }
-    }
-    what
 }
 
 fn hash_of(v: &impl Hash) -> u64 {
