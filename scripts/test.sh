@@ -71,6 +71,9 @@ phase "pytest (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \
 # Pod ADD latency, burst and NetworkPolicy convergence, kuryr against the reference CNI.
 phase "benchmark (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python bench/kubernetes.py --json target/bench-kubernetes.json
+# Services on kuryr's load balancer: readiness, endpoint changes, throughput, 1,000 Services.
+phase "benchmark (Services)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/python bench/services.py --json target/bench-services.json
 tempest_status=0
 phase "tempest (neutron-tempest-plugin API suite)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python tests/tempest/run.py || tempest_status=$?

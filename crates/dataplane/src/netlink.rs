@@ -209,6 +209,9 @@ impl Drop for ConnectionTask {
     }
 }
 
+/// The longest wait for the next message of an answer.
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// One rtnetlink socket, bound to the namespace it was created in.
 #[derive(Debug, Clone)]
 pub struct Netlink {
@@ -287,9 +290,21 @@ impl Netlink {
         })?;
         let mut out = Vec::new();
         // Every answer ends with an ack, an error or NLMSG_DONE; a stream that just
-        // stops means the connection went away.
+        // stops means the connection went away. A reply the kernel dropped (a full
+        // receive buffer) must not wedge the caller: each message has a deadline.
         let mut complete = false;
-        while let Some(reply) = replies.next().await {
+        loop {
+            let reply = match tokio::time::timeout(REPLY_TIMEOUT, replies.next()).await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(what, "netlink: no answer in time");
+                    return Err(NetlinkError::Unexpected {
+                        what: what.to_string(),
+                        detail: format!("no answer within {REPLY_TIMEOUT:?}"),
+                    });
+                }
+            };
             match reply.payload {
                 NetlinkPayload::InnerMessage(m) => out.push(m),
                 NetlinkPayload::Done(_) => complete = true,

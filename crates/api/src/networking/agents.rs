@@ -585,6 +585,7 @@ async fn watch(
         let _open = watches.opened();
         let mut sent = Sent::default();
         let mut since = Some(params.since);
+        let mut last_sent = tokio::time::Instant::now();
         loop {
             let closed = *closing.borrow();
             if closed {
@@ -602,25 +603,31 @@ async fn watch(
                 (sent.frame(&view, revision, since.take()), hosts)
             };
             let (frame, hosts_in_view): (HostFrame, HashSet<String>) = frame;
-            if !is_empty(&frame) && tx.send(Ok(line(&frame))).await.is_err() {
-                return;
+            if !is_empty(&frame) {
+                if tx.send(Ok(line(&frame))).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
             }
-            // Wait for a change that may matter, or send a keepalive.
+            // Wait for a change that may matter; a keepalive when nothing was sent for
+            // `keepalive` (counted from the last frame: a steady flow of changes that
+            // do not matter here must not starve it).
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = closing.changed() => return,
-                    got = tokio::time::timeout(keepalive, changes.recv()) => match got {
-                        Err(_) => {
-                            let ka = HostFrame { revision: *net.applied.borrow(), ..Default::default() };
-                            if tx.send(Ok(line(&ka))).await.is_err() {
-                                return;
-                            }
+                    _ = tokio::time::sleep_until(last_sent + keepalive) => {
+                        let ka = HostFrame { revision: *net.applied.borrow(), ..Default::default() };
+                        if tx.send(Ok(line(&ka))).await.is_err() {
+                            return;
                         }
-                        Ok(Ok(keys)) if relevant(&keys, &hosts_in_view) => break,
-                        Ok(Ok(_)) => {}
-                        Ok(Err(RecvError::Lagged(_))) => break,
-                        Ok(Err(RecvError::Closed)) => return,
+                        last_sent = tokio::time::Instant::now();
+                    }
+                    got = changes.recv() => match got {
+                        Ok(keys) if relevant(&keys, &hosts_in_view) => break,
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return,
                     }
                 }
             }
