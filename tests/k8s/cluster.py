@@ -49,6 +49,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,7 +66,8 @@ import dns  # noqa: E402
 import images  # noqa: E402
 from dockerlab import (CGROUP_ROOT, _cgroup_dirs, _cmdline, _kill_cgroup_tree,  # noqa: E402
                        _kill_pids, _lab_alive, sweep_stale_dockerlabs)
-from lab import KURYR_BIN, PIDS_DIR, ROOT, UNDERLAY, Lab, Process, sh  # noqa: E402
+from lab import (KURYR_BIN, OPENSTACK_BIN, PIDS_DIR, ROOT, UNDERLAY, Lab, Process,  # noqa: E402
+                 sh)
 
 KURYR_CNI_BIN = os.environ.get("KURYR_CNI_BIN",
                                os.path.join(ROOT, "target", "release", "kuryr-cni"))
@@ -103,6 +105,19 @@ _LABDIR = re.compile(r"(/[^\s=]*/kuryr-(kl[0-9a-f]{6})-[^/\s]*)/")
 
 def log(msg):
     print(f"[k8s-lab] {msg}", file=sys.stderr, flush=True)
+
+
+def wait(cond, timeout, what, interval=0.05):
+    """Polls `cond` until it returns a true value (returned), or fails the test after
+    `timeout` s naming `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def k8s_bin():
@@ -1256,6 +1271,13 @@ def _up(args):
                          "is.\n"
                          f"export KUBECONFIG=\"${{KUBECONFIG:-{c.kubeconfig}}}\"\n"
                          f"exec {' '.join(c.kubectl_cmd()[:-1])} \"$@\"\n", 0o755)
+        # The openstack CLI as the lab's admin, inside the namespace where the server is.
+        openrc = _write(os.path.join(c.dir, "admin-openrc.sh"),
+                        "".join(f"export {k}={shlex.quote(v)}\n"
+                                for k, v in c.os_env().items()))
+        _write(os.path.join(c.dir, "bin", "openstack"),
+               "#!/bin/sh\n# the openstack CLI inside the lab namespace, as the lab's admin\n"
+               f". {openrc}\nexec ip netns exec {c.ns('lab')} {OPENSTACK_BIN} \"$@\"\n", 0o755)
         with open(STATE_FILE + ".tmp", "w") as f:
             json.dump(c.state(), f, indent=1)
         os.rename(STATE_FILE + ".tmp", STATE_FILE)
@@ -1274,6 +1296,7 @@ or, with a kubectl that enters the namespace itself:
 
   export PATH={os.path.dirname(wrapper)}:$PATH
   kubectl get pods -A -o wide
+  openstack loadbalancer list        # the same PATH: the CLI as the lab's admin
 
 Logs and state: {c.dir}  (recorded in {STATE_FILE})
 Remove it all: scripts/k8s-lab.sh down

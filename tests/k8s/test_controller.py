@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cluster import (Cluster, busybox_deployment, busybox_pod, controller_available,
-                     kuryr_cni_available)
+                     kuryr_cni_available, wait)
 from lab import KURYR_BIN, Process
 
 CLUSTER = "kubernetes"
@@ -38,16 +38,6 @@ pytestmark = pytest.mark.skipif(
 
 # ------------------------------------------------------------------- helpers
 
-def wait(cond, timeout, what, interval=0.05):
-    """Polls `cond` until it returns a true value (returned), or fails after timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def neutron(c, kind, query=""):

@@ -18,7 +18,7 @@ import dns
 import images
 
 from cluster import (busybox_deployment, busybox_pod, controller_available,
-                     kuryr_cni_available)
+                     kuryr_cni_available, wait)
 
 pytestmark = pytest.mark.skipif(
     not (kuryr_cni_available() and controller_available()),
@@ -35,16 +35,6 @@ WEB_CMD = ["sh", "-c",
            "trap 'exit 0' TERM; sleep 1000000 & wait"]
 
 
-def wait(cond, timeout, what, interval=0.1):
-    """Polls `cond` until it returns a true value (returned), or fails after timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def web_deployment(name, replicas, labels=None):

@@ -20,9 +20,15 @@
 //! naming policies and namespaces), deletions are seen by the reflectors, and what a
 //! missed deletion leaves is found by uid at the next full pass.
 //!
+//! Services (with `--service-subnet`): `services` (Service + EndpointSlices → the
+//! load balancer it should have, pure), `lbaas` (the Octavia calls), `service_lb` (the
+//! reconcile, floating IPs, status). `warm`: the reflectors, kept on every replica.
+//!
 //! Kubernetes permissions: pods, namespaces and networkpolicies (get, list, watch,
-//! patch: the annotations), nodes (list, watch), coordination.k8s.io leases in the
-//! election namespace (get, create, update), events.k8s.io events (create, patch).
+//! patch: the annotations), nodes (list, watch), services and
+//! discovery.k8s.io endpointslices (list, watch), services/status (patch),
+//! coordination.k8s.io leases in the election namespace (get, create, update),
+//! events.k8s.io events (create, patch).
 
 pub mod cache;
 pub mod cidr;
