@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::neutron::decode;
 use crate::services::{LbSpec, ListenerKey, MemberKey, MemberSpec, PoolSpec, Proto};
 use crate::tags;
 
@@ -120,14 +121,6 @@ struct RawMember {
     weight: Option<u8>,
     #[serde(default)]
     name: Option<String>,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(mut v: Value, key: &str, what: &str) -> Result<T> {
-    let inner = v
-        .get_mut(key)
-        .map(Value::take)
-        .ok_or_else(|| Error::Decode(format!("{what}: no {key:?} in the answer")))?;
-    serde_json::from_value(inner).map_err(|e| Error::Decode(format!("{what}: {e}")))
 }
 
 fn immutable(e: &ClientError) -> bool {

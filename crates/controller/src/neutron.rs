@@ -24,7 +24,8 @@ pub struct Neutron {
     project: Option<String>,
 }
 
-fn decode<T: DeserializeOwned>(mut v: Value, key: &str, what: &str) -> Result<T> {
+/// The object under `key` of an answer (Neutron's and Octavia's bodies alike).
+pub(crate) fn decode<T: DeserializeOwned>(mut v: Value, key: &str, what: &str) -> Result<T> {
     let inner = v
         .get_mut(key)
         .map(Value::take)
