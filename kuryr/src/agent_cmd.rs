@@ -5,11 +5,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kuryr_agent::local::LocalClient;
 use kuryr_agent::{Agent, AgentConfig};
 use kuryr_client::{Client, ClientConfig, Credentials};
+
+use crate::cni_install::CniFiles;
 
 pub const DEFAULT_SOCKET: &str = "/run/kuryr/agent.sock";
 
@@ -24,11 +26,11 @@ pub struct AgentArgs {
     pub underlay_ip: IpAddr,
 
     /// Interface the vxlan devices are bound to (default: routed by the underlay address).
-    #[arg(long)]
+    #[arg(long, env = "KURYR_UNDERLAY_INTERFACE")]
     pub underlay_interface: Option<String>,
 
     /// UDP port of VXLAN.
-    #[arg(long, default_value_t = 4789)]
+    #[arg(long, default_value_t = 4789, env = "KURYR_VXLAN_PORT")]
     pub vxlan_port: u16,
 
     /// The agent's local API socket (`kuryr port bind` talks to it).
@@ -40,11 +42,12 @@ pub struct AgentArgs {
     pub state_dir: PathBuf,
 
     /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "KURYR_REPORT_INTERVAL")]
     pub report_interval: u64,
 
     /// Flat networks: PHYSNET:INTERFACE pairs, comma separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_mapping)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_mapping,
+          env = "KURYR_PHYSICAL_INTERFACE_MAPPINGS")]
     pub physical_interface_mappings: Vec<(String, String)>,
 
     /// The nft binary.
@@ -79,6 +82,23 @@ pub struct AgentArgs {
     /// Remove everything kuryr made on this host (links, nft tables, bindings) and exit.
     #[arg(long)]
     pub cleanup: bool,
+
+    /// Install the `kuryr-cni` plugin (shipped next to this executable) in this
+    /// directory once the agent has synced; removed when kuryr is uninstalled.
+    #[arg(long)]
+    pub cni_bin_dir: Option<PathBuf>,
+
+    /// Write the conflist (10-kuryr.conflist, naming --socket) in this directory once
+    /// the agent has synced; removed when kuryr is uninstalled.
+    #[arg(long)]
+    pub cni_conf_dir: Option<PathBuf>,
+
+    /// The DaemonSet this agent runs in (NAMESPACE/NAME, as kuryr's manifests install
+    /// it; the in-cluster account reads it): when it is deleted (not updated), the agent
+    /// removes everything it made on the node (as --cleanup), its CNI files and its
+    /// state before it exits.
+    #[arg(long)]
+    pub owner_daemonset: Option<kuryr_controller::owner::DaemonSetName>,
 
     #[command(flatten)]
     pub docker: DockerArgs,
@@ -223,7 +243,53 @@ pub async fn run_agent(
         };
         Some(kuryr_docker::bind(listen).await?)
     };
-    let agent = Agent::new(cfg, client).await?;
+    // The workload's deletion is watched from the start (see kuryr_controller::owner).
+    let owner = match &args.owner_daemonset {
+        Some(d) => {
+            let kube = crate::controller_cmd::kube_client(None).await?;
+            Some(kuryr_controller::owner::Owner::watch(kube, d.0.clone()).await?)
+        }
+        None => None,
+    };
+    let cni = CniFiles::new(
+        args.cni_bin_dir.clone(),
+        args.cni_conf_dir.clone(),
+        cfg.socket.clone(),
+    );
+    let agent = Agent::new(cfg.clone(), client).await?;
+    if cni.any() {
+        let (a, files) = (agent.clone(), cni.clone());
+        tokio::spawn(async move {
+            a.wait_synced().await;
+            if let Err(e) = files.install() {
+                tracing::error!(error = %format!("{e:#}"), "cannot install the CNI plugin");
+            }
+        });
+    }
+    let served = serve(&args, agent, bound, plugin_credentials).await;
+    if let Some(o) = owner
+        && o.is_gone().await
+    {
+        tracing::info!(workload = %o.workload(), "kuryr is being removed: removing what the agent made on this host");
+        cni.uninstall()?;
+        kuryr_agent::cleanup(&cfg).await?;
+        match std::fs::remove_dir_all(&cfg.state_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).context("removing the agent's state directory"),
+        }
+        tracing::info!("removed");
+    }
+    served
+}
+
+/// Serves the agent (and the Docker plugin when bound) until SIGTERM or ^C.
+async fn serve(
+    args: &AgentArgs,
+    agent: std::sync::Arc<Agent>,
+    bound: Option<kuryr_docker::Bound>,
+    plugin_credentials: Option<Credentials>,
+) -> anyhow::Result<()> {
     // One signal stops both the agent's API and the plugin.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -300,6 +366,12 @@ pub enum PortCommand {
         #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
         socket: PathBuf,
     },
+    /// The local agent's state; exits 1 unless it answers and has synced with the
+    /// server (a probe for the agent's pod).
+    Status {
+        #[arg(long, default_value = DEFAULT_SOCKET, env = "KURYR_AGENT_SOCKET")]
+        socket: PathBuf,
+    },
 }
 
 pub async fn run_port(cmd: PortCommand) -> anyhow::Result<()> {
@@ -340,6 +412,15 @@ pub async fn run_port(cmd: PortCommand) -> anyhow::Result<()> {
                 .call("GET", "/v1/ports", None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v["bindings"])?);
+        }
+        PortCommand::Status { socket } => {
+            let v = LocalClient::new(&socket)
+                .call("GET", "/v1/health", None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            if v["synced"] != true {
+                bail!("the agent has not synced with the server yet");
+            }
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, ArgGroup, Args};
 use kuryr_client::{Client, ClientConfig, Credentials};
+use kuryr_controller::owner::Owner;
 use kuryr_controller::{Config, LeaseConfig, Network, PoolConfig};
 
 /// Where pods' ports go: --pod-network, or --namespace-subnet-pool with --pod-router
@@ -21,32 +22,32 @@ pub struct ControllerArgs {
     pub cluster_name: String,
 
     /// One network (name or id) for every pod.
-    #[arg(long, conflicts_with_all = ["namespace_subnet_pool", "pod_router"])]
+    #[arg(long, env = "KURYR_POD_NETWORK", conflicts_with_all = ["namespace_subnet_pool", "pod_router"])]
     pub pod_network: Option<String>,
 
     /// A network and subnet per namespace, from this subnet pool (name or id).
-    #[arg(long, requires = "pod_router")]
+    #[arg(long, env = "KURYR_NAMESPACE_SUBNET_POOL", requires = "pod_router")]
     pub namespace_subnet_pool: Option<String>,
 
     /// The router namespace subnets are attached to (name or id).
-    #[arg(long)]
+    #[arg(long, env = "KURYR_POD_ROUTER")]
     pub pod_router: Option<String>,
 
     /// The subnet (name or id) whose CIDR holds the cluster's Service IPs (the
     /// apiserver's --service-cluster-ip-range, or a range that contains it): Services
     /// become load balancers with their ClusterIP as VIP there (kuryr-kubernetes'
     /// `service_subnet`). Without it, Services are left alone (run kube-proxy).
-    #[arg(long)]
+    #[arg(long, env = "KURYR_SERVICE_SUBNET")]
     pub service_subnet: Option<String>,
 
     /// The external network (name or id) whose floating IPs `type: LoadBalancer`
     /// Services get on their VIP (kuryr-kubernetes' `external_svc_net`).
-    #[arg(long, requires = "service_subnet")]
+    #[arg(long, env = "KURYR_EXTERNAL_SVC_NET", requires = "service_subnet")]
     pub external_svc_net: Option<String>,
 
     /// Project of the Neutron objects made (default: the credential's; another project
     /// needs an admin credential).
-    #[arg(long)]
+    #[arg(long, env = "KURYR_POD_PROJECT")]
     pub pod_project: Option<String>,
 
     /// Ports kept ready in each (node, network) pool.
@@ -75,7 +76,7 @@ pub struct ControllerArgs {
     pub workers: usize,
 
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
-    #[arg(long)]
+    #[arg(long, env = "KURYR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
     /// kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account).
@@ -122,6 +123,12 @@ pub struct ControllerArgs {
     /// namespace networks) and exit.
     #[arg(long)]
     pub cleanup: bool,
+
+    /// The Deployment this controller runs in (NAMESPACE/NAME, as kuryr's manifests
+    /// install it): when it is deleted (not updated), the controller deletes everything
+    /// it made (as --cleanup) before it exits, and its lease goes with the Deployment.
+    #[arg(long)]
+    pub owner_deployment: Option<kuryr_controller::owner::DeploymentName>,
 }
 
 fn hostname() -> String {
@@ -167,6 +174,7 @@ impl ControllerArgs {
                 lease_duration: secs(self.leader_elect_lease_duration),
                 renew_deadline: secs(self.leader_elect_renew_deadline),
                 retry_period: secs(self.leader_elect_retry_period),
+                owner: None,
             }),
             metrics_listen: self.metrics_listen,
             instance: identity,
@@ -186,7 +194,7 @@ impl ControllerArgs {
     }
 }
 
-async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn kube_client(path: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match path {
         Some(p) => {
             let kc = kube::config::Kubeconfig::read_from(p)
@@ -209,17 +217,49 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if args.cleanup {
         let r = kuryr_controller::cleanup(client, &args.cluster_name).await?;
         println!(
-            "cluster {:?}: deleted {} load balancers, {} ports, {} security groups, {} subnets, {} networks",
-            args.cluster_name, r.load_balancers, r.ports, r.groups, r.subnets, r.networks
+            "cluster {:?}: deleted {} load balancers, {} floating IPs, {} ports, {} security groups, {} subnets, {} networks",
+            args.cluster_name,
+            r.load_balancers,
+            r.floating_ips,
+            r.ports,
+            r.groups,
+            r.subnets,
+            r.networks
         );
         return Ok(());
     }
-    let cfg = args.config()?;
+    let mut cfg = args.config()?;
     let kube = kube_client(args.kubeconfig.as_ref()).await?;
+    let owner = match &args.owner_deployment {
+        Some(d) => Some(Owner::watch(kube.clone(), d.0.clone()).await?),
+        None => None,
+    };
+    if let (Some(o), Some(lease)) = (&owner, cfg.leader.as_mut())
+        && o.workload().namespace == lease.namespace
+    {
+        lease.owner = Some(o.reference());
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    Ok(kuryr_controller::run(cfg, client, kube, stop_rx).await?)
+    kuryr_controller::run(cfg, client.clone(), kube, stop_rx).await?;
+    if let Some(o) = owner
+        && o.is_gone().await
+    {
+        // Every replica does it: deletions are idempotent, and one replica is enough.
+        tracing::info!(workload = %o.workload(), "kuryr is being removed: deleting what the controller made");
+        let r = kuryr_controller::cleanup(client, &args.cluster_name).await?;
+        tracing::info!(
+            load_balancers = r.load_balancers,
+            floating_ips = r.floating_ips,
+            ports = r.ports,
+            groups = r.groups,
+            subnets = r.subnets,
+            networks = r.networks,
+            "removed"
+        );
+    }
+    Ok(())
 }

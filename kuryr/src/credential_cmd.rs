@@ -58,6 +58,36 @@ pub enum CredentialCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// The credentials of kuryr's Kubernetes manifests, as a Secret to apply: the
+    /// controller's (as `controller`) and one agent credential per --node (as `agent`),
+    /// in one clouds.yaml (clouds `kuryr-controller` and `kuryr-agent-NODE`).
+    Kubernetes {
+        #[arg(long, default_value = "kubernetes")]
+        cluster: String,
+        /// Project of the controller's credential (where pods' ports are made).
+        #[arg(long, default_value = "admin")]
+        project: String,
+        /// A node's name (its kubelet's); repeat for each node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// Project the agent users' roles are held on.
+        #[arg(long, default_value = "service")]
+        agent_project: String,
+        /// The Secret's namespace and name (the manifests use kube-system/kuryr-credentials).
+        #[arg(long, default_value = "kube-system")]
+        namespace: String,
+        #[arg(long, default_value = "kuryr-credentials")]
+        secret_name: String,
+        /// Write the Secret here (mode 0600) instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The credentials stop working after this many seconds (default: never).
+        #[arg(long)]
+        expires_in: Option<u64>,
+        /// Admin credentials from this clouds.yaml entry instead of the OS_* variables.
+        #[arg(long, env = "OS_CLOUD")]
+        os_cloud: Option<String>,
+    },
     /// A project-member credential for the Docker plugin of --host.
     Plugin {
         #[arg(long)]
@@ -186,8 +216,16 @@ impl Provisioned {
     }
 
     fn clouds(&self, name: &str) -> String {
+        format!(
+            "clouds:\n{}",
+            self.cloud_entry(name, self.cacert.as_deref())
+        )
+    }
+
+    /// The entry `name` of a clouds.yaml (under `clouds:`), with `cacert` as given.
+    fn cloud_entry(&self, name: &str, cacert: Option<&std::path::Path>) -> String {
         let mut s = format!(
-            "clouds:\n  {name}:\n    auth_type: v3applicationcredential\n    auth:\n      \
+            "  {name}:\n    auth_type: v3applicationcredential\n    auth:\n      \
              auth_url: {}\n      application_credential_id: {}\n      \
              application_credential_secret: {}\n    identity_api_version: 3\n    \
              interface: {}\n",
@@ -196,7 +234,7 @@ impl Provisioned {
         if let Some(r) = &self.region {
             s.push_str(&format!("    region_name: {r}\n"));
         }
-        if let Some(c) = &self.cacert {
+        if let Some(c) = cacert {
             s.push_str(&format!("    cacert: {}\n", c.display()));
         }
         s
@@ -404,6 +442,89 @@ pub async fn provision(admin: &Client, spec: &Spec) -> anyhow::Result<Provisione
     Ok(made)
 }
 
+/// Where kuryr's manifests mount the Secret (clouds.yaml is found there).
+const K8S_MOUNT: &str = "/etc/openstack";
+
+fn admin_client(os_cloud: Option<&str>) -> anyhow::Result<Client> {
+    let creds = match os_cloud {
+        Some(cloud) => Credentials::from_cloud(cloud)
+            .with_context(|| format!("credentials of cloud {cloud:?}"))?,
+        None => Credentials::from_env().context("admin credentials from OS_* variables")?,
+    };
+    Ok(Client::new(creds, ClientConfig::default())?)
+}
+
+fn indent(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// `credential kubernetes`: the controller's and each node's agent credential as one
+/// Secret manifest.
+#[allow(clippy::too_many_arguments)]
+async fn kubernetes(
+    cluster: &str,
+    project: &str,
+    nodes: &[String],
+    agent_project: &str,
+    namespace: &str,
+    secret_name: &str,
+    expires_in: Option<u64>,
+    admin: &Client,
+) -> anyhow::Result<String> {
+    check_name("--cluster", cluster)?;
+    for n in nodes {
+        check_name("--node", n)?;
+    }
+    let mut made = Vec::new();
+    let mut spec = Spec::controller(cluster, project);
+    spec.expires_in = expires_in;
+    made.push((
+        "kuryr-controller".to_string(),
+        provision(admin, &spec).await?,
+    ));
+    for n in nodes {
+        let mut spec = Spec::agent(n, agent_project);
+        spec.expires_in = expires_in;
+        made.push((format!("kuryr-agent-{n}"), provision(admin, &spec).await?));
+    }
+    // A CA bundle given to this command goes into the Secret beside clouds.yaml.
+    let cacert = made[0].1.cacert.clone();
+    let mounted = cacert
+        .as_ref()
+        .map(|_| PathBuf::from(format!("{K8S_MOUNT}/cacert.pem")));
+    let mut clouds = String::from("clouds:\n");
+    for (name, p) in &made {
+        clouds.push_str(&p.cloud_entry(name, mounted.as_deref()));
+    }
+    let mut doc = format!(
+        "# kuryr's application credentials for Kubernetes cluster {cluster}: made by\n\
+         # `kuryr credential kubernetes` (running it again replaces them). Mounted on\n\
+         # {K8S_MOUNT} by deploy/kubernetes/.\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret_name}\n  \
+         namespace: {namespace}\n  labels:\n    app.kubernetes.io/part-of: kuryr\n\
+         type: Opaque\nstringData:\n  clouds.yaml: |\n{}",
+        indent(&clouds, 4)
+    );
+    if let Some(c) = &cacert {
+        let pem = std::fs::read_to_string(c)
+            .with_context(|| format!("reading the CA bundle {}", c.display()))?;
+        doc.push_str(&format!("  cacert.pem: |\n{}", indent(&pem, 4)));
+    }
+    Ok(doc)
+}
+
+fn emit(output: Option<&PathBuf>, text: &str, what: &str) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            crate::write_private(path, text)?;
+            eprintln!("{what} written to {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: CredentialCommand) -> anyhow::Result<()> {
     let (mut spec, out, name) = match cmd {
         CredentialCommand::Agent { host, project, out } => {
@@ -434,32 +555,48 @@ pub async fn run(cmd: CredentialCommand) -> anyhow::Result<()> {
                 format!("kuryr-plugin-{host}"),
             )
         }
+        CredentialCommand::Kubernetes {
+            cluster,
+            project,
+            nodes,
+            agent_project,
+            namespace,
+            secret_name,
+            output,
+            expires_in,
+            os_cloud,
+        } => {
+            let admin = admin_client(os_cloud.as_deref())?;
+            let doc = kubernetes(
+                &cluster,
+                &project,
+                &nodes,
+                &agent_project,
+                &namespace,
+                &secret_name,
+                expires_in,
+                &admin,
+            )
+            .await?;
+            let what = format!(
+                "Secret {namespace}/{secret_name} ({} credentials)",
+                nodes.len() + 1
+            );
+            return emit(output.as_ref(), &doc, &what);
+        }
     };
     spec.expires_in = out.expires_in;
-    let creds = match &out.os_cloud {
-        Some(cloud) => Credentials::from_cloud(cloud)
-            .with_context(|| format!("credentials of cloud {cloud:?}"))?,
-        None => Credentials::from_env().context("admin credentials from OS_* variables")?,
-    };
-    let admin = Client::new(creds, ClientConfig::default())?;
+    let admin = admin_client(out.os_cloud.as_deref())?;
     let made = provision(&admin, &spec).await?;
     let text = match out.format {
         Format::Openrc => made.openrc(),
         Format::Clouds => made.clouds(&name),
     };
-    match &out.output {
-        Some(path) => {
-            crate::write_private(path, &text)?;
-            eprintln!(
-                "application credential {} of user {} written to {}",
-                made.id,
-                spec.user,
-                path.display()
-            );
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
+    emit(
+        out.output.as_ref(),
+        &text,
+        &format!("application credential {} of user {}", made.id, spec.user),
+    )
 }
 
 /// A host or cluster name usable in a role name and a user name.

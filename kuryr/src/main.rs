@@ -11,6 +11,7 @@ use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
 use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
+mod cni_install;
 mod controller_cmd;
 mod credential_cmd;
 mod tls;
@@ -396,6 +397,9 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
             os_cloud: None,
             os_cacert: None,
             cleanup: false,
+            cni_bin_dir: None,
+            cni_conf_dir: None,
+            owner_daemonset: None,
             docker: u.docker,
         };
         let admin = kuryr_client::Credentials {

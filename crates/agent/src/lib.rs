@@ -230,6 +230,26 @@ impl Agent {
         self.metrics.encode()
     }
 
+    /// Resolves once the agent's view has synced with the server (what it serves from
+    /// then on reflects the server's state).
+    pub async fn wait_synced(&self) {
+        let mut passes = self.passes.subscribe();
+        loop {
+            if self
+                .mirror
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_synced()
+            {
+                return;
+            }
+            // Every frame the watch applies ends in a pass.
+            if passes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub fn health(&self) -> serde_json::Value {
         let m = self.mirror.read().unwrap_or_else(|p| p.into_inner());
         json!({

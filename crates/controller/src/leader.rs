@@ -29,6 +29,9 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// The lease goes with this object (the controller's Deployment: `kubectl delete`
+    /// of kuryr's manifests removes the lease through the garbage collector).
+    pub owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
 }
 
 /// What a candidate does after reading the lease.
@@ -130,6 +133,7 @@ async fn round(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> Resu
                 metadata: ObjectMeta {
                     name: Some(cfg.name.clone()),
                     namespace: Some(cfg.namespace.clone()),
+                    owner_references: cfg.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
                 spec: Some(lease_spec(cfg, None, true)),
@@ -137,6 +141,9 @@ async fn round(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> Resu
             api.create(&pp, &l).await.map(|_| ())
         }
         (_, Some(mut l)) => {
+            if let Some(o) = &cfg.owner {
+                l.metadata.owner_references = Some(vec![o.clone()]);
+            }
             l.spec = Some(lease_spec(cfg, l.spec.as_ref(), step == Step::TakeOver));
             api.replace(&cfg.name, &pp, &l).await.map(|_| ())
         }
@@ -279,6 +286,7 @@ mod tests {
             lease_duration: D,
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            owner: None,
         };
         let first = lease_spec(&cfg, None, true);
         assert_eq!(first.holder_identity.as_deref(), Some("me"));

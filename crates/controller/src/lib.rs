@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod netpol;
 pub mod neutron;
+pub mod owner;
 pub mod pods;
 pub mod policy;
 pub mod pool_manager;
@@ -658,6 +659,7 @@ fn on_node(ctx: &Ctx, ev: watcher::Event<Node>) {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CleanupReport {
     pub load_balancers: usize,
+    pub floating_ips: usize,
     pub ports: usize,
     pub groups: usize,
     pub subnets: usize,
@@ -684,6 +686,11 @@ pub async fn cleanup(client: kuryr_client::Client, cluster: &str) -> Result<Clea
         Err(e) => return Err(e),
     }
     let n = Neutron::new(client, cluster.to_string(), None);
+    // The Services' floating IPs: deleting their VIP ports would only disassociate them.
+    for f in n.list_fips(None).await? {
+        n.delete_fip(&f.id).await?;
+        report.floating_ips += 1;
+    }
     let ports = n.list_ports().await?;
     let deleted: Vec<Result<()>> = futures::stream::iter(ports)
         .map(|p| {
