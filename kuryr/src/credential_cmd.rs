@@ -59,8 +59,9 @@ pub enum CredentialCommand {
         out: OutputArgs,
     },
     /// The credentials of kuryr's Kubernetes manifests, as a Secret to apply: the
-    /// controller's (as `controller`) and one agent credential per --node (as `agent`),
-    /// in one clouds.yaml (clouds `kuryr-controller` and `kuryr-agent-NODE`).
+    /// controller's (as `controller`: cloud `kuryr-controller` in key controller.yaml)
+    /// and one agent credential per --node (as `agent`: clouds `kuryr-agent-NODE` in key
+    /// agents.yaml), and the CA bundle given to this command (key cacert.pem).
     Kubernetes {
         #[arg(long, default_value = "kubernetes")]
         cluster: String,
@@ -493,24 +494,34 @@ async fn kubernetes(
     let mounted = cacert
         .as_ref()
         .map(|_| PathBuf::from(format!("{K8S_MOUNT}/cacert.pem")));
-    let mut clouds = String::from("clouds:\n");
-    for (name, p) in &made {
-        clouds.push_str(&p.cloud_entry(name, mounted.as_deref()));
+    // One key per reader: the controller mounts controller.yaml, the agents agents.yaml.
+    let mut controller = String::from("clouds:\n");
+    let mut agents = String::from("clouds:\n");
+    for (i, (name, p)) in made.iter().enumerate() {
+        let out = if i == 0 { &mut controller } else { &mut agents };
+        out.push_str(&p.cloud_entry(name, mounted.as_deref()));
     }
-    let mut doc = format!(
+    let pem = match &cacert {
+        Some(c) => std::fs::read_to_string(c)
+            .with_context(|| format!("reading the CA bundle {}", c.display()))?,
+        None => String::new(),
+    };
+    let doc = format!(
         "# kuryr's application credentials for Kubernetes cluster {cluster}: made by\n\
-         # `kuryr credential kubernetes` (running it again replaces them). Mounted on\n\
-         # {K8S_MOUNT} by deploy/kubernetes/.\n\
+         # `kuryr credential kubernetes` (running it again replaces them). The controller\n\
+         # mounts controller.yaml, the agents agents.yaml, each as {K8S_MOUNT}/clouds.yaml.\n\
          apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret_name}\n  \
          namespace: {namespace}\n  labels:\n    app.kubernetes.io/part-of: kuryr\n\
-         type: Opaque\nstringData:\n  clouds.yaml: |\n{}",
-        indent(&clouds, 4)
+         type: Opaque\nstringData:\n  controller.yaml: |\n{}  agents.yaml: |\n{}  \
+         cacert.pem: {}",
+        indent(&controller, 4),
+        indent(&agents, 4),
+        if pem.trim().is_empty() {
+            "\"\"\n".to_string()
+        } else {
+            format!("|\n{}", indent(&pem, 4))
+        },
     );
-    if let Some(c) = &cacert {
-        let pem = std::fs::read_to_string(c)
-            .with_context(|| format!("reading the CA bundle {}", c.display()))?;
-        doc.push_str(&format!("  cacert.pem: |\n{}", indent(&pem, 4)));
-    }
     Ok(doc)
 }
 

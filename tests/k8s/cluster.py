@@ -69,6 +69,7 @@ from dockerlab import (CGROUP_ROOT, _cgroup_dirs, _cmdline, _kill_cgroup_tree,  
 from lab import (KURYR_BIN, OPENSTACK_BIN, PIDS_DIR, ROOT, UNDERLAY, Lab, Process,  # noqa: E402
                  sh)
 
+DEPLOY_DIR = os.path.join(ROOT, "deploy", "kubernetes")
 KURYR_CNI_BIN = os.environ.get("KURYR_CNI_BIN",
                                os.path.join(ROOT, "target", "release", "kuryr-cni"))
 REFERENCE_CNI_DIR = os.environ.get("REFERENCE_CNI_DIR", "/usr/lib/cni")
@@ -405,13 +406,19 @@ class Cluster(Lab):
     lab's hosts. `cni`: "reference" or "kuryr"."""
 
     def __init__(self, hosts=2, cni="reference", agent_args=(), server_args=(),
-                 probe=True, controller=False, keep_running=False, dns=False):
+                 probe=True, controller=False, keep_running=False, dns=False,
+                 manifests=False):
         """`probe`: wait until a pod per node has run (scheduled, started, with the
         CNI); `controller`: start `kuryr controller` (see start_controller) before the
         probe; `keep_running`: the cluster outlives this process (scripts/k8s-lab.sh)
         until `down` (a keeper process stands for it in tests/lab's pid file); `dns`:
         CoreDNS behind kube-dns (tests/k8s/dns.py), which needs kuryr's Services (the
-        kuryr CNI and the controller)."""
+        kuryr CNI and the controller); `manifests`: kuryr (agents, CNI, controller) is
+        installed from deploy/kubernetes with kubectl apply (install_kuryr()) instead of
+        run as host processes (implies the kuryr CNI and the controller)."""
+        self.manifests = manifests
+        if manifests:
+            cni, controller = "kuryr", True
         if cni not in ("reference", "kuryr"):
             raise ValueError(f"cni must be 'reference' or 'kuryr', not {cni!r}")
         if dns and not (cni == "kuryr" and controller):
@@ -429,7 +436,8 @@ class Cluster(Lab):
         sweep_stale_clusters()
         self._time("sweep of stale labs", t)
         t = time.monotonic()
-        super().__init__(hosts=hosts, agent_args=agent_args, server_args=server_args)
+        super().__init__(hosts=hosts, agent_args=agent_args, server_args=server_args,
+                         agents=not manifests)
         self._time("kuryr server and agents", t)
         try:
             if keep_running:
@@ -499,8 +507,10 @@ class Cluster(Lab):
         for h in self.hosts:
             self._prepare_node(h)
             self._start_holder(h)
-        archive = images.build_archive(os.path.join(self.dir, "images.tar"),
-                                       coredns=self.coredns_bin() if self.dns else None)
+        archive = images.build_archive(
+            os.path.join(self.dir, "images.tar"),
+            coredns=self.coredns_bin() if self.dns else None,
+            kuryr_bin_dir=os.path.dirname(KURYR_BIN) if self.manifests else None)
         self._wait_etcd()
         self._start_apiserver()
         for h in self.hosts:
@@ -518,14 +528,19 @@ class Cluster(Lab):
         self._start_scheduler()
         for h in self.hosts:
             self._start_kubelet(h)
-        self.wait_nodes_ready()
-        self._time("nodes Ready", t)
+        # With no network yet (manifests), nodes register NotReady: kuryr makes them Ready.
+        self.wait_nodes_ready(registered_only=self.manifests)
+        self._time("nodes registered" if self.manifests else "nodes Ready", t)
         t = time.monotonic()
         self.wait_for(lambda: self.kubectl("get", "serviceaccount", "default",
                                            check=False).returncode == 0,
                       60, "the default ServiceAccount", self.cluster_procs["kcm"])
         self._time("default ServiceAccount", t)
-        if controller:
+        if self.manifests:
+            t = time.monotonic()
+            self.install_kuryr()
+            self._time("kuryr installed from deploy/kubernetes, nodes Ready", t)
+        elif controller:
             self.start_controller()
         if self.dns:
             t = time.monotonic()
@@ -642,7 +657,9 @@ class Cluster(Lab):
             os.makedirs(os.path.join(n, sub), exist_ok=True)
         self._make_cgroup(self.cgroup(host))
         self._link_cni_plugins(host)
-        self._write_conflist(host, self.cni)
+        # From manifests, the node starts with no network: kuryr's agent writes its conflist.
+        if not self.manifests:
+            self._write_conflist(host, self.cni)
         self._write_containerd_config(host)
         self._write_kubelet_config(host)
         self._route_pod_cidrs(host)
@@ -663,12 +680,15 @@ class Cluster(Lab):
                         dst.write(src.read())
 
     def _link_cni_plugins(self, host):
-        """The node's CNI bin dir: the reference plugins and kuryr-cni (linked even
-        before it is built: set_cni("kuryr") checks that it is there)."""
+        """The node's CNI bin dir: the reference plugins (a node's standard plugins:
+        containerd needs loopback) and kuryr-cni (linked even before it is built:
+        set_cni("kuryr") checks that it is there; from manifests, kuryr's agent installs
+        it)."""
         d = self.cni_bin_dir(host)
         for name in ("bridge", "host-local", "loopback", "portmap"):
             os.symlink(os.path.join(REFERENCE_CNI_DIR, name), os.path.join(d, name))
-        os.symlink(KURYR_CNI_BIN, os.path.join(d, "kuryr-cni"))
+        if not self.manifests:
+            os.symlink(KURYR_CNI_BIN, os.path.join(d, "kuryr-cni"))
 
     def conflist(self, host, cni):
         """The conflist of `cni` on `host`."""
@@ -741,9 +761,10 @@ disabled_plugins = ['io.containerd.internal.v1.opt', 'io.containerd.image-verifi
       [{cri}.containerd.runtimes.runc.options]
         BinaryName = '{RUNC}'
         SystemdCgroup = false
+  # The standard paths, which are the node's own directories in its mount namespace.
   [{cri}.cni]
-    bin_dirs = ['{self.cni_bin_dir(host)}']
-    conf_dir = '{self.cni_conf_dir(host)}'
+    bin_dirs = ['/opt/cni/bin']
+    conf_dir = '/etc/cni/net.d'
     max_conf_num = 1
 
 [plugins.'io.containerd.grpc.v1.cri']
@@ -797,6 +818,12 @@ mkdir /run/netns
 mount --move {n}/netns /run/netns
 mount --bind {n}/var-lib /var/lib
 mount --bind {n}/var-log /var/log
+# The standard CNI directories are the node's own (hostPath volumes of kuryr's
+# DaemonSet name them): /opt/cni does not exist on the machine, so a tmpfs on /opt.
+mount -t tmpfs -o mode=0755 kuryr-node-opt /opt
+mkdir -p /opt/cni/bin
+mount --bind {n}/cni/bin /opt/cni/bin
+mount --bind {n}/cni/net.d /etc/cni/net.d
 for f in {sysctls}; do
   cat /proc/sys/$f > {n}/sysctl/${{f//\\//.}}
   mount --bind {n}/sysctl/${{f//\\//.}} /proc/sys/$f
@@ -865,19 +892,25 @@ exec -a '{_HOLDER} {n}/' sleep infinity
     def nodes(self):
         return self.kubectl_json("get", "nodes")["items"]
 
-    def wait_nodes_ready(self, timeout=90):
+    def wait_nodes_ready(self, timeout=90, registered_only=False):
         def ready():
             nodes = {n["metadata"]["name"]: n for n in self.nodes()}
-            return all(h in nodes and any(c["type"] == "Ready" and c["status"] == "True"
-                                          for c in nodes[h]["status"].get("conditions", []))
+            return all(h in nodes and (registered_only or self.node_ready(nodes[h]))
                        for h in self.hosts)
-        self.wait_for(ready, timeout, "every node Ready", self.cluster_procs["apiserver"])
+        self.wait_for(ready, timeout, "every node " + ("registered" if registered_only
+                                                       else "Ready"),
+                      self.cluster_procs["apiserver"])
+
+    @staticmethod
+    def node_ready(node):
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in node["status"].get("conditions", []))
 
     def probe(self, timeout=90):
         """One pod per node, scheduled by the scheduler, that runs `true` with the
         cluster's CNI (on host network when the CNI is kuryr and no controller runs:
         nothing gives pods their ports then). Waits for each to succeed."""
-        host_network = self.cni == "kuryr" and self.controller is None
+        host_network = self.cni == "kuryr" and self.controller is None and not self.manifests
         token = secrets.token_hex(3)
         pods = [busybox_pod(f"lab-probe-{h}-{token}", node=h, command=["true"]) for h in self.hosts]
         for p in pods:
@@ -1089,6 +1122,102 @@ exec -a '{_HOLDER} {n}/' sleep infinity
         sh("ip", "-n", out, "route", "add", f"{APISERVER_IP}/32", "via", "203.0.113.2")
         sh("ip", "netns", "exec", out, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 
+    # ---------------------------------------------------------------- kuryr from its manifests
+
+    @property
+    def deploy_dir(self):
+        """The lab's copy of deploy/kubernetes (install_kuryr())."""
+        return os.path.join(self.dir, "deploy")
+
+    def site_config(self):
+        """The lab's values of deploy/kubernetes/config.yaml (what a user edits)."""
+        return {
+            "KUBERNETES_SERVICE_HOST": APISERVER_IP,
+            "KUBERNETES_SERVICE_PORT": "6443",
+            "KURYR_CLUSTER_NAME": self.prefix,
+            "KURYR_POD_NETWORK": CONTROLLER_POD_NETWORK,
+            "KURYR_SERVICE_SUBNET": SERVICE_NETWORK,
+            "KURYR_EXTERNAL_SVC_NET": "ext",
+            "KURYR_PHYSICAL_INTERFACE_MAPPINGS": "physnet1:eth1,physnet2:eth2",
+            # The nodes share the machine's namespace names: the lab's prefix on routers'.
+            "KURYR_ROUTER_NAMESPACE_PREFIX": f"{self.prefix}-kqr-",
+            # The lab's server declares an agent down after 3 s.
+            "KURYR_REPORT_INTERVAL": "1",
+        }
+
+    def router_prefix(self, host):
+        if getattr(self, "manifests", False):
+            return f"{self.prefix}-kqr-{host}-"
+        return super().router_prefix(host)
+
+    def install_kuryr(self, timeout=120):
+        """kuryr installed as deploy/kubernetes says: the cloud's networks made first
+        (cluster_networks()), the directory copied, config.yaml's values set (by key, as a
+        user edits them), secret.yaml written by `kuryr credential kubernetes`, then
+        `kubectl apply -f` of the copy. rbac.yaml, agent.yaml and controller.yaml are
+        applied as they are. Waits until the agents and the controller replicas are
+        Ready and, with them, the nodes."""
+        self.cluster_networks()
+        d = self.deploy_dir
+        shutil.copytree(DEPLOY_DIR, d)
+        conf = os.path.join(d, "config.yaml")
+        with open(conf) as f:
+            text = f.read()
+        for key, value in self.site_config().items():
+            text, n = re.subn(rf"^[ #]*{key}: .*$", f"  {key}: {json.dumps(value)}", text,
+                              flags=re.M)
+            if n != 1:
+                raise RuntimeError(f"{key} appears {n} times in {conf}")
+        _write(conf, text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env.update(self.os_env())
+        nodes = [a for h in self.hosts for a in ("--node", h)]
+        p = subprocess.run(["ip", "netns", "exec", self.ns("lab"), KURYR_BIN, "credential",
+                            "kubernetes", "--cluster", self.prefix, *nodes, "--output",
+                            os.path.join(d, "secret.yaml")],
+                           env=env, capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise RuntimeError(f"kuryr credential kubernetes exited {p.returncode}:\n{p.stderr}")
+        self.kubectl("apply", "-f", d)
+        self.wait_kuryr(timeout)
+
+    def kuryr_pods(self):
+        return self.pods("app.kubernetes.io/part-of=kuryr", namespace="kube-system")
+
+    def wait_kuryr(self, timeout=120):
+        """Every node's agent and both controller replicas Ready, then every node."""
+        def ready():
+            pods = self.kuryr_pods()
+            agents = {p["spec"].get("nodeName") for p in pods if self.pod_ready(p)
+                      and p["metadata"]["labels"].get("app.kubernetes.io/name") == "kuryr-agent"}
+            controllers = [p for p in pods if self.pod_ready(p) and p["metadata"]["labels"]
+                           .get("app.kubernetes.io/name") == "kuryr-controller"]
+            return agents == set(self.hosts) and len(controllers) == 2
+        try:
+            self.wait_for(ready, timeout, "kuryr's agents and controllers Ready",
+                          self.cluster_procs["apiserver"])
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{self.kuryr_logs()}") from None
+        self.wait_nodes_ready(timeout=60)
+
+    def kuryr_logs(self, tail=40):
+        """The state and logs of kuryr's pods (for failures)."""
+        out = [self.kubectl("get", "pods", "-n", "kube-system", "-o", "wide",
+                            check=False).stdout]
+        for p in self.kuryr_pods():
+            name = p["metadata"]["name"]
+            out.append(f"----- {name} -----\n" + self.kubectl(
+                "logs", "-n", "kube-system", name, f"--tail={tail}", check=False).stdout)
+            out.append(self.describe(name, namespace="kube-system")[-1500:])
+        return "\n".join(out)
+
+    def uninstall_kuryr(self, timeout=150):
+        """`kubectl delete -f` of the lab's copy of deploy/kubernetes; waits until no
+        kuryr pod is left (each has removed what it made on its way out)."""
+        self.kubectl("delete", "-f", self.deploy_dir, timeout=timeout)
+        self.wait_for(lambda: not self.kuryr_pods(), timeout, "kuryr's pods to be gone")
+
     def get_network(self, name):
         """The Neutron network named `name` (None if there is none)."""
         _, data = self.api("GET", f"/networks?name={name}", expect=200)
@@ -1183,6 +1312,13 @@ exec -a '{_HOLDER} {n}/' sleep infinity
                 continue
             try:
                 ids = self.crictl(h, "pods", "-q", check=False, timeout=20).split()
+                # kuryr's own pods (manifests) last: the others' CNI DELs need the agent.
+                own = set(self.crictl(h, "pods", "-q", "--label",
+                                      "app.kubernetes.io/part-of=kuryr", check=False,
+                                      timeout=20).split())
+                others = [i for i in ids if i not in own]
+                if others and own:
+                    self.crictl(h, "rmp", "-f", *others, check=False, timeout=120)
                 for sandbox in ids:
                     out = self.crictl(h, "inspectp", sandbox, check=False, timeout=20)
                     spec = (json.loads(out or "{}").get("info") or {}).get("runtimeSpec") or {}
@@ -1262,9 +1398,11 @@ def _up(args):
     controller = {"yes": True, "no": False}.get(args.controller, None)
     if controller is None:
         controller = cni == "kuryr" and controller_available()
+    # kuryr from deploy/kubernetes (kubectl apply), unless host processes are asked for.
+    manifests = cni == "kuryr" and controller and not args.host_processes
     # CoreDNS behind kube-dns whenever kuryr serves Services.
     c = Cluster(hosts=args.hosts, cni=cni, controller=controller, keep_running=True,
-                dns=cni == "kuryr" and controller)
+                dns=cni == "kuryr" and controller, manifests=manifests)
     try:
         wrapper = _write(os.path.join(c.dir, "bin", "kubectl"),
                          "#!/bin/sh\n# kubectl inside the lab namespace, where the apiserver "
@@ -1286,7 +1424,8 @@ def _up(args):
         raise
     print(f"""
 Kubernetes lab {c.prefix} is up ({len(c.hosts)} nodes: {' '.join(c.hosts)}, CNI {c.cni}, \
-kuryr controller {'running' if c.controller else 'not started'}).
+kuryr {'installed from deploy/kubernetes (' + c.deploy_dir + ')' if manifests else
+       'controller ' + ('running as a host process' if c.controller else 'not started')}).
 The apiserver ({APISERVER}) is inside the network namespace {c.ns('lab')}:
 
   export KUBECONFIG={c.kubeconfig}
@@ -1314,6 +1453,10 @@ def main(argv=None):
     up.add_argument("--controller", choices=["auto", "yes", "no"], default="auto",
                     help="start `kuryr controller` (auto: with the kuryr CNI, if this "
                     "kuryr has it)")
+    up.add_argument("--host-processes", action="store_true",
+                    help="run kuryr's agents and controller as processes of the lab (their "
+                    "logs in the lab directory: easier to debug) instead of installing "
+                    "deploy/kubernetes")
     sub.add_parser("down")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:

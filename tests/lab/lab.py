@@ -98,9 +98,11 @@ class Process:
 
 
 class Lab:
-    def __init__(self, hosts=3, agent_args=(), server_args=(), cacert=None):
+    def __init__(self, hosts=3, agent_args=(), server_args=(), cacert=None, agents=True):
         """`cacert`: the server serves HTTPS (server_args hold --tls-cert/--tls-key) with
-        a certificate this CA bundle verifies; agents and clients get it as OS_CACERT."""
+        a certificate this CA bundle verifies; agents and clients get it as OS_CACERT.
+        `agents`: start an agent per host (tests/k8s runs them from its manifests)."""
+        self.start_agents = agents
         sweep_stale_labs()
         self.cacert = cacert
         self.prefix = "kl" + secrets.token_hex(3)
@@ -179,6 +181,8 @@ class Lab:
         # would make them depend on which tests a worker happens to run.
         project = self.openstack("token", "issue")["project_id"]
         self.api("PUT", f"/quotas/{project}", {"quota": {"security_group": -1}}, expect=200)
+        if not self.start_agents:
+            return
         for i, h in enumerate(self.hosts, start=1):
             self.start_agent(h, *agent_args)
         for h in self.hosts:

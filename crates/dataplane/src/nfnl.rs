@@ -56,6 +56,10 @@ pub(crate) fn remember_child(pid: u32) {
     c.push_back(pid);
 }
 
+/// `pid` is the committing process's pid in the kernel's first pid namespace, and
+/// `portid` its socket's port id, which autobinding makes the process's pid in its own
+/// namespace: in a container (kuryr's DaemonSet), our `nft` children are recognised by
+/// the latter only.
 fn is_ours(pid: Option<u32>, portid: u32) -> bool {
     let child = |pid: u32| {
         pid == std::process::id()
@@ -66,10 +70,11 @@ fn is_ours(pid: Option<u32>, portid: u32) -> bool {
     };
     pid.is_some_and(child)
         || (portid != 0
-            && SOCKETS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&portid))
+            && (child(portid)
+                || SOCKETS
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&portid)))
 }
 
 /// What one notification says, as far as the monitor cares.
@@ -743,6 +748,20 @@ mod tests {
         )));
         remember_child(other);
         assert!(!foreign(&transaction("kuryr", NFPROTO_INET, other)));
+    }
+
+    #[test]
+    fn a_child_in_a_pid_namespace_is_known_by_its_port_id() {
+        // In a container the kernel names the child by its pid outside (unknown here);
+        // its socket's port id is the pid this process saw.
+        let (outside, inside) = (std::process::id().wrapping_add(1000), 4242u32);
+        let mut d = transaction("kuryr", NFPROTO_INET, outside);
+        let gen_at = u32::from_ne_bytes([d[0], d[1], d[2], d[3]]) as usize;
+        assert!(foreign(&d), "control: an unknown pid and no port id");
+        d[gen_at + 12..gen_at + 16].copy_from_slice(&inside.to_ne_bytes());
+        assert!(foreign(&d), "control: a port id that is no child of ours");
+        remember_child(inside);
+        assert!(!foreign(&d));
     }
 
     #[test]
