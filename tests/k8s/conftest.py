@@ -49,14 +49,28 @@ def cluster(machine_before):
     assert not left, "the cluster left behind:\n" + "\n".join(left)
 
 
-@pytest.fixture
-def clusters():
-    """Clusters of the test's own (closed after it at the latest)."""
+def _clusters(check_leftovers):
     made = Clusters()
     opened = len(_CLUSTERS)
     yield made
     for c in _CLUSTERS[opened:]:
         made.close(c)
+        if check_leftovers:
+            left = c.cluster_leftovers()
+            assert not left, "the cluster left behind:\n" + "\n".join(left)
+
+
+@pytest.fixture
+def clusters():
+    """Clusters of the test's own (closed after it at the latest)."""
+    yield from _clusters(False)
+
+
+@pytest.fixture(scope="module")
+def module_clusters():
+    """Clusters of a test module's own, closed after its last test; their close must
+    leave nothing."""
+    yield from _clusters(True)
 
 
 pytest_runtest_makereport = report_logs(_CLUSTERS, "k8s lab")

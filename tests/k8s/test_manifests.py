@@ -27,20 +27,8 @@ NS = "kube-system"
 
 
 @pytest.fixture(scope="module")
-def mcluster(clusters_module):
-    return clusters_module.new(hosts=2, manifests=True, dns=True)
-
-
-@pytest.fixture(scope="module")
-def clusters_module():
-    from conftest import Clusters, _CLUSTERS
-    made = Clusters()
-    opened = len(_CLUSTERS)
-    yield made
-    for c in _CLUSTERS[opened:]:
-        made.close(c)
-        left = c.cluster_leftovers()
-        assert not left, "the cluster left behind:\n" + "\n".join(left)
+def mcluster(module_clusters):
+    return module_clusters.new(hosts=2, manifests=True, dns=True)
 
 
 def by_app(c, name):
