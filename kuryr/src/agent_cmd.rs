@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -243,14 +244,35 @@ pub async fn run_agent(
         };
         Some(kuryr_docker::bind(listen).await?)
     };
-    // The workload's deletion is watched from the start (see kuryr_controller::owner).
-    let owner = match &args.owner_daemonset {
-        Some(d) => {
-            let kube = crate::controller_cmd::kube_client(None).await?;
-            Some(kuryr_controller::owner::Owner::watch(kube, d.0.clone()).await?)
-        }
-        None => None,
-    };
+    // The workload's deletion is watched from the start (see kuryr_controller::owner),
+    // but the agent does not wait for the apiserver: the dataplane comes first.
+    let owner = Arc::new(std::sync::OnceLock::new());
+    if let Some(d) = args.owner_daemonset.clone() {
+        let slot = owner.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                let watched = match crate::controller_cmd::kube_client(None).await {
+                    Ok(kube) => kuryr_controller::owner::Owner::watch(kube, d.0.clone())
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(e),
+                };
+                match watched {
+                    Ok(o) => {
+                        let _ = slot.set(o);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %d.0, error = %format!("{e:#}"),
+                            "cannot read the DaemonSet this agent runs in; trying again");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+    }
     let cni = CniFiles::new(
         args.cni_bin_dir.clone(),
         args.cni_conf_dir.clone(),
@@ -267,7 +289,7 @@ pub async fn run_agent(
         });
     }
     let served = serve(&args, agent, bound, plugin_credentials).await;
-    if let Some(o) = owner
+    if let Some(o) = owner.get()
         && o.is_gone().await
     {
         tracing::info!(workload = %o.workload(), "kuryr is being removed: removing what the agent made on this host");
@@ -286,7 +308,7 @@ pub async fn run_agent(
 /// Serves the agent (and the Docker plugin when bound) until SIGTERM or ^C.
 async fn serve(
     args: &AgentArgs,
-    agent: std::sync::Arc<Agent>,
+    agent: Arc<Agent>,
     bound: Option<kuryr_docker::Bound>,
     plugin_credentials: Option<Credentials>,
 ) -> anyhow::Result<()> {

@@ -248,18 +248,31 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(o) = owner
         && o.is_gone().await
     {
-        // Every replica does it: deletions are idempotent, and one replica is enough.
+        // Every replica does it: deletions are idempotent, and one replica is enough. A
+        // pass that trips over the other's deletions is run again.
         tracing::info!(workload = %o.workload(), "kuryr is being removed: deleting what the controller made");
-        let r = kuryr_controller::cleanup(client, &args.cluster_name).await?;
-        tracing::info!(
-            load_balancers = r.load_balancers,
-            floating_ips = r.floating_ips,
-            ports = r.ports,
-            groups = r.groups,
-            subnets = r.subnets,
-            networks = r.networks,
-            "removed"
-        );
+        let mut attempt = 1;
+        loop {
+            match kuryr_controller::cleanup(client.clone(), &args.cluster_name).await {
+                Ok(r) => {
+                    tracing::info!(
+                        load_balancers = r.load_balancers,
+                        floating_ips = r.floating_ips,
+                        ports = r.ports,
+                        groups = r.groups,
+                        subnets = r.subnets,
+                        networks = r.networks,
+                        "removed"
+                    );
+                    break;
+                }
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(error = %e, attempt, "clean-up pass failed; running it again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(())
 }
