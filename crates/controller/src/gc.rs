@@ -27,8 +27,9 @@ pub struct Live {
 pub struct Orphans {
     /// Pod names whose reconcile releases their ports.
     pub pods: BTreeSet<(String, String)>,
-    /// Ports of pods gone that name no pod (neither tags nor name): released directly.
-    pub ports: BTreeSet<String>,
+    /// Ports of pods gone that name no pod (neither tags nor name), with the uid that
+    /// held them: released directly.
+    pub ports: BTreeSet<(String, String)>,
     /// Policy names whose reconcile deletes their stale groups.
     pub policies: BTreeSet<(String, String)>,
     /// Groups the groups reconcile deletes.
@@ -55,7 +56,7 @@ pub fn orphans(cache: &Cache, live: &Live) -> Orphans {
                     o.pods.insert((n, m));
                 }
                 _ => {
-                    o.ports.insert(p.id.clone());
+                    o.ports.insert((p.id.clone(), p.device_id.clone()));
                 }
             }
         }
@@ -172,8 +173,8 @@ pub async fn enqueue_orphans(ctx: &Arc<Ctx>) -> Result<()> {
         ctx.queue.add(Key::Groups);
     }
     let mut first_err = None;
-    for id in &o.ports {
-        if let Err(e) = pods::release(ctx, id).await {
+    for (id, holder) in &o.ports {
+        if let Err(e) = pods::release(ctx, id, holder).await {
             first_err.get_or_insert(e);
         }
     }
@@ -367,7 +368,7 @@ mod tests {
     fn finds_what_no_owner_holds() {
         let o = orphans(&cache(), &live(true));
         assert_eq!(o.pods, pairs(&[("a", "old"), ("b", "half")]));
-        assert_eq!(o.ports, ["anon".to_string()].into());
+        assert_eq!(o.ports, pairs(&[("anon", "u-anon")]));
         assert_eq!(o.policies, pairs(&[("a", "gone")]));
         assert!(o.groups);
         assert_eq!(o.namespaces, ["x".to_string(), "y".to_string()].into());

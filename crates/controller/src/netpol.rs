@@ -178,7 +178,7 @@ async fn delete_group(ctx: &Arc<Ctx>, id: &str) -> Result<()> {
                     .unwrap_or_default();
                 c.ports.put(&port, crate::cache::PortRec { tags, ..p }, s);
             }
-            None => pods::release(ctx, &port).await?,
+            None => pods::release(ctx, &port, &device).await?,
         }
     }
     ctx.neutron.delete_group(id).await?;

@@ -36,23 +36,24 @@ pub async fn reconcile(ctx: &Arc<Ctx>, namespace: &str, name: &str) -> Result<()
     let pod = ctx.pod(namespace, name);
     let live = pod.clone().filter(PodView::needs_port);
     // Ports of earlier pods of this name, or of this one if it needs none any more.
-    let stale: BTreeSet<String> = {
+    // (port, the pod uid holding it when seen)
+    let stale: BTreeSet<(String, String)> = {
         let c = ctx.cache();
-        let mut s: BTreeSet<String> = c
+        let mut s: BTreeSet<(String, String)> = c
             .ports_named(namespace, name)
             .into_iter()
             .filter(|p| live.as_ref().is_none_or(|l| l.uid != p.device_id))
-            .map(|p| p.id)
+            .map(|p| (p.id, p.device_id))
             .collect();
         if let Some(p) = &pod
             && !p.needs_port()
         {
-            s.extend(c.pod_ports(&p.uid).into_iter().map(|p| p.id));
+            s.extend(c.pod_ports(&p.uid).into_iter().map(|p| (p.id, p.device_id)));
         }
         s
     };
-    for id in stale {
-        release(ctx, &id).await?;
+    for (id, holder) in stale {
+        release(ctx, &id, &holder).await?;
     }
     let Some(pod) = live else {
         return Ok(());
@@ -70,7 +71,7 @@ pub async fn reconcile(ctx: &Arc<Ctx>, namespace: &str, name: &str) -> Result<()
         )
     });
     for extra in mine.iter().skip(1) {
-        release(ctx, &extra.id).await?;
+        release(ctx, &extra.id, &extra.device_id).await?;
     }
     let port_id = match mine.first() {
         Some(p) => {
@@ -355,14 +356,16 @@ pub fn network_alive(ctx: &Ctx, network: &str) -> bool {
 }
 
 /// A pod is done with this port: back to its pool, or deleted (pool at max, node or
-/// network gone).
-pub async fn release(ctx: &Ctx, id: &str) -> Result<()> {
+/// network gone). Only while `holder` (the pod uid the caller saw holding it) still
+/// does: between that look and this port's lock, another reconcile may have taken the
+/// port for a new pod (a pool port reused at once), which must keep it.
+pub async fn release(ctx: &Ctx, id: &str, holder: &str) -> Result<()> {
     let _g = ctx.locks.lock(&port_lock(id)).await;
     let (port, keep) = {
         let Some(port) = ctx.cache().ports.get(id).cloned() else {
             return Ok(());
         };
-        if port.device_id.is_empty() {
+        if port.device_id.is_empty() || port.device_id != holder {
             return Ok(());
         }
         let node_ok = ctx.node_exists(&port.host);
