@@ -30,6 +30,11 @@ command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 command -v findmnt >/dev/null 2>&1 || need_apt+=(util-linux)
+# The etcd store (cargo feature `etcd`): etcd-client compiles etcd's protobuf files.
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
+# The replicated server's one address in the replica tests (health-checked on /readyz).
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[test-deps] installing Debian packages: ${need_apt[*]}"
   apt-get update -qq

@@ -17,7 +17,9 @@ phase() {
 
 phase "dependencies" scripts/test-deps.sh
 phase "cargo fmt --check" cargo fmt --all --check
-phase "cargo build" cargo build --release --bins
+# Every test runs the binary with the etcd store built in (cargo feature `etcd`).
+FEATURES=(--features kuryr/etcd)
+phase "cargo build" cargo build --release --bins "${FEATURES[@]}"
 
 # CPU-bound builds run in the background, at a lower priority, while tests that mostly
 # wait (processes, the network) run in front: on a new machine the first build of the
@@ -48,14 +50,14 @@ kill_tree() {
 k8s_pid="" clippy_pid=""
 trap 'for p in $k8s_pid $clippy_pid; do kill_tree "$p"; done' EXIT
 mkdir -p target
-phase "cargo test" cargo test --workspace --release
+phase "cargo test" cargo test --workspace --release "${FEATURES[@]}"
 # Kubernetes, etcd, containerd and cnitool from their Go modules (cached: seconds after
 # the first run on a machine; see target/k8s-build.log). After cargo test, whose probe
 # and dataplane tests time what they check, beside pytest, which mostly waits.
 background "Kubernetes peers (scripts/k8s-build.sh)" target/k8s-build.log scripts/k8s-build.sh
 k8s_pid=$!
 # Clippy shares cargo's build directory lock with cargo test: after it, beside pytest.
-background "cargo clippy" target/clippy.log cargo clippy --workspace --all-targets -- -D warnings
+background "cargo clippy" target/clippy.log sh -c 'cargo clippy --workspace --all-targets --features kuryr/etcd -- -D warnings && cargo clippy -p kuryr-store --features etcd --test etcd -- -D warnings'
 clippy_pid=$!
 # --durations: the slowest tests, printed at the end.
 phase "pytest (client, lab, docker, cni)" env KURYR_BIN="$PWD/target/release/kuryr" \
@@ -64,6 +66,11 @@ phase "cargo clippy" settle "cargo clippy" "$clippy_pid"
 clippy_pid=""
 phase "Kubernetes peers" settle "scripts/k8s-build.sh" "$k8s_pid"
 k8s_pid=""
+# etcd from its Go module (built with the Kubernetes peers, cached).
+KURYR_ETCD_BIN="$(scripts/k8s-build.sh | tail -n 1)/etcd"
+export KURYR_ETCD_BIN
+# The store conformance suite on a real three-member etcd cluster, and quorum loss.
+phase "cargo test (etcd store)" cargo test --release -p kuryr-store --features etcd --test etcd
 # The Kubernetes lab: real clusters (kubelet, containerd) with kuryr-cni and the controller,
 # one at a time (their timing checks want the machine's two cores).
 phase "pytest (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use kuryr_api::{AuthMode, IdentityConfig, NetworkingConfig, ServerConfig};
-use kuryr_store::{EmbeddedOptions, EmbeddedStore, Store};
 
 mod agent_cmd;
 mod cni_install;
 mod controller_cmd;
 mod credential_cmd;
+mod store_cmd;
 mod tls;
 
 #[derive(Parser)]
@@ -35,7 +35,7 @@ enum Command {
     /// Run the API server: Keystone v3 subset under /identity, Neutron v2.0 under /networking.
     Server(ServerArgs),
     /// Run an all-in-one node (server on the embedded store + agent on this host) and print how to use it.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run the host agent: realizes the ports bound to this host (veth, bridge, VXLAN, nftables).
     Agent(agent_cmd::AgentArgs),
     /// Run the Kubernetes controller: pods' ports from per-node pools, namespace
@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: credential_cmd::CredentialCommand,
     },
+    /// The server's store: copy it between the embedded file and etcd.
+    Store {
+        #[command(subcommand)]
+        command: store_cmd::StoreCommand,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -63,6 +68,9 @@ struct ServerArgs {
     /// Directory of the embedded store (one redb file, fsync on every commit).
     #[arg(long, default_value = "/var/lib/kuryr", env = "KURYR_DATA_DIR")]
     data_dir: PathBuf,
+
+    #[command(flatten)]
+    store: store_cmd::StoreArgs,
 
     /// Password of the `admin` user created on first start (default: generated and printed once).
     #[arg(long, env = "KURYR_ADMIN_PASSWORD", hide_env_values = true)]
@@ -240,12 +248,13 @@ fn main() -> anyhow::Result<()> {
             Command::Server(args) => server(args, None).await,
             Command::Up(args) => {
                 let server_args = args.server.clone();
-                server(server_args, Some(args)).await
+                server(server_args, Some(*args)).await
             }
             Command::Agent(args) => agent_cmd::run_agent(args, None, None).await,
             Command::Controller(args) => controller_cmd::run(args).await,
             Command::Port { command } => agent_cmd::run_port(command).await,
             Command::Credential { command } => credential_cmd::run(command).await,
+            Command::Store { command } => store_cmd::run(command).await,
         }
     })
 }
@@ -330,12 +339,8 @@ async fn server(mut args: ServerArgs, up_args: Option<UpArgs>) -> anyhow::Result
         "keystone" => AuthMode::Keystone,
         other => bail!("unknown auth mode {other}"),
     };
-    let mut options = EmbeddedOptions::new(args.data_dir.join("kuryr.redb"));
-    options.history_retention = args.history;
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(options)
-            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
-    );
+    // /readyz says 503 while this waits for etcd.
+    let store = store_cmd::open(&args.store, &args.data_dir, args.history).await?;
     let config = ServerConfig {
         identity: IdentityConfig {
             admin_password: args.admin_password.clone(),
@@ -519,10 +524,17 @@ fn print_usage(args: &ServerArgs, public_url: &str, cacert: Option<&Path>) -> an
     println!("kuryr is up.");
     println!("  Identity (Keystone v3): {public_url}/identity/v3");
     println!("  Networking (Neutron):   {public_url}/networking/v2.0");
-    println!(
-        "  Store:                  {}",
-        args.data_dir.join("kuryr.redb").display()
-    );
+    match args.store.store {
+        store_cmd::Backend::Embedded => println!(
+            "  Store:                  {}",
+            store_cmd::embedded_path(&args.data_dir).display()
+        ),
+        store_cmd::Backend::Etcd => println!(
+            "  Store:                  etcd {} (prefix {})",
+            args.store.etcd.etcd_endpoints.join(","),
+            args.store.etcd.etcd_prefix
+        ),
+    }
     println!();
     println!("Use it from another shell:");
     println!("  source {}", rc_path.display());

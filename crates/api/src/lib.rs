@@ -1,6 +1,7 @@
 //! The kuryr HTTP server: a Keystone v3 subset under `/identity` and Neutron v2.0
 //! under `/networking`, on one listener, backed by a [`kuryr_store::Store`].
 
+pub mod consistency;
 pub mod identity;
 pub mod limits;
 pub mod loadbalancing;
@@ -35,6 +36,12 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
     let identity = Identity::start(store.clone(), config.identity.clone()).await?;
     let networking =
         Networking::start(store.clone(), identity.clone(), config.networking.clone()).await?;
+    let barrier = Arc::new(consistency::Barrier {
+        store: store.clone(),
+        identity: identity.clone(),
+        networking: networking.clone(),
+        wait: std::time::Duration::from_secs(5),
+    });
     let obs = observe::Observability::new(store, networking.clone());
     let router = Router::new()
         .nest("/identity", identity.router())
@@ -42,6 +49,11 @@ pub async fn app(store: Arc<dyn Store>, config: ServerConfig) -> anyhow::Result<
         .nest("/load-balancer", loadbalancing::start(&networking))
         .merge(obs.routes())
         .route_layer(axum::middleware::from_fn(observe::matched_route))
+        // Every request sees what any replica committed before it arrived.
+        .layer(axum::middleware::from_fn_with_state(
+            barrier,
+            consistency::barrier,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             config.max_request_body,
             limits::limit_body,

@@ -208,7 +208,7 @@ impl std::fmt::Display for Millis {
 }
 
 /// Probes and scrapes are logged at debug level: they come every few seconds.
-fn is_probe(path: &str) -> bool {
+pub(crate) fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 

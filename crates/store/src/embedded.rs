@@ -32,8 +32,8 @@ use crate::{
 
 /// key (UTF-8) → create revision (u64 LE), mod revision (u64 LE), value.
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
-/// revision → the changes of that transaction, see [`encode_changes`]. Revisions
-/// whose transaction changed nothing (deletes of missing keys) have no row.
+/// revision → the changes of that transaction, see [`encode_changes`]. A
+/// transaction that changes nothing (deletes of missing keys) takes no revision.
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&[u8], u64> = TableDefinition::new("meta");
 const META_FORMAT: &[u8] = b"format";
@@ -495,9 +495,12 @@ impl Writer {
                         continue;
                     }
                 };
-                rev += 1;
-                let events = apply(&mut keys, txn.ops, prior, rev)?;
+                let events = apply(&mut keys, txn.ops, prior, rev + 1)?;
+                // A transaction that changed nothing (deletes of missing keys) takes no
+                // revision, as in etcd: every revision then has events, and a watcher
+                // that saw revision R has seen everything up to R.
                 if !events.is_empty() {
+                    rev += 1;
                     history
                         .insert(rev, encode_changes(&events)?.as_slice())
                         .map_err(io)?;

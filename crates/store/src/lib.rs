@@ -2,7 +2,7 @@
 //! watches that never miss a change.
 //!
 //! The model follows etcd v3 so that the embedded implementation (redb, one file,
-//! fsync on every commit) and the distributed one (etcd) pass the same
+//! fsync on every commit) and the distributed one (etcd, cargo feature `etcd`) pass the same
 //! [`conformance`] suite:
 //! - every committed transaction gets the next global revision; all its writes carry it;
 //! - a key remembers the revision that created it and the one that last changed it;
@@ -14,9 +14,13 @@
 
 pub mod conformance;
 mod embedded;
+#[cfg(feature = "etcd")]
+mod etcd;
 pub mod failing;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -116,6 +120,10 @@ pub enum StoreError {
     Io(String),
     #[error("store is closed")]
     Closed,
+    /// The store cannot answer now (etcd without quorum, unreachable or too slow);
+    /// it passes without kuryr doing anything, so callers answer 503 and retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("watch fell too far behind and was cancelled; resume from revision {resume_from}")]
     Lagged { resume_from: Revision },
 }

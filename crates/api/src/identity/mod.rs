@@ -573,7 +573,9 @@ impl Identity {
     async fn follow(this: std::sync::Weak<Self>, mut from: Revision) {
         loop {
             let Some(me) = this.upgrade() else { return };
-            let stream = me.store.watch(PREFIX, from).await;
+            // Every key, not only /identity/: `applied` then follows the store's own
+            // revision, which is what the consistent-read barrier waits for.
+            let stream = me.store.watch("/", from).await;
             let mut stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
@@ -605,7 +607,12 @@ impl Identity {
                         from = resume_from;
                         break;
                     }
-                    Err(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, from, "identity watch ended; resuming");
+                        drop(me);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
                 }
             }
         }
@@ -721,6 +728,12 @@ impl Identity {
 
     pub fn state(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the in-memory state reflects store revision `rev`.
+    pub async fn caught_up(&self, rev: Revision) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|r| *r >= rev).await;
     }
 
     /// Commits and waits until the in-memory state shows it.

@@ -600,7 +600,10 @@ async fn watch(
                     .values()
                     .map(|p| p.value.host_id.clone())
                     .collect();
-                (sent.frame(&view, revision, since.take()), hosts)
+                // A `since` beyond this store's revision comes from another store's
+                // history (a migration): the agent gets everything.
+                let since = since.take().filter(|s| *s <= revision);
+                (sent.frame(&view, revision, since), hosts)
             };
             let (frame, hosts_in_view): (HostFrame, HashSet<String>) = frame;
             if !is_empty(&frame) {

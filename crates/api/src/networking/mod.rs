@@ -119,7 +119,9 @@ impl Networking {
     async fn follow(this: std::sync::Weak<Self>, mut from: Revision) {
         loop {
             let Some(me) = this.upgrade() else { return };
-            let stream = me.store.watch(db::PREFIX, from).await;
+            // Every key, not only /neutron/: `applied` then follows the store's own
+            // revision, which is what the consistent-read barrier waits for.
+            let stream = me.store.watch("/", from).await;
             drop(me);
             let mut stream = match stream {
                 Ok(s) => s,
@@ -161,8 +163,15 @@ impl Networking {
                         }
                         from = last + 1;
                         me.applied.send_replace(last);
-                        let keys = batch.into_iter().map(|e| e.kv.key).collect();
-                        let _ = me.changes.send(Arc::new(keys));
+                        let keys: Vec<String> = batch
+                            .into_iter()
+                            .map(|e| e.kv.key)
+                            .filter(|k| k.starts_with(db::PREFIX))
+                            .collect();
+                        // (An empty list means "everything may have changed".)
+                        if !keys.is_empty() {
+                            let _ = me.changes.send(Arc::new(keys));
+                        }
                         if ended {
                             // Re-watch from the next revision; nothing was skipped.
                             break;
@@ -172,9 +181,17 @@ impl Networking {
                         from = resume_from;
                         break;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "networking watch ended; re-listing");
+                    Err(e @ StoreError::Compacted { .. }) => {
+                        tracing::warn!(error = %e, "networking watch fell behind a compaction; re-listing");
                         from = me.relist().await.unwrap_or(from);
+                        break;
+                    }
+                    // etcd lost a member or its quorum: resume from where it stopped,
+                    // nothing is missed.
+                    Err(e) => {
+                        tracing::warn!(error = %e, from, "networking watch ended; resuming");
+                        drop(me);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         break;
                     }
                 }
@@ -219,7 +236,23 @@ impl Networking {
     pub async fn commit(&self, txn: Txn) -> Result<bool, NeutronError> {
         match self.store.txn(txn).await {
             Ok(TxnOutcome::Committed(rev)) => {
-                self.caught_up(rev).await;
+                // Bounded: a view that stopped following (its store watch broken for
+                // long) must not hold the request forever.
+                if tokio::time::timeout(Duration::from_secs(10), self.caught_up(rev))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(
+                        revision = rev,
+                        "committed, but this server's view did not follow"
+                    );
+                    return Err(NeutronError::new(
+                        503,
+                        "ServiceUnavailable",
+                        "The change was committed but this server's view of it is behind; \
+                         check before retrying.",
+                    ));
+                }
                 Ok(true)
             }
             Ok(TxnOutcome::CompareFailed(_)) => {
