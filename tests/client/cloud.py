@@ -23,17 +23,17 @@ class Server:
     kernel picks (no race between choosing a free port and binding it) and names
     that port in its "ready" log line."""
 
-    def __init__(self, *extra, cacert=None):
+    def __init__(self, *extra, cacert=None, admin_password=None, data_dir=None):
         """`cacert`: the server serves HTTPS (extra holds --tls-cert/--tls-key) with a
         certificate this CA bundle verifies; clients get it as OS_CACERT."""
         self.cacert = cacert
         self.dir = tempfile.mkdtemp(prefix="kuryr-cli-")
-        self.admin_password = password()
+        self.admin_password = admin_password or password()
         self.log_path = os.path.join(self.dir, "server.log")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [KURYR_BIN, "server", "--listen", "127.0.0.1:0",
-             "--data-dir", os.path.join(self.dir, "data"),
+             "--data-dir", data_dir or os.path.join(self.dir, "data"),
              f"--admin-password={self.admin_password}", *extra],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
