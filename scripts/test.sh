@@ -47,30 +47,33 @@ kill_tree() {
     for p in $(pgrep -P "$1" || true); do kill_tree "$p"; done
     kill "$1" 2>/dev/null || true
 }
-k8s_pid="" clippy_pid=""
-trap 'for p in $k8s_pid $clippy_pid; do kill_tree "$p"; done' EXIT
+clippy_pid=""
+trap 'for p in $clippy_pid; do kill_tree "$p"; done' EXIT
 mkdir -p target
 phase "cargo test" cargo test --workspace --release "${FEATURES[@]}"
 # Kubernetes, etcd, containerd and cnitool from their Go modules (cached: seconds after
-# the first run on a machine; see target/k8s-build.log). After cargo test, whose probe
-# and dataplane tests time what they check, beside pytest, which mostly waits.
-background "Kubernetes peers (scripts/k8s-build.sh)" target/k8s-build.log scripts/k8s-build.sh
-k8s_pid=$!
-# Clippy shares cargo's build directory lock with cargo test: after it, beside pytest.
-background "cargo clippy" target/clippy.log sh -c 'cargo clippy --workspace --all-targets --features kuryr/etcd -- -D warnings && cargo clippy -p kuryr-store --features etcd --test etcd -- -D warnings'
-clippy_pid=$!
-# --durations: the slowest tests, printed at the end.
-phase "pytest (client, lab, docker, cni)" env KURYR_BIN="$PWD/target/release/kuryr" \
-    .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/lab tests/docker tests/cni
-phase "cargo clippy" settle "cargo clippy" "$clippy_pid"
-clippy_pid=""
-phase "Kubernetes peers" settle "scripts/k8s-build.sh" "$k8s_pid"
-k8s_pid=""
-# etcd from its Go module (built with the Kubernetes peers, cached).
-KURYR_ETCD_BIN="$(scripts/k8s-build.sh | tail -n 1)/etcd"
+# the first run on a machine; the first build's log is target/k8s-build.log). The
+# replicated-server tests below need its etcd.
+k8s_build() {
+    scripts/k8s-build.sh >target/k8s-build.log 2>&1 || { tail -n 60 target/k8s-build.log; return 1; }
+}
+phase "Kubernetes peers (scripts/k8s-build.sh)" k8s_build
+KURYR_ETCD_BIN="$(tail -n 1 target/k8s-build.log)/etcd"
 export KURYR_ETCD_BIN
 # The store conformance suite on a real three-member etcd cluster, and quorum loss.
 phase "cargo test (etcd store)" cargo test --release -p kuryr-store --features etcd --test etcd
+# Clippy shares cargo's build directory lock with cargo test: after the cargo tests, beside pytest.
+background "cargo clippy" target/clippy.log sh -c 'cargo clippy --workspace --all-targets --features kuryr/etcd -- -D warnings && cargo clippy -p kuryr-store --features etcd --test etcd -- -D warnings'
+clippy_pid=$!
+# --durations: the slowest tests, printed at the end. The client tests run against one
+# server on the embedded store; the agent lab, Docker and CNI tests against three
+# replicas on etcd behind one address (KURYR_LAB_REPLICAS); tests/replicas drives
+# replicas directly (the CLI across them, concurrent creates through faults, migration).
+phase "pytest (client, replicas, lab, docker, cni)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    KURYR_LAB_REPLICAS=3 \
+    .venv/bin/pytest -n 2 -q --durations=15 tests/client tests/replicas tests/lab tests/docker tests/cni
+phase "cargo clippy" settle "cargo clippy" "$clippy_pid"
+clippy_pid=""
 # The Kubernetes lab: real clusters (kubelet, containerd) with kuryr-cni and the controller,
 # one at a time (their timing checks want the machine's two cores).
 phase "pytest (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \

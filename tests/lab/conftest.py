@@ -30,4 +30,11 @@ def fresh_lab():
     yield from _a_lab()
 
 
+@pytest.fixture
+def replicated_lab():
+    """Three servers on an etcd cluster behind one address, two agents."""
+    yield from open_lab(_LABS, "the lab needs root (network namespaces)", Lab, hosts=2,
+                        replicas=3)
+
+
 pytest_runtest_makereport = report_logs(_LABS, "lab")

@@ -97,11 +97,112 @@ class Process:
             return ""
 
 
+class Replicated:
+    """`kuryr server` as several replicas on an etcd cluster, behind one address (HAProxy,
+    health-checked on /readyz), all inside the lab namespace: what a deployment with
+    replicas looks like to agents and clients. It stands in for the lab's one server
+    process: stop() and start() take every replica down and up."""
+
+    def __init__(self, lab, server_cmd, env, replicas=3):
+        """`server_cmd(listen, data_dir)`: the lab's server command line."""
+        self.name = "servers"
+        self.lab = lab
+        self.log_path = os.path.join(lab.dir, "server-0.log")
+        ns = lab.ns("lab")
+        self.etcd = []
+        ports = [(2379 + 10000 * i, 2380 + 10000 * i) for i in range(3)]
+        initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
+        for i, (c, p) in enumerate(ports):
+            # The lab namespace's own loopback: nothing outside it sees these ports.
+            self.etcd.append(Process(f"etcd-{i}", [
+                "ip", "netns", "exec", ns, etcd_bin(), f"--name=m{i}",
+                f"--data-dir={lab.dir}/etcd-{i}",
+                f"--listen-client-urls=http://127.0.0.1:{c}",
+                f"--advertise-client-urls=http://127.0.0.1:{c}",
+                f"--listen-peer-urls=http://127.0.0.1:{p}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
+                f"--initial-cluster={initial}", "--initial-cluster-state=new",
+                "--max-txn-ops=20000", "--max-request-bytes=16777216",
+                "--unsafe-no-fsync", "--heartbeat-interval=50", "--election-timeout=500",
+                "--log-level=warn"], env, os.path.join(lab.dir, f"etcd-{i}.log")))
+        endpoints = ",".join(f"http://127.0.0.1:{c}" for c, _ in ports)
+        self.replicas = []
+        for i in range(replicas):
+            addr = f"{UNDERLAY}.{2 + i}"
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "br-u")
+            cmd = server_cmd(f"{addr}:9696", os.path.join(lab.dir, f"server-{i}"))
+            self.replicas.append(Process(
+                f"server-{i}", [*cmd, "--store", "etcd", "--etcd-endpoints", endpoints,
+                                "--etcd-timeout", "3", "--public-url", lab.url],
+                env, os.path.join(lab.dir, f"server-{i}.log")))
+        check = "check-ssl verify none" if lab.cacert else "check"
+        cfg = os.path.join(lab.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write("global\n    maxconn 4000\n"
+                    "defaults\n    mode tcp\n    timeout connect 2s\n"
+                    # Host watches are long streams.
+                    "    timeout client 1h\n    timeout server 1h\n"
+                    "    retries 3\n    option redispatch\n"
+                    f"listen kuryr\n    bind {UNDERLAY}.1:9696\n    balance roundrobin\n"
+                    "    option httpchk GET /readyz\n    http-check expect status 200\n"
+                    "    default-server inter 200ms fall 2 rise 2\n"
+                    + "".join(f"    server r{i} {UNDERLAY}.{2 + i}:9696 {check}\n"
+                              for i in range(replicas)))
+        self.haproxy = Process("haproxy", ["ip", "netns", "exec", ns, "haproxy", "-db", "-f", cfg],
+                               env, os.path.join(lab.dir, "haproxy.log"))
+        self.proc = self.haproxy.proc
+
+    def processes(self):
+        return [*self.replicas, self.haproxy, *self.etcd]
+
+    def start(self):
+        for r in self.replicas:
+            if r.proc.poll() is not None:
+                r.start()
+
+    def stop(self, timeout=10):
+        return all([r.stop(timeout) for r in self.replicas])
+
+    def kill9(self):
+        for p in self.processes():
+            p.kill9()
+
+    def log(self, tail=150):
+        return "\n".join(f"--- {p.name}\n{p.log(tail)}" for p in self.processes())
+
+    def watching(self, host):
+        """The replica serving `host`'s agent its watch (from each replica's metrics)."""
+        for r in self.replicas:
+            if r.proc.poll() is not None:
+                continue
+            addr = r.cmd[r.cmd.index("--listen") + 1]
+            out = self.lab.exec("lab", "curl", "-sk", f"{'https' if self.lab.cacert else 'http'}"
+                                f"://{addr}/metrics", check=False)
+            m = re.search(r"^kuryr_host_watches_open(?:\{[^}]*\})? (\d+)", out, re.M)
+            if m and int(m.group(1)) > 0:
+                return r
+        return None
+
+
+def etcd_bin():
+    """$KURYR_ETCD_BIN, else the etcd scripts/k8s-build.sh builds (instant once cached)."""
+    path = os.environ.get("KURYR_ETCD_BIN")
+    if path:
+        return path
+    out = sh(os.path.join(ROOT, "scripts", "k8s-build.sh"), timeout=3600)
+    return os.path.join(out.strip().split("\n")[-1], "etcd")
+
+
 class Lab:
-    def __init__(self, hosts=3, agent_args=(), server_args=(), cacert=None, agents=True):
+    def __init__(self, hosts=3, agent_args=(), server_args=(), cacert=None, agents=True,
+                 replicas=None):
         """`cacert`: the server serves HTTPS (server_args hold --tls-cert/--tls-key) with
         a certificate this CA bundle verifies; agents and clients get it as OS_CACERT.
-        `agents`: start an agent per host (tests/k8s runs them from its manifests)."""
+        `agents`: start an agent per host (tests/k8s runs them from its manifests).
+        `replicas`: that many servers on etcd behind one address (default: $KURYR_LAB_REPLICAS,
+        else one server on the embedded store)."""
+        self.replicas = int(replicas if replicas is not None
+                            else os.environ.get("KURYR_LAB_REPLICAS", "0") or 0)
         self.start_agents = agents
         sweep_stale_labs()
         self.cacert = cacert
@@ -168,13 +269,18 @@ class Lab:
             sh("ip", "-n", lab, "link", "add", f"x-{h}", "type", "veth",
                "peer", "name", "eth2", "netns", host)
             sh("ip", "-n", lab, "link", "set", f"x-{h}", "master", "br-ext", "up")
-        self.server = Process(
-            "server",
-            ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", f"{UNDERLAY}.1:9696",
-             "--data-dir", os.path.join(self.dir, "server"), f"--admin-password={self.password}",
-             "--agent-down-time", "3", "--watch-keepalive", "2", *server_args],
-            dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info")),
-            os.path.join(self.dir, "server.log"))
+        def server_cmd(listen, data_dir):
+            return ["ip", "netns", "exec", lab, KURYR_BIN, "server", "--listen", listen,
+                    "--data-dir", data_dir, f"--admin-password={self.password}",
+                    "--agent-down-time", "3", "--watch-keepalive", "2", *server_args]
+
+        server_env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        if self.replicas:
+            self.server = Replicated(self, server_cmd, server_env, self.replicas)
+        else:
+            self.server = Process("server", server_cmd(f"{UNDERLAY}.1:9696",
+                                                       os.path.join(self.dir, "server")),
+                                  server_env, os.path.join(self.dir, "server.log"))
         self.wait_for(lambda: self.curl_status("GET", "/identity/v3") == 200, 30,
                       "the lab's kuryr server to answer", self.server)
         # The lab's tests share one project: neutron's default of 10 security groups
