@@ -84,6 +84,10 @@ phase "benchmark (Kubernetes)" env KURYR_BIN="$PWD/target/release/kuryr" \
 # Services on kuryr's load balancer: readiness, endpoint changes, throughput, 1,000 Services.
 phase "benchmark (Services)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python bench/services.py --json target/bench-services.json
+# Server replicas on a 3-member etcd against one server on the embedded store: creates,
+# watch latency across replicas, failover.
+phase "benchmark (replicas)" env KURYR_BIN="$PWD/target/release/kuryr" \
+    .venv/bin/python bench/replicas.py --json target/bench-replicas.json
 tempest_status=0
 phase "tempest (neutron-tempest-plugin API suite)" env KURYR_BIN="$PWD/target/release/kuryr" \
     .venv/bin/python tests/tempest/run.py || tempest_status=$?

@@ -54,9 +54,61 @@ struct Member {
     child: Option<Child>,
 }
 
+/// A CA and what etcd and its client need from it: a server certificate for 127.0.0.1
+/// and a client certificate, all as PEM files.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "etcd test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
+    let leaf = |name: &str, sans: Vec<String>, usage| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(sans).expect("params");
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![usage];
+        (p.signed_by(&key, &ca).expect("cert").pem(), key.serialize_pem())
+    };
+    let (sc, sk) = leaf(
+        "etcd",
+        vec!["127.0.0.1".into()],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (cc, ck) = leaf("kuryr", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", sc),
+        server_key: write("server.key", sk),
+        client_cert: write("client.pem", cc),
+        client_key: write("client.key", ck),
+    }
+}
+
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, None)
+    }
+
+    /// `tls`: clients must speak TLS to the members and show a certificate of this CA.
+    fn start_with(n: usize, tls: Option<&Pki>) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
@@ -68,9 +120,9 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
-                let client_url = format!("http://127.0.0.1:{client}");
+                let client_url = format!("{scheme}://127.0.0.1:{client}");
                 let peer_url = format!("http://127.0.0.1:{peer}");
-                let args = vec![
+                let mut args = vec![
                     format!("--name=m{i}"),
                     format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
                     format!("--listen-client-urls={client_url}"),
@@ -89,6 +141,14 @@ impl Cluster {
                     "--election-timeout=500".into(),
                     "--log-level=error".into(),
                 ];
+                if let Some(t) = tls {
+                    args.extend([
+                        format!("--cert-file={}", t.server_cert.display()),
+                        format!("--key-file={}", t.server_key.display()),
+                        format!("--trusted-ca-file={}", t.ca.display()),
+                        "--client-cert-auth".into(),
+                    ]);
+                }
                 let mut m = Member {
                     args,
                     client_url,
@@ -228,4 +288,69 @@ async fn lost_quorum_is_unavailable_and_passes() {
     s.check().await.expect("ready again");
     assert!(s.get("/q/before").await.unwrap().is_some());
     assert!(s.get("/q/after").await.unwrap().is_some());
+}
+
+/// etcd with client certificates (`--client-cert-auth`): kuryr connects with the CA and
+/// its certificate, and cannot without its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let pki = pki(certs.path());
+    let c = Cluster::start_with(1, Some(&pki));
+    let mut o = c.options();
+    o.cacert = Some(pki.ca.clone());
+    o.cert = Some(pki.client_cert.clone());
+    o.key = Some(pki.client_key.clone());
+    let s = c.store(o.clone()).await;
+    match s.txn(Txn::new().put("/tls/k", "v")).await {
+        Ok(TxnOutcome::Committed(_)) => {}
+        other => panic!("a write over TLS: {other:?}"),
+    }
+    // Without a client certificate the member refuses the connection.
+    let mut anonymous = o;
+    anonymous.cert = None;
+    anonymous.key = None;
+    assert!(
+        EtcdStore::connect(anonymous).await.is_err(),
+        "no client certificate, no store"
+    );
+}
+
+/// etcd with authentication on: kuryr logs in as a user with its password; a wrong
+/// password is an error at once (not something to wait for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password() {
+    let c = Cluster::start(1);
+    // Control: before authentication is on, anyone writes.
+    let open = c.store(c.options()).await;
+    open.txn(Txn::new().put("/auth/before", "v"))
+        .await
+        .expect("write without authentication");
+    let mut admin = etcd_client::Client::connect(c.endpoints(), None)
+        .await
+        .expect("etcd client");
+    admin
+        .user_add("root", "root-pw", None)
+        .await
+        .expect("add root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.auth_enable().await.expect("enable authentication");
+
+    let mut o = c.options();
+    o.user = Some(("root".into(), "root-pw".into()));
+    let s = c.store(o.clone()).await;
+    match s.txn(Txn::new().put("/auth/k", "v")).await {
+        Ok(TxnOutcome::Committed(_)) => {}
+        other => panic!("a write as root: {other:?}"),
+    }
+    assert!(s.get("/auth/before").await.expect("read").is_some());
+    o.user = Some(("root".into(), "wrong".into()));
+    match EtcdStore::connect(o).await {
+        Err(StoreError::Io(why)) => eprintln!("wrong password: {why}"),
+        Err(e) => panic!("a wrong password must be a plain error, not {e:?}"),
+        Ok(_) => panic!("a wrong password must not connect"),
+    }
 }
