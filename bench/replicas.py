@@ -2,7 +2,7 @@
 """Benchmarks of kuryr server replicas on etcd against one server on the embedded store,
 side by side in one run (see bench/REPLICAS.md).
 
-    .venv/bin/python bench/replicas.py [--json FILE] [--creates 2000] [--clients 16]
+    .venv/bin/python bench/replicas.py [--json FILE] [--creates 1000] [--clients 16]
 
   (1) creates: --creates port creates from --clients concurrent clients, against one
       `kuryr server` on the embedded store, then spread over three replicas on a
@@ -39,7 +39,7 @@ from common import fmt, log, pct  # bench/common.py (this script's directory)
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "replicas"))
 
-from replicas import Replicas, Server, free_port, wait_for  # noqa: E402
+from replicas import Replicas, Server, free_port, haproxy_config, wait_for  # noqa: E402
 
 
 def token(server, password):
@@ -138,14 +138,7 @@ def haproxy(servers, directory):
     port = free_port()
     cfg = os.path.join(directory, "haproxy.cfg")
     with open(cfg, "w") as f:
-        f.write("global\n    maxconn 4000\n"
-                "defaults\n    mode tcp\n    timeout connect 2s\n"
-                "    timeout client 1h\n    timeout server 1h\n    retries 3\n    option redispatch\n"
-                f"listen kuryr\n    bind 127.0.0.1:{port}\n    balance roundrobin\n"
-                "    option httpchk GET /readyz\n    http-check expect status 200\n"
-                "    default-server inter 200ms fall 2 rise 2\n"
-                + "".join(f"    server r{i} 127.0.0.1:{s.port} check\n"
-                          for i, s in enumerate(servers)))
+        f.write(haproxy_config(f"127.0.0.1:{port}", [f"127.0.0.1:{s.port}" for s in servers]))
     p = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -202,9 +195,9 @@ def summary(seconds, lat):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
-    ap.add_argument("--creates", type=int, default=2000)
+    ap.add_argument("--creates", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=16)
-    ap.add_argument("--watch-rounds", type=int, default=200)
+    ap.add_argument("--watch-rounds", type=int, default=100)
     args = ap.parse_args()
     report = {}
     quota = ("--default-quota", "port=-1")

@@ -115,16 +115,10 @@ class Replicated:
         for i, (c, p) in enumerate(ports):
             # The lab namespace's own loopback: nothing outside it sees these ports.
             self.etcd.append(Process(f"etcd-{i}", [
-                "ip", "netns", "exec", ns, etcd_bin(), f"--name=m{i}",
-                f"--data-dir={lab.dir}/etcd-{i}",
-                f"--listen-client-urls=http://127.0.0.1:{c}",
-                f"--advertise-client-urls=http://127.0.0.1:{c}",
-                f"--listen-peer-urls=http://127.0.0.1:{p}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
-                f"--initial-cluster={initial}", "--initial-cluster-state=new",
-                "--max-txn-ops=20000", "--max-request-bytes=16777216",
-                "--unsafe-no-fsync", "--heartbeat-interval=50", "--election-timeout=500",
-                "--log-level=warn"], env, os.path.join(lab.dir, f"etcd-{i}.log")))
+                "ip", "netns", "exec", ns,
+                *etcd_member_args(f"m{i}", f"{lab.dir}/etcd-{i}", f"http://127.0.0.1:{c}",
+                                  f"http://127.0.0.1:{p}", initial)],
+                env, os.path.join(lab.dir, f"etcd-{i}.log")))
         endpoints = ",".join(f"http://127.0.0.1:{c}" for c, _ in ports)
         self.replicas = []
         for i in range(replicas):
@@ -135,19 +129,11 @@ class Replicated:
                 f"server-{i}", [*cmd, "--store", "etcd", "--etcd-endpoints", endpoints,
                                 "--etcd-timeout", "3", "--public-url", lab.url],
                 env, os.path.join(lab.dir, f"server-{i}.log")))
-        check = "check-ssl verify none" if lab.cacert else "check"
         cfg = os.path.join(lab.dir, "haproxy.cfg")
         with open(cfg, "w") as f:
-            f.write("global\n    maxconn 4000\n"
-                    "defaults\n    mode tcp\n    timeout connect 2s\n"
-                    # Host watches are long streams.
-                    "    timeout client 1h\n    timeout server 1h\n"
-                    "    retries 3\n    option redispatch\n"
-                    f"listen kuryr\n    bind {UNDERLAY}.1:9696\n    balance roundrobin\n"
-                    "    option httpchk GET /readyz\n    http-check expect status 200\n"
-                    "    default-server inter 200ms fall 2 rise 2\n"
-                    + "".join(f"    server r{i} {UNDERLAY}.{2 + i}:9696 {check}\n"
-                              for i in range(replicas)))
+            f.write(haproxy_config(f"{UNDERLAY}.1:9696",
+                                   [f"{UNDERLAY}.{2 + i}:9696" for i in range(replicas)],
+                                   tls=bool(lab.cacert)))
         self.haproxy = Process("haproxy", ["ip", "netns", "exec", ns, "haproxy", "-db", "-f", cfg],
                                env, os.path.join(lab.dir, "haproxy.log"))
         self.proc = self.haproxy.proc
@@ -182,6 +168,34 @@ class Replicated:
             if m and int(m.group(1)) > 0:
                 return r
         return None
+
+
+def etcd_member_args(name, data_dir, client_url, peer_url, initial_cluster):
+    """The command line of one member of a test etcd cluster: what kuryr needs of its
+    etcd (large transactions: a bulk create of many ports is one), and no fsync with
+    short elections (a cluster on one machine; a killed process loses nothing the kernel
+    has)."""
+    return [etcd_bin(), f"--name={name}", f"--data-dir={data_dir}",
+            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster={initial_cluster}", "--initial-cluster-state=new",
+            f"--initial-cluster-token={os.path.basename(os.path.dirname(data_dir))}",
+            "--max-txn-ops=20000", "--max-request-bytes=16777216",
+            "--unsafe-no-fsync", "--heartbeat-interval=50", "--election-timeout=500",
+            "--log-level=warn"]
+
+
+def haproxy_config(bind, backends, tls=False):
+    """HAProxy in front of kuryr server replicas (as deploy/replicas/haproxy.cfg): TCP
+    (host watches are long streams), a replica in rotation while /readyz says 200."""
+    check = "check-ssl verify none" if tls else "check"
+    return ("global\n    maxconn 4000\n"
+            "defaults\n    mode tcp\n    timeout connect 2s\n"
+            "    timeout client 1h\n    timeout server 1h\n    retries 3\n    option redispatch\n"
+            f"listen kuryr\n    bind {bind}\n    balance roundrobin\n"
+            "    option httpchk GET /readyz\n    http-check expect status 200\n"
+            "    default-server inter 200ms fall 2 rise 2\n"
+            + "".join(f"    server r{i} {b} {check}\n" for i, b in enumerate(backends)))
 
 
 def etcd_bin():

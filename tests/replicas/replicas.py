@@ -12,19 +12,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "client"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "client"))
+sys.path.insert(0, os.path.join(HERE, "..", "lab"))
 
-from cloud import KURYR_BIN, ROOT, Server, password  # noqa: E402
-
-
-def etcd_bin():
-    """$KURYR_ETCD_BIN, else the etcd scripts/k8s-build.sh builds (instant once cached)."""
-    path = os.environ.get("KURYR_ETCD_BIN")
-    if path:
-        return path
-    out = subprocess.run([os.path.join(ROOT, "scripts", "k8s-build.sh")], capture_output=True,
-                         text=True, timeout=3600, check=True, stdin=subprocess.DEVNULL).stdout
-    return os.path.join(out.strip().split("\n")[-1], "etcd")
+from cloud import KURYR_BIN, Server, password  # noqa: E402
+from lab import etcd_member_args, haproxy_config  # noqa: E402,F401
 
 
 def free_port():
@@ -52,26 +45,12 @@ class Etcd:
 
     def __init__(self, n=3):
         self.dir = tempfile.mkdtemp(prefix="kuryr-etcd-")
-        self.bin = etcd_bin()
         ports = [(free_port(), free_port()) for _ in range(n)]
         initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, (_, p) in enumerate(ports))
         self.urls = [f"http://127.0.0.1:{c}" for c, _ in ports]
-        self.args = []
-        for i, (c, p) in enumerate(ports):
-            self.args.append([
-                self.bin, f"--name=m{i}", f"--data-dir={self.dir}/m{i}",
-                f"--listen-client-urls=http://127.0.0.1:{c}",
-                f"--advertise-client-urls=http://127.0.0.1:{c}",
-                f"--listen-peer-urls=http://127.0.0.1:{p}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
-                f"--initial-cluster={initial}", f"--initial-cluster-token={os.path.basename(self.dir)}",
-                "--initial-cluster-state=new",
-                # What kuryr needs of its etcd: its bulk creates are large transactions.
-                "--max-txn-ops=20000", "--max-request-bytes=16777216",
-                # A test cluster on one machine: no fsync (a killed process loses nothing
-                # the kernel has), short elections.
-                "--unsafe-no-fsync", "--heartbeat-interval=50", "--election-timeout=500",
-                "--log-level=warn"])
+        self.args = [etcd_member_args(f"m{i}", f"{self.dir}/m{i}", f"http://127.0.0.1:{c}",
+                                      f"http://127.0.0.1:{p}", initial)
+                     for i, (c, p) in enumerate(ports)]
         self.procs = [None] * n
         for i in range(n):
             self.start(i)
