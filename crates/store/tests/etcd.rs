@@ -76,14 +76,18 @@ fn pki(dir: &std::path::Path) -> Pki {
     };
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "etcd test CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "etcd test CA");
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("key")).expect("CA");
     let leaf = |name: &str, sans: Vec<String>, usage| {
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(sans).expect("params");
         p.distinguished_name.push(DnType::CommonName, name);
         p.extended_key_usages = vec![usage];
-        (p.signed_by(&key, &ca).expect("cert").pem(), key.serialize_pem())
+        (
+            p.signed_by(&key, &ca).expect("cert").pem(),
+            key.serialize_pem(),
+        )
     };
     let (sc, sk) = leaf(
         "etcd",
