@@ -63,7 +63,8 @@ export KURYR_ETCD_BIN
 # The store conformance suite on a real three-member etcd cluster, and quorum loss.
 phase "cargo test (etcd store)" cargo test --release -p kuryr-store --features etcd --test etcd
 # Clippy shares cargo's build directory lock with cargo test: after the cargo tests, beside pytest.
-background "cargo clippy" target/clippy.log sh -c 'cargo clippy --workspace --all-targets --features kuryr/etcd -- -D warnings && cargo clippy -p kuryr-store --features etcd --test etcd -- -D warnings'
+# Both builds: with the etcd store (what the tests run) and the default one (`kuryr up`'s).
+background "cargo clippy" target/clippy.log sh -c 'cargo clippy --workspace --all-targets --features kuryr/etcd -- -D warnings && cargo clippy -p kuryr-store --features etcd --test etcd -- -D warnings && cargo clippy --workspace --all-targets -- -D warnings'
 clippy_pid=$!
 # --durations: the slowest tests, printed at the end. The client tests run against one
 # server on the embedded store; the agent lab, Docker and CNI tests against three

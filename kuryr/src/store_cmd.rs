@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use kuryr_store::{Compare, EmbeddedOptions, EmbeddedStore, Store, StoreError, Txn, TxnOutcome};
+use kuryr_store::{Compare, EmbeddedOptions, EmbeddedStore, Store, Txn, TxnOutcome};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -113,7 +113,7 @@ pub async fn open_etcd(args: &EtcdArgs, history: u64) -> anyhow::Result<Arc<dyn 
     options.cert = args.etcd_cert.clone();
     options.key = args.etcd_key.clone();
     options.history_retention = history;
-    options.request_timeout = Duration::from_secs(args.etcd_timeout.max(1));
+    options.request_timeout = std::time::Duration::from_secs(args.etcd_timeout.max(1));
     options.user = match (&args.etcd_user, &args.etcd_password) {
         (None, _) => None,
         (Some(u), Some(p)) => Some((u.clone(), p.clone())),
@@ -123,7 +123,7 @@ pub async fn open_etcd(args: &EtcdArgs, history: u64) -> anyhow::Result<Arc<dyn 
         },
     };
     let started = Instant::now();
-    let mut pause = Duration::from_millis(200);
+    let mut pause = std::time::Duration::from_millis(200);
     loop {
         match EtcdStore::connect(options.clone()).await {
             Ok(store) => {
@@ -137,7 +137,7 @@ pub async fn open_etcd(args: &EtcdArgs, history: u64) -> anyhow::Result<Arc<dyn 
             }
             // Only waiting helps with these; anything else (a bad certificate, a
             // wrong password) is the operator's to fix.
-            Err(StoreError::Unavailable(why)) => {
+            Err(kuryr_store::StoreError::Unavailable(why)) => {
                 tracing::warn!(
                     endpoints = %args.etcd_endpoints.join(","),
                     error = %why,
@@ -145,7 +145,7 @@ pub async fn open_etcd(args: &EtcdArgs, history: u64) -> anyhow::Result<Arc<dyn 
                     "waiting for etcd"
                 );
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
             Err(e) => return Err(e).context("connecting to etcd"),
         }
@@ -156,7 +156,7 @@ pub async fn open_etcd(args: &EtcdArgs, history: u64) -> anyhow::Result<Arc<dyn 
 pub async fn open_etcd(_: &EtcdArgs, _: u64) -> anyhow::Result<Arc<dyn Store>> {
     bail!(
         "this kuryr was built without the etcd store: build it with `cargo build --release \
-         --features etcd` (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)"
+         --features kuryr/etcd` (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)"
     )
 }
 
