@@ -20,3 +20,16 @@ def pct(samples, q):
 
 def fmt(v, unit="", digits=1):
     return "-" if v is None else f"{v:.{digits}f}{unit}"
+
+
+def finish(report, json_path):
+    """The end of a bench script's report: says whether the run failed, writes the JSON
+    report when asked; the exit status (1: the run failed)."""
+    import json
+
+    if report.get("error"):
+        print("  (the run failed: see above)")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1)
+    return 1 if report.get("error") else 0

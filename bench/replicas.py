@@ -34,7 +34,7 @@ import traceback
 
 import requests
 
-from common import fmt, log, pct  # bench/common.py (this script's directory)
+from common import finish, fmt, log, pct  # bench/common.py (this script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "replicas"))
@@ -247,12 +247,7 @@ def main():
               f"creating): longest time without a successful create {fmt(f['longest_gap_ms'], ' ms', 0)} "
               f"(p50 over clients {fmt(f['gap_p50_ms'], ' ms', 0)}), {f['failed_requests']} "
               f"requests failed and were sent again")
-    if report.get("error"):
-        print("  (the run failed: see above)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
-    return 1 if report.get("error") else 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":

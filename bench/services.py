@@ -36,7 +36,7 @@ import threading
 import time
 import traceback
 
-from common import fmt, log, pct  # bench/common.py (this script's directory)
+from common import finish, fmt, log, pct  # bench/common.py (this script's directory)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "k8s"))
@@ -378,12 +378,7 @@ def main():
               f"{sc['agent_passes']:.0f}, mean {fmt(sc['agent_pass_mean_ms'], ' ms')}; "
               f"endpoint change at that scale {', '.join(fmt(x, '', 0) for x in sc['endpoint_change_at_scale_ms'])} ms; "
               f"full resync after a controller restart {fmt(sc['resync_s'], ' s')}")
-    if report.get("error"):
-        print("  (the run failed: see above)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
-    return 1 if report.get("error") else 0
+    return finish(report, args.json)
 
 
 if __name__ == "__main__":
