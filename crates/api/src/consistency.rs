@@ -28,17 +28,37 @@ pub struct Barrier {
     pub wait: Duration,
 }
 
-/// 503 in the error format of the API the path belongs to.
-pub fn unavailable(path: &str, message: &str) -> Response {
-    let status = StatusCode::SERVICE_UNAVAILABLE;
+/// An error in the format of the API the path belongs to: Keystone's under
+/// `/identity`, Octavia's under `/load-balancer`, Neutron's elsewhere (`kind` is
+/// NeutronError's `type`).
+pub fn protocol_error(path: &str, status: StatusCode, kind: &str, message: &str) -> Response {
     let body = if path.starts_with("/identity") {
-        json!({"error": {"code": 503, "title": "Service Unavailable", "message": message}})
+        // Keystone's own wording for 413 (HTTP's is now "Payload Too Large").
+        let title = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "Request Entity Too Large",
+            s => s.canonical_reason().unwrap_or("Error"),
+        };
+        json!({"error": {"code": status.as_u16(), "title": title, "message": message}})
     } else if path.starts_with("/load-balancer") {
-        json!({"faultcode": "Server", "faultstring": message, "debuginfo": null})
+        json!({"faultcode": if status.is_server_error() { "Server" } else { "Client" },
+               "faultstring": message, "debuginfo": null})
     } else {
-        json!({"NeutronError": {"type": "ServiceUnavailable", "message": message, "detail": ""}})
+        json!({"NeutronError": {"type": kind, "message": message, "detail": ""}})
     };
-    (status, [("retry-after", "1")], Json(body)).into_response()
+    (status, Json(body)).into_response()
+}
+
+/// 503 in the path's API's error format, with Retry-After.
+pub fn unavailable(path: &str, message: &str) -> Response {
+    let mut r = protocol_error(
+        path,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    );
+    r.headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    r
 }
 
 pub async fn barrier(State(b): State<Arc<Barrier>>, req: Request, next: Next) -> Response {

@@ -1,29 +1,24 @@
 //! The request body limit: a body larger than the operator's limit is refused with
-//! 413 in the protocol's own error format (Keystone's under `/identity`, Neutron's
-//! elsewhere) before any handler parses it, and never buffered past the limit.
+//! 413 in the protocol's own error format (Keystone's under `/identity`, Octavia's
+//! under `/load-balancer`, Neutron's elsewhere) before any handler parses it, and never buffered past the limit.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::json;
 
 /// 1 MiB: a bulk create of a thousand ports fits; neutron's oslo default is 112 KiB.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 
 fn too_large(path: &str, max: usize) -> Response {
-    let message = format!("Request body is larger than the limit of {max} bytes.");
-    let status = StatusCode::PAYLOAD_TOO_LARGE;
-    if path.starts_with("/identity") {
-        let body = json!({"error": {"code": 413, "title": "Request Entity Too Large", "message": message}});
-        (status, Json(body)).into_response()
-    } else {
-        let body = json!({"NeutronError": {"type": "RequestEntityTooLarge", "message": message, "detail": ""}});
-        (status, Json(body)).into_response()
-    }
+    crate::consistency::protocol_error(
+        path,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        &format!("Request body is larger than the limit of {max} bytes."),
+    )
 }
 
 pub async fn limit_body(State(max): State<usize>, req: Request, next: Next) -> Response {

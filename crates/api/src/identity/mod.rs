@@ -740,8 +740,7 @@ impl Identity {
     pub async fn commit(&self, txn: Txn) -> Result<bool, IdentityError> {
         match self.store.txn(txn).await? {
             TxnOutcome::Committed(rev) => {
-                let mut rx = self.applied.subscribe();
-                let _ = rx.wait_for(|r| *r >= rev).await;
+                self.caught_up(rev).await;
                 Ok(true)
             }
             TxnOutcome::CompareFailed(_) => Ok(false),
